@@ -1,0 +1,5 @@
+"""Allows ``python -m tidings``."""
+
+from tidings.cli import main
+
+main()

@@ -1,0 +1,97 @@
+"""Settings from ``TIDINGS_*`` environment variables, built once at the entry point and passed down.
+
+The variable names are a contract with users' scripts (DESIGN.md, "Configuration"): add, never rename.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tidings.errors import ConfigurationError
+
+SECRET_FILE_NAME = "secret_key"
+#: Secrets that appear in examples and must never sign real tokens.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "secret", "changethis", "xxx", ""})
+MIN_SECRET_LENGTH = 32  # characters
+
+
+class Settings(BaseSettings):
+    """Everything configurable; tests build ``Settings(...)`` directly instead of touching the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDINGS_", extra="ignore")
+
+    data_dir: Path = Path(".tidings")
+    database_url: str | None = None  # default: sqlite file in data_dir
+    transport_url: str | None = None  # default: outbox maildir in data_dir
+    secret_key: str | None = None  # default: generated once, kept in data_dir
+    public_url: str = "http://127.0.0.1:8000"
+    from_address: str = Field(default="Tidings <noreply@localhost>", validation_alias="TIDINGS_FROM")
+
+    retry_base_seconds: float = Field(default=300.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    message_ttl_seconds: float = Field(default=432000.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    #: A message whose lease expired this many times (it keeps killing workers) goes to dead letters.
+    max_lease_expiries: int = Field(default=5, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+    max_body_bytes: int = Field(default=1_000_000, gt=0)  # JSON request bodies
+    max_import_bytes: int = Field(default=200_000_000, gt=0)  # CSV / NDJSON uploads
+    max_attributes_bytes: int = Field(default=16_384, gt=0)  # a contact's attributes, as JSON
+    render_timeout_seconds: float = Field(default=2.0, gt=0)
+    render_max_bytes: int = Field(default=1_000_000, gt=0)
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy URL; ``postgresql://`` is pinned to the psycopg 3 driver we ship."""
+        url = self.database_url or f"sqlite:///{(self.data_dir / 'tidings.db').resolve()}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ConfigurationError(
+                "TIDINGS_DATABASE_URL must start with sqlite:/// or postgresql://", field="TIDINGS_DATABASE_URL"
+            )
+        return url
+
+    def resolved_transport_url(self) -> str:
+        return self.transport_url or f"outbox://{(self.data_dir / 'outbox').resolve()}"
+
+    def resolved_secret_key(self) -> str:
+        """The signing secret: given, or generated once and kept (mode 0600) in the data directory."""
+        if self.secret_key is not None:
+            if self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH:
+                raise ConfigurationError(
+                    f"TIDINGS_SECRET_KEY must be a random string of at least {MIN_SECRET_LENGTH} characters",
+                    field="TIDINGS_SECRET_KEY",
+                )
+            return self.secret_key
+        path = self.data_dir / SECRET_FILE_NAME
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                # O_EXCL: when two processes start at once, exactly one writes the secret.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_urlsafe(48))
+        value = path.read_text().strip()
+        if len(value) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(f"the secret in {path} is too short; delete it to generate a new one")
+        return value

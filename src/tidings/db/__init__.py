@@ -1,0 +1,1 @@
+"""Database access: engine and sessions (``engine.py``), models, and the Alembic migrations."""

@@ -1,0 +1,343 @@
+"""The SQLAlchemy models: every row belongs to one tenant (``tenant_id``), and every query filters on it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text as sql_text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from tidings.db.types import BigId, Json, UTCDateTime
+
+# Stable constraint names, so that Alembic batch migrations on SQLite can find them again.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _tenant_fk() -> Mapped[int]:
+    return mapped_column(BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)  # shown to people, finds the row
+    key_hash: Mapped[str] = mapped_column(String(128))  # sha256 of the whole key; the key itself is never stored
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant_id", "id"),)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    email: Mapped[str] = mapped_column(String(320))  # normalised: domain lower-cased, IDNA
+    name: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    first_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    locale: Mapped[str | None] = mapped_column(String(35), nullable=True)
+    attributes: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "email", name="uq_contacts_tenant_email"),
+        Index("ix_contacts_tenant_status", "tenant_id", "status", "id"),
+    )
+
+
+class ContactList(Base):
+    __tablename__ = "lists"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_lists_tenant_name"),)
+
+
+class ListMember(Base):
+    __tablename__ = "list_members"
+
+    list_id: Mapped[int] = mapped_column(BigId, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_list_members_contact", "contact_id"),)
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    subject: Mapped[str] = mapped_column(Text)
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_templates_tenant_name"),)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    template_id: Mapped[int] = mapped_column(BigId, ForeignKey("templates.id", ondelete="RESTRICT"))
+    list_ids: Mapped[list[int]] = mapped_column(Json, default=list)
+    contact_ids: Mapped[list[int]] = mapped_column(Json, default=list)
+    data: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    from_address: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    recipient_count: Mapped[int] = mapped_column(Integer, default=0)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_campaigns_tenant", "tenant_id", "id"),
+        Index("ix_campaigns_status_scheduled", "status", "scheduled_at"),
+    )
+
+
+class Message(Base):
+    """One email to one recipient: the queue row and, once final, its record."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    campaign_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=True
+    )
+    contact_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True
+    )
+    to_address: Mapped[str] = mapped_column(String(320))
+    template_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("templates.id", ondelete="SET NULL"), nullable=True
+    )
+    # Inline content of a transactional message sent without a stored template.
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    html: Mapped[str | None] = mapped_column(Text, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    from_address: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    category: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expiries: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    message_id_header: Mapped[str | None] = mapped_column(String(400), nullable=True)  # kept across retries
+    provider_message_id: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        # The claim: ready messages of one tenant in priority order (see queue/claim.py).
+        Index(
+            "ix_messages_claim",
+            "tenant_id",
+            "priority",
+            "not_before",
+            "id",
+            postgresql_where=sql_text("status = 'queued'"),
+            sqlite_where=sql_text("status = 'queued'"),
+        ),
+        # The reaper: expired leases.
+        Index(
+            "ix_messages_lease",
+            "lease_expires_at",
+            postgresql_where=sql_text("status = 'sending'"),
+            sqlite_where=sql_text("status = 'sending'"),
+        ),
+        # Campaign progress: grouped counts per status.
+        Index("ix_messages_campaign_status", "campaign_id", "status", "id"),
+        Index("ix_messages_tenant_reference", "tenant_id", "reference"),
+        Index("ix_messages_tenant_id", "tenant_id", "id"),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_tenant_idempotency"),
+        # A repeated fan-out can never enqueue the same recipient twice.
+        UniqueConstraint("campaign_id", "contact_id", name="uq_messages_campaign_contact"),
+    )
+
+
+class Event(Base):
+    """Append-only history of a message (and campaign-level happenings when ``message_id`` is null)."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    message_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=True
+    )
+    campaign_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=True
+    )
+    type: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_events_message", "message_id", "id"),
+        Index("ix_events_tenant", "tenant_id", "id"),
+    )
+
+
+class Throttle(Base):
+    """A tenant's sending limits (null = no limit) and the shared GCRA state that enforces them."""
+
+    __tablename__ = "throttles"
+
+    tenant_id: Mapped[int] = mapped_column(BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    per_second: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # GCRA theoretical arrival times, seconds since the epoch on the database's clock.
+    tat_second: Mapped[float] = mapped_column(Float, default=0.0)
+    tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
+    tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    tat_day: Mapped[float] = mapped_column(Float, default=0.0)
+    # Until when the claim skips this tenant (limit reached, or the provider asked us to slow down).
+    blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DomainThrottle(Base):
+    """A tenant's limit for one recipient domain (e.g. at most 20 per minute to outlook.com)."""
+
+    __tablename__ = "domain_throttles"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    domain: Mapped[str] = mapped_column(String(255))
+    per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
+    tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "domain", name="uq_domain_throttles_tenant_domain"),)
+
+
+class Suppression(Base):
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    email: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "email", name="uq_suppressions_tenant_email"),)
+
+
+class Category(Base):
+    __tablename__ = "categories"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_categories_tenant_name"),)
+
+
+class Preference(Base):
+    """A contact's choice for one category; no row means subscribed."""
+
+    __tablename__ = "preferences"
+
+    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    subscribed: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(Json, default=list)
+    secret: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_status: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Worker(Base):
+    """A running worker process, kept fresh by its heartbeat (for the dashboard and metrics)."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,88 @@
+"""Enums and frozen value objects shared by every layer: statuses, roles and their rules."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.StrEnum):
+    """What an API key may do; each role includes the ones below it."""
+
+    admin = "admin"  # everything, including keys and tenant settings (throttle)
+    sender = "sender"  # contacts, lists, templates, campaigns, messages
+    viewer = "viewer"  # read only
+
+    def allows(self, needed: Role) -> bool:
+        return _ROLE_RANK[self] >= _ROLE_RANK[needed]
+
+
+_ROLE_RANK = {Role.viewer: 0, Role.sender: 1, Role.admin: 2}
+
+
+class ContactStatus(enum.StrEnum):
+    active = "active"
+    unsubscribed = "unsubscribed"
+    bounced = "bounced"
+    complained = "complained"
+
+
+class CampaignStatus(enum.StrEnum):
+    draft = "draft"
+    scheduled = "scheduled"
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    cancelled = "cancelled"
+    failed = "failed"
+
+
+class MessageStatus(enum.StrEnum):
+    queued = "queued"
+    sending = "sending"
+    sent = "sent"
+    failed = "failed"  # permanent failure, no retry
+    dead = "dead"  # transient failures until its time to live ran out
+    cancelled = "cancelled"
+    suppressed = "suppressed"  # never sent: unsubscribed, bounced, suppressed or opted out
+
+
+#: Statuses a message never leaves; everything else still counts as pending.
+FINAL_MESSAGE_STATUSES = frozenset(
+    {
+        MessageStatus.sent,
+        MessageStatus.failed,
+        MessageStatus.dead,
+        MessageStatus.cancelled,
+        MessageStatus.suppressed,
+    }
+)
+PENDING_MESSAGE_STATUSES = frozenset({MessageStatus.queued, MessageStatus.sending})
+
+
+class SuppressionReason(enum.StrEnum):
+    unsubscribe = "unsubscribe"
+    hard_bounce = "hard_bounce"
+    complaint = "complaint"
+    manual = "manual"
+
+
+class EventType(enum.StrEnum):
+    queued = "queued"
+    claimed = "claimed"
+    sent = "sent"
+    deferred = "deferred"  # transient failure, retried later
+    throttled = "throttled"  # provider asked us to slow down; the attempt did not count
+    failed = "failed"
+    dead = "dead"
+    cancelled = "cancelled"
+    suppressed = "suppressed"
+    lease_expired = "lease_expired"
+    bounced = "bounced"
+    complained = "complained"
+    unsubscribed = "unsubscribed"
+
+
+#: Priority added to transactional messages so that they always outrank campaign traffic.
+TRANSACTIONAL_PRIORITY_BOOST = 100
+#: API-level priorities run from 0 (lowest) to 9; the default sits in the middle.
+MIN_PRIORITY, MAX_PRIORITY, DEFAULT_PRIORITY = 0, 9, 5
