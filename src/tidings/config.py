@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     transport_url: str | None = None  # default: outbox maildir in data_dir
     secret_key: str | None = None  # default: generated once, kept in data_dir
     public_url: str = "http://127.0.0.1:8000"
-    from_address: str = Field(default="Tidings <noreply@localhost>", validation_alias="TIDINGS_FROM")
+    from_address: str = Field(
+        default="Tidings <noreply@localhost>", validation_alias="TIDINGS_FROM"
+    )
 
     retry_base_seconds: float = Field(default=300.0, gt=0)
     retry_max_seconds: float = Field(default=3600.0, gt=0)
@@ -64,7 +66,8 @@ class Settings(BaseSettings):
             url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
         if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
             raise ConfigurationError(
-                "TIDINGS_DATABASE_URL must start with sqlite:/// or postgresql://", field="TIDINGS_DATABASE_URL"
+                "TIDINGS_DATABASE_URL must start with sqlite:/// or postgresql://",
+                field="TIDINGS_DATABASE_URL",
             )
         return url
 
@@ -74,7 +77,10 @@ class Settings(BaseSettings):
     def resolved_secret_key(self) -> str:
         """The signing secret: given, or generated once and kept (mode 0600) in the data directory."""
         if self.secret_key is not None:
-            if self.secret_key.strip().lower() in PLACEHOLDER_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH:
+            if (
+                self.secret_key.strip().lower() in PLACEHOLDER_SECRETS
+                or len(self.secret_key) < MIN_SECRET_LENGTH
+            ):
                 raise ConfigurationError(
                     f"TIDINGS_SECRET_KEY must be a random string of at least {MIN_SECRET_LENGTH} characters",
                     field="TIDINGS_SECRET_KEY",
@@ -93,5 +99,7 @@ class Settings(BaseSettings):
                     handle.write(secrets.token_urlsafe(48))
         value = path.read_text().strip()
         if len(value) < MIN_SECRET_LENGTH:
-            raise ConfigurationError(f"the secret in {path} is too short; delete it to generate a new one")
+            raise ConfigurationError(
+                f"the secret in {path} is too short; delete it to generate a new one"
+            )
         return value

@@ -72,7 +72,9 @@ class TemplateSyntaxError(InvalidInput):
 
     code = "template_syntax"
 
-    def __init__(self, message: str | None = None, *, field: str | None = None, line: int | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, field: str | None = None, line: int | None = None
+    ) -> None:
         super().__init__(message, field=field)
         self.line = line
 

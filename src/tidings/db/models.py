@@ -15,6 +15,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+)
+from sqlalchemy import (
     text as sql_text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -55,7 +57,9 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     prefix: Mapped[str] = mapped_column(String(32), unique=True)  # shown to people, finds the row
-    key_hash: Mapped[str] = mapped_column(String(128))  # sha256 of the whole key; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(
+        String(128)
+    )  # sha256 of the whole key; the key itself is never stored
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -100,8 +104,12 @@ class ContactList(Base):
 class ListMember(Base):
     __tablename__ = "list_members"
 
-    list_id: Mapped[int] = mapped_column(BigId, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True)
-    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    list_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
     tenant_id: Mapped[int] = _tenant_fk()
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -187,7 +195,9 @@ class Message(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reference: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    message_id_header: Mapped[str | None] = mapped_column(String(400), nullable=True)  # kept across retries
+    message_id_header: Mapped[str | None] = mapped_column(
+        String(400), nullable=True
+    )  # kept across retries
     provider_message_id: Mapped[str | None] = mapped_column(String(400), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -249,7 +259,9 @@ class Throttle(Base):
 
     __tablename__ = "throttles"
 
-    tenant_id: Mapped[int] = mapped_column(BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
     enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     per_second: Mapped[int | None] = mapped_column(Integer, nullable=True)
     per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -278,7 +290,9 @@ class DomainThrottle(Base):
     tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
     tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
 
-    __table_args__ = (UniqueConstraint("tenant_id", "domain", name="uq_domain_throttles_tenant_domain"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "domain", name="uq_domain_throttles_tenant_domain"),
+    )
 
 
 class Suppression(Base):
@@ -311,7 +325,9 @@ class Preference(Base):
 
     __tablename__ = "preferences"
 
-    contact_id: Mapped[int] = mapped_column(BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
     category: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[int] = _tenant_fk()
     subscribed: Mapped[bool] = mapped_column(Boolean)

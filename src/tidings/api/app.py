@@ -1,0 +1,139 @@
+"""``create_app``: the FastAPI application, and the one place where errors become HTTP answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tidings import __version__, errors
+from tidings.api.routes import ROUTERS
+from tidings.runtime import Runtime
+
+STATUS_BY_ERROR: dict[type[errors.TidingsError], int] = {
+    errors.Unauthenticated: 401,
+    errors.PermissionDenied: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.InvalidInput: 422,
+    errors.ConfigurationError: 500,
+}
+CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "field": field}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _status_for(exc: errors.TidingsError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 400
+
+
+async def _on_tidings_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.TidingsError)
+    message = exc.message
+    if isinstance(exc, errors.TemplateSyntaxError) and exc.line is not None:
+        message = f"{message} (line {exc.line})"
+    return error_response(_status_for(exc), exc.code, message, exc.field)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or (str(loc[-1]) if loc else None)
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    field = _field_of(tuple(first.get("loc", ())))
+    message = str(first.get("msg", "invalid request"))
+    return error_response(422, "invalid", f"{field}: {message}" if field else message, field)
+
+
+async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = CODE_BY_STATUS.get(exc.status_code, "error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+class BodySizeLimit:
+    """Refuses bodies over the cap with 413 before they are read whole.
+
+    A declared ``Content-Length`` over the cap is refused at once; a chunked body is counted as it
+    streams and cut off when it passes the cap. Imports get their own, larger cap.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body: int, max_import: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_import = max_import
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cap = self.max_import if scope["path"].endswith("/import") else self.max_body
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cap):
+            response = error_response(
+                413, "payload_too_large", f"the request body is over {cap} bytes"
+            )
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    raise StarletteHTTPException(413, f"the request body is over {cap} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
+    """The application; `embedded_workers` delivery workers run in its lifespan (0 for API only)."""
+    app = FastAPI(
+        title="Tidings",
+        version=__version__,
+        description="Self-hosted email delivery: campaigns and transactional sends through a throttled, retrying queue.",
+    )
+    app.state.runtime = runtime
+    app.state.embedded_workers = embedded_workers
+    app.add_exception_handler(errors.TidingsError, _on_tidings_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.add_middleware(
+        BodySizeLimit,
+        max_body=runtime.settings.max_body_bytes,
+        max_import=runtime.settings.max_import_bytes,
+    )
+    return app

@@ -1,0 +1,19 @@
+"""Time is injected: code that schedules, retries or expires asks a clock, so tests can move time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
