@@ -75,6 +75,28 @@ def serve(
         uvicorn.run(api, host=host, port=port, log_level="warning")
 
 
+@app.command()
+def worker(
+    concurrency: int = typer.Option(50, min=1, max=1000, help="Messages in flight at once."),
+) -> None:
+    """Run a delivery worker until SIGTERM / Ctrl-C (in-flight sends finish and are recorded)."""
+    import asyncio
+    import signal
+
+    from tidings.delivery.worker import run_workers
+
+    async def main(runtime: Runtime) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_workers(runtime, stop, concurrency=concurrency)
+
+    with open_runtime() as runtime:
+        console.print(f"worker started (concurrency {concurrency}, database: {runtime.dialect})")
+        asyncio.run(main(runtime))
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the database migrations (safe to run again)."""

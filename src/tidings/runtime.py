@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.db.engine import make_engine, make_session_factory, upgrade
+from tidings.queue.notify import NEW_WORK_FLAG
+
+if TYPE_CHECKING:
+    from tidings.rendering import Renderer
 
 
 @dataclass
@@ -19,6 +26,25 @@ class Runtime:
     sessions: sessionmaker[Session]
     secret_key: str
     clock: Clock = field(default_factory=SystemClock)
+    #: Called after any commit in this process that enqueued work: the embedded workers' wake-up.
+    wakeups: set[Callable[[], None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        @event.listens_for(self.sessions, "after_commit")
+        def _after_commit(session: Session) -> None:
+            if session.info.pop(NEW_WORK_FLAG, False):
+                for wake in list(self.wakeups):
+                    wake()
+
+        @event.listens_for(self.sessions, "after_rollback")
+        def _after_rollback(session: Session) -> None:
+            session.info.pop(NEW_WORK_FLAG, None)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        from tidings.rendering import Renderer
+
+        return Renderer(settings=self.settings, secret_key=self.secret_key)
 
     @property
     def dialect(self) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -119,13 +122,29 @@ class BodySizeLimit:
 
 def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     """The application; `embedded_workers` delivery workers run in its lifespan (0 for API only)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if embedded_workers == 0:
+            yield
+            return
+        from tidings.delivery.worker import run_workers
+
+        stop = asyncio.Event()
+        delivery = asyncio.create_task(run_workers(runtime, stop, count=embedded_workers))
+        try:
+            yield
+        finally:
+            stop.set()  # in-flight sends finish and are recorded before the server exits
+            await delivery
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Tidings",
         version=__version__,
         description="Self-hosted email delivery: campaigns and transactional sends through a throttled, retrying queue.",
     )
     app.state.runtime = runtime
-    app.state.embedded_workers = embedded_workers
     app.add_exception_handler(errors.TidingsError, _on_tidings_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -204,16 +205,6 @@ class Message(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        # The claim: ready messages of one tenant in priority order (see queue/claim.py).
-        Index(
-            "ix_messages_claim",
-            "tenant_id",
-            "priority",
-            "not_before",
-            "id",
-            postgresql_where=sql_text("status = 'queued'"),
-            sqlite_where=sql_text("status = 'queued'"),
-        ),
         # The reaper: expired leases.
         Index(
             "ix_messages_lease",
@@ -229,6 +220,19 @@ class Message(Base):
         # A repeated fan-out can never enqueue the same recipient twice.
         UniqueConstraint("campaign_id", "contact_id", name="uq_messages_campaign_contact"),
     )
+
+
+# The claim: a tenant's ready messages in exactly the claim's order (see queue/claim.py), so the
+# per-tenant LIMIT reads the first rows of the index and stops.
+Index(
+    "ix_messages_claim",
+    Message.tenant_id,
+    Message.priority.desc(),
+    Message.not_before,
+    Message.id,
+    postgresql_where=sql_text("status = 'queued'"),
+    sqlite_where=sql_text("status = 'queued'"),
+)
 
 
 class Event(Base):
@@ -357,3 +361,8 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table of a model, for executemany statements (mapped classes expose it untyped)."""
+    return cast(Table, model.__table__)

@@ -38,6 +38,7 @@ class CampaignStatus(enum.StrEnum):
 
 class MessageStatus(enum.StrEnum):
     queued = "queued"
+    paused = "paused"  # its campaign is paused: not claimable until resumed (keeps the claim index lean)
     sending = "sending"
     sent = "sent"
     failed = "failed"  # permanent failure, no retry
@@ -56,7 +57,7 @@ FINAL_MESSAGE_STATUSES = frozenset(
         MessageStatus.suppressed,
     }
 )
-PENDING_MESSAGE_STATUSES = frozenset({MessageStatus.queued, MessageStatus.sending})
+PENDING_MESSAGE_STATUSES = frozenset({MessageStatus.queued, MessageStatus.paused, MessageStatus.sending})
 
 
 class SuppressionReason(enum.StrEnum):
@@ -80,6 +81,14 @@ class EventType(enum.StrEnum):
     bounced = "bounced"
     complained = "complained"
     unsubscribed = "unsubscribed"
+    # Campaign-level happenings (``message_id`` null): a campaign's fan-out writes no event per message.
+    campaign_scheduled = "campaign_scheduled"
+    campaign_started = "campaign_started"
+    campaign_paused = "campaign_paused"
+    campaign_resumed = "campaign_resumed"
+    campaign_cancelled = "campaign_cancelled"
+    campaign_completed = "campaign_completed"
+    campaign_retried = "campaign_retried"  # its failed and dead messages went back to the queue
 
 
 #: Priority added to transactional messages so that they always outrank campaign traffic.

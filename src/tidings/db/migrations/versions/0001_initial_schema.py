@@ -489,7 +489,7 @@ def upgrade() -> None:
         )
         batch_op.create_index(
             "ix_messages_claim",
-            ["tenant_id", "priority", "not_before", "id"],
+            ["tenant_id", sa.text("priority DESC"), "not_before", "id"],
             unique=False,
             postgresql_where=sa.text("status = 'queued'"),
             sqlite_where=sa.text("status = 'queued'"),

@@ -1,0 +1,1 @@
+"""The delivery engine: claim -> throttle -> render -> send -> record (``worker.py``)."""

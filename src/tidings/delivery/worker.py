@@ -1,0 +1,352 @@
+"""The delivery loop: claim -> throttle -> render -> send -> record, with leases kept alive meanwhile.
+
+One ``Worker`` runs in one asyncio loop and keeps up to ``concurrency`` messages in flight, in
+batches: a claim, a render, a transport call and an outcome write are each one step per batch, so
+database work stays O(1) round trips per batch rather than per message (DESIGN.md, "Scale").
+
+It waits for work on the first of: an in-process wake-up (the API in the same process committed
+new work), a PostgreSQL ``NOTIFY`` from any process, or the poll interval. Polling is the
+guarantee; the others only make it fast.
+
+SIGTERM (``stop``) ends claiming; batches in flight finish their attempt and record it; nothing
+stays leased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from sqlalchemy import delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tidings.db.engine import transaction
+from tidings.db.models import Worker as WorkerRow
+from tidings.delivery.compose import BatchContext, Composer, load_context
+from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
+from tidings.delivery.retry import RetryPolicy
+from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
+from tidings.errors import TidingsError
+from tidings.queue import maintenance
+from tidings.queue.claim import Claim, ClaimedMessage, claim_batch
+from tidings.queue.clock import db_now
+from tidings.queue.leases import reap_expired_leases, renew_leases
+from tidings.queue.notify import CHANNEL
+from tidings.queue.outcomes import record_outcomes
+from tidings.runtime import Runtime
+from tidings.transports.base import Transport
+
+log = logging.getLogger("tidings.worker")
+
+MAINTENANCE_SECONDS = 1.0  # reaper, scheduled starts and completions run this often
+DEFAULT_BATCH_SIZE = 100  # messages per claim at most
+RECORD_RETRIES = 5  # tries to write a batch's outcomes before leaving them to the lease reaper
+LISTEN_RECONNECT_SECONDS = 2.0
+
+T = TypeVar("T")
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        transport: Transport,
+        concurrency: int = 50,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        policy: RetryPolicy | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        settings = runtime.settings
+        self.runtime = runtime
+        self.transport = transport
+        self.concurrency = concurrency
+        self.batch_size = max(1, min(batch_size, concurrency))
+        self.policy = policy or RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.composer = Composer(
+            settings=settings, secret_key=runtime.secret_key, renderer=runtime.renderer
+        )
+        self._busy = 0  # messages in flight
+        self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
+
+    # -- waking up -------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Thread-safe: there may be new work."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _wait(self, stop: asyncio.Event, timeout: float) -> None:
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.runtime.wakeups.add(self.wake)
+        await self._db(self._register)
+        helpers = [
+            asyncio.create_task(self._maintain(stop)),
+            asyncio.create_task(self._heartbeat(stop)),
+        ]
+        if self.runtime.dialect == "postgresql":
+            helpers.append(asyncio.create_task(self._listen(stop)))
+        log.info("worker %s started (concurrency %d)", self.id, self.concurrency)
+        try:
+            await self._claim_loop(stop)
+        finally:
+            if self._batches:
+                await asyncio.gather(*self._batches.values(), return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self.runtime.wakeups.discard(self.wake)
+            with contextlib.suppress(Exception):
+                await self._db(self._unregister)
+            log.info("worker %s stopped", self.id)
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()  # before the claim: a wake-up during it is not lost
+            free = self.concurrency - self._busy
+            if free > 0:
+                try:
+                    claim = await self._db(self._claim, min(free, self.batch_size))
+                except Exception:
+                    log.exception("claim failed; retrying after the poll interval")
+                    await self._wait(stop, self.runtime.settings.poll_seconds)
+                    continue
+                if claim.messages:
+                    self._start(claim)
+                    continue
+            await self._wait(stop, self.runtime.settings.poll_seconds)
+
+    def _start(self, claim: Claim) -> None:
+        self._busy += len(claim.messages)
+        task = asyncio.create_task(self._deliver(claim))
+        self._batches[claim.token] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._busy -= len(claim.messages)
+            self._batches.pop(claim.token, None)
+            self._wake.set()  # room for more
+
+        task.add_done_callback(done)
+
+    async def _db(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.to_thread(function, *args)
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def _claim(self, limit: int) -> Claim:
+        settings = self.runtime.settings
+        with transaction(self.runtime.sessions) as session:
+            return claim_batch(
+                session=session, owner=self.id, limit=limit, lease_seconds=settings.lease_seconds
+            )
+
+    async def _deliver(self, claim: Claim) -> None:
+        results: list[tuple[ClaimedMessage, Outcome]] = []
+        try:
+            context = await self._db(self._load, claim)
+            ready: list[tuple[ClaimedMessage, OutgoingMessage]] = []
+            for message in claim.messages:
+                try:
+                    ready.append((message, self.composer.compose(message, context, claim.now)))
+                except TidingsError as exc:
+                    results.append(
+                        (message, Permanent(f"could not render the message: {exc.message}"))
+                    )
+            if ready:
+                outcomes = await self.transport.send([outgoing for _, outgoing in ready])
+                results.extend(
+                    (message, outcome)
+                    for (message, _), outcome in zip(ready, outcomes, strict=True)
+                )
+        except Exception as exc:  # a bug or an outage: retry these later rather than lose them
+            log.exception("batch %s failed before its outcomes were known", claim.token)
+            done = {m.id for m, _ in results}
+            results.extend(
+                (m, Transient(f"internal error: {exc}")) for m in claim.messages if m.id not in done
+            )
+        await self._record_with_retries(claim, results)
+
+    def _load(self, claim: Claim) -> BatchContext:
+        with transaction(self.runtime.sessions) as session:
+            return load_context(session, claim.messages)
+
+    async def _record_with_retries(
+        self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]
+    ) -> None:
+        for attempt in range(RECORD_RETRIES):
+            try:
+                recorded = await self._db(self._record, claim.token, results)
+            except Exception:
+                log.exception(
+                    "recording outcomes failed (try %d of %d)", attempt + 1, RECORD_RETRIES
+                )
+                await asyncio.sleep(min(2**attempt, 10))
+                continue
+            self.delivered += recorded
+            return
+        # Leases will expire and the reaper requeues these: at-least-once, never lost.
+        log.error(
+            "gave up recording batch %s; its leases will expire and it will be retried", claim.token
+        )
+
+    def _record(self, token: str, results: list[tuple[ClaimedMessage, Outcome]]) -> int:
+        with transaction(self.runtime.sessions) as session:
+            now = db_now(session)
+            decisions = [
+                decide(
+                    m,
+                    o,
+                    now=now,
+                    policy=self.policy,
+                    message_id_header=self.composer.message_id_header(m.id),
+                )
+                for m, o in results
+            ]
+            pauses = {
+                m.tenant_id: now.timestamp() + (o.retry_after or PROVIDER_THROTTLE_PAUSE)
+                for m, o in results
+                if isinstance(o, Transient) and o.throttled
+            }
+            return len(
+                record_outcomes(
+                    session=session, token=token, decisions=decisions, now=now, tenant_pauses=pauses
+                )
+            )
+
+    # -- background duties -----------------------------------------------------------------------
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        """Renew the leases of batches in flight, well before they expire."""
+        interval = self.runtime.settings.lease_seconds / 3
+        while not stop.is_set():
+            await self._sleep(stop, interval)
+            tokens = list(self._batches)
+            if tokens:
+                try:
+                    await self._db(self._renew, tokens)
+                except Exception:
+                    log.exception("lease renewal failed")
+
+    def _renew(self, tokens: list[str]) -> None:
+        with transaction(self.runtime.sessions) as session:
+            now = db_now(session)
+            renew_leases(
+                session=session,
+                tokens=tokens,
+                now=now,
+                lease_seconds=self.runtime.settings.lease_seconds,
+            )
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                if await self._db(self._maintenance_pass):
+                    self._wake.set()
+            except Exception:
+                log.exception("maintenance pass failed")
+            await self._sleep(stop, MAINTENANCE_SECONDS)
+
+    def _maintenance_pass(self) -> bool:
+        """Reap expired leases, start due campaigns, complete finished ones; True if work appeared."""
+        settings = self.runtime.settings
+        with transaction(self.runtime.sessions) as session:
+            now = db_now(session)
+            requeued, _dead = reap_expired_leases(
+                session=session, now=now, max_expiries=settings.max_lease_expiries
+            )
+            started = maintenance.start_due_campaigns(
+                session=session, now=now, ttl_seconds=settings.message_ttl_seconds
+            )
+            maintenance.complete_finished_campaigns(session=session, now=now)
+            self._upsert_row(session, now)
+        return bool(requeued or started)
+
+    def _register(self) -> None:
+        with transaction(self.runtime.sessions) as session:
+            self._upsert_row(session, db_now(session))
+
+    def _upsert_row(self, session: Session, now: datetime) -> None:
+        dialect_insert = pg_insert if self.runtime.dialect == "postgresql" else sqlite_insert
+        statement = dialect_insert(WorkerRow).values(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=now,
+            heartbeat_at=now,
+        )
+        session.execute(
+            statement.on_conflict_do_update(index_elements=["id"], set_={"heartbeat_at": now})
+        )
+
+    def _unregister(self) -> None:
+        with transaction(self.runtime.sessions) as session:
+            session.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """PostgreSQL LISTEN: a commit anywhere that enqueued work wakes this worker within milliseconds."""
+        import psycopg
+
+        conninfo = self.runtime.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True
+                ) as connection:
+                    await connection.execute(f"LISTEN {CHANNEL}")
+                    self._wake.set()  # anything enqueued while we were not listening
+                    async for _ in connection.notifies():
+                        self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("LISTEN connection lost; polling until it is back", exc_info=True)
+                await self._sleep(stop, LISTEN_RECONNECT_SECONDS)
+
+    @staticmethod
+    async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def run_workers(
+    runtime: Runtime, stop: asyncio.Event, *, count: int = 1, concurrency: int = 50
+) -> None:
+    """Open the configured transport and run ``count`` workers on it until ``stop`` is set."""
+    from tidings.transports.base import open_transport
+
+    transport = open_transport(
+        runtime.settings.resolved_transport_url(), concurrency=concurrency * count
+    )
+    try:
+        workers = [
+            Worker(runtime=runtime, transport=transport, concurrency=concurrency)
+            for _ in range(count)
+        ]
+        await asyncio.gather(*(worker.run(stop) for worker in workers))
+    finally:
+        await transport.close()

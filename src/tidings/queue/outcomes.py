@@ -1,0 +1,181 @@
+"""Recording what happened to claimed messages: one transaction per batch, fenced by the lease token.
+
+Fencing: every write names the lease token the claim handed out and only touches rows still
+``sending`` under that token. A worker that froze past its lease (and whose messages the reaper
+has since given to another worker) comes back to find its token gone: its late result is
+dropped instead of overwriting the newer attempt's. The rows are locked first (``FOR UPDATE``) so
+the reaper cannot take them between the check and the write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tidings.db.models import Contact, Event, Message, Suppression, Throttle, table
+from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
+
+MAX_ERROR_LENGTH = 2000  # characters of a server reply kept as last_error
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The new state of one message after an attempt (computed by the worker, written here)."""
+
+    message_id: int
+    tenant_id: int
+    campaign_id: int | None
+    status: MessageStatus  # sent | queued (retry) | failed | dead
+    event: EventType
+    detail: str | None = None  # the server's reply, or why we gave up
+    not_before: datetime | None = None  # for a retry
+    provider_id: str | None = None
+    message_id_header: str | None = None
+    counts_as_attempt: bool = True  # False when the provider throttled us: not the message's fault
+    suppress_email: str | None = None  # a hard bounce: never try this address again
+    contact_id: int | None = None
+
+
+def record_outcomes(
+    *,
+    session: Session,
+    token: str,
+    decisions: Sequence[Decision],
+    now: datetime,
+    tenant_pauses: dict[int, float] | None = None,
+) -> list[int]:
+    """Write ``decisions`` for messages still leased under ``token``; returns the ids written."""
+    ids = [d.message_id for d in decisions]
+    live = set(
+        session.scalars(
+            select(Message.id)
+            .where(
+                Message.id.in_(ids),
+                Message.lease_token == token,
+                Message.status == MessageStatus.sending.value,
+            )
+            .with_for_update()
+        )
+    )
+    current = [d for d in decisions if d.message_id in live]
+    if current:
+        _write_messages(session, token, current, now)
+        _write_events(session, current, now)
+        _suppress(session, [d for d in current if d.suppress_email], now)
+    for tenant_id, until in (tenant_pauses or {}).items():
+        # The provider asked us to slow down: no claim looks at this tenant until then.
+        session.execute(
+            update(Throttle)
+            .where(Throttle.tenant_id == tenant_id, Throttle.blocked_until < until)
+            .values(blocked_until=until)
+        )
+    return [d.message_id for d in current]
+
+
+_UPDATE = (
+    update(table(Message))
+    .where(
+        table(Message).c.id == bindparam("mid"),
+        table(Message).c.lease_token == bindparam("token"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        not_before=func.coalesce(
+            bindparam("new_not_before", type_=table(Message).c.not_before.type),
+            table(Message).c.not_before,
+        ),
+        attempts=table(Message).c.attempts + bindparam("attempt_increment"),
+        last_error=bindparam("new_error"),
+        provider_message_id=func.coalesce(
+            bindparam("new_provider_id"), table(Message).c.provider_message_id
+        ),
+        message_id_header=func.coalesce(
+            bindparam("new_header"), table(Message).c.message_id_header
+        ),
+        sent_at=bindparam("new_sent_at", type_=table(Message).c.sent_at.type),
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        updated_at=bindparam("now", type_=table(Message).c.updated_at.type),
+    )
+)
+
+
+def _write_messages(
+    session: Session, token: str, decisions: Sequence[Decision], now: datetime
+) -> None:
+    session.connection().execute(
+        _UPDATE,
+        [
+            {
+                "mid": d.message_id,
+                "token": token,
+                "new_status": d.status.value,
+                "new_not_before": d.not_before,
+                "attempt_increment": 1 if d.counts_as_attempt else 0,
+                "new_error": d.detail[:MAX_ERROR_LENGTH]
+                if d.detail and d.status != MessageStatus.sent
+                else None,
+                "new_provider_id": d.provider_id,
+                "new_header": d.message_id_header,
+                "new_sent_at": now if d.status == MessageStatus.sent else None,
+                "now": now,
+            }
+            for d in decisions
+        ],
+    )
+
+
+def _write_events(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
+    session.connection().execute(
+        insert(table(Event)),
+        [
+            {
+                "tenant_id": d.tenant_id,
+                "message_id": d.message_id,
+                "campaign_id": d.campaign_id,
+                "type": d.event.value,
+                "detail": d.detail[:MAX_ERROR_LENGTH] if d.detail else None,
+                "created_at": now,
+            }
+            for d in decisions
+        ],
+    )
+
+
+def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
+    """Hard bounces: the address joins the tenant's suppression list and the contact is ``bounced``."""
+    if not decisions:
+        return
+    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    rows = {
+        (d.tenant_id, d.suppress_email): {
+            "tenant_id": d.tenant_id,
+            "email": d.suppress_email,
+            "reason": SuppressionReason.hard_bounce.value,
+            "detail": (d.detail or "")[:MAX_ERROR_LENGTH],
+            "created_at": now,
+        }
+        for d in decisions
+    }
+    statement = dialect_insert(table(Suppression)).on_conflict_do_nothing(
+        index_elements=["tenant_id", "email"]
+    )
+    session.connection().execute(statement, list(rows.values()))
+    contact_ids = [d.contact_id for d in decisions if d.contact_id is not None]
+    if contact_ids:
+        session.execute(
+            update(Contact)
+            .where(Contact.id.in_(contact_ids), Contact.status == ContactStatus.active.value)
+            .values(status=ContactStatus.bounced.value, updated_at=now)
+        )
+
+
+def utc_from_epoch(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

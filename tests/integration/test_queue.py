@@ -1,0 +1,172 @@
+"""The queue's guarantees on both databases: claim order, fairness, throttles, fencing, reaping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+
+from tests.conftest import TenantKeys
+from tidings.db.engine import transaction
+from tidings.db.models import Event, Message, Throttle
+from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, EventType, MessageStatus
+from tidings.queue.claim import claim_batch
+from tidings.queue.leases import reap_expired_leases, renew_leases
+from tidings.queue.outcomes import Decision, record_outcomes
+from tidings.runtime import Runtime
+
+
+def enqueue(
+    runtime: Runtime, tenant_id: int, count: int, *, priority: int = 5, prefix: str = "r"
+) -> list[int]:
+    now = datetime.now(UTC) - timedelta(seconds=1)
+    with transaction(runtime.sessions) as session:
+        rows = [
+            Message(
+                tenant_id=tenant_id,
+                to_address=f"{prefix}{i}@example.test",
+                subject="hi",
+                text="hello",
+                priority=priority,
+                status="queued",
+                not_before=now,
+                expires_at=now + timedelta(days=1),
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        session.flush()
+        return [r.id for r in rows]
+
+
+def claim(runtime: Runtime, limit: int, owner: str = "w1"):  # type: ignore[no-untyped-def]
+    with transaction(runtime.sessions) as session:
+        return claim_batch(session=session, owner=owner, limit=limit, lease_seconds=30)
+
+
+def statuses(runtime: Runtime, ids: list[int]) -> list[str]:
+    with runtime.sessions() as session:
+        found = dict(
+            session.execute(select(Message.id, Message.status).where(Message.id.in_(ids))).all()
+        )
+    return [found[i] for i in ids]
+
+
+def test_transactional_mail_is_claimed_before_campaign_mail(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    bulk = enqueue(runtime, acme.tenant_id, 5, priority=9)
+    urgent = enqueue(runtime, acme.tenant_id, 2, priority=TRANSACTIONAL_PRIORITY_BOOST)
+    got = claim(runtime, 3)
+    assert [m.id for m in got.messages][:2] == urgent
+    assert got.messages[2].id == bulk[0]
+
+
+def test_a_message_is_never_claimed_twice(runtime: Runtime, acme: TenantKeys) -> None:
+    ids = enqueue(runtime, acme.tenant_id, 10)
+    first, second, third = claim(runtime, 6, "a"), claim(runtime, 6, "b"), claim(runtime, 6, "c")
+    seen = [m.id for c in (first, second, third) for m in c.messages]
+    assert sorted(seen) == ids
+    assert len(third.messages) == 0
+    assert set(statuses(runtime, ids)) == {"sending"}
+
+
+def test_tenants_take_turns_within_one_claim(
+    runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    enqueue(runtime, acme.tenant_id, 50, prefix="a")
+    enqueue(runtime, globex.tenant_id, 3, prefix="g")
+    got = claim(runtime, 6)
+    tenants = [m.tenant_id for m in got.messages]
+    assert tenants.count(globex.tenant_id) == 3  # the big tenant does not crowd the small one out
+
+
+def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
+    runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(Throttle)
+            .where(Throttle.tenant_id == acme.tenant_id)
+            .values(enabled=True, per_second=2)
+        )
+    held = enqueue(runtime, acme.tenant_id, 10, prefix="a")
+    free = enqueue(runtime, globex.tenant_id, 10, prefix="g")
+    got = claim(runtime, 100)
+    by_tenant = [m.tenant_id for m in got.messages]
+    assert by_tenant.count(acme.tenant_id) == 1  # burst of 1 for a per-second limit of 2
+    assert by_tenant.count(globex.tenant_id) == 10
+    with runtime.sessions() as session:
+        waiting = session.scalars(
+            select(Message).where(Message.id.in_(held), Message.status == "queued")
+        ).all()
+        assert len(waiting) == 9
+        assert all(m.not_before > got.now for m in waiting)
+        assert all(m.lease_token is None for m in waiting)
+    assert claim(runtime, 100).messages == []  # closed until its next slot
+    assert set(statuses(runtime, free)) == {"sending"}
+
+
+def test_an_outcome_from_a_stale_lease_is_ignored(runtime: Runtime, acme: TenantKeys) -> None:
+    (message_id,) = enqueue(runtime, acme.tenant_id, 1)
+    stale = claim(runtime, 1)
+    with transaction(runtime.sessions) as session:  # the lease expires and the reaper takes it back
+        session.execute(update(Message).values(lease_expires_at=stale.now - timedelta(seconds=1)))
+        assert reap_expired_leases(session=session, now=stale.now, max_expiries=5) == (1, 0)
+    fresh = claim(runtime, 1, "w2")
+    assert fresh.token != stale.token
+    decision = Decision(
+        message_id=message_id,
+        tenant_id=acme.tenant_id,
+        campaign_id=None,
+        status=MessageStatus.sent,
+        event=EventType.sent,
+    )
+    with transaction(runtime.sessions) as session:
+        written = record_outcomes(
+            session=session, token=stale.token, decisions=[decision], now=fresh.now
+        )
+    assert written == []
+    assert statuses(runtime, [message_id]) == ["sending"]
+    with transaction(runtime.sessions) as session:
+        written = record_outcomes(
+            session=session, token=fresh.token, decisions=[decision], now=fresh.now
+        )
+    assert written == [message_id]
+    with runtime.sessions() as session:
+        row = session.get(Message, message_id)
+        assert (
+            row is not None
+            and row.status == "sent"
+            and row.attempts == 1
+            and row.sent_at is not None
+        )
+        kinds = session.scalars(
+            select(Event.type).where(Event.message_id == message_id).order_by(Event.id)
+        ).all()
+    assert kinds == ["lease_expired", "sent"]
+
+
+def test_renewed_leases_are_not_reaped_and_poison_messages_die(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    (message_id,) = enqueue(runtime, acme.tenant_id, 1)
+    for round_ in range(3):
+        got = claim(runtime, 1)
+        assert [m.id for m in got.messages] == [message_id], round_
+        later = got.now + timedelta(seconds=60)
+        with transaction(runtime.sessions) as session:
+            if round_ == 0:  # a heartbeat keeps it
+                renew_leases(session=session, tokens=[got.token], now=later, lease_seconds=30)
+                assert reap_expired_leases(session=session, now=later, max_expiries=3) == (0, 0)
+                later += timedelta(seconds=60)
+            reaped = reap_expired_leases(
+                session=session, now=later, max_expiries=2 if round_ else 3
+            )
+        with transaction(runtime.sessions) as session:
+            session.execute(update(Message).values(not_before=got.now))
+        if reaped == (0, 1):
+            break
+    assert statuses(runtime, [message_id]) == ["dead"]
