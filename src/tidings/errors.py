@@ -10,7 +10,8 @@
     ├── Conflict                  the change clashes with stored state (duplicate name, wrong status)
     ├── InvalidInput              a field's value is wrong; ``field`` names it
     │   ├── TemplateSyntaxError   a template does not compile; ``line`` says where
-    │   └── RenderError           a template failed for one recipient (undefined, too slow, too big)
+    │   ├── RenderError           a template failed for one recipient (undefined, too slow, too big)
+    │   └── InvalidToken          an unsubscribe/preferences link that is forged, altered or expired
     └── PayloadTooLarge           a body over the configured size
 
 Every error carries a stable ``code`` for clients and a human ``message``; the class docstring is
@@ -83,6 +84,15 @@ class RenderError(InvalidInput):
     """The template could not be rendered for this recipient."""
 
     code = "render_failed"
+
+
+class InvalidToken(InvalidInput):
+    """This link is not valid."""
+
+    code = "invalid_token"
+
+    def __init__(self, message: str | None = None, *, field: str | None = "token") -> None:
+        super().__init__(message, field=field)
 
 
 class PayloadTooLarge(TidingsError):
