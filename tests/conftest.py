@@ -27,7 +27,9 @@ from tidings.domain import Role
 from tidings.runtime import Runtime, build_runtime
 from tidings.services import tenants
 
-PG_ADMIN_URL = os.environ.get("TIDINGS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "TIDINGS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 TEST_SECRET = "test-secret-" + "x" * 40
 
 
@@ -130,8 +132,12 @@ def create_tenant(runtime: Runtime, name: str) -> TenantKeys:
     now = datetime.now(UTC)
     with transaction(runtime.sessions) as session:
         tenant, admin = tenants.create_tenant(session=session, name=name, now=now)
-        sender = tenants.create_key(session=session, tenant_id=tenant.id, name="s", role=Role.sender, now=now)
-        viewer = tenants.create_key(session=session, tenant_id=tenant.id, name="v", role=Role.viewer, now=now)
+        sender = tenants.create_key(
+            session=session, tenant_id=tenant.id, name="s", role=Role.sender, now=now
+        )
+        viewer = tenants.create_key(
+            session=session, tenant_id=tenant.id, name="v", role=Role.viewer, now=now
+        )
         return TenantKeys(tenant.id, admin.secret, sender.secret, viewer.secret)
 
 

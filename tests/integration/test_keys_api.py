@@ -11,11 +11,15 @@ from tidings.runtime import Runtime
 
 
 def test_admin_creates_lists_and_revokes_a_key(client: TestClient, acme: TenantKeys) -> None:
-    created = client.post("/v1/keys", json={"name": "ci", "role": "viewer"}, headers=acme.auth(acme.admin))
+    created = client.post(
+        "/v1/keys", json={"name": "ci", "role": "viewer"}, headers=acme.auth(acme.admin)
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     assert body["key"].startswith(f"td_{body['prefix']}_")
-    assert client.get("/v1/keys", headers=acme.auth(body["key"])).status_code == 403  # viewer cannot manage keys
+    assert (
+        client.get("/v1/keys", headers=acme.auth(body["key"])).status_code == 403
+    )  # viewer cannot manage keys
 
     listed = client.get("/v1/keys", headers=acme.auth(acme.admin)).json()
     assert "key" not in listed["items"][0]
@@ -29,7 +33,9 @@ def test_admin_creates_lists_and_revokes_a_key(client: TestClient, acme: TenantK
     assert answer.json()["error"]["code"] == "unauthenticated"
 
 
-def test_only_a_hash_of_the_key_is_stored(client: TestClient, runtime: Runtime, acme: TenantKeys) -> None:
+def test_only_a_hash_of_the_key_is_stored(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
     with runtime.sessions() as session:
         stored = [(k.key_hash, k.prefix) for k in session.scalars(select(ApiKey))]
     assert all(acme.admin not in h for h, _ in stored)
@@ -49,20 +55,31 @@ def test_another_tenants_key_is_not_found_and_unchanged(
     own = client.get("/v1/keys", headers=acme.auth(acme.admin)).json()["items"][0]
     answer = client.delete(f"/v1/keys/{own['id']}", headers=globex.auth(globex.admin))
     assert answer.status_code == 404
-    assert answer.json() == client.delete("/v1/keys/999999", headers=globex.auth(globex.admin)).json()
+    assert (
+        answer.json() == client.delete("/v1/keys/999999", headers=globex.auth(globex.admin)).json()
+    )
     assert client.get("/v1/keys", headers=acme.auth(acme.admin)).status_code == 200
 
 
 def test_missing_malformed_and_unknown_keys_are_401(client: TestClient, acme: TenantKeys) -> None:
-    for header in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer nope"},
-                   {"Authorization": "Bearer td_000000000000_wrong"}, {"Authorization": acme.admin}):
+    for header in (
+        {},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Bearer td_000000000000_wrong"},
+        {"Authorization": acme.admin},
+    ):
         answer = client.get("/v1/keys", headers=header)
         assert answer.status_code == 401, header
         assert answer.headers["www-authenticate"] == "Bearer"
 
 
 def test_bad_key_input_names_the_field(client: TestClient, acme: TenantKeys) -> None:
-    for body, field in (({"name": ""}, "name"), ({"name": "x", "role": "god"}, "role"), ({"nam": "x"}, "name")):
+    for body, field in (
+        ({"name": ""}, "name"),
+        ({"name": "x", "role": "god"}, "role"),
+        ({"nam": "x"}, "name"),
+    ):
         answer = client.post("/v1/keys", json=body, headers=acme.auth(acme.admin))
         assert answer.status_code == 422
         assert answer.json()["error"]["field"] == field, answer.json()
@@ -71,7 +88,10 @@ def test_bad_key_input_names_the_field(client: TestClient, acme: TenantKeys) -> 
 
 
 def test_oversized_body_is_413(client: TestClient, acme: TenantKeys) -> None:
-    answer = client.post("/v1/keys", content=b"{" + b" " * 2_000_000 + b"}", headers={
-        **acme.auth(acme.admin), "content-type": "application/json"})
+    answer = client.post(
+        "/v1/keys",
+        content=b"{" + b" " * 2_000_000 + b"}",
+        headers={**acme.auth(acme.admin), "content-type": "application/json"},
+    )
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "payload_too_large"

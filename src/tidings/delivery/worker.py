@@ -49,6 +49,9 @@ log = logging.getLogger("tidings.worker")
 
 MAINTENANCE_SECONDS = 1.0  # reaper, scheduled starts and completions run this often
 DEFAULT_BATCH_SIZE = 100  # messages per claim at most
+#: Batches in flight at once: while one waits on the SMTP server, the next is claimed and rendered,
+#: so the database round trips of one batch overlap the network time of the others.
+PIPELINE_DEPTH = 4
 RECORD_RETRIES = 5  # tries to write a batch's outcomes before leaving them to the lease reaper
 LISTEN_RECONNECT_SECONDS = 2.0
 
@@ -70,7 +73,7 @@ class Worker:
         self.runtime = runtime
         self.transport = transport
         self.concurrency = concurrency
-        self.batch_size = max(1, min(batch_size, concurrency))
+        self.batch_size = max(1, min(batch_size, concurrency // PIPELINE_DEPTH))
         self.policy = policy or RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.composer = Composer(

@@ -38,7 +38,9 @@ class CampaignStatus(enum.StrEnum):
 
 class MessageStatus(enum.StrEnum):
     queued = "queued"
-    paused = "paused"  # its campaign is paused: not claimable until resumed (keeps the claim index lean)
+    paused = (
+        "paused"  # its campaign is paused: not claimable until resumed (keeps the claim index lean)
+    )
     sending = "sending"
     sent = "sent"
     failed = "failed"  # permanent failure, no retry
@@ -57,7 +59,9 @@ FINAL_MESSAGE_STATUSES = frozenset(
         MessageStatus.suppressed,
     }
 )
-PENDING_MESSAGE_STATUSES = frozenset({MessageStatus.queued, MessageStatus.paused, MessageStatus.sending})
+PENDING_MESSAGE_STATUSES = frozenset(
+    {MessageStatus.queued, MessageStatus.paused, MessageStatus.sending}
+)
 
 
 class SuppressionReason(enum.StrEnum):

@@ -4,7 +4,7 @@
 second on one core, which would make it the slowest step of a bulk import, so plain ASCII
 addresses first go through a precompiled pattern that is *stricter* than the library: whatever
 it accepts the library accepts too, with the same normalised form (the property test in
-``tests/unit/test_addresses.py`` holds it to that). Anything the pattern does not take, or any
+``tests/unit/test_import_fast_paths.py`` holds it to that). Anything the pattern does not take, or any
 case the library treats specially, goes to the library.
 """
 
@@ -28,6 +28,9 @@ _PLAIN_ADDRESS = re.compile(rf"({_ATOM}(?:\.{_ATOM})*)@((?:{_LABEL}\.)+{_TLD})")
 
 # Domains the library refuses (special-use names), and mailbox names it lower-cases (RFC 2142).
 _SPECIAL_USE_DOMAINS = tuple(email_validator.SPECIAL_USE_DOMAIN_NAMES)
+# They are all top-level names today, so the last label settles it in one look-up.
+_SPECIAL_USE_TLDS = frozenset(d for d in _SPECIAL_USE_DOMAINS if "." not in d)
+_ALL_SPECIAL_USE_ARE_TLDS = len(_SPECIAL_USE_TLDS) == len(_SPECIAL_USE_DOMAINS)
 _CASE_INSENSITIVE_MAILBOXES = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)
 
 
@@ -48,13 +51,14 @@ def fast_normalize(address: str) -> str | None:
     local, domain = match.group(1), match.group(2).lower()
     if local.lower() in _CASE_INSENSITIVE_MAILBOXES:
         return None
-    for label in domain.split("."):
-        # "ab--" labels are R-LDH (reserved) or Punycode ("xn--"), which the library decodes.
-        if label[2:4] == "--":
+    # "ab--" labels are R-LDH (reserved) or Punycode ("xn--"), which the library decodes.
+    if "--" in domain and any(label[2:4] == "--" for label in domain.split(".")):
+        return None
+    if _ALL_SPECIAL_USE_ARE_TLDS:
+        if domain[domain.rindex(".") + 1 :] in _SPECIAL_USE_TLDS:
             return None
-    for special in _SPECIAL_USE_DOMAINS:
-        if domain == special or domain.endswith("." + special):
-            return None
+    elif any(domain == d or domain.endswith("." + d) for d in _SPECIAL_USE_DOMAINS):
+        return None
     return f"{local}@{domain}"
 
 

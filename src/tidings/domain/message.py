@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 class OutgoingMessage:
     message_id: int  # the queue row's id
     tenant_id: int
-    from_address: str  # RFC 5322 mailbox, e.g. 'Acme <news@acme.test>'; checked for CR/LF before queueing
+    from_address: (
+        str  # RFC 5322 mailbox, e.g. 'Acme <news@acme.test>'; checked for CR/LF before queueing
+    )
     to_address: str  # a bare address, already validated and normalised
     subject: str
     html: str | None

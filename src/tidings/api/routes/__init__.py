@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tidings.api.routes import health, keys
+from tidings.api.routes import (
+    campaigns,
+    contacts,
+    health,
+    keys,
+    lists,
+    messages,
+    templates,
+    throttle,
+)
 
-ROUTERS: list[APIRouter] = [keys.router, health.router]
+ROUTERS: list[APIRouter] = [
+    keys.router,
+    contacts.router,
+    lists.router,
+    templates.router,
+    campaigns.router,
+    messages.router,
+    throttle.router,
+    health.router,
+]

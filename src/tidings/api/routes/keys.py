@@ -51,7 +51,9 @@ def list_keys(
     principal: AdminDep,
     session: SessionDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-    cursor: str | None = Query(None, max_length=20),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+    ),
 ) -> PageOut[KeyOut]:
     page = tenants.list_keys(
         session=session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor

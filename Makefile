@@ -1,0 +1,18 @@
+# Convenience targets; the README's two commands (scripts/serve, scripts/test) need no make.
+.PHONY: serve test bench bench-import bench-delivery
+
+serve:
+	scripts/serve
+
+test:
+	scripts/test
+
+bench: bench-import bench-delivery
+
+bench-import:
+	scripts/bootstrap dev && .venv/bin/python bench/bench_import.py
+
+# Fan-out, end-to-end throughput into Postfix's smtp-sink, wake-up latency and API latency.
+bench-delivery:
+	scripts/bootstrap dev && bash bench/setup.sh && .venv/bin/python bench/bench_fanout.py && \
+	.venv/bin/python bench/bench_smtp_clients.py && .venv/bin/python bench/bench_delivery.py

@@ -1,0 +1,336 @@
+"""Delivery benchmarks on PostgreSQL: fan-out, end-to-end throughput, wake-up latency, API latency.
+
+    python bench/bench_delivery.py [--recipients 100000] [--workers 2] [--concurrency 100]
+
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Postfix's smtp-sink (bench/setup.sh
+installs it). Everything runs on 127.0.0.1. It prints figures and asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from aiosmtpd.controller import Controller
+from sqlalchemy import create_engine, func, select, text
+
+from tidings.config import Settings
+from tidings.db.engine import transaction
+from tidings.db.models import Message, Template
+from tidings.runtime import build_runtime
+from tidings.services import campaigns, tenants
+
+ROOT = Path(__file__).resolve().parent.parent
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+SECRET = "bench-secret-" + "y" * 40
+HTML = (
+    "<p>Dear {{ first_name }},</p><p>{{ personal_message }}</p>"
+    + "<p>"
+    + "Lorem ipsum dolor sit amet. " * 120
+    + "</p>"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env_for(url: str, transport: str, data_dir: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": url,
+        "TIDINGS_TRANSPORT_URL": transport,
+        "TIDINGS_SECRET_KEY": SECRET,
+        "TIDINGS_DATA_DIR": data_dir,
+        "TIDINGS_POLL_SECONDS": "1",
+    }
+
+
+def create_database() -> str:
+    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return f"{PG}/{name}"
+
+
+def drop_database(url: str) -> None:
+    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def bench_campaign(
+    url: str, data_dir: str, recipients: int, workers: int, concurrency: int
+) -> None:
+    runtime = build_runtime(
+        Settings(database_url=url, secret_key=SECRET, data_dir=Path(data_dir)), migrate=True
+    )
+    now = datetime.now(UTC)
+    with transaction(runtime.sessions) as session:
+        tenant, _ = tenants.create_tenant(session=session, name="bench", now=now)
+        tid = tenant.id
+        session.execute(
+            text(
+                "INSERT INTO contacts (tenant_id, email, first_name, attributes, status, created_at, updated_at) "
+                "SELECT :t, 'user' || g || '@example.com', 'User' || g, '{}'::jsonb, 'active', now(), now() "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"t": tid, "n": recipients},
+        )
+        session.execute(
+            text("INSERT INTO lists (tenant_id, name, created_at) VALUES (:t, 'all', now())"),
+            {"t": tid},
+        )
+        list_id = session.scalar(text("SELECT id FROM lists WHERE tenant_id = :t"), {"t": tid})
+        session.execute(
+            text(
+                "INSERT INTO list_members (list_id, contact_id, tenant_id, added_at) SELECT :l, id, :t, now() FROM contacts WHERE tenant_id = :t"
+            ),
+            {"l": list_id, "t": tid},
+        )
+        template = Template(
+            tenant_id=tid,
+            name="news",
+            subject="Hello {{ first_name }}",
+            html=HTML,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(template)
+        session.flush()
+        draft = campaigns.CampaignDraft(
+            name="bench",
+            template_id=template.id,
+            list_ids=[list_id],
+            data={"personal_message": "Grades are due Friday."},
+        )
+        campaign = campaigns.create_campaign(session=session, tenant_id=tid, draft=draft, now=now)
+        campaign_id = campaign.id
+    started = time.perf_counter()
+    with transaction(runtime.sessions) as session:
+        campaigns.start_campaign(
+            session=session,
+            tenant_id=tid,
+            campaign_id=campaign_id,
+            now=datetime.now(UTC),
+            ttl_seconds=86400,
+        )
+    fan_out = time.perf_counter() - started
+    print(
+        f"fan-out: {recipients} recipients enqueued in {fan_out:.2f} s ({recipients / fan_out:,.0f} rows/s)"
+    )
+
+    port = free_port()
+    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "1000"])
+    time.sleep(0.5)
+    environment = env_for(url, f"smtp://127.0.0.1:{port}?tls=none", data_dir)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tidings", "worker", "--concurrency", str(concurrency)],
+            env=environment,
+            stdout=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    started = time.perf_counter()
+    sent = 0
+    try:
+        while time.perf_counter() - started < 1800:
+            time.sleep(1)
+            with runtime.sessions() as session:
+                sent = (
+                    session.scalar(
+                        select(func.count()).where(
+                            Message.campaign_id == campaign_id, Message.status == "sent"
+                        )
+                    )
+                    or 0
+                )
+            if sent >= recipients:
+                break
+        elapsed = time.perf_counter() - started
+        print(
+            f"throughput: {sent} messages through {workers} worker processes (concurrency {concurrency}) into smtp-sink "
+            f"in {elapsed:.1f} s = {sent / elapsed:,.0f} messages/s"
+        )
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+        sink.terminate()
+        runtime.close()
+
+
+class Arrivals:
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+
+    async def handle_DATA(self, _server: object, _session: object, envelope: object) -> str:
+        content: bytes = envelope.content  # type: ignore[attr-defined]
+        for line in content.split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                self.at[line[9:].decode()] = time.perf_counter()
+                break
+        return "250 OK"
+
+
+def wait_http(url: str) -> None:
+    for _ in range(200):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def percentile(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=100)[int(p) - 1] if len(values) >= 2 else values[0]
+
+
+def bench_latency(url: str, data_dir: str) -> None:
+    arrivals = Arrivals()
+    smtp = Controller(arrivals, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    api_port = free_port()
+    environment = env_for(url, f"smtp://127.0.0.1:{smtp.port}?tls=none", data_dir)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(api_port), "--workers", "0"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "worker", "--concurrency", "20"],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{api_port}"
+        wait_http(f"{base}/healthz")
+        key = (
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tidings",
+                    "tenant",
+                    "create",
+                    f"lat-{uuid.uuid4().hex[:6]}",
+                ],
+                env=environment,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        headers = {"Authorization": f"Bearer {key}"}
+        time.sleep(2)  # the worker is idle and listening
+        latencies: list[float] = []
+        with httpx.Client(base_url=base, headers=headers) as client:
+            for i in range(100):
+                subject = f"latency {i}"
+                posted = time.perf_counter()
+                answer = client.post(
+                    "/v1/messages",
+                    json={"to": f"l{i}@example.com", "subject": subject, "text": "x"},
+                )
+                answer.raise_for_status()
+                while subject not in arrivals.at and time.perf_counter() - posted < 10:
+                    time.sleep(0.0005)
+                latencies.append((arrivals.at[subject] - posted) * 1000)
+                time.sleep(0.05)
+        print(
+            f"latency POST /v1/messages -> SMTP receipt, idle worker: p50 {statistics.median(latencies):.1f} ms, "
+            f"p95 {percentile(latencies, 95):.1f} ms, max {max(latencies):.1f} ms (n={len(latencies)})"
+        )
+        asyncio.run(api_load(base, headers))
+    finally:
+        api.terminate()
+        worker.terminate()
+        api.wait(30)
+        worker.wait(60)
+        smtp.stop()
+
+
+async def api_load(base: str, headers: dict[str, str], rate: int = 200, seconds: int = 10) -> None:
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=httpx.Limits(max_connections=100), timeout=60
+    ) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            answer = await client.post(
+                "/v1/messages",
+                json={"to": f"a{i}@example.com", "subject": f"load {i}", "text": "x"},
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            errors += answer.status_code >= 400
+
+        tasks = []
+        begin = time.perf_counter()
+        for i in range(rate * seconds):
+            await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        achieved = len(latencies) / (time.perf_counter() - begin)
+    print(
+        f"API POST /v1/messages at {rate} req/s for {seconds} s (achieved {achieved:.0f}/s, {errors} errors): "
+        f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 99):.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    subprocess.run(
+        ["bash", str(ROOT / "bench" / "setup.sh")], check=True, stdout=subprocess.DEVNULL
+    )
+    with tempfile.TemporaryDirectory() as data_dir:
+        if not args.skip_throughput:
+            url = create_database()
+            try:
+                bench_campaign(url, data_dir, args.recipients, args.workers, args.concurrency)
+            finally:
+                drop_database(url)
+        url = create_database()
+        try:
+            subprocess.run(
+                [sys.executable, "-m", "tidings", "db", "upgrade"],
+                env=env_for(url, "memory://", data_dir),
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            bench_latency(url, data_dir)
+        finally:
+            drop_database(url)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""``/v1/campaigns``: bulk sends to lists and hand-picked contacts, their lifecycle and progress."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, Field
+from sqlalchemy.orm import Session
+
+from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
+from tidings.db.models import Campaign, Message
+from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
+from tidings.services import campaigns
+from tidings.services.campaigns import CampaignProgress
+from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], responses=ERROR_RESPONSES)
+
+#: Campaigns per page: each item carries its counts, so pages stay shorter than elsewhere.
+MAX_CAMPAIGN_PAGE = 100
+
+
+class CampaignIn(StrictModel):
+    name: str = Field(min_length=1, max_length=campaigns.MAX_NAME_LENGTH)
+    template_id: Id
+    list_ids: list[Id] = Field(default_factory=list, max_length=campaigns.MAX_LIST_IDS)
+    contact_ids: list[Id] = Field(default_factory=list, max_length=campaigns.MAX_CONTACT_IDS)
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="Template data, e.g. a personal message or a deadline."
+    )
+    priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    scheduled_at: AwareDatetime | None = Field(
+        None, description="Start at this time instead of at once (when started)."
+    )
+    category: str | None = Field(None, min_length=1, max_length=64)
+    from_address: str | None = Field(None, min_length=3, max_length=400)
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    template_id: int
+    list_ids: list[int]
+    contact_ids: list[int]
+    data: dict[str, Any]
+    category: str | None
+    from_address: str | None
+    priority: int
+    scheduled_at: datetime | None
+    status: CampaignStatus
+    status_reason: str | None
+    recipient_count: int
+    sent: int
+    failed: int = Field(description="Failed and dead messages.")
+    dead: int = Field(description="Of the failed, those retried until their time to live ran out.")
+    suppressed: int
+    cancelled: int
+    pending: int = Field(description="Queued, paused or being sent.")
+    progress_percentage: float
+    send_rate_per_minute: int = Field(description="Messages sent in the last 60 seconds.")
+    estimated_completion_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, campaign: Campaign, progress: CampaignProgress) -> CampaignOut:
+        return cls(
+            id=campaign.id,
+            name=campaign.name,
+            template_id=campaign.template_id,
+            list_ids=list(campaign.list_ids),
+            contact_ids=list(campaign.contact_ids),
+            data=dict(campaign.data),
+            category=campaign.category,
+            from_address=campaign.from_address,
+            priority=campaign.priority,
+            scheduled_at=campaign.scheduled_at,
+            status=CampaignStatus(campaign.status),
+            status_reason=campaign.status_reason,
+            recipient_count=progress.recipient_count,
+            sent=progress.sent,
+            failed=progress.failed,
+            dead=progress.dead,
+            suppressed=progress.suppressed,
+            cancelled=progress.cancelled,
+            pending=progress.pending,
+            progress_percentage=progress.progress_percentage,
+            send_rate_per_minute=progress.send_rate_per_minute,
+            estimated_completion_at=progress.estimated_completion_at,
+            created_at=campaign.created_at,
+            started_at=campaign.started_at,
+            completed_at=campaign.completed_at,
+        )
+
+
+class AcceptedOut(BaseModel):
+    id: int
+    status: CampaignStatus
+    recipient_count: int
+
+
+class RetriedOut(BaseModel):
+    id: int
+    status: CampaignStatus
+    requeued: int = Field(description="Failed and dead messages put back in the queue.")
+
+
+class FailedRecipientOut(BaseModel):
+    message_id: int
+    contact_id: int | None
+    email: str
+    status: str
+    attempts: int
+    reason: str | None = Field(description="The last error: the receiving server's reply.")
+
+    @classmethod
+    def of(cls, message: Message) -> FailedRecipientOut:
+        return cls(
+            message_id=message.id,
+            contact_id=message.contact_id,
+            email=message.to_address,
+            status=message.status,
+            attempts=message.attempts,
+            reason=message.last_error,
+        )
+
+
+def _out(session: Session, campaign: Campaign, now: datetime) -> CampaignOut:
+    progress = campaigns.campaign_progress(session=session, campaigns=[campaign], now=now)
+    return CampaignOut.of(campaign, progress[campaign.id])
+
+
+@router.post("", status_code=201)
+def create_campaign(
+    body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    draft = campaigns.CampaignDraft(**body.model_dump())
+    campaign = campaigns.create_campaign(
+        session=session, tenant_id=principal.tenant_id, draft=draft, now=now
+    )
+    return _out(session, campaign, now)
+
+
+@router.get("")
+def list_campaigns(
+    principal: ViewerDep,
+    session: SessionDep,
+    now: NowDep,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=min(MAX_LIMIT, MAX_CAMPAIGN_PAGE)),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+    ),
+) -> PageOut[CampaignOut]:
+    page = campaigns.list_campaigns(
+        session=session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor
+    )
+    progress = campaigns.campaign_progress(session=session, campaigns=page.items, now=now)
+    return PageOut(
+        items=[CampaignOut.of(c, progress[c.id]) for c in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/{campaign_id}")
+def get_campaign(
+    campaign_id: IdPath, principal: ViewerDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    campaign = campaigns.get_campaign(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
+    )
+    return _out(session, campaign, now)
+
+
+@router.post("/{campaign_id}/start", status_code=202)
+def start_campaign(
+    campaign_id: IdPath,
+    principal: SenderDep,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+) -> AcceptedOut:
+    campaign = campaigns.start_campaign(
+        session=session,
+        tenant_id=principal.tenant_id,
+        campaign_id=campaign_id,
+        now=now,
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+    )
+    return AcceptedOut(
+        id=campaign.id,
+        status=CampaignStatus(campaign.status),
+        recipient_count=campaign.recipient_count,
+    )
+
+
+@router.post("/{campaign_id}/pause")
+def pause_campaign(
+    campaign_id: IdPath, principal: SenderDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    campaign = campaigns.pause_campaign(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _out(session, campaign, now)
+
+
+@router.post("/{campaign_id}/resume")
+def resume_campaign(
+    campaign_id: IdPath, principal: SenderDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    campaign = campaigns.resume_campaign(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _out(session, campaign, now)
+
+
+@router.post("/{campaign_id}/cancel")
+def cancel_campaign(
+    campaign_id: IdPath, principal: SenderDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    campaign = campaigns.cancel_campaign(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _out(session, campaign, now)
+
+
+@router.post("/{campaign_id}/retry-failed", status_code=202)
+def retry_failed(
+    campaign_id: IdPath,
+    principal: SenderDep,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+) -> RetriedOut:
+    retried = campaigns.retry_failed(
+        session=session,
+        tenant_id=principal.tenant_id,
+        campaign_id=campaign_id,
+        now=now,
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+    )
+    return RetriedOut(
+        id=retried.campaign.id,
+        status=CampaignStatus(retried.campaign.status),
+        requeued=retried.requeued,
+    )
+
+
+@router.get("/{campaign_id}/failed-recipients")
+def failed_recipients(
+    campaign_id: IdPath,
+    principal: ViewerDep,
+    session: SessionDep,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+    ),
+) -> PageOut[FailedRecipientOut]:
+    page = campaigns.list_failed_recipients(
+        session=session,
+        tenant_id=principal.tenant_id,
+        campaign_id=campaign_id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return PageOut(
+        items=[FailedRecipientOut.of(m) for m in page.items], next_cursor=page.next_cursor
+    )

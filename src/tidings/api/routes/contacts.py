@@ -1,0 +1,171 @@
+"""``/v1/contacts``: the tenant's contacts; ``POST`` upserts by address (201 created, 200 updated)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.schemas import ERROR_RESPONSES, MAX_ID, Id, IdPath, PageOut, StrictModel
+from tidings.db.models import Contact
+from tidings.domain import ContactStatus
+from tidings.services import contacts
+from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+router = APIRouter(prefix="/v1/contacts", tags=["contacts"], responses=ERROR_RESPONSES)
+
+MAX_LISTS_PER_CONTACT_REQUEST = 100
+
+
+class ContactFields(StrictModel):
+    name: str | None = Field(None, max_length=contacts.TEXT_FIELDS["name"])
+    first_name: str | None = Field(None, max_length=contacts.TEXT_FIELDS["first_name"])
+    last_name: str | None = Field(None, max_length=contacts.TEXT_FIELDS["last_name"])
+    timezone: str | None = Field(None, max_length=64, description="IANA name, e.g. Europe/Paris")
+    locale: str | None = Field(None, max_length=contacts.MAX_LOCALE_LENGTH, examples=["pt-BR"])
+    attributes: dict[str, Any] | None = Field(
+        None, description="Free JSON object, available to templates as contact.attributes"
+    )
+    status: ContactStatus | None = None
+
+
+class ContactIn(ContactFields):
+    email: str = Field(max_length=320)
+    list_ids: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_LISTS_PER_CONTACT_REQUEST,
+        description="Lists to add the contact to (existing memberships are kept)",
+    )
+
+
+class ContactPatch(ContactFields):
+    """Only the fields sent change; null clears a field; ``attributes`` replaces the whole object."""
+
+    email: str | None = Field(None, max_length=320)
+
+
+class ContactOut(BaseModel):
+    id: int
+    email: str
+    name: str | None
+    first_name: str | None
+    last_name: str | None
+    timezone: str | None
+    locale: str | None
+    attributes: dict[str, Any]
+    status: ContactStatus
+    list_ids: list[int]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, contact: Contact, list_ids: list[int]) -> ContactOut:
+        return cls(
+            id=contact.id,
+            email=contact.email,
+            name=contact.name,
+            first_name=contact.first_name,
+            last_name=contact.last_name,
+            timezone=contact.timezone,
+            locale=contact.locale,
+            attributes=contact.attributes,
+            status=ContactStatus(contact.status),
+            list_ids=list_ids,
+            created_at=contact.created_at,
+            updated_at=contact.updated_at,
+        )
+
+
+def _outs(session: Session, tenant_id: int, rows: list[Contact]) -> list[ContactOut]:
+    memberships = contacts.list_ids_of(
+        session=session, tenant_id=tenant_id, contact_ids=[c.id for c in rows]
+    )
+    return [ContactOut.of(c, memberships[c.id]) for c in rows]
+
+
+@router.get("")
+def list_contacts(
+    principal: ViewerDep,
+    session: SessionDep,
+    status: ContactStatus | None = Query(None),
+    list_id: int | None = Query(None, ge=1, le=MAX_ID, description="Only members of this list"),
+    q: str | None = Query(
+        None, max_length=contacts.MAX_QUERY_LENGTH, description="Part of the address, any case"
+    ),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+    ),
+) -> PageOut[ContactOut]:
+    page = contacts.list_contacts(
+        session=session,
+        tenant_id=principal.tenant_id,
+        status=status,
+        list_id=list_id,
+        q=q,
+        limit=limit,
+        cursor=cursor,
+    )
+    return PageOut(
+        items=_outs(session, principal.tenant_id, list(page.items)), next_cursor=page.next_cursor
+    )
+
+
+@router.post("", status_code=201, responses={200: {"description": "Updated an existing contact"}})
+def upsert_contact(
+    body: ContactIn,
+    response: Response,
+    principal: SenderDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    now: NowDep,
+) -> ContactOut:
+    contact, created = contacts.upsert_contact(
+        session=session,
+        tenant_id=principal.tenant_id,
+        fields=body.model_dump(exclude_unset=True, exclude={"list_ids"}),
+        list_ids=body.list_ids,
+        max_attributes_bytes=runtime.settings.max_attributes_bytes,
+        now=now,
+    )
+    if not created:
+        response.status_code = 200
+    return _outs(session, principal.tenant_id, [contact])[0]
+
+
+@router.get("/{contact_id}")
+def get_contact(contact_id: IdPath, principal: ViewerDep, session: SessionDep) -> ContactOut:
+    contact = contacts.get_contact(
+        session=session, tenant_id=principal.tenant_id, contact_id=contact_id
+    )
+    return _outs(session, principal.tenant_id, [contact])[0]
+
+
+@router.patch("/{contact_id}")
+def update_contact(
+    contact_id: IdPath,
+    body: ContactPatch,
+    principal: SenderDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    now: NowDep,
+) -> ContactOut:
+    contact = contacts.update_contact(
+        session=session,
+        tenant_id=principal.tenant_id,
+        contact_id=contact_id,
+        changes=body.model_dump(exclude_unset=True),
+        max_attributes_bytes=runtime.settings.max_attributes_bytes,
+        now=now,
+    )
+    return _outs(session, principal.tenant_id, [contact])[0]
+
+
+@router.delete("/{contact_id}", status_code=204)
+def delete_contact(contact_id: IdPath, principal: SenderDep, session: SessionDep) -> Response:
+    contacts.delete_contact(session=session, tenant_id=principal.tenant_id, contact_id=contact_id)
+    return Response(status_code=204)

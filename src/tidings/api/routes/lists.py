@@ -1,0 +1,257 @@
+"""``/v1/lists``: the tenant's lists, their members, and streamed bulk imports into a list."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from datetime import datetime
+
+import anyio.from_thread
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException
+
+from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.schemas import ERROR_RESPONSES, ErrorResponse, Id, IdPath, PageOut, StrictModel
+from tidings.db.models import ContactList
+from tidings.services import imports, lists
+from tidings.services.imports import ImportFormat
+from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+router = APIRouter(prefix="/v1/lists", tags=["lists"], responses=ERROR_RESPONSES)
+
+#: Media types an import accepts (JSON Lines has no registered type; these are the ones in use).
+IMPORT_MEDIA_TYPES = {
+    "text/csv": ImportFormat.csv,
+    "application/csv": ImportFormat.csv,
+    "application/x-ndjson": ImportFormat.json_lines,
+    "application/jsonl": ImportFormat.json_lines,
+    "application/jsonlines": ImportFormat.json_lines,
+    "application/x-jsonlines": ImportFormat.json_lines,
+}
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+
+
+class ListIn(StrictModel):
+    name: str = Field(min_length=1, max_length=lists.MAX_NAME_LENGTH)
+    description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
+
+
+class ListPatch(StrictModel):
+    name: str | None = Field(None, min_length=1, max_length=lists.MAX_NAME_LENGTH)
+    description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
+
+
+class ListOut(BaseModel):
+    id: int
+    name: str
+    description: str | None
+    member_count: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, contact_list: ContactList, member_count: int) -> ListOut:
+        return cls(
+            id=contact_list.id,
+            name=contact_list.name,
+            description=contact_list.description,
+            member_count=member_count,
+            created_at=contact_list.created_at,
+        )
+
+
+class MembersIn(StrictModel):
+    contact_ids: list[Id] = Field(min_length=1, max_length=lists.MAX_MEMBERS_PER_REQUEST)
+
+
+class MembersOut(BaseModel):
+    list_id: int
+    added: int = Field(description="Contacts that were not members before")
+    member_count: int
+
+
+class SkippedOut(BaseModel):
+    line: int
+    reason: str
+
+
+class ImportOut(BaseModel):
+    created: int
+    updated: int
+    skipped: list[SkippedOut] = Field(description="The first skipped rows, by line")
+    skipped_count: int
+    total_rows: int
+    added_to_list: int
+
+
+def _out(session: Session, contact_list: ContactList) -> ListOut:
+    counts = lists.member_counts(session=session, list_ids=[contact_list.id])
+    return ListOut.of(contact_list, counts[contact_list.id])
+
+
+@router.get("")
+def list_lists(
+    principal: ViewerDep,
+    session: SessionDep,
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+    ),
+) -> PageOut[ListOut]:
+    page = lists.list_lists(
+        session=session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor
+    )
+    counts = lists.member_counts(session=session, list_ids=[item.id for item in page.items])
+    return PageOut(
+        items=[ListOut.of(item, counts[item.id]) for item in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.post("", status_code=201)
+def create_list(body: ListIn, principal: SenderDep, session: SessionDep, now: NowDep) -> ListOut:
+    created = lists.create_list(
+        session=session,
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        description=body.description,
+        now=now,
+    )
+    return ListOut.of(created, 0)
+
+
+@router.get("/{list_id}")
+def get_list(list_id: IdPath, principal: ViewerDep, session: SessionDep) -> ListOut:
+    return _out(
+        session, lists.get_list(session=session, tenant_id=principal.tenant_id, list_id=list_id)
+    )
+
+
+@router.patch("/{list_id}")
+def update_list(
+    list_id: IdPath, body: ListPatch, principal: SenderDep, session: SessionDep
+) -> ListOut:
+    updated = lists.update_list(
+        session=session,
+        tenant_id=principal.tenant_id,
+        list_id=list_id,
+        changes=body.model_dump(exclude_unset=True),
+    )
+    return _out(session, updated)
+
+
+@router.delete("/{list_id}", status_code=204)
+def delete_list(list_id: IdPath, principal: SenderDep, session: SessionDep) -> Response:
+    lists.delete_list(session=session, tenant_id=principal.tenant_id, list_id=list_id)
+    return Response(status_code=204)
+
+
+@router.post("/{list_id}/members")
+def add_members(
+    list_id: IdPath, body: MembersIn, principal: SenderDep, session: SessionDep, now: NowDep
+) -> MembersOut:
+    added = lists.add_members(
+        session=session,
+        tenant_id=principal.tenant_id,
+        list_id=list_id,
+        contact_ids=body.contact_ids,
+        now=now,
+    )
+    count = lists.member_counts(session=session, list_ids=[list_id])[list_id]
+    return MembersOut(list_id=list_id, added=added, member_count=count)
+
+
+@router.delete("/{list_id}/members/{contact_id}", status_code=204)
+def remove_member(
+    list_id: IdPath, contact_id: IdPath, principal: SenderDep, session: SessionDep
+) -> Response:
+    lists.remove_member(
+        session=session, tenant_id=principal.tenant_id, list_id=list_id, contact_id=contact_id
+    )
+    return Response(status_code=204)
+
+
+def _import_format(content_type: str | None) -> ImportFormat:
+    media_type, *parameters = (content_type or "").split(";")
+    file_format = IMPORT_MEDIA_TYPES.get(media_type.strip().lower())
+    if file_format is None:
+        raise HTTPException(415, "send the file as text/csv or application/x-ndjson (JSON Lines)")
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if (
+            name.strip().lower() == "charset"
+            and value.strip().strip('"').lower() not in UTF8_CHARSETS
+        ):
+            raise HTTPException(415, "the file must be UTF-8 (charset=utf-8)")
+    return file_format
+
+
+def _body_chunks(request: Request) -> Generator[bytes, None, None]:
+    """The request body as it arrives, for a handler running in FastAPI's worker thread.
+
+    Nothing is buffered here: each chunk is fetched from the event loop when the parser asks.
+    """
+    stream = request.stream()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+
+    try:
+        while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+            if chunk:
+                yield chunk
+    finally:
+        anyio.from_thread.run(stream.aclose)
+
+
+@router.post(
+    "/{list_id}/import",
+    responses={415: {"model": ErrorResponse}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A CSV file with a header line (an email column, then name, first_name,"
+            " last_name, timezone, locale, status; other columns become attributes), or JSON"
+            " Lines (one object per line). UTF-8, streamed.",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+def import_into_list(
+    list_id: IdPath,
+    request: Request,
+    principal: SenderDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    now: NowDep,
+) -> ImportOut:
+    """Upserts every row by address and adds it to the list, in one transaction: a file that
+    cannot be read changes nothing; rows that are bad on their own are skipped with a reason."""
+    file_format = _import_format(request.headers.get("content-type"))
+    chunks = _body_chunks(request)
+    try:
+        result = imports.import_contacts(
+            session=session,
+            tenant_id=principal.tenant_id,
+            list_id=list_id,
+            chunks=chunks,
+            file_format=file_format,
+            now=now,
+            max_attributes_bytes=runtime.settings.max_attributes_bytes,
+        )
+    finally:
+        chunks.close()
+    return ImportOut(
+        created=result.created,
+        updated=result.updated,
+        skipped=[SkippedOut(line=s.line, reason=s.reason) for s in result.skipped],
+        skipped_count=result.skipped_count,
+        total_rows=result.total_rows,
+        added_to_list=result.added_to_list,
+    )

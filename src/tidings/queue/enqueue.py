@@ -1,0 +1,276 @@
+"""Writing work into the queue and taking it back: one transactional message, and the bulk status
+changes a campaign makes to its not-yet-claimed messages (pause, resume, cancel, retry).
+
+Every bulk statement here is a single conditional ``UPDATE … WHERE status IN (…)``. That condition is
+the whole concurrency story: a row a worker has claimed is ``sending`` (PostgreSQL re-checks the
+condition after waiting for the claim's row lock; SQLite runs one writer at a time), so it is never
+touched here and its attempt finishes; every row not yet claimed changes at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, insert, literal, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tidings.db.models import Contact, Event, Message, Suppression
+from tidings.domain import ContactStatus, EventType, MessageStatus
+from tidings.queue.notify import notify_new_work
+
+#: Not claimed yet: these can still be paused, cancelled, or held back.
+UNCLAIMED = (MessageStatus.queued.value, MessageStatus.paused.value)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A transactional message, validated and rendered once by the caller."""
+
+    tenant_id: int
+    to_address: str  # bare, normalised address
+    contact_id: int | None  # the contact it goes to, when known
+    template_id: int | None  # a stored template, or the inline subject/html/text below
+    subject: str | None
+    html: str | None
+    text: str | None
+    data: dict[str, Any]  # template data
+    from_address: str | None  # None: the settings' default
+    category: str | None
+    priority: int  # as stored: API priority plus TRANSACTIONAL_PRIORITY_BOOST
+    not_before: datetime
+    expires_at: datetime
+    idempotency_key: str | None
+    reference: str | None  # a group, e.g. one meeting's reminders
+    #: When set, the message is stored ``suppressed`` with this reason and never sent.
+    suppressed_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    message: Message
+    created: bool  # False: an earlier request with the same Idempotency-Key made it
+
+
+def find_by_idempotency_key(*, session: Session, tenant_id: int, key: str) -> Message | None:
+    found: Message | None = session.scalar(
+        select(Message).where(Message.tenant_id == tenant_id, Message.idempotency_key == key)
+    )
+    return found
+
+
+def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqueued:
+    """Store one message (queued, or suppressed) with its first event; a repeated key returns the first.
+
+    Two requests with the same key may race past the look-up. The insert runs in a SAVEPOINT, so the
+    loser's unique violation (raised once the winner commits, PostgreSQL waits on the index entry)
+    rolls back only the savepoint, and the loser answers with the winner's row.
+    """
+    if new.idempotency_key is not None:
+        earlier = find_by_idempotency_key(
+            session=session, tenant_id=new.tenant_id, key=new.idempotency_key
+        )
+        if earlier is not None:
+            return Enqueued(message=earlier, created=False)
+    status = MessageStatus.queued if new.suppressed_reason is None else MessageStatus.suppressed
+    message = Message(
+        tenant_id=new.tenant_id,
+        campaign_id=None,
+        contact_id=new.contact_id,
+        to_address=new.to_address,
+        template_id=new.template_id,
+        subject=new.subject,
+        html=new.html,
+        text=new.text,
+        data=new.data,
+        from_address=new.from_address,
+        category=new.category,
+        priority=new.priority,
+        status=status.value,
+        not_before=new.not_before,
+        expires_at=new.expires_at,
+        attempts=0,
+        lease_expiries=0,
+        last_error=new.suppressed_reason,
+        idempotency_key=new.idempotency_key,
+        reference=new.reference,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(message)
+            session.flush()
+    except IntegrityError:
+        if new.idempotency_key is None:
+            raise
+        earlier = find_by_idempotency_key(
+            session=session, tenant_id=new.tenant_id, key=new.idempotency_key
+        )
+        if earlier is None:
+            raise
+        return Enqueued(message=earlier, created=False)
+    event = EventType.queued if status is MessageStatus.queued else EventType.suppressed
+    session.add(
+        Event(
+            tenant_id=new.tenant_id,
+            message_id=message.id,
+            type=event.value,
+            detail=new.suppressed_reason,
+            created_at=now,
+        )
+    )
+    if status is MessageStatus.queued:
+        notify_new_work(session)
+    return Enqueued(message=message, created=True)
+
+
+def cancel_unclaimed(
+    *, session: Session, where: ColumnElement[bool], now: datetime, record_events: bool
+) -> list[int]:
+    """Cancel every message matching ``where`` that no worker has claimed; their ids.
+
+    ``record_events=False`` is for a whole campaign: its history is the campaign's own event, not
+    one row per recipient.
+    """
+    ids = list(
+        session.scalars(
+            update(Message)
+            .where(where, Message.status.in_(UNCLAIMED))
+            .values(status=MessageStatus.cancelled.value, updated_at=now)
+            .returning(Message.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if record_events and ids:
+        rows = session.execute(
+            select(Message.id, Message.tenant_id, Message.campaign_id).where(Message.id.in_(ids))
+        )
+        session.execute(
+            insert(Event),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "message_id": message_id,
+                    "campaign_id": campaign_id,
+                    "type": EventType.cancelled.value,
+                    "detail": None,
+                    "created_at": now,
+                }
+                for message_id, tenant_id, campaign_id in rows
+            ],
+        )
+    return ids
+
+
+def hold_campaign_messages(*, session: Session, campaign_id: int, now: datetime) -> int:
+    """Pause: the campaign's queued messages become ``paused``, which the claim never picks."""
+    return _move(
+        session,
+        Message.campaign_id == campaign_id,
+        MessageStatus.queued,
+        MessageStatus.paused,
+        now,
+    )
+
+
+def release_campaign_messages(*, session: Session, campaign_id: int, now: datetime) -> int:
+    """Resume: exactly the held messages go back to ``queued`` (none twice, none skipped)."""
+    released = _move(
+        session,
+        Message.campaign_id == campaign_id,
+        MessageStatus.paused,
+        MessageStatus.queued,
+        now,
+    )
+    if released:
+        notify_new_work(session)
+    return released
+
+
+def requeue_failed_campaign_messages(
+    *,
+    session: Session,
+    campaign_id: int,
+    now: datetime,
+    ttl_seconds: float,
+    hold: bool = False,
+) -> int:
+    """Give the campaign's failed and dead messages a fresh start: attempts reset, new time to live.
+
+    Recipients who must not be mailed any more (the address was put on the suppression list since,
+    after a hard bounce most likely, or the contact is no longer active) become ``suppressed``
+    instead. ``hold=True`` requeues as ``paused`` (the campaign is paused). Returns how many went
+    back to the queue.
+    """
+    retryable = and_(
+        Message.campaign_id == campaign_id,
+        Message.status.in_((MessageStatus.failed.value, MessageStatus.dead.value)),
+    )
+    listed = (
+        select(Suppression.reason)
+        .where(Suppression.tenant_id == Message.tenant_id, Suppression.email == Message.to_address)
+        .scalar_subquery()
+    )
+    contact_status = (
+        select(Contact.status)
+        .where(Contact.id == Message.contact_id, Contact.status != ContactStatus.active.value)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(Message)
+        .where(retryable, or_(listed.is_not(None), contact_status.is_not(None)))
+        .values(
+            status=MessageStatus.suppressed.value,
+            last_error=case(
+                (
+                    listed.is_not(None),
+                    literal("address is on the suppression list (") + listed + literal(")"),
+                ),
+                else_=literal("contact is ") + contact_status,
+            ),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    target = MessageStatus.paused if hold else MessageStatus.queued
+    requeued = session.execute(
+        update(Message)
+        .where(retryable)
+        .values(
+            status=target.value,
+            attempts=0,
+            lease_expiries=0,
+            last_error=None,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            not_before=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    count: int = requeued.rowcount  # type: ignore[attr-defined]
+    if count and not hold:
+        notify_new_work(session)
+    return count
+
+
+def _move(
+    session: Session,
+    where: ColumnElement[bool],
+    source: MessageStatus,
+    target: MessageStatus,
+    now: datetime,
+) -> int:
+    result = session.execute(
+        update(Message)
+        .where(where, Message.status == source.value)
+        .values(status=target.value, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    count: int = result.rowcount  # type: ignore[attr-defined]
+    return count

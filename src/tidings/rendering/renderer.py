@@ -1,0 +1,252 @@
+"""``Renderer``: compile a template once, then render it per recipient, fast and within limits.
+
+Template variables, and who wins when names clash: the recipient's own variables (``email``,
+``name``, ``first_name``, ``last_name``, ``attributes``, ``unsubscribe_url``,
+``preferences_url``) always win over the caller's data, so campaign data can neither impersonate
+the recipient nor replace the unsubscribe link. The caller's data is merged at the top level
+(``{{ deadline }}``) and is also reachable whole as ``data`` (``{{ data.email }}`` when a key
+clashes). The sandbox's globals (``range``, ``dict``, ``cycler``, ``joiner``, ``namespace``)
+win over the caller's data too. A missing value (``None``) prints as nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from types import TracebackType
+from typing import Any, Literal
+
+from jinja2 import Template, TemplateSyntaxError, meta
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+
+from tidings import errors, tokens
+from tidings.clock import Clock, SystemClock
+from tidings.config import Settings
+from tidings.rendering.sandbox import (
+    BUDGET,
+    FORBIDDEN_NODES,
+    SPEND_FACTOR,
+    Budget,
+    GuardedEnvironment,
+    RenderLimitExceeded,
+    guard_loops,
+)
+from tidings.rendering.text import html_to_text
+
+Part = Literal["subject", "html", "text"]
+COMPILE_CACHE_SIZE = 128  # compiled templates remembered by content
+#: Larger content is compiled each time rather than pinned in memory by the cache.
+COMPILE_CACHE_MAX_CHARS = 64 * 1024
+_LINK_KINDS: tuple[tokens.TokenKind, ...] = ("unsubscribe", "preferences")
+_LINK_PATHS = {
+    "unsubscribe": "u",
+    "preferences": "p",
+}  # as tokens.unsubscribe_url / preferences_url
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who a mail is rendered for: a contact, or an ad-hoc address (``contact_id`` None)."""
+
+    email: str
+    name: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    contact_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RenderedContent:
+    subject: str  # one line: CR/LF never reach a header
+    html: str | None
+    text: str  # always present: derived from the HTML when the template has no text body
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTemplate:
+    """Opaque to callers: the compiled parts, reusable for any number of renders and threads."""
+
+    subject: Template
+    html: Template | None
+    text: Template | None
+    #: Every variable the parts read: signed links are only made for templates that print them.
+    names: frozenset[str]
+
+
+class Renderer:
+    """Compiles and renders tenant templates in the sandbox; one per process is enough."""
+
+    def __init__(self, *, settings: Settings, secret_key: str, clock: Clock | None = None) -> None:
+        self._public_url = settings.public_url
+        self._secret = secret_key
+        self._clock = clock or SystemClock()
+        self._timeout = settings.render_timeout_seconds
+        self._max_chars = settings.render_max_bytes
+        self._html_env = GuardedEnvironment(autoescape=True)
+        self._text_env = GuardedEnvironment(autoescape=False)  # subject and text: no escaping
+        # The sandbox's globals go into every render's variables (contexts are built shared).
+        self._globals: dict[str, Any] = dict(self._text_env.globals)
+        # Compiled templates are immutable and thread-safe, so one cache serves every caller.
+        self._compile_cached = lru_cache(maxsize=COMPILE_CACHE_SIZE)(self._compile)
+
+    # --- compiling ------------------------------------------------------------------------------
+
+    def compile(self, *, subject: str, html: str | None, text: str | None) -> CompiledTemplate:
+        """All parts compiled; a part that does not compile raises ``TemplateSyntaxError``
+        naming the field and the line.
+
+        Compiling costs milliseconds, rendering microseconds: the same content (a transactional
+        message sent with inline content again and again) is compiled once and remembered.
+        """
+        if len(subject) + len(html or "") + len(text or "") <= COMPILE_CACHE_MAX_CHARS:
+            return self._compile_cached(subject, html, text)
+        return self._compile(subject, html, text)
+
+    def _compile(self, subject: str, html: str | None, text: str | None) -> CompiledTemplate:
+        html = html if html and html.strip() else None
+        text = text if text and text.strip() else None
+        if html is None and text is None:
+            raise errors.InvalidInput("a template needs an html or a text body", field="html")
+        names: set[str] = set()
+        return CompiledTemplate(
+            subject=self._compile_part(self._text_env, subject, "subject", names),
+            html=None if html is None else self._compile_part(self._html_env, html, "html", names),
+            text=None if text is None else self._compile_part(self._text_env, text, "text", names),
+            names=frozenset(names),
+        )
+
+    @staticmethod
+    def _compile_part(
+        env: GuardedEnvironment, source: str, part: Part, names: set[str]
+    ) -> Template:
+        try:
+            tree = env.parse(source)
+            # Jinja has no way to read a variable by a computed name, so this set is complete.
+            names.update(meta.find_undeclared_variables(tree))
+            for node in tree.find_all(FORBIDDEN_NODES):
+                tag = type(node).__name__.lower().replace("fromimport", "from … import")
+                raise errors.TemplateSyntaxError(
+                    f"{{% {tag} %}} is not available in templates", field=part, line=node.lineno
+                )
+            guard_loops(tree)
+            return env.from_string(tree)
+        except TemplateSyntaxError as exc:
+            raise errors.TemplateSyntaxError(exc.message, field=part, line=exc.lineno) from None
+
+    # --- rendering ------------------------------------------------------------------------------
+
+    def render(
+        self,
+        template: CompiledTemplate,
+        *,
+        tenant_id: int,
+        recipient: Recipient,
+        data: Mapping[str, Any],
+        category: str | None,
+    ) -> RenderedContent:
+        """The mail for one recipient; raises ``RenderError`` naming the part that failed."""
+        variables = self._variables(template, tenant_id, recipient, data, category)
+        budget = Budget(
+            deadline=time.monotonic() + self._timeout,
+            spend_left=self._max_chars * SPEND_FACTOR,
+            max_value=self._max_chars,
+        )
+        reset = BUDGET.set(budget)
+        try:
+            subject = self._render_part(template.subject, variables, "subject").strip()
+            if "\r" in subject or "\n" in subject:
+                raise errors.RenderError(
+                    "the subject must be a single line (it contains a line break)",
+                    field="subject",
+                )
+            html = self._render_part(template.html, variables, "html") if template.html else None
+            text = self._render_part(template.text, variables, "text") if template.text else ""
+        finally:
+            BUDGET.reset(reset)
+        if not text.strip():
+            text = html_to_text(html) if html else ""
+        return RenderedContent(subject=subject, html=html, text=text)
+
+    def _variables(
+        self,
+        template: CompiledTemplate,
+        tenant_id: int,
+        recipient: Recipient,
+        data: Mapping[str, Any],
+        category: str | None,
+    ) -> dict[str, Any]:
+        variables = {**data, "data": data}
+        variables.update(self._globals)
+        variables.update(
+            email=recipient.email,
+            name=recipient.name,
+            first_name=recipient.first_name,
+            last_name=recipient.last_name,
+            attributes=recipient.attributes,
+        )
+        wanted = [kind for kind in _LINK_KINDS if f"{kind}_url" in template.names]
+        if wanted:
+            now = self._clock.now()
+            contact_id = recipient.contact_id
+            email = recipient.email if contact_id is None else None
+            for kind in wanted:
+                token = tokens.make_token(
+                    self._secret,
+                    kind=kind,
+                    tenant_id=tenant_id,
+                    contact_id=contact_id,
+                    email=email,
+                    category=category,
+                    now=now,
+                )
+                variables[f"{kind}_url"] = f"{self._public_url}/{_LINK_PATHS[kind]}/{token}"
+        return variables
+
+    def _render_part(self, template: Template, variables: dict[str, Any], part: Part) -> str:
+        try:
+            # shared=True: the variables are used as they are, not copied once per part.
+            output: str = template.environment.concat(
+                template.root_render_func(template.new_context(variables, shared=True))
+            )
+        except errors.TidingsError:
+            raise
+        except Exception as exc:
+            raise errors.RenderError(_describe(exc, template), field=part) from None
+        if len(output) > self._max_chars or (
+            not output.isascii() and len(output.encode()) > self._max_chars
+        ):
+            raise errors.RenderError(
+                f"the rendered {part} is larger than {self._max_chars} bytes", field=part
+            )
+        return output
+
+
+def _describe(exc: Exception, template: Template) -> str:
+    """A message for the tenant: what went wrong and, when known, on which line."""
+    if isinstance(exc, (RenderLimitExceeded, UndefinedError)):
+        message = str(exc)
+    elif isinstance(exc, SecurityError):
+        message = f"not allowed in a template: {exc}"
+    elif isinstance(exc, TemplateError):
+        message = exc.message or type(exc).__name__
+    elif isinstance(exc, RecursionError):
+        message = "the template recurses too deeply"
+    elif isinstance(exc, MemoryError):
+        message = "the template needs too much memory"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    line = _template_line(exc.__traceback__, template)
+    return f"{message} (line {line})" if line else message
+
+
+def _template_line(tb: TracebackType | None, template: Template) -> int | None:
+    """The template line of the innermost frame that ran the template's generated code."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__jinja_template__") is template:
+            line = template.get_corresponding_lineno(tb.tb_lineno)
+        tb = tb.tb_next
+    return line

@@ -1,0 +1,366 @@
+"""Campaigns: create a draft, start it (fan out now, or at its time), pause, resume, cancel, retry
+its failures, and report its progress from the queue itself.
+
+Every status change first locks the campaign row (``FOR UPDATE`` on PostgreSQL; SQLite has one
+writer at a time), so a transition is checked against the status as it really is, and the
+campaign's messages change in the same transaction as the campaign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from tidings.db.models import Campaign, Contact, ContactList, Event, Message
+from tidings.domain import DEFAULT_PRIORITY, CampaignStatus, EventType, MessageStatus
+from tidings.errors import Conflict, InvalidInput, NotFound
+from tidings.queue import enqueue
+from tidings.queue.fanout import fan_out_campaign
+from tidings.services.messages import (
+    MAX_CATEGORY_LENGTH,
+    check_header_text,
+    check_mailbox,
+    check_priority,
+    check_schedule,
+    tenant_template,
+)
+from tidings.services.pagination import Page, paginate
+
+MAX_NAME_LENGTH = 200
+MAX_LIST_IDS = 100
+MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
+RATE_WINDOW = timedelta(seconds=60)
+
+FAILED_STATUSES = (MessageStatus.failed.value, MessageStatus.dead.value)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignDraft:
+    name: str
+    template_id: int
+    list_ids: Sequence[int] = ()
+    contact_ids: Sequence[int] = ()
+    data: dict[str, Any] = field(default_factory=dict)  # template data (a deadline, a message)
+    priority: int = DEFAULT_PRIORITY
+    scheduled_at: datetime | None = None
+    category: str | None = None  # None: the template's category
+    from_address: str | None = None  # None: the settings' default sender
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignProgress:
+    """Figures derived from one grouped count: sent + failed + suppressed + cancelled + pending = recipients."""
+
+    recipient_count: int
+    sent: int
+    failed: int  # failed and dead
+    dead: int  # of which dead: retried until their time to live ran out
+    suppressed: int
+    cancelled: int
+    pending: int  # queued, paused or being sent
+    progress_percentage: float
+    send_rate_per_minute: int  # sent in the last 60 seconds
+    estimated_completion_at: datetime | None  # from that rate; None when it cannot be told
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    campaign: Campaign
+    requeued: int
+
+
+def create_campaign(
+    *, session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
+) -> Campaign:
+    """A draft campaign; every referenced id must be the tenant's own."""
+    name = check_header_text(draft.name, field="name", max_length=MAX_NAME_LENGTH)
+    assert name is not None
+    template = tenant_template(session=session, tenant_id=tenant_id, template_id=draft.template_id)
+    list_ids = _own_ids(
+        session, ContactList, tenant_id, draft.list_ids, field="list_ids", cap=MAX_LIST_IDS
+    )
+    contact_ids = _own_ids(
+        session, Contact, tenant_id, draft.contact_ids, field="contact_ids", cap=MAX_CONTACT_IDS
+    )
+    if not list_ids and not contact_ids:
+        raise InvalidInput("a campaign needs list_ids or contact_ids", field="list_ids")
+    category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
+    campaign = Campaign(
+        tenant_id=tenant_id,
+        name=name.strip(),
+        template_id=template.id,
+        list_ids=list_ids,
+        contact_ids=contact_ids,
+        data=dict(draft.data),
+        category=category or template.category,
+        from_address=check_mailbox(draft.from_address, field="from_address"),
+        priority=check_priority(draft.priority),
+        status=CampaignStatus.draft.value,
+        recipient_count=0,
+        scheduled_at=check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
+        created_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def get_campaign(*, session: Session, tenant_id: int, campaign_id: int) -> Campaign:
+    campaign = session.scalar(
+        select(Campaign).where(Campaign.tenant_id == tenant_id, Campaign.id == campaign_id)
+    )
+    if campaign is None:
+        raise NotFound("no such campaign")
+    return campaign
+
+
+def list_campaigns(
+    *, session: Session, tenant_id: int, limit: int, cursor: str | None
+) -> Page[Campaign]:
+    """The tenant's campaigns, newest first."""
+    query = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    return paginate(session, query, Campaign.id, limit=limit, cursor=cursor, descending=True)
+
+
+def start_campaign(
+    *, session: Session, tenant_id: int, campaign_id: int, now: datetime, ttl_seconds: float
+) -> Campaign:
+    """Draft → scheduled (its time is in the future; a worker starts it then) or running (fanned out now)."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.draft}, "started")
+    if campaign.scheduled_at is not None and campaign.scheduled_at > now:
+        _set_status(session, campaign, CampaignStatus.scheduled, EventType.campaign_scheduled, now)
+        return campaign
+    campaign.started_at = now
+    _set_status(session, campaign, CampaignStatus.running, EventType.campaign_started, now)
+    fan_out_campaign(session=session, campaign=campaign, now=now, ttl_seconds=ttl_seconds)
+    return campaign
+
+
+def pause_campaign(
+    *, session: Session, tenant_id: int, campaign_id: int, now: datetime
+) -> Campaign:
+    """Running → paused: no message not yet claimed is sent until it is resumed."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.running}, "paused")
+    enqueue.hold_campaign_messages(session=session, campaign_id=campaign.id, now=now)
+    _set_status(session, campaign, CampaignStatus.paused, EventType.campaign_paused, now)
+    return campaign
+
+
+def resume_campaign(
+    *, session: Session, tenant_id: int, campaign_id: int, now: datetime
+) -> Campaign:
+    """Paused → running: the held messages are queued again."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.paused}, "resumed")
+    enqueue.release_campaign_messages(session=session, campaign_id=campaign.id, now=now)
+    _set_status(session, campaign, CampaignStatus.running, EventType.campaign_resumed, now)
+    return campaign
+
+
+def cancel_campaign(
+    *, session: Session, tenant_id: int, campaign_id: int, now: datetime
+) -> Campaign:
+    """Every message not yet claimed is cancelled; claimed ones finish their attempt."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(
+        campaign,
+        {
+            CampaignStatus.draft,
+            CampaignStatus.scheduled,
+            CampaignStatus.running,
+            CampaignStatus.paused,
+        },
+        "cancelled",
+    )
+    enqueue.cancel_unclaimed(
+        session=session, where=Message.campaign_id == campaign.id, now=now, record_events=False
+    )
+    campaign.completed_at = now
+    _set_status(session, campaign, CampaignStatus.cancelled, EventType.campaign_cancelled, now)
+    return campaign
+
+
+def retry_failed(
+    *, session: Session, tenant_id: int, campaign_id: int, now: datetime, ttl_seconds: float
+) -> Retried:
+    """Failed and dead messages go back to the queue; a completed campaign runs again."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(
+        campaign,
+        {CampaignStatus.running, CampaignStatus.paused, CampaignStatus.completed},
+        "retried",
+    )
+    paused = campaign.status == CampaignStatus.paused.value
+    requeued = enqueue.requeue_failed_campaign_messages(
+        session=session, campaign_id=campaign.id, now=now, ttl_seconds=ttl_seconds, hold=paused
+    )
+    if requeued:
+        if campaign.status == CampaignStatus.completed.value:
+            campaign.status = CampaignStatus.running.value
+            campaign.completed_at = None
+        _record(session, campaign, EventType.campaign_retried, now, f"{requeued} requeued")
+    return Retried(campaign=campaign, requeued=requeued)
+
+
+def list_failed_recipients(
+    *, session: Session, tenant_id: int, campaign_id: int, limit: int, cursor: str | None
+) -> Page[Message]:
+    """The campaign's failed and dead messages with the server's last reply, in id order."""
+    campaign = get_campaign(session=session, tenant_id=tenant_id, campaign_id=campaign_id)
+    query = select(Message).where(
+        Message.campaign_id == campaign.id, Message.status.in_(FAILED_STATUSES)
+    )
+    return paginate(session, query, Message.id, limit=limit, cursor=cursor)
+
+
+def campaign_progress(
+    *, session: Session, campaigns: Iterable[Campaign], now: datetime
+) -> dict[int, CampaignProgress]:
+    """Progress of each campaign from ONE grouped count over ``messages`` (index campaign_id, status)."""
+    by_id = {c.id: c for c in campaigns}
+    counts: dict[int, dict[str, int]] = {campaign_id: {} for campaign_id in by_id}
+    recent: dict[int, int] = dict.fromkeys(by_id, 0)
+    if by_id:
+        rows = session.execute(
+            select(
+                Message.campaign_id,
+                Message.status,
+                func.count(),
+                func.count(
+                    case(
+                        (
+                            (Message.status == MessageStatus.sent.value)
+                            & (Message.sent_at >= now - RATE_WINDOW),
+                            1,
+                        )
+                    )
+                ),
+            )
+            .where(Message.campaign_id.in_(list(by_id)))
+            .group_by(Message.campaign_id, Message.status)
+        )
+        for campaign_id, status, count, sent_recently in rows:
+            assert campaign_id is not None  # the query filters on it
+            counts[campaign_id][status] = count
+            recent[campaign_id] += sent_recently
+    return {
+        campaign_id: _progress(by_id[campaign_id], counts[campaign_id], recent[campaign_id], now)
+        for campaign_id in by_id
+    }
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _progress(
+    campaign: Campaign, counts: dict[str, int], sent_last_minute: int, now: datetime
+) -> CampaignProgress:
+    def n(*statuses: MessageStatus) -> int:
+        return sum(counts.get(status.value, 0) for status in statuses)
+
+    total = sum(counts.values())
+    pending = n(MessageStatus.queued, MessageStatus.paused, MessageStatus.sending)
+    completed = campaign.status == CampaignStatus.completed.value
+    if total:
+        percentage = round((total - pending) * 100 / total, 2)
+    else:
+        percentage = 100.0 if completed else 0.0
+    eta: datetime | None = None
+    if pending == 0 and completed:
+        eta = campaign.completed_at
+    elif campaign.status == CampaignStatus.running.value and sent_last_minute > 0:
+        eta = now + timedelta(minutes=pending / sent_last_minute)
+    return CampaignProgress(
+        recipient_count=total,
+        sent=n(MessageStatus.sent),
+        failed=n(MessageStatus.failed, MessageStatus.dead),
+        dead=n(MessageStatus.dead),
+        suppressed=n(MessageStatus.suppressed),
+        cancelled=n(MessageStatus.cancelled),
+        pending=pending,
+        progress_percentage=percentage,
+        send_rate_per_minute=sent_last_minute,
+        estimated_completion_at=eta,
+    )
+
+
+def _own_ids(
+    session: Session,
+    model: type[Contact] | type[ContactList],
+    tenant_id: int,
+    ids: Sequence[int],
+    *,
+    field: str,
+    cap: int,
+) -> list[int]:
+    """``ids`` de-duplicated, in order; any id that is not the tenant's is a 404 naming the field."""
+    unique = list(dict.fromkeys(ids))
+    if len(unique) > cap:
+        raise InvalidInput(f"{field} may hold at most {cap} ids", field=field)
+    if not unique:
+        return []
+    found = set(
+        session.scalars(select(model.id).where(model.tenant_id == tenant_id, model.id.in_(unique)))
+    )
+    missing = [i for i in unique if i not in found]
+    if missing:
+        raise NotFound(f"{field}: no such id {missing[0]}", field=field)
+    return unique
+
+
+def _locked(session: Session, tenant_id: int, campaign_id: int) -> Campaign:
+    campaign = session.scalar(
+        select(Campaign)
+        .where(Campaign.tenant_id == tenant_id, Campaign.id == campaign_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if campaign is None:
+        raise NotFound("no such campaign")
+    return campaign
+
+
+def _require(campaign: Campaign, allowed: set[CampaignStatus], verb: str) -> None:
+    if campaign.status not in allowed:
+        states = " or ".join(sorted(s.value for s in allowed))
+        raise Conflict(
+            f"the campaign is {campaign.status}; only a {states} campaign can be {verb}",
+            field="status",
+        )
+
+
+def _set_status(
+    session: Session,
+    campaign: Campaign,
+    status: CampaignStatus,
+    event: EventType,
+    now: datetime,
+) -> None:
+    campaign.status = status.value
+    campaign.status_reason = None
+    _record(session, campaign, event, now)
+
+
+def _record(
+    session: Session,
+    campaign: Campaign,
+    event: EventType,
+    now: datetime,
+    detail: str | None = None,
+) -> None:
+    session.add(
+        Event(
+            tenant_id=campaign.tenant_id,
+            campaign_id=campaign.id,
+            type=event.value,
+            detail=detail,
+            created_at=now,
+        )
+    )

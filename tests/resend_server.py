@@ -1,0 +1,241 @@
+"""A local stand-in for Resend's email API (``POST /emails``, ``POST /emails/batch``).
+
+It follows the documented contract closely enough to test our client: Bearer key, JSON bodies,
+``{"id"}`` and ``{"data": [{"id"}]}`` answers, errors as ``{"statusCode", "name", "message"}``,
+strict batch validation (one invalid email fails the whole batch with 422), and idempotency
+keys (the same key and body answer the first response again; the same key with another body is
+409). It runs under uvicorn in a thread on 127.0.0.1 and a free port::
+
+    with ResendTestServer(api_key="re_test") as api:
+        api.fail_next(429, retry_after="7")         # the next request answers 429
+        api.reject("bad@example.com")               # validation error for that recipient
+        url = api.url                               # resend+http://re_test@127.0.0.1:PORT
+        ... api.requests, api.emails ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+BATCH_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]  # lower-case names
+    body: Any
+
+
+@dataclass
+class _Failure:
+    status: int
+    name: str
+    message: str
+    retry_after: str | None
+    delay: float  # seconds before answering (to test client timeouts)
+
+
+class ResendTestServer:
+    def __init__(self, *, api_key: str = "re_test_key") -> None:
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._emails: list[dict[str, Any]] = []  # accepted emails, with their "id"
+        self._failures: list[_Failure] = []
+        self._rejected: dict[str, str] = {}  # recipient -> validation message
+        self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (body, status, answer)
+        app = Starlette(
+            routes=[
+                Route("/emails", self._single, methods=["POST"]),
+                Route("/emails/batch", self._batch, methods=["POST"]),
+            ]
+        )
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", 0))
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", ws="none", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> ResendTestServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the Resend test server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._socket.close()
+
+    def __enter__(self) -> ResendTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"resend+http://{self.api_key}@127.0.0.1:{self.port}"
+
+    # --- behaviour -------------------------------------------------------------------------
+
+    def fail_next(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        name: str | None = None,
+        message: str = "scripted failure",
+        retry_after: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer the next ``times`` requests (either endpoint) with ``status``."""
+        default_name = {429: "rate_limit_exceeded", 422: "validation_error"}.get(
+            status, "application_error"
+        )
+        failure = _Failure(status, name or default_name, message, retry_after, delay)
+        with self._lock:
+            self._failures.extend([failure] * times)
+
+    def reject(self, recipient: str, message: str | None = None) -> None:
+        """Emails to ``recipient`` fail validation (422), and so does any batch holding one."""
+        with self._lock:
+            self._rejected[recipient.lower()] = message or f"Invalid `to` field: {recipient}"
+
+    def reset(self) -> None:
+        """Forget everything: requests, emails, scripted failures, rejections, keys."""
+        with self._lock:
+            self._requests.clear()
+            self._emails.clear()
+            self._failures.clear()
+            self._rejected.clear()
+            self._idempotent.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def emails(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._emails)
+
+    # --- the API ---------------------------------------------------------------------------
+
+    async def _single(self, request: Request) -> JSONResponse:
+        return await self._handle(request, batch=False)
+
+    async def _batch(self, request: Request) -> JSONResponse:
+        return await self._handle(request, batch=True)
+
+    async def _handle(self, request: Request, *, batch: bool) -> JSONResponse:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self._lock:
+            self._requests.append(
+                RecordedRequest(
+                    request.url.path, {k.lower(): v for k, v in request.headers.items()}, body
+                )
+            )
+            failure = self._failures.pop(0) if self._failures else None
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "missing_api_key", "Missing API key in the authorization header.")
+        if failure is not None:
+            if failure.delay:
+                await asyncio.sleep(failure.delay)
+            headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
+            return _error(failure.status, failure.name, failure.message, headers)
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            with self._lock:
+                seen = self._idempotent.get(key)
+            if seen is not None:
+                if seen[0] != raw.decode():
+                    return _error(409, "invalid_idempotent_request", "Same key, other payload.")
+                return JSONResponse(seen[2], status_code=seen[1])
+        emails = body if batch else [body]
+        if not isinstance(emails, list) or not emails or (batch and len(emails) > BATCH_LIMIT):
+            return _error(422, "validation_error", f"A batch holds 1 to {BATCH_LIMIT} emails.")
+        for email in emails:
+            problem = self._validate(email)
+            if problem is not None:
+                return _error(422, "validation_error", problem)
+        accepted = [{**email, "id": str(uuid.uuid4())} for email in emails]
+        answer: Any = (
+            {"data": [{"id": e["id"]} for e in accepted]} if batch else {"id": accepted[0]["id"]}
+        )
+        with self._lock:
+            self._emails.extend(accepted)
+            if key is not None:
+                self._idempotent[key] = (raw.decode(), 200, answer)
+        return JSONResponse(answer)
+
+    def _validate(self, email: Any) -> str | None:
+        if not isinstance(email, dict):
+            return "An email must be an object."
+        for field in ("from", "to", "subject"):
+            if not email.get(field):
+                return f"Missing `{field}` field."
+        to = email["to"] if isinstance(email["to"], list) else [email["to"]]
+        with self._lock:
+            for recipient in to:
+                address = str(recipient).rsplit("<", 1)[-1].rstrip(">").lower()
+                if address in self._rejected:
+                    return self._rejected[address]
+        if "html" not in email and "text" not in email:
+            return "Missing `html` or `text` field."
+        return None
+
+
+def _error(
+    status: int, name: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"statusCode": status, "name": name, "message": message},
+        status_code=status,
+        headers=headers,
+    )
+
+
+@pytest.fixture(scope="session")
+def _resend_server_process() -> Iterator[ResendTestServer]:
+    with ResendTestServer() as server:
+        yield server
+
+
+@pytest.fixture
+def resend_server(_resend_server_process: ResendTestServer) -> ResendTestServer:
+    """A running server, emptied for each test (starting uvicorn costs ~0.3 s, so it is shared)."""
+    _resend_server_process.reset()
+    return _resend_server_process
