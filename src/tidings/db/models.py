@@ -215,6 +215,10 @@ class Message(Base):
         # Campaign progress: grouped counts per status.
         Index("ix_messages_campaign_status", "campaign_id", "status", "id"),
         Index("ix_messages_tenant_reference", "tenant_id", "reference"),
+        # Bounce and complaint reports name the original by its Message-ID.
+        Index("ix_messages_message_id_header", "message_id_header"),
+        # Frequency caps count a contact's recent messages.
+        Index("ix_messages_contact_sent", "contact_id", "sent_at"),
         Index("ix_messages_tenant_id", "tenant_id", "id"),
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_messages_tenant_idempotency"),
         # A repeated fan-out can never enqueue the same recipient twice.
@@ -349,6 +353,70 @@ class WebhookEndpoint(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_status: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event on its way to one of the tenant's endpoints: an outbox row, retried with backoff."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    endpoint_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(
+        String(16), default="pending"
+    )  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_status: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+    )
+
+
+class InboundEvent(Base):
+    """A provider event already processed (by its id), so a redelivered webhook changes nothing twice."""
+
+    __tablename__ = "inbound_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(200))
+    tenant_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True
+    )
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id", name="uq_inbound_events_provider_event"),
+    )
+
+
+class FrequencyCap(Base):
+    """At most ``max_per_day`` messages of one category to one contact in any rolling day."""
+
+    __tablename__ = "frequency_caps"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[int] = _tenant_fk()
+    category: Mapped[str] = mapped_column(String(64))
+    max_per_day: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(
+        String(16), default="delay"
+    )  # delay (wait for a slot) | suppress
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "category", name="uq_frequency_caps_tenant_category"),
+    )
 
 
 class Worker(Base):
