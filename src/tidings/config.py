@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     render_timeout_seconds: float = Field(default=2.0, gt=0)
     render_max_bytes: int = Field(default=1_000_000, gt=0)
 
+    #: Reputation guardrails: a campaign pauses itself when, after ``guardrail_min_sample`` attempts,
+    #: its hard-bounce or complaint rate passes these fractions (0.003 is Gmail's complaint ceiling).
+    guardrail_min_sample: int = Field(default=200, ge=1)
+    guardrail_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    guardrail_complaint_rate: float = Field(default=0.003, gt=0, le=1)
+    #: Signing secret of the Resend (Svix-style) inbound webhook, ``whsec_...``; unset refuses the endpoint.
+    resend_webhook_secret: str | None = None
+    #: Allow tenants' webhook endpoints on private, loopback and link-local addresses (tests, intranets).
+    webhook_allow_private: bool = False
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
