@@ -132,19 +132,19 @@ class Worker:
             free = self.concurrency - self._busy
             if free > 0:
                 try:
-                    claim = await self._db(self._claim, min(free, self.batch_size))
+                    claim, context = await self._db(self._claim, min(free, self.batch_size))
                 except Exception:
                     log.exception("claim failed; retrying after the poll interval")
                     await self._wait(stop, self.runtime.settings.poll_seconds)
                     continue
-                if claim.messages:
-                    self._start(claim)
+                if context is not None:
+                    self._start(claim, context)
                     continue
             await self._wait(stop, self.runtime.settings.poll_seconds)
 
-    def _start(self, claim: Claim) -> None:
+    def _start(self, claim: Claim, context: BatchContext) -> None:
         self._busy += len(claim.messages)
-        task = asyncio.create_task(self._deliver(claim))
+        task = asyncio.create_task(self._deliver(claim, context))
         self._batches[claim.token] = task
 
         def done(_: asyncio.Task[None]) -> None:
@@ -159,17 +159,18 @@ class Worker:
 
     # -- one batch -------------------------------------------------------------------------------
 
-    def _claim(self, limit: int) -> Claim:
+    def _claim(self, limit: int) -> tuple[Claim, BatchContext | None]:
+        """Claim a batch and read what rendering it needs, in one transaction."""
         settings = self.runtime.settings
         with transaction(self.runtime.sessions) as session:
-            return claim_batch(
+            claim = claim_batch(
                 session=session, owner=self.id, limit=limit, lease_seconds=settings.lease_seconds
             )
+            return claim, load_context(session, claim.messages) if claim.messages else None
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
         try:
-            context = await self._db(self._load, claim)
             ready: list[tuple[ClaimedMessage, OutgoingMessage]] = []
             for message in claim.messages:
                 try:
@@ -191,10 +192,6 @@ class Worker:
                 (m, Transient(f"internal error: {exc}")) for m in claim.messages if m.id not in done
             )
         await self._record_with_retries(claim, results)
-
-    def _load(self, claim: Claim) -> BatchContext:
-        with transaction(self.runtime.sessions) as session:
-            return load_context(session, claim.messages)
 
     async def _record_with_retries(
         self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]

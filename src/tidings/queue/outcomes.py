@@ -133,20 +133,20 @@ def _write_messages(
 
 
 def _write_events(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
-    session.connection().execute(
-        insert(table(Event)),
-        [
-            {
-                "tenant_id": d.tenant_id,
-                "message_id": d.message_id,
-                "campaign_id": d.campaign_id,
-                "type": d.event.value,
-                "detail": d.detail[:MAX_ERROR_LENGTH] if d.detail else None,
-                "created_at": now,
-            }
-            for d in decisions
-        ],
-    )
+    """One event per decision, plus ``bounced`` for a hard bounce (the reputation guardrails count those)."""
+    rows = [
+        {
+            "tenant_id": d.tenant_id,
+            "message_id": d.message_id,
+            "campaign_id": d.campaign_id,
+            "type": event.value,
+            "detail": d.detail[:MAX_ERROR_LENGTH] if d.detail else None,
+            "created_at": now,
+        }
+        for d in decisions
+        for event in ((d.event, EventType.bounced) if d.suppress_email else (d.event,))
+    ]
+    session.connection().execute(insert(table(Event)), rows)
 
 
 def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) -> None:

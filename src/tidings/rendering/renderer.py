@@ -111,12 +111,37 @@ class Renderer:
         if html is None and text is None:
             raise errors.InvalidInput("a template needs an html or a text body", field="html")
         names: set[str] = set()
+        compiled_html = (
+            None if html is None else self._compile_part(self._html_env, html, "html", names)
+        )
+        compiled_text = (
+            None if text is None else self._compile_part(self._text_env, text, "text", names)
+        )
+        if compiled_text is None and html is not None:
+            compiled_text = self._derive_text(html)
         return CompiledTemplate(
             subject=self._compile_part(self._text_env, subject, "subject", names),
-            html=None if html is None else self._compile_part(self._html_env, html, "html", names),
-            text=None if text is None else self._compile_part(self._text_env, text, "text", names),
+            html=compiled_html,
+            text=compiled_text,
             names=frozenset(names),
         )
+
+    def _derive_text(self, html: str) -> Template | None:
+        """A text template made once from the HTML *template*, so that a campaign does not convert
+        every recipient's rendered HTML again (the conversion costs more than the render).
+
+        Jinja's markup is plain text to the HTML converter and passes through unchanged; an
+        attribute's expression (``href="{{ unsubscribe_url }}"``) comes out as the link's
+        "(url)". When the markup did not survive intact (a ``<`` inside an expression), there is
+        no derived template and each render converts its own HTML instead, as before.
+        """
+        derived = html_to_text(html)
+        if any(derived.count(mark) != html.count(mark) for mark in ("{{", "{%", "{#")):
+            return None
+        try:
+            return self._compile_part(self._text_env, derived, "text", set())
+        except errors.TemplateSyntaxError:
+            return None
 
     @staticmethod
     def _compile_part(
