@@ -148,3 +148,34 @@ def test_a_throttle_holds_across_two_worker_processes(
         worst = max(worst, right - left + 1)
     assert worst <= 10, f"{worst} messages arrived within one second"
     assert times[-1] - times[0] >= 5.0  # 60 messages at 10/s cannot take less than ~6 s
+
+
+def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_leased(
+    client: TestClient,
+    runtime: Runtime,
+    acme: TenantKeys,
+    smtp_server: SmtpTestServer,
+    worker_process: Callable[..., WorkerProcess],
+) -> None:
+    smtp_server.script(*[slow(0.2, at="MAIL")] * 200)
+    campaign_id = start_campaign(client, acme, audience(client, runtime, acme, 80))
+    process = worker_process(concurrency=8)
+    smtp_server.wait_for(5, timeout=30)
+    assert process.terminate() == 0  # a clean exit, after recording what was in flight
+    with runtime.sessions() as session:
+        leased = session.scalar(select(func.count()).where(Message.status == "sending"))
+        sent = session.scalar(select(func.count()).where(Message.status == "sent"))
+    assert leased == 0
+    assert sent == len(smtp_server.messages)  # every message the server took is recorded as sent
+    smtp_server.clear_faults()
+    worker_process(concurrency=20)
+    wait_until(
+        lambda: (
+            client.get(f"/v1/campaigns/{campaign_id}", headers=acme.auth(acme.viewer)).json()[
+                "status"
+            ]
+            == "completed"
+        ),
+        timeout=60,
+    )
+    assert len(recipients(smtp_server)) == 80 and sum(recipients(smtp_server).values()) == 80
