@@ -12,6 +12,7 @@ from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
 from tidings.db.models import Campaign, Event, Message
 from tidings.domain import CampaignStatus
+from tidings.queue.enqueue import requeue_status
 from tidings.queue.fanout import fan_out_campaign
 from tidings.queue.maintenance import complete_finished_campaigns, start_due_campaigns
 from tidings.runtime import Runtime
@@ -292,3 +293,31 @@ def test_an_empty_audience_completes_at_the_next_pass(runtime: Runtime, acme: Te
         assert complete_finished_campaigns(session=session, now=NOW) == [campaign_id]
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(Message)) == 0
+
+
+def test_a_message_coming_back_from_a_worker_follows_its_campaigns_pause_or_cancel(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 1)
+    by_status = {}
+    for final in ("running", "paused", "cancelled"):
+        campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+        _start(runtime, acme.tenant_id, campaign_id, NOW)
+        [row] = seed.messages_of(runtime, campaign_id)
+        seed.set_status(runtime, [row.id], "sending")  # claimed before the pause / cancel
+        with transaction(runtime.sessions) as session:
+            if final == "paused":
+                campaigns.pause_campaign(
+                    session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
+                )
+            if final == "cancelled":
+                campaigns.cancel_campaign(
+                    session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
+                )
+        with transaction(runtime.sessions) as session:  # the worker's retry write
+            session.execute(
+                update(Message).where(Message.id == row.id).values(status=requeue_status())
+            )
+        by_status[final] = seed.messages_of(runtime, campaign_id)[0].status
+    assert by_status == {"running": "queued", "paused": "paused", "cancelled": "cancelled"}

@@ -170,3 +170,52 @@ def test_renewed_leases_are_not_reaped_and_poison_messages_die(
         if reaped == (0, 1):
             break
     assert statuses(runtime, [message_id]) == ["dead"]
+
+
+def test_a_retry_follows_a_campaign_paused_while_it_was_in_flight(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    from tidings.db.models import Campaign, Template
+
+    now = datetime.now(UTC)
+    with transaction(runtime.sessions) as session:
+        template = Template(
+            tenant_id=acme.tenant_id,
+            name="t",
+            subject="s",
+            text="t",
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(template)
+        session.flush()
+        campaign = Campaign(
+            tenant_id=acme.tenant_id,
+            name="c",
+            template_id=template.id,
+            status="running",
+            created_at=now,
+        )
+        session.add(campaign)
+        session.flush()
+        campaign_id = campaign.id
+    (message_id,) = enqueue(runtime, acme.tenant_id, 1)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Message).values(campaign_id=campaign_id))
+    got = claim(runtime, 1)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Campaign).values(status="paused"))
+    retry = Decision(
+        message_id=message_id,
+        tenant_id=acme.tenant_id,
+        campaign_id=campaign_id,
+        status=MessageStatus.queued,
+        event=EventType.deferred,
+        detail="451 later",
+        not_before=got.now,
+    )
+    with transaction(runtime.sessions) as session:
+        assert record_outcomes(
+            session=session, token=got.token, decisions=[retry], now=got.now
+        ) == [message_id]
+    assert statuses(runtime, [message_id]) == ["paused"]

@@ -71,6 +71,13 @@ class SuppressionReason(enum.StrEnum):
     manual = "manual"
 
 
+class FrequencyCapMode(enum.StrEnum):
+    """What happens to a message over its category's frequency cap."""
+
+    delay = "delay"  # it waits for the next free slot in the rolling day
+    suppress = "suppress"  # it is not sent at all
+
+
 class EventType(enum.StrEnum):
     queued = "queued"
     claimed = "claimed"

@@ -33,6 +33,7 @@ from tidings.db.types import UTCDateTime
 from tidings.delivery.throttle import admit, windows_of
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
 from tidings.queue.clock import db_now
+from tidings.queue.enqueue import requeue_status
 
 MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
 
@@ -303,7 +304,7 @@ def _requeue_unstarted(
         update(Message)
         .where(Message.id.in_(ids))
         .values(
-            status=MessageStatus.queued.value,
+            status=requeue_status(),
             not_before=not_before,
             lease_owner=None,
             lease_token=None,

@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, and_, case, insert, literal, or_, select, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tidings.db.models import Contact, Event, Message, Suppression
-from tidings.domain import ContactStatus, EventType, MessageStatus
+from tidings.db.models import Campaign, Contact, Event, Message, Suppression
+from tidings.domain import CampaignStatus, ContactStatus, EventType, MessageStatus
 from tidings.queue.notify import notify_new_work
 
 #: Not claimed yet: these can still be paused, cancelled, or held back.
@@ -129,25 +129,26 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
 
 def cancel_unclaimed(
     *, session: Session, where: ColumnElement[bool], now: datetime, record_events: bool
-) -> list[int]:
-    """Cancel every message matching ``where`` that no worker has claimed; their ids.
+) -> int:
+    """Cancel every message matching ``where`` that no worker has claimed; how many were.
 
     ``record_events=False`` is for a whole campaign: its history is the campaign's own event, not
     one row per recipient.
     """
-    ids = list(
-        session.scalars(
-            update(Message)
-            .where(where, Message.status.in_(UNCLAIMED))
-            .values(status=MessageStatus.cancelled.value, updated_at=now)
-            .returning(Message.id)
-            .execution_options(synchronize_session=False)
-        )
+    statement = (
+        update(Message)
+        .where(where, Message.status.in_(UNCLAIMED))
+        .values(status=MessageStatus.cancelled.value, updated_at=now)
+        .execution_options(synchronize_session=False)
     )
-    if record_events and ids:
-        rows = session.execute(
-            select(Message.id, Message.tenant_id, Message.campaign_id).where(Message.id.in_(ids))
-        )
+    if not record_events:
+        result = session.execute(statement)
+        count: int = result.rowcount  # type: ignore[attr-defined]
+        return count
+    rows = session.execute(
+        statement.returning(Message.id, Message.tenant_id, Message.campaign_id)
+    ).all()
+    if rows:
         session.execute(
             insert(Event),
             [
@@ -162,7 +163,24 @@ def cancel_unclaimed(
                 for message_id, tenant_id, campaign_id in rows
             ],
         )
-    return ids
+    return len(rows)
+
+
+def requeue_status() -> ColumnElement[str]:
+    """The status for a message going back to the queue (a retry, an expired lease), as SQL.
+
+    A message that was ``sending`` when its campaign was paused or cancelled was left alone then;
+    when it comes back it must follow its campaign (``paused`` / ``cancelled``), not be sent.
+    For use in the worker's requeue ``UPDATE messages SET status = requeue_status() …``.
+    """
+    campaign_status = (
+        select(Campaign.status).where(Campaign.id == Message.campaign_id).scalar_subquery()
+    )
+    return case(
+        (campaign_status == CampaignStatus.paused.value, literal(MessageStatus.paused.value)),
+        (campaign_status == CampaignStatus.cancelled.value, literal(MessageStatus.cancelled.value)),
+        else_=literal(MessageStatus.queued.value),
+    )
 
 
 def hold_campaign_messages(*, session: Session, campaign_id: int, now: datetime) -> int:

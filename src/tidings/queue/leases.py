@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import Event, Message, table
 from tidings.domain import EventType, MessageStatus
+from tidings.queue.enqueue import requeue_status
 
 
 def renew_leases(
@@ -55,7 +56,7 @@ def reap_expired_leases(*, session: Session, now: datetime, max_expiries: int) -
         update(Message)
         .where(*expired)
         .values(
-            status=MessageStatus.queued.value,
+            status=requeue_status(),  # follows a campaign paused or cancelled meanwhile
             lease_expiries=Message.lease_expiries + 1,
             lease_owner=None,
             lease_token=None,

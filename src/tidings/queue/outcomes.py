@@ -13,13 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Contact, Event, Message, Suppression, Throttle, table
 from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
+from tidings.queue.enqueue import requeue_status
 
 MAX_ERROR_LENGTH = 2000  # characters of a server reply kept as last_error
 
@@ -85,7 +86,11 @@ _UPDATE = (
         table(Message).c.lease_token == bindparam("token"),
     )
     .values(
-        status=bindparam("new_status"),
+        # A retry follows its campaign: paused or cancelled meanwhile, it must not go out.
+        status=case(
+            (bindparam("new_status") == MessageStatus.queued.value, requeue_status()),
+            else_=bindparam("new_status"),
+        ),
         not_before=func.coalesce(
             bindparam("new_not_before", type_=table(Message).c.not_before.type),
             table(Message).c.not_before,

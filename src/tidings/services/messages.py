@@ -275,13 +275,12 @@ def cancel_message(*, session: Session, tenant_id: int, message_id: int, now: da
 def cancel_by_reference(*, session: Session, tenant_id: int, reference: str, now: datetime) -> int:
     """Cancel every message of a group that no worker has claimed yet (a moved meeting's reminders)."""
     check_header_text(reference, field="reference", max_length=MAX_REFERENCE_LENGTH)
-    cancelled = cancel_unclaimed(
+    return cancel_unclaimed(
         session=session,
         where=(Message.tenant_id == tenant_id) & (Message.reference == reference),
         now=now,
         record_events=True,
     )
-    return len(cancelled)
 
 
 # -- helpers ----------------------------------------------------------------------------------

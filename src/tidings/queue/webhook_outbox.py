@@ -1,0 +1,347 @@
+"""The statements behind the tenants' event webhooks: routing events into deliveries, claiming due
+deliveries, and recording each attempt. Their guarantees are written here once:
+
+* **Every event is routed once.** The ``events`` table is append-only with increasing ids, and
+  ``webhook_cursor`` holds the last id routed. A routing pass locks the cursor row (PostgreSQL
+  ``SELECT … FOR UPDATE``; SQLite's ``BEGIN IMMEDIATE`` already serialises writers), turns the
+  events after it into ``webhook_deliveries`` for every subscribed endpoint in one
+  ``INSERT … SELECT``, and moves the cursor, all in one transaction. The unique
+  ``(endpoint_id, event_id)`` makes a repeated pass harmless.
+* **No event is skipped because it committed late.** On PostgreSQL ids are handed out at insert
+  time, not commit time: while the transaction holding id 41 is still open, 42 may already be
+  visible. Routing stops at a recent gap and waits up to ``GAP_GRACE_SECONDS`` for it to fill (a
+  rolled-back insert leaves a gap forever, so the wait is bounded, and a gap older than that is
+  passed at once). SQLite writers hold the write lock from BEGIN to COMMIT, so its ids always
+  commit in order.
+* **No delivery is attempted twice at once.** The claim leases a due delivery by pushing its
+  ``next_attempt_at`` past the request timeout and counting the attempt, picking rows with
+  ``FOR UPDATE SKIP LOCKED`` on PostgreSQL. An attempt's result is written only if the delivery
+  still has the attempt count it was claimed with, so a dispatcher that stalled past its lease
+  cannot overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from tidings.db.models import Event, Message, WebhookCursor, WebhookDelivery, WebhookEndpoint, table
+from tidings.db.types import UTCDateTime
+from tidings.domain import EventType
+
+#: Which internal events each public webhook event type reports.
+PUBLIC_TYPE_OF_EVENT: dict[str, str] = {
+    EventType.sent.value: "message.sent",
+    EventType.failed.value: "message.failed",
+    EventType.dead.value: "message.failed",  # gave up after retries: failed, for the tenant
+    EventType.bounced.value: "message.bounced",
+    EventType.complained.value: "message.complained",
+    EventType.unsubscribed.value: "contact.unsubscribed",
+    EventType.campaign_completed.value: "campaign.completed",
+    EventType.campaign_paused.value: "campaign.paused",
+}
+PUBLIC_EVENT_TYPES: tuple[str, ...] = tuple(dict.fromkeys(PUBLIC_TYPE_OF_EVENT.values()))
+
+CURSOR_ID = 1  # the one row of webhook_cursor
+ROUTE_BATCH = 5_000  # events routed per pass at most
+GAP_GRACE_SECONDS = 30.0  # how long routing waits for a missing event id to commit
+MAX_LAST_STATUS_LENGTH = 500  # characters
+
+
+class DeliveryStatus(enum.StrEnum):
+    pending = "pending"  # waiting for its next attempt (or being attempted)
+    delivered = "delivered"  # the endpoint answered 2xx
+    failed = "failed"  # every attempt failed; no more tries
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+# -- routing events into deliveries ---------------------------------------------------------------
+
+
+class GapWatch:
+    """Remembers since when routing has been stopped at a missing event id (PostgreSQL only)."""
+
+    def __init__(
+        self, grace: float = GAP_GRACE_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.grace = grace
+        self._clock = clock
+        self._waiting: tuple[int, float] | None = None  # (missing id, first seen)
+
+    def may_pass(self, missing_id: int) -> bool:
+        """True once ``missing_id`` has been missing for the grace period."""
+        now = self._clock()
+        if self._waiting is None or self._waiting[0] != missing_id:
+            self._waiting = (missing_id, now)
+        return now - self._waiting[1] >= self.grace
+
+
+def _lock_cursor(session: Session, now: datetime) -> int:
+    session.execute(
+        _insert(session)(WebhookCursor)
+        .values(id=CURSOR_ID, last_event_id=0, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    last: int = session.execute(
+        select(WebhookCursor.last_event_id).where(WebhookCursor.id == CURSOR_ID).with_for_update()
+    ).scalar_one()
+    return last
+
+
+def _text(value: str) -> ColumnElement[Any]:
+    """A constant string inlined in the SQL (PostgreSQL cannot type a bare parameter in
+    ``jsonb_build_object``); only our own constants go through here."""
+    assert "'" not in value
+    return literal_column(f"'{value}'")
+
+
+def _route_statement(session: Session, *, after: int, upto: int, now: datetime) -> Any:
+    public_type = case(
+        {internal: _text(public) for internal, public in PUBLIC_TYPE_OF_EVENT.items()},
+        value=Event.type,
+    )
+    if _is_postgresql(session):
+        subscribed: ColumnElement[bool] = WebhookEndpoint.event_types.op("?")(public_type)
+        stamp: ColumnElement[Any] = func.to_char(
+            func.timezone(_text("UTC"), Event.created_at), _text('YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        )
+        build = func.jsonb_build_object
+    else:
+        each = func.json_each(WebhookEndpoint.event_types).table_valued("value")
+        subscribed = exists(select(1).select_from(each).where(each.c.value == public_type))
+        # SQLite keeps UTC as "YYYY-MM-DD HH:MM:SS.ffffff" (db/types.py): the same ISO form as above.
+        stamp = func.replace(Event.created_at, _text(" "), _text("T")).op("||")(_text("Z"))
+        build = func.json_object
+    data = build(
+        *(_text("event_id"), Event.id),
+        *(_text("message_id"), Event.message_id),
+        *(_text("campaign_id"), Event.campaign_id),
+        *(_text("contact_id"), Message.contact_id),
+        *(_text("email"), Message.to_address),
+        *(_text("reference"), Message.reference),
+        *(_text("detail"), Event.detail),
+    )
+    payload = build(
+        *(_text("type"), public_type), *(_text("timestamp"), stamp), *(_text("data"), data)
+    )
+    stamp_now = literal(now, UTCDateTime())
+    rows = (
+        select(
+            Event.tenant_id,
+            WebhookEndpoint.id,
+            Event.id,
+            public_type,
+            payload,
+            _text(DeliveryStatus.pending.value),
+            literal_column("0"),
+            stamp_now,
+            stamp_now,
+        )
+        .select_from(Event)
+        .join(
+            WebhookEndpoint,
+            and_(
+                WebhookEndpoint.tenant_id == Event.tenant_id,
+                WebhookEndpoint.enabled.is_(True),
+                # An endpoint hears of what happens after it was registered, not before.
+                WebhookEndpoint.created_at <= Event.created_at,
+                subscribed,
+            ),
+        )
+        .outerjoin(Message, Message.id == Event.message_id)
+        .where(Event.id > after, Event.id <= upto, Event.type.in_(list(PUBLIC_TYPE_OF_EVENT)))
+    )
+    columns = [
+        "tenant_id",
+        "endpoint_id",
+        "event_id",
+        "event_type",
+        "payload",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+    ]
+    return (
+        _insert(session)(table(WebhookDelivery))
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["endpoint_id", "event_id"])
+    )
+
+
+def route_events(
+    *, session: Session, now: datetime, gaps: GapWatch | None = None, limit: int = ROUTE_BATCH
+) -> int:
+    """Turn the events after the cursor into deliveries; returns how many events were passed.
+
+    ``gaps`` (PostgreSQL) makes routing stop at a missing id until it has been missing a while.
+    """
+    after = _lock_cursor(session, now)
+    rows = session.execute(
+        select(Event.id, Event.created_at).where(Event.id > after).order_by(Event.id).limit(limit)
+    ).all()
+    watch = gaps if gaps is not None and _is_postgresql(session) else None
+    upto = after
+    for event_id, created_at in rows:
+        if event_id != upto + 1 and watch is not None:
+            # An old gap (its next event is older than the grace) is a rollback, not a straggler.
+            recent = created_at > now - timedelta(seconds=watch.grace)
+            if recent and not watch.may_pass(upto + 1):
+                break
+        upto = event_id
+    if upto == after:
+        return 0
+    session.execute(_route_statement(session, after=after, upto=upto, now=now))
+    session.execute(
+        update(WebhookCursor)
+        .where(WebhookCursor.id == CURSOR_ID)
+        .values(last_event_id=upto, updated_at=now)
+    )
+    return sum(1 for event_id, _ in rows if event_id <= upto)
+
+
+# -- claiming and recording attempts --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A claimed delivery with what the request needs."""
+
+    id: int
+    tenant_id: int
+    endpoint_id: int
+    event_type: str
+    payload: dict[str, Any]
+    attempts: int  # including this one: the fence for recording its result
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    delivery_id: int
+    endpoint_id: int
+    attempts: int  # as claimed
+    delivered: bool
+    last_status: str  # "200 OK", "500 Internal Server Error", "timeout", "refused: ..."
+    retry_at: datetime | None  # None when not delivered: no more tries
+
+
+def claim_deliveries(
+    *, session: Session, now: datetime, limit: int, lease_seconds: float
+) -> list[DueDelivery]:
+    """Lease up to ``limit`` due deliveries (see the module docstring)."""
+    deliveries = table(WebhookDelivery)
+    due = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.status == DeliveryStatus.pending.value,
+            deliveries.c.next_attempt_at <= now,
+        )
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = session.execute(
+        update(deliveries)
+        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .values(
+            attempts=deliveries.c.attempts + 1,
+            next_attempt_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(
+            deliveries.c.id,
+            deliveries.c.tenant_id,
+            deliveries.c.endpoint_id,
+            deliveries.c.event_type,
+            deliveries.c.payload,
+            deliveries.c.attempts,
+        )
+    ).all()
+    if not claimed:
+        return []
+    endpoints = {
+        row.id: row
+        for row in session.execute(
+            select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret).where(
+                WebhookEndpoint.id.in_({row.endpoint_id for row in claimed})
+            )
+        )
+    }
+    return [
+        DueDelivery(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            endpoint_id=row.endpoint_id,
+            event_type=row.event_type,
+            payload=row.payload,
+            attempts=row.attempts,
+            url=endpoints[row.endpoint_id].url,
+            secret=endpoints[row.endpoint_id].secret,
+        )
+        for row in sorted(claimed, key=lambda r: r.id)
+        if row.endpoint_id in endpoints
+    ]
+
+
+def record_attempts(*, session: Session, results: Sequence[AttemptResult], now: datetime) -> int:
+    """Write each attempt's result if its delivery is still on that attempt; returns how many."""
+    written = 0
+    for result in results:
+        if result.delivered:
+            status, next_at, delivered_at = DeliveryStatus.delivered, now, now
+        elif result.retry_at is not None:
+            status, next_at, delivered_at = DeliveryStatus.pending, result.retry_at, None
+        else:
+            status, next_at, delivered_at = DeliveryStatus.failed, now, None
+        last_status = result.last_status[:MAX_LAST_STATUS_LENGTH]
+        changed = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == result.delivery_id,
+                WebhookDelivery.attempts == result.attempts,
+                WebhookDelivery.status == DeliveryStatus.pending.value,
+            )
+            .values(
+                status=status.value,
+                next_attempt_at=next_at,
+                last_status=last_status,
+                delivered_at=delivered_at,
+            )
+            .returning(WebhookDelivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if changed is not None:
+            written += 1
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == result.endpoint_id)
+                .values(last_status=last_status)
+                .execution_options(synchronize_session=False)
+            )
+    return written
