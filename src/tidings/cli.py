@@ -1,20 +1,43 @@
-"""The ``tidings`` command line (Typer + Rich). Commands call services, never around them."""
+"""The ``tidings`` command line (Typer + Rich). Commands call services, never around them.
+
+This module holds the process commands (``serve``, ``worker``, ``demo``, ``db``) and tenants and
+keys; the other groups live in ``cli_contacts``, ``cli_campaigns`` and ``cli_messages``, their
+shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in ``cli_common``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
 
-from tidings.config import Settings
-from tidings.db.engine import make_engine, transaction, upgrade
+from tidings.cli_bounces import bounces
+from tidings.cli_campaigns import campaign_app
+from tidings.cli_common import (
+    console,
+    database_problem,
+    fail,
+    load_settings,
+    open_runtime,
+    unit_of_work,
+)
+from tidings.cli_contacts import contacts_app
+from tidings.cli_messages import queue, send
+from tidings.db.engine import make_engine, upgrade
+from tidings.demo import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONTACTS,
+    DEFAULT_RATE,
+    DEMO_TENANT,
+    DemoResult,
+    outbox_folder,
+    run_demo,
+)
 from tidings.domain import Role
 from tidings.errors import TidingsError
-from tidings.runtime import Runtime, build_runtime
+from tidings.logging import configure_logging
+from tidings.runtime import Runtime
 from tidings.services import tenants
 
 app = typer.Typer(help="Tidings: self-hosted email delivery.", no_args_is_help=True)
@@ -24,36 +47,15 @@ key_app = typer.Typer(help="API keys of a tenant.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
-
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code)
+app.add_typer(contacts_app, name="contacts")
+app.add_typer(campaign_app, name="campaign")
 
 
-@contextmanager
-def open_runtime() -> Iterator[Runtime]:
+def _configure_logging() -> None:
     try:
-        runtime = build_runtime(Settings())
+        configure_logging(load_settings())
     except TidingsError as exc:
-        raise fail(exc.message) from exc
-    try:
-        yield runtime
-    finally:
-        runtime.close()
-
-
-@contextmanager
-def unit_of_work(runtime: Runtime) -> Iterator[Session]:
-    """One committed transaction; service errors become a message and exit code 1."""
-    try:
-        with transaction(runtime.sessions) as session:
-            yield session
-    except TidingsError as exc:
-        raise fail(exc.message) from exc
+        raise fail(exc.message) from None
 
 
 @app.command()
@@ -67,17 +69,27 @@ def serve(
 
     from tidings.api.app import create_app
 
-    with open_runtime() as runtime:
+    _configure_logging()
+    with open_runtime(check_schema=False) as runtime:
         api = create_app(runtime, embedded_workers=workers)
         console.print(
             f"Tidings on http://{host}:{port}  (docs: /docs, database: {runtime.dialect})"
         )
-        uvicorn.run(api, host=host, port=port, log_level="warning")
+        # log_config=None: uvicorn's records go through our handler (JSON when configured).
+        uvicorn.run(api, host=host, port=port, log_level="warning", log_config=None)
 
 
 @app.command()
 def worker(
     concurrency: int = typer.Option(50, min=1, max=1000, help="Messages in flight at once."),
+    metrics_port: int | None = typer.Option(
+        None,
+        min=1,
+        max=65535,
+        help="Serve this process's Prometheus metrics (send latency, attempts) on this port.",
+        show_default=False,
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", help="Address for --metrics-port."),
 ) -> None:
     """Run a delivery worker until SIGTERM / Ctrl-C (in-flight sends finish and are recorded)."""
     import asyncio
@@ -92,20 +104,94 @@ def worker(
             loop.add_signal_handler(signum, stop.set)
         await run_workers(runtime, stop, concurrency=concurrency)
 
-    with open_runtime() as runtime:
+    _configure_logging()
+    with open_runtime(check_schema=False) as runtime:
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            import tidings.metrics  # noqa: F401 - registers the delivery metrics before a scrape
+
+            try:
+                start_http_server(metrics_port, addr=metrics_host)
+            except OSError as exc:
+                raise fail(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}"
+                ) from None
         console.print(f"worker started (concurrency {concurrency}, database: {runtime.dialect})")
         asyncio.run(main(runtime))
+
+
+@app.command()
+def demo(
+    contacts: int = typer.Option(
+        DEFAULT_CONTACTS, min=1, max=100_000, help="Generated contacts (at example.com) to send to."
+    ),
+    rate: int = typer.Option(
+        DEFAULT_RATE, min=1, max=100_000, help="The demo tenant's throttle, messages per second."
+    ),
+    concurrency: int = typer.Option(
+        DEFAULT_CONCURRENCY, min=1, max=1000, help="Messages in flight in the embedded worker."
+    ),
+    tenant: str = typer.Option(DEMO_TENANT, help="The demo tenant (created, or reused)."),
+) -> None:
+    """Send a demo campaign to generated contacts, with a live progress bar.
+
+    Sets up (or reuses) a demo tenant with a throttle, imports the contacts into a list, stores a
+    personalised template and delivers the campaign through the configured transport (by default
+    the local outbox) with a worker inside this command.
+    """
+    _configure_logging()
+    with open_runtime() as runtime:
+        try:
+            result = run_demo(
+                runtime,
+                console=console,
+                tenant_name=tenant,
+                contacts=contacts,
+                rate=rate,
+                concurrency=concurrency,
+            )
+        except TidingsError as exc:
+            raise fail(exc.message) from None
+        except KeyboardInterrupt:
+            raise fail(
+                "interrupted; the campaign goes on whenever a worker runs (tidings serve)", 130
+            ) from None
+        _print_demo(result, runtime)
+
+
+def _print_demo(result: DemoResult, runtime: Runtime) -> None:
+    final, setup = result.final, result.setup
+    rate = final.sent / result.seconds if result.seconds > 0 else 0.0
+    console.print(
+        f"[bold green]done:[/] {final.sent:,} sent, {final.failed:,} failed,"
+        f" {final.suppressed:,} suppressed in {result.seconds:.1f} s ({rate:,.0f}/s)"
+    )
+    console.print(f"admin API key of tenant {escape(repr(setup.tenant_name))}, shown once:")
+    print(setup.admin_key)  # noqa: T201 - plain, to copy
+    base = runtime.settings.public_url
+    console.print(f"dashboard: {base}/  (start it with ./scripts/serve; sign in with the key)")
+    console.print(
+        f"campaign:  {base}/v1/campaigns/{setup.campaign_id}  (Authorization: Bearer KEY)"
+    )
+    folder = outbox_folder(runtime)
+    if folder is not None:
+        console.print(f"messages:  {folder}  (one .eml file per message)")
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the database migrations (safe to run again)."""
-    settings = Settings()
+    settings = load_settings()
     try:
         engine = make_engine(settings.resolved_database_url())
         upgrade(engine)
     except TidingsError as exc:
-        raise fail(exc.message) from exc
+        raise fail(exc.message) from None
+    except SQLAlchemyError as exc:
+        raise fail(database_problem(exc)) from None
+    except ValueError as exc:
+        raise fail(f"TIDINGS_DATABASE_URL cannot be used: {exc}") from None
     console.print(f"database is up to date ({engine.dialect.name})")
     engine.dispose()
 
@@ -116,7 +202,7 @@ def tenant_create(name: str = typer.Argument(..., help="The tenant's name, uniqu
     with open_runtime() as runtime, unit_of_work(runtime) as session:
         tenant, issued = tenants.create_tenant(session=session, name=name, now=runtime.clock.now())
         tenant_id = tenant.id
-    console.print(f"tenant {name!r} created (id {tenant_id})")
+    console.print(f"tenant {escape(repr(name))} created (id {tenant_id})")
     console.print("admin API key (store it now, it is not shown again):")
     print(issued.secret)  # noqa: T201 - plain, for scripts: key=$(tidings tenant create x | tail -1)
 
@@ -128,7 +214,9 @@ def tenant_list() -> None:
         table = Table("id", "name", "created")
         for tenant in tenants.list_tenants(session=session):
             table.add_row(
-                str(tenant.id), tenant.name, tenant.created_at.isoformat(timespec="seconds")
+                str(tenant.id),
+                escape(tenant.name),
+                tenant.created_at.isoformat(timespec="seconds"),
             )
     console.print(table)
 
@@ -161,7 +249,7 @@ def key_list(tenant: str = typer.Option(..., help="Tenant name.")) -> None:
                 revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
                 table.add_row(
                     str(key.id),
-                    key.name,
+                    escape(key.name),
                     key.role,
                     key.prefix,
                     key.created_at.isoformat(timespec="seconds"),
@@ -185,6 +273,11 @@ def key_revoke(
             session=session, tenant_id=owner.id, key_id=key_id, now=runtime.clock.now()
         )
     console.print(f"key {key_id} revoked")
+
+
+app.command("send")(send)
+app.command("queue")(queue)
+app.command("bounces")(bounces)
 
 
 def main() -> None:

@@ -199,3 +199,18 @@ def start_campaign(
     started = client.post(f"/v1/campaigns/{campaign_id}/start", headers=auth)
     assert started.status_code == 202, started.text
     return campaign_id
+
+
+def wait_for_completion(
+    client: TestClient, tenant: TenantKeys, campaign_id: int, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The campaign's status answer once it completed (AssertionError after ``timeout`` seconds)."""
+
+    def completed() -> dict[str, Any] | None:
+        answer = client.get(f"/v1/campaigns/{campaign_id}", headers=tenant.auth(tenant.viewer))
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body if body["status"] == "completed" else None
+
+    result: dict[str, Any] = wait_until(completed, timeout=timeout)
+    return result

@@ -8,7 +8,13 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.acceptance.conftest import WorkerThread, api_setup, start_campaign, wait_until
+from tests.acceptance.conftest import (
+    WorkerThread,
+    api_setup,
+    start_campaign,
+    wait_for_completion,
+    wait_until,
+)
 from tests.conftest import TenantKeys
 from tests.smtp_server import NO_SUCH_USER, TRY_LATER, SmtpTestServer, drop, reply
 from tidings.runtime import Runtime
@@ -28,11 +34,6 @@ def campaign(client: TestClient, tenant: TenantKeys, campaign_id: int) -> dict[s
     return body
 
 
-def finished(client: TestClient, tenant: TenantKeys, campaign_id: int) -> dict[str, Any] | None:
-    body = campaign(client, tenant, campaign_id)
-    return body if body["status"] == "completed" else None
-
-
 def test_a_campaign_reaches_every_recipient_personalised(
     client: TestClient,
     acme: TenantKeys,
@@ -43,7 +44,7 @@ def test_a_campaign_reaches_every_recipient_personalised(
     campaign_id = start_campaign(client, acme, ids)
     worker()
     received = smtp_server.wait_for(len(PEOPLE), timeout=20)
-    done = wait_until(lambda: finished(client, acme, campaign_id))
+    done = wait_for_completion(client, acme, campaign_id)
     assert (done["sent"], done["failed"], done["pending"], done["progress_percentage"]) == (
         4,
         0,
@@ -78,7 +79,7 @@ def test_transient_faults_are_retried_and_permanent_ones_fail_at_once(
     ids = api_setup(client, acme, PEOPLE)
     campaign_id = start_campaign(client, acme, ids)
     worker()
-    done = wait_until(lambda: finished(client, acme, campaign_id), timeout=30)
+    done = wait_for_completion(client, acme, campaign_id)
     assert (done["sent"], done["failed"], done["pending"]) == (3, 1, 0)
     assert smtp_server.attempts("ann@example.edu") == 3
     assert smtp_server.attempts("bob@example.edu") == 1  # a permanent failure is never retried
@@ -155,7 +156,7 @@ def test_pause_holds_the_rest_and_resume_sends_it_once(
     assert len(smtp_server.messages) == held < 12
     assert campaign(client, acme, campaign_id)["status"] == "paused"
     assert client.post(f"/v1/campaigns/{campaign_id}/resume", headers=admin).status_code == 200
-    done = wait_until(lambda: finished(client, acme, campaign_id), timeout=30)
+    done = wait_for_completion(client, acme, campaign_id)
     assert done["sent"] == 12
     assert sorted(r for m in smtp_server.messages for r in m.rcpt_tos) == sorted(
         e for e, _ in people

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from tests.acceptance.conftest import WorkerProcess, start_campaign, wait_until
+from tests.acceptance.conftest import WorkerProcess, start_campaign, wait_for_completion
 from tests.conftest import TenantKeys, _truncate_pg
 from tests.smtp_server import SmtpTestServer, slow
 from tidings.db.engine import transaction
@@ -75,14 +75,7 @@ def test_two_worker_processes_deliver_every_message_exactly_once(
     campaign_id = start_campaign(client, acme, audience(client, runtime, acme, 300))
     first, second = worker_process(concurrency=20), worker_process(concurrency=20)
     smtp_server.wait_for(300, timeout=60)
-    wait_until(
-        lambda: (
-            client.get(f"/v1/campaigns/{campaign_id}", headers=acme.auth(acme.viewer)).json()[
-                "status"
-            ]
-            == "completed"
-        )
-    )
+    wait_for_completion(client, acme, campaign_id, timeout=60)
     counts = recipients(smtp_server)
     assert len(counts) == 300 and set(counts.values()) == {1}
     with runtime.sessions() as session:
@@ -108,15 +101,7 @@ def test_a_killed_worker_loses_nothing(
     assert dangling, "the kill should have caught messages in flight"
     smtp_server.clear_faults()
     worker_process(concurrency=20)  # picks up after the lease (3 s) expires
-    wait_until(
-        lambda: (
-            client.get(f"/v1/campaigns/{campaign_id}", headers=acme.auth(acme.viewer)).json()[
-                "status"
-            ]
-            == "completed"
-        ),
-        timeout=60,
-    )
+    wait_for_completion(client, acme, campaign_id, timeout=60)
     counts = recipients(smtp_server)
     assert (
         len(counts) == 120
@@ -169,13 +154,5 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_leased(
     assert sent == len(smtp_server.messages)  # every message the server took is recorded as sent
     smtp_server.clear_faults()
     worker_process(concurrency=20)
-    wait_until(
-        lambda: (
-            client.get(f"/v1/campaigns/{campaign_id}", headers=acme.auth(acme.viewer)).json()[
-                "status"
-            ]
-            == "completed"
-        ),
-        timeout=60,
-    )
+    wait_for_completion(client, acme, campaign_id, timeout=60)
     assert len(recipients(smtp_server)) == 80 and sum(recipients(smtp_server).values()) == 80

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from tests.conftest import TenantKeys
 from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
-from tidings.db.models import Message
+from tidings.db.models import Message, Suppression
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST
 from tidings.runtime import Runtime
 from tidings.services import campaigns, messages
@@ -456,3 +456,31 @@ def test_a_viewer_reads_but_cannot_send_or_cancel(client: TestClient, acme: Tena
         client.get(f"/v1/messages/{mine}", headers=acme.auth(acme.viewer)).json()["status"]
         == "queued"
     )
+
+
+def test_an_unsubscribe_stops_categorised_mail_but_not_a_password_reset(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    with transaction(runtime.sessions) as session:
+        session.add(
+            Suppression(
+                tenant_id=acme.tenant_id,
+                email="gone@example.com",
+                reason="unsubscribe",
+                created_at=datetime.now(UTC),
+            )
+        )
+    auth = acme.auth(acme.sender)
+    reset = client.post(
+        "/v1/messages",
+        json={"to": "gone@example.com", "subject": "Reset", "text": "link"},
+        headers=auth,
+    )
+    news = client.post(
+        "/v1/messages",
+        json={"to": "gone@example.com", "subject": "News", "text": "x", "category": "marketing"},
+        headers=auth,
+    )
+    assert reset.status_code == news.status_code == 201
+    assert reset.json()["status"] == "queued"
+    assert news.json()["status"] == "suppressed"

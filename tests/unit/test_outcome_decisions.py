@@ -9,7 +9,7 @@ from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
 from tidings.delivery.retry import RetryPolicy
 from tidings.domain import EventType, MessageStatus
 from tidings.domain.message import Permanent, Sent, Transient
-from tidings.queue.claim import ClaimedMessage
+from tidings.queue.claimed import ClaimedMessage
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 POLICY = RetryPolicy(60, 600, rng=random.Random(0))

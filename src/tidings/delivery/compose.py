@@ -23,7 +23,7 @@ from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
-from tidings.queue.claim import ClaimedMessage
+from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import CompiledTemplate, Recipient, Renderer
 
 TEMPLATE_CACHE_SIZE = 256  # compiled templates kept per worker

@@ -8,7 +8,7 @@ from typing import Any
 from tidings.delivery.retry import RetryPolicy
 from tidings.domain import EventType, MessageStatus
 from tidings.domain.message import Outcome, Permanent, Sent, Transient
-from tidings.queue.claim import ClaimedMessage
+from tidings.queue.claimed import ClaimedMessage
 from tidings.queue.outcomes import Decision
 
 #: How long a tenant is held back when the provider says "slow down" without a Retry-After.

@@ -19,7 +19,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -29,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from tidings import metrics
 from tidings.db.engine import transaction
 from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, load_context
@@ -37,8 +40,10 @@ from tidings.delivery.retry import RetryPolicy
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
 from tidings.errors import TidingsError
 from tidings.queue import maintenance
-from tidings.queue.claim import Claim, ClaimedMessage, claim_batch
+from tidings.queue.claim import claim_batch
+from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
+from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
 from tidings.queue.outcomes import record_outcomes
@@ -137,6 +142,8 @@ class Worker:
                     log.exception("claim failed; retrying after the poll interval")
                     await self._wait(stop, self.runtime.settings.poll_seconds)
                     continue
+                if claim.held_back:
+                    metrics.THROTTLE_WAITS.inc()
                 if context is not None:
                     self._start(claim, context)
                     continue
@@ -180,7 +187,9 @@ class Worker:
                         (message, Permanent(f"could not render the message: {exc.message}"))
                     )
             if ready:
+                started = time.perf_counter()
                 outcomes = await self.transport.send([outgoing for _, outgoing in ready])
+                metrics.SEND_LATENCY.observe(time.perf_counter() - started)
                 results.extend(
                     (message, outcome)
                     for (message, _), outcome in zip(ready, outcomes, strict=True)
@@ -225,11 +234,15 @@ class Worker:
                 )
                 for m, o in results
             ]
+            for name, count in Counter(type(o).__name__.lower() for _, o in results).items():
+                metrics.ATTEMPTS.labels(outcome=name).inc(count)
             pauses = {
                 m.tenant_id: now.timestamp() + (o.retry_after or PROVIDER_THROTTLE_PAUSE)
                 for m, o in results
                 if isinstance(o, Transient) and o.throttled
             }
+            if pauses:
+                metrics.THROTTLE_WAITS.inc(len(pauses))
             return len(
                 record_outcomes(
                     session=session, token=token, decisions=decisions, now=now, tenant_pauses=pauses
@@ -270,7 +283,8 @@ class Worker:
             await self._sleep(stop, MAINTENANCE_SECONDS)
 
     def _maintenance_pass(self) -> bool:
-        """Reap expired leases, start due campaigns, complete finished ones; True if work appeared."""
+        """Reap expired leases, start due campaigns, pause campaigns that hurt the sender's
+        reputation, complete finished ones; True if work appeared."""
         settings = self.runtime.settings
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
@@ -279,6 +293,13 @@ class Worker:
             )
             started = maintenance.start_due_campaigns(
                 session=session, now=now, ttl_seconds=settings.message_ttl_seconds
+            )
+            enforce_guardrails(
+                session=session,
+                now=now,
+                min_sample=settings.guardrail_min_sample,
+                bounce_rate=settings.guardrail_bounce_rate,
+                complaint_rate=settings.guardrail_complaint_rate,
             )
             maintenance.complete_finished_campaigns(session=session, now=now)
             self._upsert_row(session, now)
@@ -336,7 +357,9 @@ class Worker:
 async def run_workers(
     runtime: Runtime, stop: asyncio.Event, *, count: int = 1, concurrency: int = 50
 ) -> None:
-    """Open the configured transport and run ``count`` workers on it until ``stop`` is set."""
+    """Open the configured transport and run ``count`` workers on it, with the tenants' webhook
+    dispatcher beside them, until ``stop`` is set."""
+    from tidings.delivery.webhook_dispatch import run_webhook_dispatcher
     from tidings.transports.base import open_transport
 
     transport = open_transport(
@@ -347,6 +370,8 @@ async def run_workers(
             Worker(runtime=runtime, transport=transport, concurrency=concurrency)
             for _ in range(count)
         ]
-        await asyncio.gather(*(worker.run(stop) for worker in workers))
+        await asyncio.gather(
+            *(worker.run(stop) for worker in workers), run_webhook_dispatcher(runtime, stop)
+        )
     finally:
         await transport.close()

@@ -21,9 +21,7 @@ from __future__ import annotations
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
@@ -32,7 +30,9 @@ from tidings.db.models import DomainThrottle, Message, Throttle
 from tidings.db.types import UTCDateTime
 from tidings.delivery.throttle import admit, windows_of
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
+from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
+from tidings.queue.compliance import screen_claimed
 from tidings.queue.enqueue import requeue_status
 
 MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
@@ -55,33 +55,6 @@ _CLAIMED_COLUMNS = (
     Message.expires_at,
     Message.idempotency_key,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedMessage:
-    id: int
-    tenant_id: int
-    campaign_id: int | None
-    contact_id: int | None
-    to_address: str
-    template_id: int | None
-    subject: str | None  # inline content (transactional without a stored template)
-    html: str | None
-    text: str | None
-    data: dict[str, Any] | None
-    from_address: str | None
-    category: str | None
-    priority: int
-    attempts: int  # tries already made before this one
-    expires_at: datetime
-    idempotency_key: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    token: str  # the lease token: every outcome write for these messages must present it
-    now: datetime  # the database's time of the claim
-    messages: list[ClaimedMessage]
 
 
 _PG_CANDIDATES = text(
@@ -180,9 +153,11 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
         .returning(*_CLAIMED_COLUMNS)
     ).all()
     claimed = [ClaimedMessage(*row) for row in rows]
-    admitted = _apply_throttles(session, claimed, now=now)
+    # Compliance first: a message that must not go out never spends a throttle slot.
+    allowed = screen_claimed(session=session, messages=claimed, now=now)
+    admitted = _apply_throttles(session, allowed, now=now)
     admitted.sort(key=lambda m: (-m.priority, m.id))
-    return Claim(token=token, now=now, messages=admitted)
+    return Claim(token=token, now=now, messages=admitted, held_back=len(allowed) - len(admitted))
 
 
 def _apply_throttles(

@@ -21,11 +21,11 @@ from tidings.domain import (
     MAX_PRIORITY,
     MIN_PRIORITY,
     TRANSACTIONAL_PRIORITY_BOOST,
-    ContactStatus,
     MessageStatus,
 )
 from tidings.domain.addresses import MAX_ADDRESS_LENGTH, InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound, RenderError
+from tidings.queue.compliance import blocking_reason
 from tidings.queue.enqueue import (
     Enqueued,
     NewMessage,
@@ -44,8 +44,6 @@ MAX_REFERENCE_LENGTH = 200
 MAX_CATEGORY_LENGTH = 64
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 MAX_SUBJECT_LENGTH = 998  # RFC 5322 line limit
-#: Contact statuses that stop transactional mail too (an unsubscribe only stops bulk mail).
-UNREACHABLE_CONTACT_STATUSES = frozenset({ContactStatus.bounced, ContactStatus.complained})
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,24 +374,24 @@ def _suppression_reason(
     contact: Contact | None,
     category: str | None,
 ) -> str | None:
-    """Why this message must not be sent, or None. Checked once, at accept time."""
+    """Why this message must not be sent, or None, by the same rules as the send-time screen."""
     listed = session.scalar(
         select(Suppression.reason).where(
             Suppression.tenant_id == tenant_id, Suppression.email == to_address
         )
     )
-    if listed is not None:
-        return f"address is on the suppression list ({listed})"
-    if contact is None:
-        return None
-    if contact.status in UNREACHABLE_CONTACT_STATUSES:
-        return f"contact is {contact.status}"
-    if category is not None:
+    opted_out = False
+    if contact is not None and category is not None:
         subscribed = session.scalar(
             select(Preference.subscribed).where(
                 Preference.contact_id == contact.id, Preference.category == category
             )
         )
-        if subscribed is False:
-            return f"opted out of {category}"
-    return None
+        opted_out = subscribed is False
+    return blocking_reason(
+        bulk=category is not None,
+        contact_status=contact.status if contact is not None else None,
+        listed_reason=listed,
+        category=category,
+        opted_out=opted_out,
+    )

@@ -6,14 +6,21 @@ from fastapi import APIRouter
 
 from tidings.api.routes import (
     campaigns,
+    categories,
     contacts,
+    frequency_caps,
     health,
     keys,
     lists,
     messages,
+    metrics,
+    public,
+    suppressions,
     templates,
     throttle,
+    webhooks,
 )
+from tidings.web import web_router
 
 ROUTERS: list[APIRouter] = [
     keys.router,
@@ -23,5 +30,12 @@ ROUTERS: list[APIRouter] = [
     campaigns.router,
     messages.router,
     throttle.router,
+    suppressions.router,
+    categories.router,
+    frequency_caps.router,
+    webhooks.router,
+    public.router,
     health.router,
+    metrics.router,
+    web_router(),  # the dashboard at /, kept out of the OpenAPI document
 ]

@@ -1,0 +1,329 @@
+"""``tidings campaign``: create, start, pause, resume, cancel, list, and watch a campaign.
+
+Every command but ``create`` and ``list`` works on this machine's database (``--tenant``) or
+through a remote API (``--url`` and ``--key``); both call the same service functions in the end.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from tidings.cli_common import (
+    DataOption,
+    KeyOption,
+    TenantOption,
+    UrlOption,
+    choose_target,
+    console,
+    fail,
+    open_runtime,
+    parse_data,
+    parse_time,
+    remote_errors,
+    tenant_id_of,
+    unit_of_work,
+)
+from tidings.cli_progress import (
+    POLL_SECONDS,
+    CampaignSnapshot,
+    follow_campaign,
+    status_table,
+    summary_line,
+)
+from tidings.cli_remote import RemoteApi
+from tidings.db.models import Campaign, ContactList
+from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from tidings.runtime import Runtime
+from tidings.services import campaigns, lists
+from tidings.services.pagination import MAX_LIMIT
+
+campaign_app = typer.Typer(
+    help="Campaigns: bulk sends to lists and contacts.", no_args_is_help=True
+)
+
+CampaignId = Annotated[int, typer.Argument(min=1, help="The campaign's id.", show_default=False)]
+FollowOption = Annotated[
+    bool, typer.Option("--follow", "-f", help="Show a live progress bar until the campaign ends.")
+]
+
+
+@campaign_app.command("create")
+def create(
+    tenant: str = typer.Option(..., help="Tenant name."),
+    name: str = typer.Option(..., help="The campaign's name."),
+    template: int = typer.Option(..., min=1, help="Template id."),
+    list_names: list[str] | None = typer.Option(
+        None,
+        "--list",
+        help="A list the audience includes, by name (repeatable).",
+        show_default=False,
+    ),
+    contact_ids: list[int] | None = typer.Option(
+        None,
+        "--contact",
+        min=1,
+        help="A contact id the audience includes (repeatable).",
+        show_default=False,
+    ),
+    data: DataOption = None,
+    schedule: str | None = typer.Option(
+        None,
+        help="Start at this time once started, ISO 8601 with zone (2030-01-31T09:00:00Z).",
+        show_default=False,
+    ),
+    priority: int = typer.Option(DEFAULT_PRIORITY, min=MIN_PRIORITY, max=MAX_PRIORITY),
+    category: str | None = typer.Option(
+        None, help="Category (default: the template's).", show_default=False
+    ),
+    start: bool = typer.Option(False, "--start", help="Start it at once (or at --schedule)."),
+) -> None:
+    """Create a draft campaign (from a template, to lists and/or contacts)."""
+    draft_data = parse_data(data)
+    scheduled_at = parse_time(schedule, option="--schedule")
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, tenant)
+            draft = campaigns.CampaignDraft(
+                name=name,
+                template_id=template,
+                list_ids=[_list_id(session, owner, n) for n in list_names or []],
+                contact_ids=list(contact_ids or []),
+                data=draft_data,
+                priority=priority,
+                scheduled_at=scheduled_at,
+                category=category,
+            )
+            now = runtime.clock.now()
+            campaign = campaigns.create_campaign(
+                session=session, tenant_id=owner, draft=draft, now=now
+            )
+            if start:
+                campaigns.start_campaign(
+                    session=session,
+                    tenant_id=owner,
+                    campaign_id=campaign.id,
+                    now=now,
+                    ttl_seconds=runtime.settings.message_ttl_seconds,
+                )
+        console.print(f"campaign {campaign.id} created ({campaign.status})")
+        if not start:
+            hint = f"tidings campaign start {campaign.id} --tenant {shlex.quote(tenant)}"
+            console.print(f"start it with: {escape(hint)}")
+
+
+@campaign_app.command("list")
+def list_command(
+    tenant: str = typer.Option(..., help="Tenant name."),
+    limit: int = typer.Option(20, min=1, max=100, help="How many, newest first."),
+) -> None:
+    """The tenant's newest campaigns with their progress."""
+    with open_runtime() as runtime, unit_of_work(runtime) as session:
+        owner = tenant_id_of(session, tenant)
+        page = campaigns.list_campaigns(session=session, tenant_id=owner, limit=limit, cursor=None)
+        progress = campaigns.campaign_progress(
+            session=session, campaigns=page.items, now=runtime.clock.now()
+        )
+        snapshots = [CampaignSnapshot.of(c, progress[c.id]) for c in page.items]
+    table = Table("id", "name", "status", "recipients", "sent", "failed", "pending", "progress")
+    for s in snapshots:
+        table.add_row(
+            str(s.id),
+            escape(s.name),
+            s.status.value,
+            f"{s.recipient_count:,}",
+            f"{s.sent:,}",
+            f"{s.failed:,}",
+            f"{s.pending:,}",
+            f"{s.progress_percentage:.1f} %",
+        )
+    console.print(table)
+
+
+@campaign_app.command("status")
+def status(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    follow: FollowOption = False,
+    interval: float = typer.Option(POLL_SECONDS, min=0.1, max=60, help="Seconds between reads."),
+) -> None:
+    """A campaign's counts; with --follow, a live progress bar (sent, failed, rate, ETA) until it ends."""
+    target = choose_target(tenant, url, key)
+    if target.remote is not None:
+        with target.remote as api, remote_errors():
+            _show(lambda: CampaignSnapshot.from_api(api.campaign(campaign_id)), follow, interval)
+        return
+    assert target.tenant is not None
+    with open_runtime() as runtime:
+        owner = _tenant(runtime, target.tenant)
+        _show(lambda: _read(runtime, owner, campaign_id), follow, interval)
+
+
+def _show(poll: Callable[[], CampaignSnapshot], follow: bool, interval: float) -> None:
+    if not follow:
+        console.print(status_table(poll()))
+        return
+    last = follow_campaign(poll, console=console, interval=interval)
+    console.print(summary_line(last))
+
+
+def _read(runtime: Runtime, tenant_id: int, campaign_id: int) -> CampaignSnapshot:
+    with unit_of_work(runtime) as session:
+        campaign = campaigns.get_campaign(
+            session=session, tenant_id=tenant_id, campaign_id=campaign_id
+        )
+        progress = campaigns.campaign_progress(
+            session=session, campaigns=[campaign], now=runtime.clock.now()
+        )
+        return CampaignSnapshot.of(campaign, progress[campaign.id])
+
+
+def _tenant(runtime: Runtime, name: str) -> int:
+    with unit_of_work(runtime) as session:
+        return tenant_id_of(session, name)
+
+
+def _list_id(session: Session, tenant_id: int, name: str) -> int:
+    cursor: str | None = None
+    while True:
+        page = lists.list_lists(
+            session=session, tenant_id=tenant_id, limit=MAX_LIMIT, cursor=cursor
+        )
+        found: list[ContactList] = [item for item in page.items if item.name == name.strip()]
+        if found:
+            return found[0].id
+        if page.next_cursor is None:
+            raise fail(f"no list named {name!r}")
+        cursor = page.next_cursor
+
+
+# -- start, pause, resume, cancel ----------------------------------------------------------------
+
+
+def _start(session: Session, runtime: Runtime, tenant_id: int, campaign_id: int) -> Campaign:
+    return campaigns.start_campaign(
+        session=session,
+        tenant_id=tenant_id,
+        campaign_id=campaign_id,
+        now=runtime.clock.now(),
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+    )
+
+
+def _pause(session: Session, runtime: Runtime, tenant_id: int, campaign_id: int) -> Campaign:
+    return campaigns.pause_campaign(
+        session=session, tenant_id=tenant_id, campaign_id=campaign_id, now=runtime.clock.now()
+    )
+
+
+def _resume(session: Session, runtime: Runtime, tenant_id: int, campaign_id: int) -> Campaign:
+    return campaigns.resume_campaign(
+        session=session, tenant_id=tenant_id, campaign_id=campaign_id, now=runtime.clock.now()
+    )
+
+
+def _cancel(session: Session, runtime: Runtime, tenant_id: int, campaign_id: int) -> Campaign:
+    return campaigns.cancel_campaign(
+        session=session, tenant_id=tenant_id, campaign_id=campaign_id, now=runtime.clock.now()
+    )
+
+
+Action = Callable[[Session, Runtime, int, int], Campaign]
+ACTIONS: dict[str, Action] = {
+    "start": _start,
+    "pause": _pause,
+    "resume": _resume,
+    "cancel": _cancel,
+}
+PAST = {"start": "started", "pause": "paused", "resume": "resumed", "cancel": "cancelled"}
+
+
+def _act(
+    action: str,
+    campaign_id: int,
+    tenant: str | None,
+    url: str | None,
+    key: str | None,
+    *,
+    follow: bool = False,
+    interval: float = POLL_SECONDS,
+) -> None:
+    target = choose_target(tenant, url, key)
+    if target.remote is not None:
+        with target.remote as api, remote_errors():
+            _act_remote(api, action, campaign_id)
+            if follow:
+                _show(lambda: CampaignSnapshot.from_api(api.campaign(campaign_id)), True, interval)
+        return
+    assert target.tenant is not None
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, target.tenant)
+            campaign = ACTIONS[action](session, runtime, owner, campaign_id)
+            state, recipients = campaign.status, campaign.recipient_count
+        console.print(
+            f"campaign {campaign_id} {PAST[action]}: now {state}, {recipients:,} recipients"
+        )
+        if follow:
+            _show(lambda: _read(runtime, owner, campaign_id), True, interval)
+
+
+def _act_remote(api: RemoteApi, action: str, campaign_id: int) -> None:
+    body = api.campaign_action(campaign_id, action)
+    console.print(
+        f"campaign {campaign_id} {PAST[action]}: now {body.get('status')},"
+        f" {int(body.get('recipient_count', 0)):,} recipients"
+    )
+
+
+@campaign_app.command("start")
+def start(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    follow: FollowOption = False,
+) -> None:
+    """Start a draft: fan it out to its audience now (or at its scheduled time)."""
+    _act("start", campaign_id, tenant, url, key, follow=follow)
+
+
+@campaign_app.command("pause")
+def pause(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Pause a running campaign: nothing not yet being sent goes out until it is resumed."""
+    _act("pause", campaign_id, tenant, url, key)
+
+
+@campaign_app.command("resume")
+def resume(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Resume a paused campaign."""
+    _act("resume", campaign_id, tenant, url, key)
+
+
+@campaign_app.command("cancel")
+def cancel(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Cancel a campaign: every message not yet being sent is cancelled."""
+    _act("cancel", campaign_id, tenant, url, key)

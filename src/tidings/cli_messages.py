@@ -1,0 +1,167 @@
+"""``tidings send`` (one transactional message) and ``tidings queue`` (what is waiting, and since when)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tidings.cli_common import (
+    DataOption,
+    KeyOption,
+    TenantOption,
+    UrlOption,
+    choose_target,
+    console,
+    open_runtime,
+    parse_data,
+    remote_errors,
+    tenant_id_of,
+    unit_of_work,
+)
+from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, MessageStatus
+from tidings.queue.clock import db_now
+from tidings.services import messages, queue_status
+
+#: Columns of ``tidings queue``, in the order a message moves through them.
+QUEUE_COLUMNS = (
+    MessageStatus.queued,
+    MessageStatus.paused,
+    MessageStatus.sending,
+    MessageStatus.sent,
+    MessageStatus.failed,
+    MessageStatus.dead,
+    MessageStatus.cancelled,
+    MessageStatus.suppressed,
+)
+
+
+def _content(value: str | None, option: str) -> str | None:
+    """The option's text, or a file's when it is ``@path``."""
+    if value is None or not value.startswith("@"):
+        return value
+    path = Path(value[1:])
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint=option) from None
+
+
+def send(
+    to: str = typer.Option(..., help="The recipient's address."),
+    subject: str | None = typer.Option(
+        None, help="Subject (a template); without --template.", show_default=False
+    ),
+    text: str | None = typer.Option(None, help="Plain-text body, or @FILE.", show_default=False),
+    html: str | None = typer.Option(None, help="HTML body, or @FILE.", show_default=False),
+    template: int | None = typer.Option(
+        None,
+        min=1,
+        help="A stored template's id instead of --subject/--text/--html.",
+        show_default=False,
+    ),
+    data: DataOption = None,
+    category: str | None = typer.Option(
+        None, help="Category (preferences honour it).", show_default=False
+    ),
+    reference: str | None = typer.Option(
+        None, help="A group name, to cancel together later.", show_default=False
+    ),
+    idempotency_key: str | None = typer.Option(
+        None, help="Repeat-safe: the same key never sends twice.", show_default=False
+    ),
+    priority: int = typer.Option(DEFAULT_PRIORITY, min=MIN_PRIORITY, max=MAX_PRIORITY),
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Send one transactional message (it outranks campaign mail in the queue)."""
+    fields: dict[str, Any] = {
+        "to": to,
+        "template_id": template,
+        "subject": subject,
+        "html": _content(html, "--html"),
+        "text": _content(text, "--text"),
+        "data": parse_data(data),
+        "category": category,
+        "priority": priority,
+        "reference": reference,
+    }
+    target = choose_target(tenant, url, key)
+    if target.remote is not None:
+        with target.remote as api, remote_errors():
+            body, created = api.send_message(
+                {k: v for k, v in fields.items() if v is not None}, idempotency_key=idempotency_key
+            )
+        _print_sent(body["id"], body["status"], body.get("last_error"), created)
+        return
+    assert target.tenant is not None
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            enqueued = messages.send_message(
+                session=session,
+                tenant_id=tenant_id_of(session, target.tenant),
+                request=messages.MessageRequest(**fields, idempotency_key=idempotency_key),
+                renderer=runtime.renderer,
+                default_ttl_seconds=runtime.settings.message_ttl_seconds,
+                now=runtime.clock.now(),
+            )
+            message = enqueued.message
+        _print_sent(message.id, message.status, message.last_error, enqueued.created)
+
+
+def _print_sent(message_id: int, status: str, reason: str | None, created: bool) -> None:
+    if not created:
+        console.print(f"message {message_id} was already accepted with this key: {status}")
+    elif status == MessageStatus.suppressed.value:
+        console.print(
+            f"message {message_id} suppressed, it will not be sent: {escape(reason or '')}"
+        )
+    else:
+        console.print(f"message {message_id} {status}")
+
+
+def queue(
+    tenant: str | None = typer.Option(
+        None, help="Only this tenant (default: every tenant).", show_default=False
+    ),
+) -> None:
+    """Messages by status for each tenant, the oldest one waiting, and the workers alive."""
+    with open_runtime() as runtime, unit_of_work(runtime) as session:
+        owner = tenant_id_of(session, tenant) if tenant is not None else None
+        now = db_now(session)
+        overview = queue_status.queue_overview(session=session, now=now, tenant_id=owner)
+        oldest = queue_status.oldest_waiting(session=session, now=now, tenant_id=owner)
+    if not overview.tenants:
+        console.print("the queue is empty" + (f" for {escape(tenant)}" if tenant else ""))
+    else:
+        # Only the statuses that occur: the table stays readable in a narrow terminal.
+        shown = [s for s in QUEUE_COLUMNS if any(t.counts.get(s.value) for t in overview.tenants)]
+        table = Table("tenant", "ready", *(s.value for s in shown), "total")
+        for row in overview.tenants:
+            table.add_row(
+                escape(row.tenant_name),
+                f"{row.ready:,}",
+                *(f"{row.counts.get(s.value, 0):,}" for s in shown),
+                f"{row.total:,}",
+            )
+        console.print(table)
+    if oldest is None:
+        console.print("nothing is waiting")
+    else:
+        names = {t.tenant_id: t.tenant_name for t in overview.tenants}
+        waited = timedelta(seconds=round(oldest.age_seconds(now)))
+        console.print(
+            f"oldest waiting: message {oldest.message_id} to {escape(oldest.to_address)}"
+            f" ({escape(names.get(oldest.tenant_id, str(oldest.tenant_id)))}), waiting {waited}"
+        )
+    console.print(f"workers alive: {overview.workers_alive}")
+    if overview.ready and not overview.workers_alive:
+        console.print(
+            "[yellow]warning:[/] messages are waiting but no worker is running:"
+            " start `tidings worker` or `tidings serve`"
+        )

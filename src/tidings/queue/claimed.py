@@ -1,0 +1,35 @@
+"""What a claim hands to a worker: the leased messages and the token that fences their outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: int
+    tenant_id: int
+    campaign_id: int | None
+    contact_id: int | None
+    to_address: str
+    template_id: int | None
+    subject: str | None  # inline content (transactional without a stored template)
+    html: str | None
+    text: str | None
+    data: dict[str, Any] | None
+    from_address: str | None
+    category: str | None
+    priority: int
+    attempts: int  # tries already made before this one
+    expires_at: datetime
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    token: str  # the lease token: every outcome write for these messages must present it
+    now: datetime  # the database's time of the claim
+    messages: list[ClaimedMessage]
+    held_back: int = 0  # claimed but returned to the queue by a throttle

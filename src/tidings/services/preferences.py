@@ -1,0 +1,296 @@
+"""What a recipient decides through the links in a mail: unsubscribe (RFC 8058 one-click, or the
+confirmation page) and the preference centre (categories on or off, everything off, back on).
+
+Every change is written in the caller's transaction before it answers, and is honoured at send
+time by ``queue/compliance.py``, so mail already queued obeys it too. What each decision writes:
+
+* **Unsubscribe from everything** (a token without a category, or "unsubscribe from everything"
+  on the preference page): the contact becomes ``unsubscribed`` (a ``bounced`` or ``complained``
+  contact keeps that stronger status) *and* the address joins the suppression list with reason
+  ``unsubscribe``. The address entry is what protects the person if the contact row is deleted
+  and imported again, or when mail goes to the bare address; the contact status is what the
+  tenant sees. An address already listed keeps its reason (a complaint is not "downgraded").
+* **Unsubscribe from one category** (a token naming the mail's category): that category's
+  preference becomes ``subscribed = false``; other categories and transactional mail go on, which
+  is what RFC 8058 asks (the list the header belongs to, not everything the sender ever sends).
+  An ad-hoc recipient without a contact row has nowhere to keep a per-category choice, so the
+  address is suppressed as a whole: erring towards the recipient's wish.
+* **Preference centre**: one row per shown category with the ticked state.
+* **Subscribe again** (preference page only): an ``unsubscribed`` contact becomes active and an
+  ``unsubscribe`` entry leaves the suppression list. Bounces and complaints are never undone here.
+
+Each effective unsubscribe records one ``unsubscribed`` event (``message_id`` null); a repeated
+request changes nothing and records nothing, so one-click is idempotent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from tidings.db.models import Contact, Event, Preference, Suppression, Tenant
+from tidings.domain import ContactStatus, EventType, SuppressionReason
+from tidings.errors import InvalidToken
+from tidings.services import categories, suppressions
+from tidings.tokens import TokenClaims
+
+#: Contact statuses the recipient may turn back to active through the preference page.
+RESUBSCRIBABLE = frozenset({ContactStatus.active.value, ContactStatus.unsubscribed.value})
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """The person a valid link speaks for, resolved within the link's tenant."""
+
+    tenant_id: int
+    tenant_name: str
+    email: str
+    contact_id: int | None  # None: an ad-hoc address without a contact row
+    category: str | None  # the category the link was made for, if any
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryChoice:
+    name: str
+    description: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PreferencesView:
+    subscriber: Subscriber
+    categories: Sequence[CategoryChoice]
+    #: No bulk mail at all: the contact is not active, or the address is suppressed.
+    receives_nothing: bool
+    #: Whether "subscribe again" is offered (never after a bounce or a complaint).
+    can_resubscribe: bool
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def resolve(*, session: Session, claims: TokenClaims) -> Subscriber:
+    """Whom the link names; ``InvalidToken`` when its tenant or contact no longer exist.
+
+    The contact is looked up *within the token's tenant*: a token naming another tenant's
+    contact finds nothing and is refused exactly like a forged one.
+    """
+    tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == claims.tenant_id))
+    if tenant_name is None:
+        raise InvalidToken()
+    if claims.contact_id is not None:
+        contact = session.scalar(
+            select(Contact).where(
+                Contact.tenant_id == claims.tenant_id, Contact.id == claims.contact_id
+            )
+        )
+        if contact is None:
+            raise InvalidToken()
+        email: str = contact.email
+        contact_id: int | None = contact.id
+    else:
+        assert claims.email is not None
+        email = claims.email
+        # The address may have become a contact since the mail was sent.
+        contact_id = session.scalar(
+            select(Contact.id).where(Contact.tenant_id == claims.tenant_id, Contact.email == email)
+        )
+    return Subscriber(
+        tenant_id=claims.tenant_id,
+        tenant_name=tenant_name,
+        email=email,
+        contact_id=contact_id,
+        category=claims.category,
+    )
+
+
+def unsubscribe(
+    *,
+    session: Session,
+    subscriber: Subscriber,
+    category: str | None,
+    source: str,
+    now: datetime,
+) -> bool:
+    """Unsubscribe from ``category``, or from everything when it is None; whether anything changed.
+
+    ``source`` says where the request came from, for the event ("one-click", "preference centre").
+    """
+    if category is not None and subscriber.contact_id is not None:
+        changed = bool(_set_choices(session, subscriber, {category: False}, now))
+        scope = f"category {category}"
+    else:
+        changed = _unsubscribe_all(session, subscriber, now)
+        scope = "all mail"
+    if changed:
+        _record_unsubscribe(session, subscriber, f"{subscriber.email} from {scope} ({source})", now)
+    return changed
+
+
+def preferences_view(*, session: Session, subscriber: Subscriber) -> PreferencesView:
+    """What the preference page shows: the tenant's categories with the contact's choices."""
+    shown = categories.all_categories(session=session, tenant_id=subscriber.tenant_id)
+    opted_out: set[str] = set()
+    status = ContactStatus.active.value
+    if subscriber.contact_id is not None:
+        opted_out = set(
+            session.scalars(
+                select(Preference.category).where(
+                    Preference.contact_id == subscriber.contact_id,
+                    Preference.subscribed.is_(False),
+                )
+            )
+        )
+        status = (
+            session.scalar(select(Contact.status).where(Contact.id == subscriber.contact_id))
+            or ContactStatus.active.value
+        )
+    listed = session.scalar(
+        select(Suppression.reason).where(
+            Suppression.tenant_id == subscriber.tenant_id, Suppression.email == subscriber.email
+        )
+    )
+    receives_nothing = status != ContactStatus.active.value or listed is not None
+    return PreferencesView(
+        subscriber=subscriber,
+        categories=[
+            CategoryChoice(
+                name=c.name, description=c.description, subscribed=c.name not in opted_out
+            )
+            for c in shown
+        ],
+        receives_nothing=receives_nothing,
+        can_resubscribe=receives_nothing
+        and status in RESUBSCRIBABLE
+        and listed in (None, SuppressionReason.unsubscribe.value),
+    )
+
+
+def save_preferences(
+    *, session: Session, subscriber: Subscriber, subscribed: Collection[str], now: datetime
+) -> list[str]:
+    """Every shown category on when ticked, off when not; the categories newly turned off.
+
+    Names that are not among the tenant's categories are ignored: the form only offers those.
+    """
+    if subscriber.contact_id is None:
+        return []
+    shown = [
+        c.name for c in categories.all_categories(session=session, tenant_id=subscriber.tenant_id)
+    ]
+    wanted = set(subscribed)
+    turned_off = _set_choices(session, subscriber, {name: name in wanted for name in shown}, now)
+    if turned_off:
+        _record_unsubscribe(
+            session,
+            subscriber,
+            f"{subscriber.email} from category {', '.join(turned_off)} (preference centre)",
+            now,
+        )
+    return turned_off
+
+
+def resubscribe(*, session: Session, subscriber: Subscriber, now: datetime) -> bool:
+    """Undo an unsubscribe (never a bounce or a complaint); whether anything changed."""
+    changed = False
+    if subscriber.contact_id is not None:
+        result = session.execute(
+            update(Contact)
+            .where(
+                Contact.id == subscriber.contact_id,
+                Contact.status == ContactStatus.unsubscribed.value,
+            )
+            .values(status=ContactStatus.active.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    removed = session.execute(
+        delete(Suppression).where(
+            Suppression.tenant_id == subscriber.tenant_id,
+            Suppression.email == subscriber.email,
+            Suppression.reason == SuppressionReason.unsubscribe.value,
+        )
+    )
+    return changed or bool(removed.rowcount)  # type: ignore[attr-defined]
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def _unsubscribe_all(session: Session, subscriber: Subscriber, now: datetime) -> bool:
+    changed = False
+    if subscriber.contact_id is not None:
+        result = session.execute(
+            update(Contact)
+            .where(
+                Contact.id == subscriber.contact_id,
+                Contact.status == ContactStatus.active.value,
+            )
+            .values(status=ContactStatus.unsubscribed.value, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    added = suppressions.suppress_addresses(
+        session=session,
+        tenant_id=subscriber.tenant_id,
+        emails=[subscriber.email],
+        reason=SuppressionReason.unsubscribe,
+        detail="the recipient unsubscribed",
+        now=now,
+    )
+    return changed or added > 0
+
+
+def _set_choices(
+    session: Session, subscriber: Subscriber, choices: dict[str, bool], now: datetime
+) -> list[str]:
+    """Store each category's choice in one statement; the categories this call turned off.
+
+    ``ON CONFLICT DO UPDATE … WHERE`` only touches rows whose value differs, and ``RETURNING``
+    names the rows written: those now ``false`` were turned off by this very statement (a new row
+    or a changed one), so two identical requests at once record one change, not two.
+    """
+    if not choices or subscriber.contact_id is None:
+        return []
+    statement = _insert(session)(Preference).values(
+        [
+            {
+                "contact_id": subscriber.contact_id,
+                "category": name,
+                "tenant_id": subscriber.tenant_id,
+                "subscribed": on,
+                "updated_at": now,
+            }
+            for name, on in choices.items()
+        ]
+    )
+    written = session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["contact_id", "category"],
+            set_={"subscribed": statement.excluded.subscribed, "updated_at": now},
+            where=Preference.subscribed != statement.excluded.subscribed,
+        ).returning(Preference.category, Preference.subscribed)
+    ).all()
+    return sorted(category for category, on in written if not on)
+
+
+def _record_unsubscribe(
+    session: Session, subscriber: Subscriber, detail: str, now: datetime
+) -> None:
+    session.add(
+        Event(
+            tenant_id=subscriber.tenant_id,
+            message_id=None,
+            campaign_id=None,
+            type=EventType.unsubscribed.value,
+            detail=detail,
+            created_at=now,
+        )
+    )

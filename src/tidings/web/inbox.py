@@ -1,0 +1,96 @@
+"""Reads the outbox maildir back, so the dashboard can show a sent message as its recipient sees it.
+
+Only files named by the tenant's own ``messages.provider_message_id`` are ever opened (the outbox
+transport records each file's name there), so one tenant never sees another's mail even though
+they share one maildir. The HTML part is shown in a sandboxed frame by the template, never inline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from tidings.errors import ConfigurationError
+from tidings.transports.base import parse_outbox_url
+
+MAX_MESSAGE_BYTES = 10_000_000  # larger files are not shown
+HEADER_READ_BYTES = 64 * 1024  # the inbox list reads only this much of each file
+#: Headers worth showing to someone checking what was sent.
+SHOWN_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "Reply-To")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxMessage:
+    name: str
+    headers: list[tuple[str, str]]
+    subject: str
+    html: str | None
+    text: str | None
+
+
+def outbox_dir(transport_url: str) -> Path | None:
+    """The maildir of an outbox transport URL; None for any other transport."""
+    if not transport_url.lower().startswith("outbox:"):
+        return None
+    try:
+        return parse_outbox_url(transport_url)
+    except ConfigurationError:
+        return None
+
+
+def _find(maildir: Path, name: str) -> Path | None:
+    # The name comes from our own database, but it still must not leave the maildir.
+    if not name or name.startswith(".") or "/" in name or "\x00" in name:
+        return None
+    fresh = maildir / "new" / name
+    if fresh.is_file():
+        return fresh
+    # A mail client that read it moved it to cur/ with flags after a colon (name:2,S).
+    for seen in (maildir / "cur").glob(f"{_glob_escape(name)}:2,*"):
+        if seen.is_file():
+            return seen
+    seen = maildir / "cur" / name
+    return seen if seen.is_file() else None
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def _part(message: EmailMessage, subtype: str) -> str | None:
+    part = message.get_body(preferencelist=(subtype,))
+    if part is None or not isinstance(part, EmailMessage):
+        return None
+    content = part.get_content()
+    return content if isinstance(content, str) else None
+
+
+def read_message(maildir: Path, name: str) -> InboxMessage | None:
+    """The message stored as ``name``; None when it is gone (cleaned up, moved away) or too big."""
+    path = _find(maildir, name)
+    if path is None or path.stat().st_size > MAX_MESSAGE_BYTES:
+        return None
+    message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
+    assert isinstance(message, EmailMessage)
+    headers = [(h, str(message[h])) for h in SHOWN_HEADERS if message[h] is not None]
+    return InboxMessage(
+        name=name,
+        headers=headers,
+        subject=str(message["Subject"] or ""),
+        html=_part(message, "html"),
+        text=_part(message, "plain"),
+    )
+
+
+def read_headers(maildir: Path, name: str) -> dict[str, str]:
+    """The shown headers of ``name`` (read from the file's head only); empty when it is gone."""
+    path = _find(maildir, name)
+    if path is None:
+        return {}
+    with path.open("rb") as handle:
+        head = handle.read(HEADER_READ_BYTES)
+    message = BytesParser(policy=policy.default).parsebytes(head, headersonly=True)
+    return {h: str(message[h]) for h in SHOWN_HEADERS if message[h] is not None}

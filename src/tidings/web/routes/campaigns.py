@@ -1,0 +1,155 @@
+"""Campaign pages: the list with live progress, one campaign's figures and controls, and its actions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.schemas import IdPath
+from tidings.domain import CampaignStatus
+from tidings.services import campaigns, templates
+from tidings.web import actions
+from tidings.web.auth import SenderAction, UserDep, show
+from tidings.web.chart import sends_per_minute_chart
+from tidings.web.pages import DashboardRoute
+
+router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
+
+CAMPAIGNS_PER_PAGE = 25
+FAILED_PER_PAGE = 50
+Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{0,19}$")]
+
+#: Statuses a campaign never leaves: its figures stop changing.
+FINAL = frozenset({CampaignStatus.completed, CampaignStatus.cancelled, CampaignStatus.failed})
+#: Which buttons a campaign in each status offers (the template hides the others, and so does the
+#: page's script when the status changes under it).
+ACTIONS_BY_STATUS = {
+    "start": ("draft",),
+    "pause": ("running",),
+    "resume": ("paused",),
+    "cancel": ("draft", "scheduled", "running", "paused"),
+    "retry-failed": ("running", "paused", "completed"),
+}
+
+
+@router.get("/", response_class=HTMLResponse)
+def campaign_list(
+    request: Request, user: UserDep, session: SessionDep, now: NowDep, cursor: Cursor = None
+) -> HTMLResponse:
+    page = campaigns.list_campaigns(
+        session=session, tenant_id=user.tenant_id, limit=CAMPAIGNS_PER_PAGE, cursor=cursor
+    )
+    progress = campaigns.campaign_progress(session=session, campaigns=page.items, now=now)
+    live = [c.id for c in page.items if c.status not in FINAL]
+    return show(
+        request,
+        user,
+        "campaigns/list.html",
+        campaigns=page.items,
+        progress=progress,
+        next_cursor=page.next_cursor,
+        live_ids=live,
+    )
+
+
+@router.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
+def campaign_detail(
+    request: Request,
+    campaign_id: IdPath,
+    user: UserDep,
+    session: SessionDep,
+    now: NowDep,
+    failed_cursor: Cursor = None,
+) -> HTMLResponse:
+    campaign = campaigns.get_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
+    )
+    progress = campaigns.campaign_progress(session=session, campaigns=[campaign], now=now)
+    failed = campaigns.list_failed_recipients(
+        session=session,
+        tenant_id=user.tenant_id,
+        campaign_id=campaign.id,
+        limit=FAILED_PER_PAGE,
+        cursor=failed_cursor,
+    )
+    template = templates.get_template(
+        session=session, tenant_id=user.tenant_id, template_id=campaign.template_id
+    )
+    list_names = actions.list_names(
+        session=session, tenant_id=user.tenant_id, list_ids=list(campaign.list_ids)
+    )
+    chart = sends_per_minute_chart(
+        actions.sent_per_minute(session=session, campaign_id=campaign.id)
+    )
+    return show(
+        request,
+        user,
+        "campaigns/detail.html",
+        campaign=campaign,
+        progress=progress[campaign.id],
+        template=template,
+        list_names=list_names,
+        failed=failed,
+        chart=chart,
+        actions_by_status=ACTIONS_BY_STATUS,
+        final=campaign.status in FINAL,
+    )
+
+
+def _after(campaign_id: int, done: str) -> RedirectResponse:
+    return RedirectResponse(f"/campaigns/{campaign_id}?done={done}", status_code=303)
+
+
+@router.post("/campaigns/{campaign_id}/start")
+def start(
+    campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep, runtime: RuntimeDep
+) -> Response:
+    campaign = campaigns.start_campaign(
+        session=session,
+        tenant_id=user.tenant_id,
+        campaign_id=campaign_id,
+        now=now,
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+    )
+    return _after(campaign.id, "scheduled" if campaign.status == "scheduled" else "started")
+
+
+@router.post("/campaigns/{campaign_id}/pause")
+def pause(campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep) -> Response:
+    campaigns.pause_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _after(campaign_id, "paused")
+
+
+@router.post("/campaigns/{campaign_id}/resume")
+def resume(campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep) -> Response:
+    campaigns.resume_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _after(campaign_id, "resumed")
+
+
+@router.post("/campaigns/{campaign_id}/cancel")
+def cancel(campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep) -> Response:
+    campaigns.cancel_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return _after(campaign_id, "cancelled")
+
+
+@router.post("/campaigns/{campaign_id}/retry-failed")
+def retry_failed(
+    campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep, runtime: RuntimeDep
+) -> Response:
+    campaigns.retry_failed(
+        session=session,
+        tenant_id=user.tenant_id,
+        campaign_id=campaign_id,
+        now=now,
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+    )
+    return _after(campaign_id, "retried")

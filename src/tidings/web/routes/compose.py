@@ -1,0 +1,256 @@
+"""The new-campaign form: a template with a live preview, recipients by list and by ticking contacts
+in a searchable table, the personal message and deadline, and start now, schedule or save a draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
+
+from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.errors import InvalidInput, NotFound
+from tidings.services import campaigns, contacts, lists, templates
+from tidings.services.contacts import MAX_QUERY_LENGTH
+from tidings.web import forms
+from tidings.web.auth import SenderAction, UserDep, WebUser, show
+from tidings.web.pages import DashboardRoute, render
+
+router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
+
+CONTACTS_SHOWN = 50  # rows of the searchable table; a search narrows it down
+PICKER_LIMIT = 500  # templates and lists offered in the form
+WHEN_CHOICES = ("now", "schedule", "draft")
+
+
+@dataclass
+class CampaignForm:
+    """What the form holds, kept when it comes back with errors."""
+
+    name: str = ""
+    template_id: int | None = None
+    list_ids: list[int] = field(default_factory=list)
+    contact_ids: list[int] = field(default_factory=list)
+    personal_message: str = ""
+    deadline: str = ""
+    when: str = "now"
+    scheduled_at: str = ""
+    preview_contact_id: int | None = None
+
+
+def _contact_rows(session: Session, tenant_id: int, q: str, selected: list[int]) -> dict[str, Any]:
+    """The table's rows (matches of ``q``) and the ticked contacts that the search hides."""
+    page = contacts.list_contacts(
+        session=session,
+        tenant_id=tenant_id,
+        limit=CONTACTS_SHOWN,
+        cursor=None,
+        q=q[:MAX_QUERY_LENGTH] or None,
+    )
+    shown = {c.id for c in page.items}
+    return {
+        "rows": page.items,
+        "more": page.next_cursor is not None,
+        "q": q,
+        "selected": set(selected),
+        "hidden_selected": [i for i in selected if i not in shown],
+    }
+
+
+def _form_page(
+    request: Request,
+    user: WebUser,
+    session: Session,
+    form: CampaignForm,
+    errors: forms.FieldErrors | None = None,
+) -> HTMLResponse:
+    template_page = templates.list_templates(
+        session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
+    )
+    list_page = lists.list_lists(
+        session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
+    )
+    counts = lists.member_counts(session=session, list_ids=[x.id for x in list_page.items])
+    table = _contact_rows(session, user.tenant_id, "", form.contact_ids)
+    return show(
+        request,
+        user,
+        "campaigns/new.html",
+        status_code=422 if errors else 200,
+        form=form,
+        errors=(errors or forms.FieldErrors()).by_field,
+        templates=template_page.items,
+        lists=list_page.items,
+        member_counts=counts,
+        table=table,
+        preview_contacts=table["rows"],
+    )
+
+
+@router.get("/campaigns/new", response_class=HTMLResponse)
+def new_campaign(request: Request, user: UserDep, session: SessionDep) -> HTMLResponse:
+    return _form_page(request, user, session, CampaignForm())
+
+
+@router.get("/campaigns/new/contacts", response_class=HTMLResponse)
+def contact_table(
+    request: Request,
+    user: UserDep,
+    session: SessionDep,
+    q: Annotated[str, Query(max_length=MAX_QUERY_LENGTH)] = "",
+    contact_ids: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+) -> HTMLResponse:
+    """The table's rows for a search (htmx swaps them in), keeping what is already ticked."""
+    table = _contact_rows(session, user.tenant_id, q.strip(), forms.ids(contact_ids))
+    return render(request, "campaigns/_contacts.html", {"table": table, "user": user})
+
+
+@router.get("/campaigns/new/preview", response_class=HTMLResponse)
+def preview(
+    request: Request,
+    user: UserDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    template_id: str = "",
+    preview_contact_id: str = "",
+    personal_message: Annotated[str, Query(max_length=5000)] = "",
+    deadline: Annotated[str, Query(max_length=200)] = "",
+) -> HTMLResponse:
+    """The mail as the chosen contact would receive it; a render error is shown in its place."""
+    context: dict[str, Any] = {"rendered": None, "problem": None, "contact": None}
+    template_ids = forms.ids([template_id])
+    contact_ids = forms.ids([preview_contact_id])
+    if not template_ids:
+        context["problem"] = "Choose a template to see a preview."
+    elif not contact_ids:
+        context["problem"] = (
+            "Add a contact first: the preview shows the mail as one contact gets it."
+        )
+    else:
+        try:
+            context["contact"] = contacts.get_contact(
+                session=session, tenant_id=user.tenant_id, contact_id=contact_ids[0]
+            )
+            context["rendered"] = templates.preview_template(
+                session=session,
+                renderer=runtime.renderer,
+                tenant_id=user.tenant_id,
+                template_id=template_ids[0],
+                contact_id=contact_ids[0],
+                email=None,
+                data={"personal_message": personal_message, "deadline": deadline},
+            )
+        except (InvalidInput, NotFound) as exc:
+            context["problem"] = exc.message
+    return render(request, "campaigns/_preview.html", context)
+
+
+def _read_form(
+    name: str,
+    template_id: str,
+    list_ids: list[str],
+    contact_ids: list[str],
+    personal_message: str,
+    deadline: str,
+    when: str,
+    scheduled_at: str,
+    preview_contact_id: str,
+) -> CampaignForm:
+    template = forms.ids([template_id])
+    preview_contact = forms.ids([preview_contact_id])
+    return CampaignForm(
+        name=name.strip(),
+        template_id=template[0] if template else None,
+        list_ids=forms.ids(list_ids),
+        contact_ids=forms.ids(contact_ids),
+        personal_message=personal_message.strip(),
+        deadline=deadline.strip(),
+        when=when if when in WHEN_CHOICES else "now",
+        scheduled_at=scheduled_at.strip(),
+        preview_contact_id=preview_contact[0] if preview_contact else None,
+    )
+
+
+def _check(form: CampaignForm, errors: forms.FieldErrors) -> campaigns.CampaignDraft | None:
+    if not form.name:
+        errors.add("name", "Give the campaign a name.")
+    if form.template_id is None:
+        errors.add("template_id", "Choose a template.")
+    if not form.list_ids and not form.contact_ids:
+        errors.add("recipients", "Choose at least one list or tick at least one contact.")
+    scheduled_at = None
+    if form.when == "schedule":
+        scheduled_at = forms.utc_datetime(form.scheduled_at, "scheduled_at", errors)
+        if scheduled_at is None and "scheduled_at" not in errors.by_field:
+            errors.add("scheduled_at", "Choose when to start, or choose “Start now”.")
+    if errors or form.template_id is None:
+        return None
+    return campaigns.CampaignDraft(
+        name=form.name,
+        template_id=form.template_id,
+        list_ids=form.list_ids,
+        contact_ids=form.contact_ids,
+        data={"personal_message": form.personal_message, "deadline": form.deadline},
+        scheduled_at=scheduled_at,
+    )
+
+
+_DONE = {"running": "started", "scheduled": "scheduled"}
+#: Service error fields mapped to the form's fields.
+_FIELD_OF = {"list_ids": "recipients", "contact_ids": "recipients"}
+
+
+@router.post("/campaigns/new", response_class=HTMLResponse)
+def create(
+    request: Request,
+    user: SenderAction,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
+    template_id: Annotated[str, Form(max_length=20)] = "",
+    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
+    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    personal_message: Annotated[str, Form(max_length=5000)] = "",
+    deadline: Annotated[str, Form(max_length=200)] = "",
+    when: Annotated[str, Form(max_length=20)] = "now",
+    scheduled_at: Annotated[str, Form(max_length=40)] = "",
+    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    form = _read_form(
+        name,
+        template_id,
+        list_ids,
+        contact_ids,
+        personal_message,
+        deadline,
+        when,
+        scheduled_at,
+        preview_contact_id,
+    )
+    errors = forms.FieldErrors()
+    draft = _check(form, errors)
+    if draft is None:
+        return _form_page(request, user, session, form, errors)
+    try:
+        # A savepoint: when starting fails after the draft was written, neither is kept.
+        with session.begin_nested():
+            campaign = campaigns.create_campaign(
+                session=session, tenant_id=user.tenant_id, draft=draft, now=now
+            )
+            if form.when != "draft":
+                campaigns.start_campaign(
+                    session=session,
+                    tenant_id=user.tenant_id,
+                    campaign_id=campaign.id,
+                    now=now,
+                    ttl_seconds=runtime.settings.message_ttl_seconds,
+                )
+    except (InvalidInput, NotFound) as exc:
+        errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
+        return _form_page(request, user, session, form, errors)
+    done = "draft" if form.when == "draft" else _DONE.get(campaign.status, "saved")
+    return RedirectResponse(f"/campaigns/{campaign.id}?done={done}", status_code=303)

@@ -1,0 +1,124 @@
+"""``/events/campaigns``: campaign progress as Server-Sent Events, so progress bars move by themselves.
+
+The stream reads the queue about once a second (one grouped count for all the campaigns a page
+shows) and sends a ``progress`` event only when a figure changed, a comment now and then to keep
+proxies from closing an idle connection, and ``done`` once every campaign has ended. It checks the
+key on every read, so revoking it ends the stream too. Each read is its own short transaction on a
+worker thread, never the request's: the stream may stay open for minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+
+from tidings.api.deps import RuntimeDep
+from tidings.db.models import Campaign
+from tidings.runtime import Runtime
+from tidings.services import campaigns
+from tidings.web import actions
+from tidings.web.auth import UserDep
+from tidings.web.formatting import percent, status_symbol, when
+from tidings.web.pages import DashboardRoute
+from tidings.web.routes.campaigns import FINAL
+
+router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
+
+INTERVAL_SECONDS = 1.0  # between reads of the queue
+KEEPALIVE_SECONDS = 15.0  # a comment line at least this often
+#: A stream ends after this long and the browser reconnects (EventSource does that by itself), so a
+#: forgotten tab holds no connection for ever and always picks up a fresh session check.
+MAX_STREAM_SECONDS = 300.0
+RECONNECT_MS = 2000
+MAX_IDS = 100  # campaigns one stream follows (a page shows fewer)
+
+
+def _snapshot(
+    runtime: Runtime, key_id: int, tenant_id: int, campaign_ids: Sequence[int]
+) -> list[dict[str, Any]] | None:
+    """Progress of the tenant's campaigns among ``campaign_ids``; None once the key is revoked."""
+    with runtime.sessions() as session, session.begin():
+        if actions.signed_in_key(session=session, key_id=key_id) is None:
+            return None
+        found = list(
+            session.scalars(
+                select(Campaign).where(
+                    Campaign.tenant_id == tenant_id, Campaign.id.in_(list(campaign_ids))
+                )
+            )
+        )
+        now = runtime.clock.now()
+        progress = campaigns.campaign_progress(session=session, campaigns=found, now=now)
+        return [_figures(c, progress[c.id]) for c in sorted(found, key=lambda c: c.id)]
+
+
+def _figures(campaign: Campaign, progress: campaigns.CampaignProgress) -> dict[str, Any]:
+    eta: datetime | None = progress.estimated_completion_at
+    return {
+        "id": campaign.id,
+        "status": campaign.status,
+        "status_symbol": status_symbol(campaign.status),
+        "final": campaign.status in FINAL,
+        "recipients": progress.recipient_count,
+        "sent": progress.sent,
+        "failed": progress.failed,
+        "suppressed": progress.suppressed,
+        "cancelled": progress.cancelled,
+        "pending": progress.pending,
+        "percentage": progress.progress_percentage,
+        "percentage_text": percent(progress.progress_percentage),
+        "rate": progress.send_rate_per_minute,
+        "eta": when(eta) if eta is not None and campaign.status not in FINAL else "",
+    }
+
+
+def _event(name: str, data: Any) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def progress_stream(
+    request: Request, runtime: Runtime, key_id: int, tenant_id: int, campaign_ids: list[int]
+) -> AsyncIterator[str]:
+    yield f"retry: {RECONNECT_MS}\n\n"
+    started = last_sent = time.monotonic()
+    previous: list[dict[str, Any]] | None = None
+    while time.monotonic() - started < MAX_STREAM_SECONDS:
+        if await request.is_disconnected():
+            return
+        figures = await asyncio.to_thread(_snapshot, runtime, key_id, tenant_id, campaign_ids)
+        if figures is None:
+            yield _event("signout", {})
+            return
+        if figures != previous:
+            yield _event("progress", figures)
+            previous, last_sent = figures, time.monotonic()
+        if all(f["final"] for f in figures):
+            yield _event("done", {})
+            return
+        if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
+            yield ": still here\n\n"
+            last_sent = time.monotonic()
+        await asyncio.sleep(INTERVAL_SECONDS)
+
+
+@router.get("/events/campaigns")
+def campaign_events(
+    request: Request,
+    user: UserDep,
+    runtime: RuntimeDep,
+    ids: Annotated[str, Query(max_length=2000, pattern=r"^[0-9,]*$")] = "",
+) -> StreamingResponse:
+    campaign_ids = [int(i) for i in ids.split(",") if i.isdigit() and len(i) <= 18][:MAX_IDS]
+    return StreamingResponse(
+        progress_stream(request, runtime, user.principal.key_id, user.tenant_id, campaign_ids),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,96 @@
+// Tidings dashboard: live campaign progress (Server-Sent Events) and the contact picker.
+// No inline scripts (the Content-Security-Policy forbids them); everything here is progressive:
+// without it the pages still work, they just do not move by themselves.
+(() => {
+  "use strict";
+
+  const csrfToken = () => document.querySelector('meta[name="csrf-token"]')?.content;
+  const formatCount = (n) => n.toLocaleString("en").replace(/,/g, "\u202f");
+
+  // htmx requests carry the session's CSRF token too.
+  document.addEventListener("htmx:configRequest", (event) => {
+    const token = csrfToken();
+    if (token) event.detail.headers["X-CSRF-Token"] = token;
+  });
+
+  // Forms that ask before doing something that cannot be undone.
+  document.addEventListener("submit", (event) => {
+    const question = event.target.dataset?.confirm;
+    if (question && !window.confirm(question)) event.preventDefault();
+  });
+
+  function applyFigures(figures) {
+    document.querySelectorAll(`[data-campaign="${figures.id}"]`).forEach((root) => {
+      root.querySelectorAll("[data-field]").forEach((element) => {
+        const name = element.dataset.field;
+        if (name === "status") {
+          element.dataset.status = figures.status;
+          element.querySelector("[data-symbol]").textContent = figures.status_symbol;
+          element.querySelector("[data-text]").textContent = figures.status;
+        } else if (name in figures) {
+          const value = figures[name];
+          element.textContent = typeof value === "number" ? formatCount(value) : value || "—";
+        }
+      });
+      root.querySelectorAll('[role="progressbar"]').forEach((bar) => {
+        bar.setAttribute("aria-valuenow", String(figures.percentage));
+        bar.setAttribute("aria-valuetext", figures.percentage_text);
+        bar.dataset.status = figures.status;
+        bar.querySelector(".progress-fill").style.width = `${figures.percentage}%`;
+      });
+      root.querySelectorAll("form[data-when]").forEach((form) => {
+        const allowed = form.dataset.when.split(" ").includes(figures.status);
+        form.hidden = !allowed || ("needsFailed" in form.dataset && figures.failed === 0);
+      });
+    });
+  }
+
+  function followProgress() {
+    const holder = document.querySelector("[data-live-ids]");
+    const ids = holder?.dataset.liveIds;
+    if (!ids || !window.EventSource) return;
+    const source = new EventSource(`/events/campaigns?ids=${encodeURIComponent(ids)}`);
+    source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
+    source.addEventListener("done", () => source.close());
+    source.addEventListener("signout", () => {
+      source.close();
+      window.location.assign("/login");
+    });
+    window.addEventListener("pagehide", () => source.close());
+  }
+
+  function setUpPicker() {
+    const picker = document.getElementById("contact-picker");
+    if (!picker) return;
+    const counter = document.getElementById("picked-count");
+    const recount = () => {
+      const ticked = picker.querySelectorAll('input[type="checkbox"][name="contact_ids"]:checked').length;
+      const hidden = picker.querySelectorAll('input[type="hidden"][name="contact_ids"]').length;
+      counter.textContent = `${ticked + hidden} selected`;
+    };
+    picker.addEventListener("change", recount);
+    document.body.addEventListener("htmx:afterSettle", recount);
+    picker.querySelectorAll("[data-pick]").forEach((button) => {
+      button.addEventListener("click", () => {
+        const all = button.dataset.pick === "all";
+        picker.querySelectorAll('input[type="checkbox"][name="contact_ids"]').forEach((box) => {
+          box.checked = all;
+        });
+        if (!all) picker.querySelectorAll('input[type="hidden"][name="contact_ids"]').forEach((input) => input.remove());
+        recount();
+      });
+    });
+    // Enter in the search box searches; it must not submit the whole campaign form.
+    picker.querySelectorAll("[data-no-submit]").forEach((input) => {
+      input.addEventListener("keydown", (event) => {
+        if (event.key === "Enter") event.preventDefault();
+      });
+    });
+    recount();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    followProgress();
+    setUpPicker();
+  });
+})();

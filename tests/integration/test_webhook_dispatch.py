@@ -1,0 +1,422 @@
+"""Event webhooks to the tenant: events become signed deliveries to a real local HTTP receiver,
+retried after failures, filtered by event type, and refused for private targets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from tests.bounce_samples import yahoo_arf
+from tests.conftest import TenantKeys, make_settings
+from tests.integration.sent_mail import SentMail, seed_sent_mail
+from tests.live_server import LiveServer
+from tests.webhook_receiver import WebhookReceiver
+from tidings.bounces.mailbox import process_report
+from tidings.config import Settings
+from tidings.db.engine import transaction
+from tidings.db.models import Event, WebhookDelivery, WebhookEndpoint
+from tidings.delivery.webhook_dispatch import WebhookDispatcher, run_webhook_dispatcher
+from tidings.queue.webhook_outbox import GapWatch, route_events
+from tidings.runtime import Runtime
+from tidings.webhook_targets import Target
+
+FAST_RETRIES = (0.05, 0.05, 0.05)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url, webhook_allow_private=True, poll_seconds=0.05)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[WebhookReceiver, str]]:
+    hooks = WebhookReceiver()
+    with LiveServer(hooks.app) as server:
+        yield hooks, f"{server.url}/hooks"
+
+
+def register(client: TestClient, tenant: TenantKeys, url: str, *types: str) -> Any:
+    answer = client.post(
+        "/v1/webhooks",
+        json={"url": url, "event_types": list(types)},
+        headers=tenant.auth(tenant.admin),
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def add_event(runtime: Runtime, tenant_id: int, kind: str, mail: SentMail | None = None) -> int:
+    with transaction(runtime.sessions) as session:
+        event = Event(
+            tenant_id=tenant_id,
+            message_id=mail.id if mail else None,
+            campaign_id=mail.campaign_id if mail else None,
+            type=kind,
+            detail=f"{kind} detail",
+            created_at=datetime.now(UTC),
+        )
+        session.add(event)
+        session.flush()
+        return event.id
+
+
+def dispatch(runtime: Runtime, **options: Any) -> WebhookDispatcher:
+    dispatcher = WebhookDispatcher(runtime=runtime, retry_delays=FAST_RETRIES, **options)
+    asyncio.run(dispatcher.run_once())
+    return dispatcher
+
+
+def dispatch_until(runtime: Runtime, done: Any, *, timeout: float = 20, **options: Any) -> None:
+    dispatcher = WebhookDispatcher(runtime=runtime, retry_delays=FAST_RETRIES, **options)
+    deadline = time.monotonic() + timeout
+
+    async def loop() -> None:
+        while not done():
+            assert time.monotonic() < deadline, "not done in time"
+            if not await dispatcher.run_once():
+                await asyncio.sleep(0.05)
+
+    asyncio.run(loop())
+
+
+def expected_signature(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def test_a_complaint_reaches_the_endpoint_signed_per_standard_webhooks(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    endpoint = register(client, acme, url, "message.complained")
+    mail = seed_sent_mail(runtime, acme.tenant_id, "carol@yahoo.com")
+    process_report(runtime, yahoo_arf(recipient=mail.email, message_id=mail.message_id_header))
+    dispatch(runtime)
+    (request,) = hooks.requests
+    headers = request.headers
+    assert headers["content-type"] == "application/json"
+    assert headers["webhook-id"].startswith("msg_")
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+    assert headers["webhook-signature"] == expected_signature(
+        endpoint["secret"], headers["webhook-id"], headers["webhook-timestamp"], request.body
+    )
+    payload = json.loads(request.body)
+    assert payload["type"] == "message.complained"
+    assert payload["timestamp"].endswith("Z") and "T" in payload["timestamp"]
+    assert payload["data"]["message_id"] == mail.id
+    assert payload["data"]["campaign_id"] == mail.campaign_id
+    assert payload["data"]["contact_id"] == mail.contact_id
+    assert payload["data"]["email"] == "carol@yahoo.com"
+    assert "abuse report" in payload["data"]["detail"]
+    shown = client.get(f"/v1/webhooks/{endpoint['id']}", headers=acme.auth(acme.viewer)).json()
+    assert shown["last_status"] == "200 OK"
+    (delivery,) = shown["recent_deliveries"]
+    assert delivery["status"] == "delivered" and delivery["attempts"] == 1
+    assert delivery["event_type"] == "message.complained" and delivery["payload"] == payload
+    assert delivery["next_attempt_at"] is None and delivery["delivered_at"] is not None
+
+
+def test_a_failing_endpoint_is_retried_until_it_answers_2xx(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    endpoint = register(client, acme, url, "message.sent")
+    hooks.answer(500, 503)
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    add_event(runtime, acme.tenant_id, "sent", mail)
+    dispatch(runtime)
+    path = f"/v1/webhooks/{endpoint['id']}/deliveries"
+    (pending,) = client.get(path, headers=acme.auth(acme.viewer)).json()["items"]
+    assert pending["status"] == "pending" and pending["attempts"] == 1
+    assert pending["last_status"] == "500 Internal Server Error"
+    assert pending["next_attempt_at"] is not None
+    dispatch_until(
+        runtime, lambda: len(hooks.requests) == 3 and _statuses(runtime) == ["delivered"]
+    )
+    assert len({r.headers["webhook-id"] for r in hooks.requests}) == 1  # one message, three tries
+    (delivered,) = client.get(path, headers=acme.auth(acme.viewer)).json()["items"]
+    assert delivered["status"] == "delivered" and delivered["attempts"] == 3
+    assert delivered["last_status"] == "200 OK"
+    filtered = client.get(f"{path}?status=pending", headers=acme.auth(acme.viewer)).json()
+    assert filtered["items"] == []
+
+
+def _statuses(runtime: Runtime) -> list[str]:
+    with transaction(runtime.sessions) as session:
+        return list(session.scalars(select(WebhookDelivery.status).order_by(WebhookDelivery.id)))
+
+
+def test_a_delivery_that_keeps_failing_ends_failed_with_its_last_status(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    endpoint = register(client, acme, url, "campaign.completed")
+    hooks.answer(*[500] * 10)
+    add_event(runtime, acme.tenant_id, "campaign_completed")
+    dispatch_until(runtime, lambda: _statuses(runtime) == ["failed"])
+    assert len(hooks.requests) == len(FAST_RETRIES) + 1
+    shown = client.get(f"/v1/webhooks/{endpoint['id']}", headers=acme.auth(acme.viewer)).json()
+    assert shown["last_status"] == "500 Internal Server Error"
+    assert shown["recent_deliveries"][0]["status"] == "failed"
+    assert shown["recent_deliveries"][0]["attempts"] == len(FAST_RETRIES) + 1
+
+
+def test_endpoints_get_only_the_event_types_they_chose_of_their_own_tenant(
+    client: TestClient,
+    runtime: Runtime,
+    acme: TenantKeys,
+    globex: TenantKeys,
+    receiver: tuple[WebhookReceiver, str],
+) -> None:
+    hooks, url = receiver
+    early = seed_sent_mail(runtime, acme.tenant_id, "early@example.com")
+    add_event(runtime, acme.tenant_id, "sent", early)  # before any endpoint: not delivered
+    register(client, acme, f"{url}/sent", "message.sent", "message.failed")
+    register(client, acme, f"{url}/paused", "campaign.paused")
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    other = seed_sent_mail(runtime, globex.tenant_id, "ada@example.com")
+    add_event(runtime, acme.tenant_id, "sent", mail)
+    add_event(runtime, acme.tenant_id, "dead", mail)
+    add_event(runtime, acme.tenant_id, "deferred", mail)  # not a webhook event type
+    add_event(runtime, acme.tenant_id, "campaign_paused")
+    add_event(runtime, globex.tenant_id, "sent", other)  # another tenant's
+    dispatch(runtime)
+    received = sorted(
+        (r.path, json.loads(r.body)["type"], json.loads(r.body)["data"]["message_id"])
+        for r in hooks.requests
+    )
+    assert received == [
+        ("/hooks/paused", "campaign.paused", None),
+        ("/hooks/sent", "message.failed", mail.id),
+        ("/hooks/sent", "message.sent", mail.id),
+    ]
+
+
+def test_routing_twice_creates_no_second_delivery(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    register(client, acme, url, "message.sent")
+    add_event(
+        runtime, acme.tenant_id, "sent", seed_sent_mail(runtime, acme.tenant_id, "a@example.com")
+    )
+    with transaction(runtime.sessions) as session:
+        assert route_events(session=session, now=datetime.now(UTC)) == 1
+        assert route_events(session=session, now=datetime.now(UTC)) == 0
+    dispatch(runtime)
+    dispatch(runtime)
+    assert len(hooks.requests) == 1 and _statuses(runtime) == ["delivered"]
+
+
+def test_two_dispatchers_at_once_deliver_each_event_once(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    register(client, acme, url, "message.sent")
+    for n in range(30):
+        mail = seed_sent_mail(runtime, acme.tenant_id, f"p{n}@example.com", campaign=False)
+        add_event(runtime, acme.tenant_id, "sent", mail)
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        dispatch(runtime, batch_size=7)
+        dispatch_until(runtime, lambda: set(_statuses(runtime)) == {"delivered"}, batch_size=7)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    ids = [r.headers["webhook-id"] for r in hooks.requests]
+    assert len(ids) == 30 and len(set(ids)) == 30
+
+
+# -- the SSRF guard at delivery time --------------------------------------------------------------
+
+
+def _add_endpoint(
+    runtime: Runtime, tenant_id: int, url: str, secret: str = "whsec_" + "A" * 32
+) -> None:
+    """An endpoint written past the API's check, as if its DNS answer changed since then."""
+    with transaction(runtime.sessions) as session:
+        session.add(
+            WebhookEndpoint(
+                tenant_id=tenant_id,
+                url=url,
+                event_types=["message.sent"],
+                secret=secret,
+                enabled=True,
+                created_at=datetime(2020, 1, 1, tzinfo=UTC),
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127.0.0.1", "10.0.0.7", "169.254.169.254", "[::1]", "[::ffff:127.0.0.1]", "0.0.0.0"],
+)
+def test_a_private_target_is_refused_before_any_request(
+    runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str], host: str
+) -> None:
+    hooks, url = receiver
+    runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
+    port = url.split(":")[2].split("/")[0]
+    _add_endpoint(runtime, acme.tenant_id, f"http://{host}:{port}/hooks")
+    add_event(runtime, acme.tenant_id, "sent")
+    started = time.monotonic()
+    dispatch(runtime, timeout=5)
+    assert time.monotonic() - started < 4  # refused, not timed out
+    assert hooks.requests == []
+    with transaction(runtime.sessions) as session:
+        delivery = session.scalars(select(WebhookDelivery)).one()
+        assert delivery.status == "pending"  # the address may become public again
+        assert delivery.last_status is not None
+        assert delivery.last_status.startswith("refused:")
+        assert "public addresses" in delivery.last_status
+
+
+def _resolver(address: str) -> Any:
+    async def resolve(_target: Target) -> list[Any]:
+        return [ipaddress.ip_address(address)]
+
+    return resolve
+
+
+def test_a_name_that_now_resolves_to_a_private_address_is_refused(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    """DNS rebinding: public at registration, loopback at delivery."""
+    hooks, url = receiver
+    port = url.split(":")[2].split("/")[0]
+    _add_endpoint(runtime, acme.tenant_id, f"http://hooks.example.com:{port}/hooks")
+    runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
+    add_event(runtime, acme.tenant_id, "sent")
+    dispatch(runtime, resolver=_resolver("127.0.0.1"))
+    assert hooks.requests == []
+    assert "resolves to 127.0.0.1" in (_last_status(runtime) or "")
+
+
+def test_the_request_goes_to_the_checked_address_with_the_name_as_host(
+    runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    port = url.split(":")[2].split("/")[0]
+    _add_endpoint(runtime, acme.tenant_id, f"http://hooks.example.com:{port}/hooks")
+    add_event(runtime, acme.tenant_id, "sent")
+    dispatch(runtime, resolver=_resolver("127.0.0.1"))  # allowed here: tests allow loopback
+    (request,) = hooks.requests
+    assert request.headers["host"] == f"hooks.example.com:{port}"
+
+
+def _last_status(runtime: Runtime) -> str | None:
+    with transaction(runtime.sessions) as session:
+        return session.scalars(select(WebhookDelivery.last_status)).one()
+
+
+def test_redirects_are_not_followed(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    register(client, acme, url, "message.sent")
+    hooks.answer(302)
+    add_event(runtime, acme.tenant_id, "sent")
+    dispatch(runtime)
+    assert [r.path for r in hooks.requests] == ["/hooks"]
+    assert _last_status(runtime) == "302 Found" and _statuses(runtime) == ["pending"]
+
+
+def test_a_slow_endpoint_times_out_and_is_retried(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    register(client, acme, url, "message.sent")
+    hooks.delay = 2.0
+    add_event(runtime, acme.tenant_id, "sent")
+    dispatch(runtime, timeout=0.3)
+    assert _last_status(runtime) == "timeout after 0.3 s" and _statuses(runtime) == ["pending"]
+
+
+# -- routing order ----------------------------------------------------------------------------------
+
+
+def test_routing_waits_for_a_missing_event_id_then_passes_it(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    """PostgreSQL hands out ids before commit: a gap may be a transaction still in flight."""
+    _, url = receiver
+    register(client, acme, url, "message.sent")
+    first = add_event(runtime, acme.tenant_id, "sent")
+    with transaction(runtime.sessions) as session:
+        session.add(
+            Event(
+                id=first + 2,  # first + 1 is "still in flight"
+                tenant_id=acme.tenant_id,
+                type="sent",
+                created_at=datetime.now(UTC),
+            )
+        )
+    clock = [0.0]
+    gaps = GapWatch(grace=10.0, clock=lambda: clock[0])
+    with transaction(runtime.sessions) as session:
+        routed = route_events(session=session, now=datetime.now(UTC), gaps=gaps)
+    if runtime.dialect == "postgresql":
+        assert routed == 1  # stopped at the gap
+        clock[0] = 11.0
+        with transaction(runtime.sessions) as session:
+            assert route_events(session=session, now=datetime.now(UTC), gaps=gaps) == 1
+    else:
+        assert routed == 2  # SQLite commits in id order: a gap is never in flight
+    assert len(_statuses(runtime)) == 2
+
+
+def test_an_old_gap_is_passed_at_once(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    """A gap whose next event is older than the grace was a rollback: nothing to wait for."""
+    _, url = receiver
+    register(client, acme, url, "message.sent")
+    first = add_event(runtime, acme.tenant_id, "sent")
+    with transaction(runtime.sessions) as session:
+        session.add(
+            Event(id=first + 2, tenant_id=acme.tenant_id, type="sent", created_at=datetime.now(UTC))
+        )
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    with transaction(runtime.sessions) as session:
+        assert route_events(session=session, now=later, gaps=GapWatch(grace=30.0)) == 2
+
+
+def test_the_dispatcher_runs_until_stopped(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    hooks, url = receiver
+    register(client, acme, url, "message.sent")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_webhook_dispatcher(runtime, stop))
+        await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
+        deadline = time.monotonic() + 20
+        while not hooks.requests:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert len(hooks.requests) == 1
