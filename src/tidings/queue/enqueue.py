@@ -166,6 +166,21 @@ def cancel_unclaimed(
     return len(rows)
 
 
+def fresh_start(*, now: datetime, ttl_seconds: float) -> dict[str, Any]:
+    """The columns of a failed or dead message sent around again: no attempts, a new time to live."""
+    return {
+        "attempts": 0,
+        "lease_expiries": 0,
+        "last_error": None,
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "not_before": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "updated_at": now,
+    }
+
+
 def requeue_status() -> ColumnElement[str]:
     """The status for a message going back to the queue (a retry, an expired lease), as SQL.
 
@@ -259,15 +274,7 @@ def requeue_failed_campaign_messages(
         .where(retryable)
         .values(
             status=target.value,
-            attempts=0,
-            lease_expiries=0,
-            last_error=None,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            not_before=now,
-            expires_at=now + timedelta(seconds=ttl_seconds),
-            updated_at=now,
+            **fresh_start(now=now, ttl_seconds=ttl_seconds),
         )
         .execution_options(synchronize_session=False)
     )

@@ -5,7 +5,7 @@ back in the queue. Every query is scoped to the tenant, like the services'.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, exists, func, select, update
@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from tidings.db.models import ApiKey, Campaign, ContactList, Event, Message, Suppression, Tenant
 from tidings.domain import EventType, MessageStatus
 from tidings.errors import Conflict, NotFound
+from tidings.queue.enqueue import fresh_start
 from tidings.queue.notify import notify_new_work
 from tidings.services.pagination import Page, paginate
 
@@ -100,15 +101,7 @@ def requeue_message(
         .where(Message.id == message.id, Message.status.in_(GAVE_UP))
         .values(
             status=MessageStatus.queued.value,
-            attempts=0,
-            lease_expiries=0,
-            last_error=None,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            not_before=now,
-            expires_at=now + timedelta(seconds=ttl_seconds),
-            updated_at=now,
+            **fresh_start(now=now, ttl_seconds=ttl_seconds),
         )
         .execution_options(synchronize_session=False)
     )
