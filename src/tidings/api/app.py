@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tidings import __version__, errors
 from tidings.api.routes import ROUTERS
 from tidings.runtime import Runtime
+
+log = logging.getLogger("tidings.api")
 
 STATUS_BY_ERROR: dict[type[errors.TidingsError], int] = {
     errors.Unauthenticated: 401,
@@ -74,6 +78,16 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     field = _field_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid request"))
     return error_response(422, "invalid", f"{field}: {message}" if field else message, field)
+
+
+async def _on_database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """Connection pool exhausted or database unreachable: a retryable 503, never a 500 traceback."""
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    response = error_response(
+        503, "unavailable", "the database is busy or unreachable; retry shortly"
+    )
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -148,6 +162,8 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     app.add_exception_handler(errors.TidingsError, _on_tidings_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_unavailable)
+    app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_unavailable)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(

@@ -59,6 +59,9 @@ DEFAULT_BATCH_SIZE = 100  # messages per claim at most
 PIPELINE_DEPTH = 4
 RECORD_RETRIES = 5  # tries to write a batch's outcomes before leaving them to the lease reaper
 LISTEN_RECONNECT_SECONDS = 2.0
+#: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
+#: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
+MAX_TRANSPORT_CONNECTIONS = 20
 
 T = TypeVar("T")
 
@@ -363,7 +366,8 @@ async def run_workers(
     from tidings.transports.base import open_transport
 
     transport = open_transport(
-        runtime.settings.resolved_transport_url(), concurrency=concurrency * count
+        runtime.settings.resolved_transport_url(),
+        concurrency=min(concurrency * count, MAX_TRANSPORT_CONNECTIONS),
     )
     try:
         workers = [
