@@ -99,19 +99,21 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(message)
-            session.flush()
-    except IntegrityError:
-        if new.idempotency_key is None:
-            raise
-        earlier = find_by_idempotency_key(
-            session=session, tenant_id=new.tenant_id, key=new.idempotency_key
-        )
-        if earlier is None:
-            raise
-        return Enqueued(message=earlier, created=False)
+    if new.idempotency_key is None:  # nothing to race on: no savepoint round trips
+        session.add(message)
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():
+                session.add(message)
+                session.flush()
+        except IntegrityError:
+            earlier = find_by_idempotency_key(
+                session=session, tenant_id=new.tenant_id, key=new.idempotency_key
+            )
+            if earlier is None:  # the violation was not the key's: let it surface
+                raise
+            return Enqueued(message=earlier, created=False)
     event = EventType.queued if status is MessageStatus.queued else EventType.suppressed
     session.add(
         Event(
