@@ -23,7 +23,8 @@ from pathlib import Path
 
 import httpx
 from aiosmtpd.controller import Controller
-from sqlalchemy import create_engine, func, select, text
+from databases import postgres_database
+from sqlalchemy import func, select, text
 
 from tidings.config import Settings
 from tidings.db.engine import transaction
@@ -32,7 +33,6 @@ from tidings.runtime import build_runtime
 from tidings.services import campaigns, tenants
 
 ROOT = Path(__file__).resolve().parent.parent
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 SECRET = "bench-secret-" + "y" * 40
 HTML = (
     "<p>Dear {{ first_name }},</p><p>{{ personal_message }}</p>"
@@ -57,22 +57,6 @@ def env_for(url: str, transport: str, data_dir: str) -> dict[str, str]:
         "TIDINGS_DATA_DIR": data_dir,
         "TIDINGS_POLL_SECONDS": "1",
     }
-
-
-def create_database() -> str:
-    name = f"tidings_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return f"{PG}/{name}"
-
-
-def drop_database(url: str) -> None:
-    admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def bench_campaign(
@@ -318,15 +302,11 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as data_dir:
         if not args.skip_throughput:
-            url = create_database()
-            try:
+            with postgres_database(purpose="delivery") as url:
                 bench_campaign(url, data_dir, args.recipients, args.workers, args.concurrency)
-            finally:
-                drop_database(url)
         if args.skip_latency:
             return
-        url = create_database()
-        try:
+        with postgres_database(purpose="latency") as url:
             subprocess.run(
                 [sys.executable, "-m", "tidings", "db", "upgrade"],
                 env=env_for(url, "memory://", data_dir),
@@ -334,8 +314,6 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )
             bench_latency(url, data_dir)
-        finally:
-            drop_database(url)
 
 
 if __name__ == "__main__":

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
+from databases import PG_ADMIN_URL, postgres_database, sqlite_database
+from sqlalchemy import func, insert, select, text
 
-from tidings.config import Settings
 from tidings.db.engine import make_engine, make_session_factory, transaction, upgrade
 from tidings.db.models import (
     Campaign,
@@ -39,27 +33,6 @@ from tidings.queue.fanout import audience_condition, chunk_insert, fan_out_campa
 
 SEED_BATCH = 10_000  # rows per executemany while seeding
 SUPPRESSED_EVERY = 100  # one address in a hundred is on the suppression list
-
-
-@contextmanager
-def sqlite_database() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as directory:
-        yield f"sqlite:///{Path(directory) / 'bench.db'}"
-
-
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    resolved = Settings(database_url=admin_url).resolved_database_url()
-    name = f"tidings_bench_fanout_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(resolved, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(resolved).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def seed(url: str, recipients: int) -> tuple[int, int, list[int]]:
@@ -222,13 +195,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pg", default=PG_ADMIN_URL)
     parser.add_argument("--skip-pg", action="store_true")
     args = parser.parse_args()
     with sqlite_database() as url:
         report("SQLite", args.recipients, time_fan_outs(url, args.recipients, args.runs))
     if not args.skip_pg:
-        with postgres_database(args.pg) as url:
+        with postgres_database(args.pg, purpose="fanout") as url:
             report("PostgreSQL", args.recipients, time_fan_outs(url, args.recipients, args.runs))
             explain_postgres(url)
 

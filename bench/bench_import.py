@@ -24,15 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from databases import PG_ADMIN_URL, postgres_database, sqlite_database
+from sqlalchemy import func, select
 
 from tidings.config import Settings
 from tidings.db.engine import transaction
@@ -74,27 +73,6 @@ def read_chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK_BYTES):
             yield chunk
-
-
-@contextmanager
-def sqlite_database() -> Iterator[str]:
-    with tempfile.TemporaryDirectory() as directory:
-        yield f"sqlite:///{Path(directory) / 'bench.db'}"
-
-
-@contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    resolved = Settings(database_url=admin_url).resolved_database_url()
-    name = f"tidings_bench_import_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(resolved, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(resolved).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def make_tenant(runtime: Runtime, name: str) -> tuple[int, int, str]:
@@ -231,7 +209,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--backend", choices=("both", "postgres", "sqlite"), default="both")
     parser.add_argument("--no-http", action="store_true", help="skip the import through uvicorn")
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--pg", default=PG_ADMIN_URL)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         files = (Path(directory) / "service.csv", Path(directory) / "http.csv")
@@ -240,7 +218,7 @@ def main() -> None:
         size = files[0].stat().st_size
         print(f"{args.rows:,} rows, {size / 1e6:.1f} MB of CSV per file, 4 attribute columns")
         if args.backend in ("both", "postgres"):
-            with postgres_database(args.pg) as url:
+            with postgres_database(args.pg, purpose="import") as url:
                 bench("PostgreSQL", url, args.rows, files, not args.no_http)
         if args.backend in ("both", "sqlite"):
             with sqlite_database() as url:

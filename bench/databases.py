@@ -1,0 +1,39 @@
+"""Throw-away databases for the benchmarks: a SQLite file in a temporary folder, or a PostgreSQL
+database created for one run and dropped after it, whatever happens in between."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tidings.config import Settings
+
+#: The server every benchmark uses unless told otherwise (trust auth, as on the CI machine).
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def sqlite_database() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as directory:
+        yield f"sqlite:///{Path(directory) / 'bench.db'}"
+
+
+@contextmanager
+def postgres_database(admin_url: str = PG_ADMIN_URL, *, purpose: str = "bench") -> Iterator[str]:
+    resolved = Settings(database_url=admin_url).resolved_database_url()
+    name = f"tidings_bench_{purpose}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(resolved, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(resolved).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
