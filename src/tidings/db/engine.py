@@ -24,6 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Connections per process: ``POOL_SIZE`` kept open, up to ``POOL_OVERFLOW`` more under load.
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -33,6 +36,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs.setdefault("pool_size", POOL_SIZE)
+            kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         engine = create_engine(
             url,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
@@ -40,8 +45,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _tune_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_size", POOL_SIZE)
+    kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
 
