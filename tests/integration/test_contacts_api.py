@@ -111,6 +111,25 @@ def test_get_patch_and_delete_a_contact(client: TestClient, acme: TenantKeys) ->
     assert client.delete(url, headers=acme.auth(acme.sender)).status_code == 404
 
 
+def test_deleting_a_contact_keeps_its_messages_detached_from_it(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    contact = _create(client, acme, email="gone@example.com")
+    sent = client.post(
+        "/v1/messages",
+        json={"contact_id": contact["id"], "subject": "Hi", "text": "x"},
+        headers=acme.auth(acme.sender),
+    )
+    assert sent.status_code == 201, sent.text
+    assert sent.json()["contact_id"] == contact["id"]
+    url = f"/v1/contacts/{contact['id']}"
+    assert client.delete(url, headers=acme.auth(acme.sender)).status_code == 204
+    after = client.get(f"/v1/messages/{sent.json()['id']}", headers=acme.auth(acme.viewer))
+    assert after.status_code == 200
+    # The record stays, addressed as it was, and points at no contact (ON DELETE SET NULL's effect).
+    assert after.json()["contact_id"] is None and after.json()["to"] == "gone@example.com"
+
+
 def test_changing_the_address_to_one_already_taken_is_a_conflict(
     client: TestClient, acme: TenantKeys
 ) -> None:

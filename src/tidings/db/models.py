@@ -168,18 +168,15 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    # No foreign key on tenant_id and template_id: this is the hottest table, and a fan-out of
-    # 100,000 rows spent half its time checking them (tenants are never deleted under live
-    # messages; a deleted template fails its unsent messages at render time). See migration 0005.
+    # No foreign keys: this is the hottest table, and a fan-out of 100,000 rows spent most of its
+    # time checking them. Tenants and campaigns are never deleted; a deleted template fails its
+    # unsent messages at render time; delete_contact detaches a contact's messages itself.
+    # See migrations 0005 and 0006.
     tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
-    campaign_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=True
-    )
-    contact_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True
-    )
+    campaign_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    contact_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     to_address: Mapped[str] = mapped_column(String(320))
-    template_id: Mapped[int | None] = mapped_column(BigId, nullable=True)  # no FK: see tenant_id
+    template_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     # Inline content of a transactional message sent without a stored template.
     subject: Mapped[str | None] = mapped_column(Text, nullable=True)
     html: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -250,13 +247,11 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    tenant_id: Mapped[int] = _tenant_fk()
-    message_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("messages.id", ondelete="CASCADE"), nullable=True
-    )
-    campaign_id: Mapped[int | None] = mapped_column(
-        BigId, ForeignKey("campaigns.id", ondelete="CASCADE"), nullable=True
-    )
+    # Append-only, one or more rows per attempt: no foreign keys (migration 0006); what they point
+    # at is never deleted.
+    tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    campaign_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     type: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -21,12 +21,12 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tidings.db.models import Contact, ListMember
+from tidings.db.models import Contact, ListMember, Message
 from tidings.domain import ContactStatus
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
@@ -301,8 +301,18 @@ def update_contact(
 
 
 def delete_contact(*, session: Session, tenant_id: int, contact_id: int) -> None:
-    """Deletes the contact and its memberships; sent messages keep their record without it."""
-    session.delete(get_contact(session=session, tenant_id=tenant_id, contact_id=contact_id))
+    """Deletes the contact and its memberships; its messages keep their record without it.
+
+    ``messages.contact_id`` has no foreign key (migration 0006), so the detaching that
+    ``ON DELETE SET NULL`` did is done here; a queued message still goes to its stored address.
+    """
+    contact = get_contact(session=session, tenant_id=tenant_id, contact_id=contact_id)
+    session.execute(
+        update(Message)
+        .where(Message.tenant_id == tenant_id, Message.contact_id == contact_id)
+        .values(contact_id=None)
+    )
+    session.delete(contact)
     session.flush()
 
 
