@@ -192,9 +192,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux, from /proc)."""
+    """User plus system CPU time so far of a process and its children (Linux, from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def start_worker(environment: dict[str, str], concurrency: int) -> subprocess.Popen[bytes]:
@@ -210,14 +212,25 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(60)
 
 
-def bench_latency(url: str, data_dir: str) -> None:
+def bench_latency(url: str, data_dir: str, processes: int) -> None:
     arrivals = Arrivals()
     smtp = Controller(arrivals, hostname="127.0.0.1", port=free_port())
     smtp.start()
     api_port = free_port()
     environment = env_for(url, f"smtp://127.0.0.1:{smtp.port}?tls=none", data_dir)
     api = subprocess.Popen(
-        [sys.executable, "-m", "tidings", "serve", "--port", str(api_port), "--workers", "0"],
+        [
+            sys.executable,
+            "-m",
+            "tidings",
+            "serve",
+            "--port",
+            str(api_port),
+            "--workers",
+            "0",
+            "--processes",
+            str(processes),
+        ],
         env=environment,
         stdout=subprocess.DEVNULL,
     )
@@ -272,7 +285,7 @@ def bench_latency(url: str, data_dir: str) -> None:
         )
         worker = start_worker(env_for(url, f"smtp://127.0.0.1:{sink_port}?tls=none", data_dir), 50)
         try:
-            api_load(api_port, headers, api.pid)
+            api_load(api_port, headers, api.pid, processes)
         finally:
             sink.terminate()
     finally:
@@ -282,7 +295,7 @@ def bench_latency(url: str, data_dir: str) -> None:
 
 
 def api_load(
-    port: int, headers: dict[str, str], pid: int, rate: int = 200, seconds: int = 10
+    port: int, headers: dict[str, str], pid: int, processes: int, rate: int = 200, seconds: int = 10
 ) -> None:
     host = f"127.0.0.1:{port}"
 
@@ -296,7 +309,8 @@ def api_load(
     per_request = (cpu_seconds(pid) - cpu) / len(result.latencies_ms) * 1000
     latencies = result.latencies_ms
     print(
-        f"API POST /v1/messages at {rate} req/s for {seconds} s, open loop: "
+        f"API ({processes} process{'es' if processes > 1 else ''}) POST /v1/messages at {rate} req/s "
+        f"for {seconds} s, open loop: "
         f"{len(latencies) / result.elapsed:.0f}/s answered, statuses {result.statuses}, "
         f"{result.errors} connection errors; p50 {statistics.median(latencies):.1f} ms, "
         f"p99 {percentile(latencies, 99):.1f} ms; API process CPU {per_request:.2f} ms a request"
@@ -308,6 +322,7 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=400)
+    parser.add_argument("--api-processes", type=int, default=1, help="tidings serve --processes")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -327,7 +342,7 @@ def main() -> None:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            bench_latency(url, data_dir)
+            bench_latency(url, data_dir, args.api_processes)
 
 
 if __name__ == "__main__":

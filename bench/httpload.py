@@ -76,18 +76,24 @@ async def open_loop(
 
     async def one(i: int, due: float) -> None:
         async with slots:
-            conn = idle.pop() if idle else None
-            try:
-                if conn is None:
-                    conn = _Connection(*await asyncio.open_connection(host, port))
-                status = await conn.exchange(request_for(i))
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                result.errors += 1
-                if conn is not None:
-                    conn.close()
-            else:
-                result.statuses[status] = result.statuses.get(status, 0) + 1
-                idle.append(conn)
+            # A kept-alive connection the server has since closed fails at once: like any HTTP
+            # client, try once more on a new connection before counting an error.
+            for reused in (bool(idle), False):
+                conn = idle.pop() if reused else None
+                try:
+                    if conn is None:
+                        conn = _Connection(*await asyncio.open_connection(host, port))
+                    status = await conn.exchange(request_for(i))
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    if conn is not None:
+                        conn.close()
+                    if reused:
+                        continue
+                    result.errors += 1
+                else:
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
+                    idle.append(conn)
+                break
             result.latencies_ms.append((time.perf_counter() - due) * 1000)
 
     count = int(rate * seconds)

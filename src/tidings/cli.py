@@ -7,6 +7,8 @@ shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in ``cli_com
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -62,21 +64,43 @@ def _configure_logging() -> None:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
-    workers: int = typer.Option(1, min=0, max=64, help="Embedded delivery workers (0: API only)."),
+    workers: int = typer.Option(
+        1, min=0, max=64, help="Embedded delivery workers per process (0: API only)."
+    ),
+    processes: int = typer.Option(
+        1,
+        min=1,
+        max=64,
+        help="API processes sharing the port: one Python process answers on one core at most.",
+    ),
 ) -> None:
     """Run the HTTP API and dashboard, with embedded delivery workers."""
     import uvicorn
 
-    from tidings.api.app import create_app
+    from tidings.api.app import EMBEDDED_WORKERS_ENV, create_app
 
     _configure_logging()
+    # Settings are checked and a new SQLite file is migrated here, once, before any process starts.
     with open_runtime(check_schema=False) as runtime:
-        api = create_app(runtime, embedded_workers=workers)
         console.print(
-            f"Tidings on http://{host}:{port}  (docs: /docs, database: {runtime.dialect})"
+            f"Tidings on http://{host}:{port}  (docs: /docs, database: {runtime.dialect}, "
+            f"{processes} process{'es' if processes > 1 else ''})"
         )
         # log_config=None: uvicorn's records go through our handler (JSON when configured).
-        uvicorn.run(api, host=host, port=port, log_level="warning", log_config=None)
+        if processes == 1:
+            api = create_app(runtime, embedded_workers=workers)
+            uvicorn.run(api, host=host, port=port, log_level="warning", log_config=None)
+            return
+    os.environ[EMBEDDED_WORKERS_ENV] = str(workers)
+    uvicorn.run(
+        "tidings.api.app:app_from_environment",
+        factory=True,
+        workers=processes,
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,
+    )
 
 
 @app.command()

@@ -8,6 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from jinja2 import Environment
 
 from tidings import tokens
 from tidings.config import Settings
@@ -416,3 +419,27 @@ def test_html_to_text_survives_broken_markup() -> None:
     assert html_to_text("x<!-- never closed") == "x"
     assert html_to_text("<script>unterminated") == ""
     assert html_to_text("") == ""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("ab }%#<>&\r\n\t\u00e9\u2028")) | st.characters(exclude_categories=("Cs",)),
+        max_size=40,
+    )
+)
+@example("line\r\nbreaks\rand a trailing one\n")
+@example("two trailing\n\n")
+@example("\r")
+def test_text_without_template_syntax_renders_exactly_as_jinja_would(source: str) -> None:
+    """The literal fast path (no compile when there is no ``{``) must print what Jinja prints."""
+    renderer = make_renderer()
+    if "{" in source or not source.strip():
+        return
+    compiled = renderer.compile(subject="s", html=source, text=source)
+    assert isinstance(compiled.html, str) and isinstance(compiled.text, str)
+    for autoescape, part in ((True, compiled.html), (False, compiled.text)):
+        # The sandbox's lexer is Jinja's default one: plain Jinja is the reference.
+        assert part == Environment(autoescape=autoescape).from_string(source).render()
+    rendered = renderer.render(compiled, tenant_id=1, recipient=ANN, data={}, category=None)
+    assert rendered.html == compiled.html and rendered.text == compiled.text

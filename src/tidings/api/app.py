@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -172,3 +173,22 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
         max_import=runtime.settings.max_import_bytes,
     )
     return app
+
+
+#: How ``tidings serve --processes N`` tells each API process its ``--workers`` (uvicorn starts
+#: them by import string, with no arguments). Internal: not a setting.
+EMBEDDED_WORKERS_ENV = "TIDINGS_SERVE_EMBEDDED_WORKERS"
+
+
+def app_from_environment() -> FastAPI:
+    """One of ``tidings serve --processes N``'s processes: settings from the environment, and a
+    runtime of its own (pooled connections cannot be shared across processes). The parent has
+    already validated the settings and migrated a new SQLite file."""
+    from tidings.config import Settings
+    from tidings.logging import configure_logging
+    from tidings.runtime import build_runtime
+
+    settings = Settings()
+    configure_logging(settings)
+    runtime = build_runtime(settings, migrate=False)
+    return create_app(runtime, embedded_workers=int(os.environ.get(EMBEDDED_WORKERS_ENV, "0")))

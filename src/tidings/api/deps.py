@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tidings.db.engine import POOL_OVERFLOW, POOL_SIZE
 from tidings.domain import Role
@@ -17,8 +18,11 @@ from tidings.errors import PermissionDenied, Unauthenticated
 from tidings.runtime import Runtime
 from tidings.services.tenants import Principal, authenticate
 
+# Dependencies that do no I/O are ``async def``: FastAPI runs a plain ``def`` dependency in the
+# thread pool, and each such hop costs more CPU than the work it does.
 
-def get_runtime(request: Request) -> Runtime:
+
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -38,27 +42,36 @@ _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 )
 
 
-async def session_slot() -> AsyncIterator[None]:
+def _gate() -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()
     gate = _gates.get(loop)
     if gate is None:  # one per event loop: a semaphore belongs to the loop it first waits on
         gate = _gates[loop] = asyncio.Semaphore(REQUESTS_WITH_SESSION)
-    async with gate:
-        yield
+    return gate
 
 
-def get_session(
-    runtime: RuntimeDep, _slot: Annotated[None, Depends(session_slot, scope="function")]
-) -> Iterator[Session]:
-    """One transaction per request, committed before the response is sent (``scope="function"``)."""
-    with runtime.sessions() as session, session.begin():
-        yield session
+async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
+    """One transaction per request, committed before the response is sent (``scope="function"``).
+
+    Async, though the session is not: opening one does no I/O (the transaction begins at the
+    first statement, in the handler's thread), so only the commit needs a thread-pool hop.
+    """
+    async with _gate():
+        session = runtime.sessions()
+        try:
+            yield session
+            await run_in_threadpool(session.commit)
+        except BaseException:
+            await run_in_threadpool(session.rollback)
+            raise
+        finally:
+            session.close()  # no I/O: commit or rollback already gave the connection back
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_now(runtime: RuntimeDep) -> datetime:
+async def get_now(runtime: RuntimeDep) -> datetime:
     return runtime.clock.now()
 
 
@@ -73,8 +86,8 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
     return authenticate(session=session, secret=secret.strip())
 
 
-def require(role: Role) -> Callable[[Principal], Principal]:
-    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.role.allows(role):
             raise PermissionDenied(f"this needs a key with the {role.value} role")
         return principal

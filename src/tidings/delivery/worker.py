@@ -59,6 +59,11 @@ DEFAULT_BATCH_SIZE = 100  # messages per claim at most
 PIPELINE_DEPTH = 4
 RECORD_RETRIES = 5  # tries to write a batch's outcomes before leaving them to the lease reaper
 LISTEN_RECONNECT_SECONDS = 2.0
+#: After a claim that found less than a full batch, the next one waits this long since it. Under a
+#: trickle of transactional mail (one wake-up per message) that turns 200 one-message claims a
+#: second into a few claims of several messages, measured at 3.4 ms of worker CPU per message
+#: before; an idle worker still claims at once, and a backlog (full batches) never waits.
+COALESCE_SECONDS = 0.025
 #: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
@@ -135,18 +140,26 @@ class Worker:
             log.info("worker %s stopped", self.id)
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
+        not_before = 0.0  # monotonic time before which a claim would come too soon after a small one
         while not stop.is_set():
+            pause = not_before - time.monotonic()
+            if pause > 0:
+                await self._sleep(stop, pause)
             self._wake.clear()  # before the claim: a wake-up during it is not lost
             free = self.concurrency - self._busy
             if free > 0:
+                limit = min(free, self.batch_size)
+                started = time.monotonic()
                 try:
-                    claim, context = await self._db(self._claim, min(free, self.batch_size))
+                    claim, context = await self._db(self._claim, limit)
                 except Exception:
                     log.exception("claim failed; retrying after the poll interval")
                     await self._wait(stop, self.runtime.settings.poll_seconds)
                     continue
                 if claim.held_back:
                     metrics.THROTTLE_WAITS.inc()
+                full = len(claim.messages) + claim.held_back >= limit
+                not_before = 0.0 if full else started + COALESCE_SECONDS
                 if context is not None:
                     self._start(claim, context)
                     continue

@@ -52,6 +52,8 @@ class NewMessage:
 class Enqueued:
     message: Message
     created: bool  # False: an earlier request with the same Idempotency-Key made it
+    #: A new message's first event, so the caller can answer without reading it back.
+    event: Event | None = None
 
 
 def find_by_idempotency_key(*, session: Session, tenant_id: int, key: str) -> Message | None:
@@ -114,19 +116,17 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
             if earlier is None:  # the violation was not the key's: let it surface
                 raise
             return Enqueued(message=earlier, created=False)
-    event = EventType.queued if status is MessageStatus.queued else EventType.suppressed
-    session.add(
-        Event(
-            tenant_id=new.tenant_id,
-            message_id=message.id,
-            type=event.value,
-            detail=new.suppressed_reason,
-            created_at=now,
-        )
+    event = Event(
+        tenant_id=new.tenant_id,
+        message_id=message.id,
+        type=(EventType.queued if status is MessageStatus.queued else EventType.suppressed).value,
+        detail=new.suppressed_reason,
+        created_at=now,
     )
+    session.add(event)
     if status is MessageStatus.queued:
         notify_new_work(session)
-    return Enqueued(message=message, created=True)
+    return Enqueued(message=message, created=True, event=event)
 
 
 def cancel_unclaimed(

@@ -111,8 +111,12 @@ class MessageDetailOut(MessageOut):
     events: list[EventOut] = Field(description="Its history, oldest first.")
 
     @classmethod
-    def of(cls, session: Session, message: Message) -> MessageDetailOut:
-        events = messages.message_events(session=session, message=message)
+    def of(
+        cls, session: Session, message: Message, events: list[Event] | None = None
+    ) -> MessageDetailOut:
+        """``events``: the history when the caller already holds it (a message just made)."""
+        if events is None:
+            events = messages.message_events(session=session, message=message)
         return cls(**MessageOut.fields_of(message), events=[EventOut.of(e) for e in events])
 
 
@@ -146,7 +150,8 @@ def send_message(
     )
     if not enqueued.created:
         response.status_code = 200
-    return MessageDetailOut.of(session, enqueued.message)
+    events = [enqueued.event] if enqueued.event is not None else None
+    return MessageDetailOut.of(session, enqueued.message, events)
 
 
 @router.get("")
