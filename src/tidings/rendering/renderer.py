@@ -236,9 +236,7 @@ class Renderer:
                 variables[f"{kind}_url"] = f"{self._public_url}/{_LINK_PATHS[kind]}/{token}"
         return variables
 
-    def _render_part(
-        self, template: Template | str, variables: dict[str, Any], part: Part
-    ) -> str:
+    def _render_part(self, template: Template | str, variables: dict[str, Any], part: Part) -> str:
         if isinstance(template, str):
             output = template
         else:
