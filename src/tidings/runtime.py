@@ -14,6 +14,7 @@ from tidings.clock import Clock, SystemClock
 from tidings.config import Settings
 from tidings.db.engine import make_engine, make_session_factory, upgrade
 from tidings.queue.notify import NEW_WORK_FLAG
+from tidings.services.tenants import PrincipalCache
 
 if TYPE_CHECKING:
     from tidings.rendering import Renderer
@@ -28,6 +29,8 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     #: Called after any commit in this process that enqueued work: the embedded workers' wake-up.
     wakeups: set[Callable[[], None]] = field(default_factory=set)
+    #: API keys recently authenticated by this process (see ``PrincipalCache`` for the trade-off).
+    principals: PrincipalCache = field(default_factory=PrincipalCache)
 
     def __post_init__(self) -> None:
         @event.listens_for(self.sessions, "after_commit")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.conftest import TenantKeys
 from tidings.db.models import ApiKey
 from tidings.runtime import Runtime
+from tidings.services import tenants
+from tidings.services.tenants import PrincipalCache
 
 
 def test_admin_creates_lists_and_revokes_a_key(client: TestClient, acme: TenantKeys) -> None:
@@ -95,3 +100,29 @@ def test_oversized_body_is_413(client: TestClient, acme: TenantKeys) -> None:
     )
     assert answer.status_code == 413
     assert answer.json()["error"]["code"] == "payload_too_large"
+
+
+def test_a_key_revoked_elsewhere_is_refused_once_its_cache_time_is_over(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """Another process (the CLI) revokes the key: this one stops accepting it within ``ttl``."""
+    runtime.principals = PrincipalCache(ttl=0.3)
+    assert client.get("/v1/keys", headers=acme.auth(acme.admin)).status_code == 200  # cached
+    with runtime.sessions() as session, session.begin():
+        key_id = session.scalars(select(ApiKey.id).where(ApiKey.role == "admin")).first()
+        assert key_id is not None
+        tenants.revoke_key(
+            session=session, tenant_id=acme.tenant_id, key_id=key_id, now=datetime.now(UTC)
+        )
+    assert client.get("/v1/keys", headers=acme.auth(acme.admin)).status_code == 200
+    time.sleep(0.35)
+    assert client.get("/v1/keys", headers=acme.auth(acme.admin)).status_code == 401
+
+
+def test_a_refused_key_is_never_cached(client: TestClient, runtime: Runtime) -> None:
+    bogus = "td_000000000000_" + "0" * 64
+    for _ in range(2):
+        assert (
+            client.get("/v1/keys", headers={"Authorization": f"Bearer {bogus}"}).status_code == 401
+        )
+    assert runtime.principals.get(bogus) is None

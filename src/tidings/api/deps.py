@@ -78,12 +78,17 @@ async def get_now(runtime: RuntimeDep) -> datetime:
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+async def get_principal(request: Request, runtime: RuntimeDep, session: SessionDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
         raise Unauthenticated()
-    return authenticate(session=session, secret=secret.strip())
+    principal = runtime.principals.get(secret)
+    if principal is None:
+        principal = await run_in_threadpool(authenticate, session=session, secret=secret)
+        runtime.principals.put(secret, principal)
+    return principal
 
 
 def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:

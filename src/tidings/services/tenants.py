@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,38 @@ class IssuedKey:
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class PrincipalCache:
+    """Keys that authenticated in the last few seconds, so that a client's every request does not
+    look its key up again (one statement of the handful a ``POST /v1/messages`` makes).
+
+    The trade-off, and its bound: a key revoked by another process (the CLI, another API process)
+    is still accepted here for up to ``ttl`` seconds; the process that revokes it forgets it at
+    once (``forget``). Failures are never cached. Entries are keyed by the key's hash, never by
+    the key itself.
+    """
+
+    def __init__(self, *, ttl: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}  # hash -> (principal, expiry)
+
+    def get(self, secret: str) -> Principal | None:
+        entry = self._entries.get(_hash(secret))
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, secret: str, principal: Principal) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # crude, and rare: a cache miss costs one look-up
+        self._entries[_hash(secret)] = (principal, time.monotonic() + self.ttl)
+
+    def forget(self, key_id: int) -> None:
+        for digest, (principal, _) in list(self._entries.items()):
+            if principal.key_id == key_id:
+                self._entries.pop(digest, None)
 
 
 def _clean_name(name: str, field: str = "name") -> str:

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, NowDep, SessionDep
+from tidings.api.deps import AdminDep, NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import ApiKey
 from tidings.domain import Role
@@ -70,7 +70,9 @@ def create_key(body: KeyIn, principal: AdminDep, session: SessionDep, now: NowDe
 
 
 @router.delete("/{key_id}")
-def revoke_key(key_id: IdPath, principal: AdminDep, session: SessionDep, now: NowDep) -> KeyOut:
-    return KeyOut.of(
-        tenants.revoke_key(session=session, tenant_id=principal.tenant_id, key_id=key_id, now=now)
-    )
+def revoke_key(
+    key_id: IdPath, principal: AdminDep, session: SessionDep, now: NowDep, runtime: RuntimeDep
+) -> KeyOut:
+    key = tenants.revoke_key(session=session, tenant_id=principal.tenant_id, key_id=key_id, now=now)
+    runtime.principals.forget(key.id)  # refused here at once; elsewhere within its cache time
+    return KeyOut.of(key)
