@@ -39,7 +39,7 @@ from tidings.demo import (
 from tidings.domain import Role
 from tidings.errors import TidingsError
 from tidings.logging import configure_logging
-from tidings.runtime import Runtime
+from tidings.runtime import Runtime, freeze_startup_objects
 from tidings.services import tenants
 
 app = typer.Typer(help="Tidings: self-hosted email delivery.", no_args_is_help=True)
@@ -126,6 +126,7 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        freeze_startup_objects()
         await run_workers(runtime, stop, concurrency=concurrency)
 
     _configure_logging()

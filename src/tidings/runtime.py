@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -75,3 +76,14 @@ def build_runtime(
         secret_key=settings.resolved_secret_key(),
         clock=clock or SystemClock(),
     )
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up allocated (modules, mappers, routes, compiled statements) out of the
+    garbage collector's sight, once a long-running process is ready.
+
+    A full collection then scans only what work allocates since, instead of pausing every request
+    in flight for tens of milliseconds: the API's tail latency is mostly those pauses.
+    """
+    gc.collect()
+    gc.freeze()

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import __version__, errors
 from tidings.api.routes import ROUTERS
-from tidings.runtime import Runtime
+from tidings.runtime import Runtime, freeze_startup_objects
 
 log = logging.getLogger("tidings.api")
 
@@ -140,6 +140,7 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         if embedded_workers == 0:
             yield
             return
