@@ -63,6 +63,11 @@ def find_by_idempotency_key(*, session: Session, tenant_id: int, key: str) -> Me
     return found
 
 
+# Built once (SQLAlchemy memoises a statement's cache key); the values come with each execute.
+_INSERT_MESSAGE = insert(table(Message)).returning(table(Message).c.id)
+_INSERT_EVENT = insert(table(Event))
+
+
 def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqueued:
     """Store one message (queued, or suppressed) with its first event; a repeated key returns the first.
 
@@ -104,13 +109,12 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
     # Core statements, not the unit of work: this runs for every message the API accepts, and
     # two ORM flushes cost more than the two inserts. The caller gets a detached Message with
     # every column it was written with.
-    insert_message = insert(table(Message)).values(values).returning(table(Message).c.id)
     if new.idempotency_key is None:  # nothing to race on: no savepoint round trips
-        message_id = session.connection().execute(insert_message).scalar_one()
+        message_id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
     else:
         try:
             with session.begin_nested():
-                message_id = session.connection().execute(insert_message).scalar_one()
+                message_id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
         except IntegrityError:
             earlier = find_by_idempotency_key(
                 session=session, tenant_id=new.tenant_id, key=new.idempotency_key
@@ -129,7 +133,7 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "detail": new.suppressed_reason,
         "created_at": now,
     }
-    session.connection().execute(insert(table(Event)).values(event_values))
+    session.connection().execute(_INSERT_EVENT, event_values)
     event = Event(**event_values)
     if status is MessageStatus.queued:
         notify_new_work(session)

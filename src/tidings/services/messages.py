@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Template
@@ -294,6 +294,22 @@ def _check_ttl(ttl_seconds: float | None, *, default: float) -> float:
     return float(ttl_seconds)
 
 
+# Statements every accepted message runs, built once: SQLAlchemy memoises a statement object's
+# cache key, so a constant with bind parameters skips re-deriving it on every request.
+_CONTACT_BY_ID = select(Contact).where(
+    Contact.tenant_id == bindparam("tenant_id"), Contact.id == bindparam("contact_id")
+)
+_CONTACT_BY_EMAIL = select(Contact).where(
+    Contact.tenant_id == bindparam("tenant_id"), Contact.email == bindparam("email")
+)
+_LISTED = select(Suppression.reason).where(
+    Suppression.tenant_id == bindparam("tenant_id"), Suppression.email == bindparam("email")
+)
+_SUBSCRIBED = select(Preference.subscribed).where(
+    Preference.contact_id == bindparam("contact_id"), Preference.category == bindparam("category")
+)
+
+
 def _recipient(
     *, session: Session, tenant_id: int, request: MessageRequest
 ) -> tuple[Contact | None, str]:
@@ -302,16 +318,14 @@ def _recipient(
         raise InvalidInput("give exactly one of to or contact_id", field="to")
     if request.contact_id is not None:
         contact = session.scalar(
-            select(Contact).where(Contact.tenant_id == tenant_id, Contact.id == request.contact_id)
+            _CONTACT_BY_ID, {"tenant_id": tenant_id, "contact_id": request.contact_id}
         )
         if contact is None:
             raise NotFound("no such contact", field="contact_id")
         return contact, contact.email
     assert request.to is not None
     address = normalise_address(request.to, field="to")
-    contact = session.scalar(
-        select(Contact).where(Contact.tenant_id == tenant_id, Contact.email == address)
-    )
+    contact = session.scalar(_CONTACT_BY_EMAIL, {"tenant_id": tenant_id, "email": address})
     return contact, address
 
 
@@ -375,18 +389,10 @@ def _suppression_reason(
     category: str | None,
 ) -> str | None:
     """Why this message must not be sent, or None, by the same rules as the send-time screen."""
-    listed = session.scalar(
-        select(Suppression.reason).where(
-            Suppression.tenant_id == tenant_id, Suppression.email == to_address
-        )
-    )
+    listed = session.scalar(_LISTED, {"tenant_id": tenant_id, "email": to_address})
     opted_out = False
     if contact is not None and category is not None:
-        subscribed = session.scalar(
-            select(Preference.subscribed).where(
-                Preference.contact_id == contact.id, Preference.category == category
-            )
-        )
+        subscribed = session.scalar(_SUBSCRIBED, {"contact_id": contact.id, "category": category})
         opted_out = subscribed is False
     return blocking_reason(
         bulk=category is not None,
