@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from tests.conftest import TenantKeys, make_settings
+from tests.live_server import LiveServer
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ListMember
@@ -416,3 +420,46 @@ def test_any_body_gets_an_answer_or_a_4xx_never_a_server_error(
 ) -> None:
     answer = _import(client, acme, news, body, {"content-type": content_type})
     assert answer.status_code in (200, 413, 422), answer.text
+
+
+def test_a_slow_upload_does_not_hold_up_other_writers(
+    runtime: Runtime, acme: TenantKeys, news: int
+) -> None:
+    """On SQLite every transaction holds the write lock, so the upload is read in full before the
+    import's first statement; meanwhile the API keeps accepting mail (PostgreSQL streams)."""
+    rows = [b"email,name\n"] + [b"slow%d@example.com,Slow %d\n" % (i, i) for i in range(20)]
+
+    def slowly() -> Iterator[bytes]:
+        for row in rows:
+            time.sleep(0.1)
+            yield row
+
+    answers: dict[str, httpx.Response] = {}
+    with LiveServer(create_app(runtime)) as server:
+
+        def upload() -> None:
+            answers["import"] = httpx.post(
+                f"{server.url}/v1/lists/{news}/import",
+                content=slowly(),
+                headers={**acme.auth(acme.sender), "Content-Type": "text/csv"},
+                timeout=30,
+            )
+
+        uploading = threading.Thread(target=upload)
+        uploading.start()
+        time.sleep(0.5)  # the upload is under way, a quarter of it sent
+        started = time.monotonic()
+        sent = httpx.post(
+            f"{server.url}/v1/messages",
+            json={"to": "meanwhile@example.com", "subject": "Hi", "text": "x"},
+            headers=acme.auth(acme.sender),
+            timeout=30,
+        )
+        waited = time.monotonic() - started
+        upload_went_on = uploading.is_alive()
+        uploading.join(30)
+    assert sent.status_code == 201, sent.text
+    assert waited < 1.0, f"POST /v1/messages waited {waited:.1f} s behind the upload"
+    assert upload_went_on, "the upload ended before the message was accepted: no overlap tested"
+    assert answers["import"].status_code == 200, answers["import"].text
+    assert answers["import"].json()["created"] == 20

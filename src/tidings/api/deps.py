@@ -78,7 +78,7 @@ async def get_now(runtime: RuntimeDep) -> datetime:
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
-async def get_principal(request: Request, runtime: RuntimeDep, session: SessionDep) -> Principal:
+async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
@@ -86,9 +86,17 @@ async def get_principal(request: Request, runtime: RuntimeDep, session: SessionD
         raise Unauthenticated()
     principal = runtime.principals.get(secret)
     if principal is None:
-        principal = await run_in_threadpool(authenticate, session=session, secret=secret)
+        principal = await run_in_threadpool(_authenticate, runtime, secret)
         runtime.principals.put(secret, principal)
     return principal
+
+
+def _authenticate(runtime: Runtime, secret: str) -> Principal:
+    """In a transaction of its own, ended at once, not the request's: on SQLite every transaction
+    holds the write lock (BEGIN IMMEDIATE), and the request's may not need to begin until much
+    later (an import reads its whole upload first)."""
+    with runtime.sessions() as session, session.begin():
+        return authenticate(session=session, secret=secret)
 
 
 def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
