@@ -21,10 +21,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.bounce_samples import yahoo_arf
-from tests.conftest import TenantKeys, make_settings
+from tests.conftest import TEST_SECRET, TenantKeys, make_settings
 from tests.integration.sent_mail import SentMail, seed_sent_mail
 from tests.live_server import LiveServer
 from tests.webhook_receiver import WebhookReceiver
+from tidings import tokens
 from tidings.bounces.mailbox import process_report
 from tidings.config import Settings
 from tidings.db.engine import transaction
@@ -129,6 +130,33 @@ def test_a_complaint_reaches_the_endpoint_signed_per_standard_webhooks(
     assert delivery["status"] == "delivered" and delivery["attempts"] == 1
     assert delivery["event_type"] == "message.complained" and delivery["payload"] == payload
     assert delivery["next_attempt_at"] is None and delivery["delivered_at"] is not None
+
+
+def test_an_unsubscribe_names_the_contact_in_its_webhook(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, receiver: tuple[WebhookReceiver, str]
+) -> None:
+    """``contact.unsubscribed`` has no message: the contact comes from the event itself."""
+    hooks, url = receiver
+    register(client, acme, url, "contact.unsubscribed")
+    mail = seed_sent_mail(runtime, acme.tenant_id, "dora@example.com")
+    link = tokens.make_token(
+        TEST_SECRET,
+        kind="unsubscribe",
+        tenant_id=acme.tenant_id,
+        contact_id=mail.contact_id,
+        email=None,
+        category=None,
+        now=datetime.now(UTC),
+    )
+    answer = client.post(f"/u/{link}", data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200, answer.text
+    dispatch(runtime)
+    (request,) = hooks.requests
+    payload = json.loads(request.body)
+    assert payload["type"] == "contact.unsubscribed"
+    assert payload["data"]["contact_id"] == mail.contact_id
+    assert payload["data"]["email"] == "dora@example.com"
+    assert payload["data"]["message_id"] is None
 
 
 def test_a_failing_endpoint_is_retried_until_it_answers_2xx(

@@ -262,6 +262,9 @@ class Event(Base):
     tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
     message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     campaign_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    #: The contact, for an event about a person rather than a message (an unsubscribe); a
+    #: message's events name theirs through the message.
+    contact_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     type: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -43,7 +43,15 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from tidings.db.models import Event, Message, WebhookCursor, WebhookDelivery, WebhookEndpoint, table
+from tidings.db.models import (
+    Contact,
+    Event,
+    Message,
+    WebhookCursor,
+    WebhookDelivery,
+    WebhookEndpoint,
+    table,
+)
 from tidings.db.types import UTCDateTime
 from tidings.domain import EventType
 
@@ -141,8 +149,8 @@ def _route_statement(session: Session, *, after: int, upto: int, now: datetime) 
         *(_text("event_id"), Event.id),
         *(_text("message_id"), Event.message_id),
         *(_text("campaign_id"), Event.campaign_id),
-        *(_text("contact_id"), Message.contact_id),
-        *(_text("email"), Message.to_address),
+        *(_text("contact_id"), func.coalesce(Message.contact_id, Event.contact_id)),
+        *(_text("email"), func.coalesce(Message.to_address, Contact.email)),
         *(_text("reference"), Message.reference),
         *(_text("detail"), Event.detail),
     )
@@ -174,6 +182,7 @@ def _route_statement(session: Session, *, after: int, upto: int, now: datetime) 
             ),
         )
         .outerjoin(Message, Message.id == Event.message_id)
+        .outerjoin(Contact, Contact.id == Event.contact_id)
         .where(Event.id > after, Event.id <= upto, Event.type.in_(list(PUBLIC_TYPE_OF_EVENT)))
     )
     columns = [

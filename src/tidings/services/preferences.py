@@ -289,6 +289,7 @@ def _record_unsubscribe(
             tenant_id=subscriber.tenant_id,
             message_id=None,
             campaign_id=None,
+            contact_id=subscriber.contact_id,
             type=EventType.unsubscribed.value,
             detail=detail,
             created_at=now,
