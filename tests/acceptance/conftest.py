@@ -88,26 +88,30 @@ def worker(runtime: Runtime) -> Iterator[Callable[..., WorkerThread]]:
         thread.stop()
 
 
+def process_environment(settings: Settings, **env: str) -> dict[str, str]:
+    """The environment that gives a ``tidings`` process these settings."""
+    return {
+        **os.environ,
+        "TIDINGS_DATABASE_URL": settings.resolved_database_url(),
+        "TIDINGS_TRANSPORT_URL": settings.resolved_transport_url(),
+        "TIDINGS_SECRET_KEY": TEST_SECRET,
+        "TIDINGS_DATA_DIR": str(settings.data_dir),
+        "TIDINGS_PUBLIC_URL": settings.public_url,
+        "TIDINGS_RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
+        "TIDINGS_RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
+        "TIDINGS_LEASE_SECONDS": str(settings.lease_seconds),
+        "TIDINGS_POLL_SECONDS": str(settings.poll_seconds),
+        **env,
+    }
+
+
 class WorkerProcess:
     """``tidings worker`` as a real process, as operators run it."""
 
     def __init__(self, settings: Settings, concurrency: int = 10, **env: str) -> None:
-        environment = {
-            **os.environ,
-            "TIDINGS_DATABASE_URL": settings.resolved_database_url(),
-            "TIDINGS_TRANSPORT_URL": settings.resolved_transport_url(),
-            "TIDINGS_SECRET_KEY": TEST_SECRET,
-            "TIDINGS_DATA_DIR": str(settings.data_dir),
-            "TIDINGS_PUBLIC_URL": settings.public_url,
-            "TIDINGS_RETRY_BASE_SECONDS": str(settings.retry_base_seconds),
-            "TIDINGS_RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
-            "TIDINGS_LEASE_SECONDS": str(settings.lease_seconds),
-            "TIDINGS_POLL_SECONDS": str(settings.poll_seconds),
-            **env,
-        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tidings", "worker", "--concurrency", str(concurrency)],
-            env=environment,
+            env=process_environment(settings, **env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

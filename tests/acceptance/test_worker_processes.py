@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from tests.acceptance.conftest import WorkerProcess, start_campaign, wait_for_completion
+from tests.acceptance.conftest import (
+    WorkerProcess,
+    process_environment,
+    start_campaign,
+    wait_for_completion,
+    wait_until,
+)
 from tests.conftest import TenantKeys, _truncate_pg
 from tests.smtp_server import SmtpTestServer, slow
+from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ContactList, ListMember, Message, Throttle
 from tidings.runtime import Runtime
@@ -156,3 +169,43 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_leased(
     worker_process(concurrency=20)
     wait_for_completion(client, acme, campaign_id, timeout=60)
     assert len(recipients(smtp_server)) == 80 and sum(recipients(smtp_server).values()) == 80
+
+
+def test_serve_with_two_processes_answers_and_delivers_then_stops_on_sigterm(
+    settings: Settings, acme: TenantKeys, smtp_server: SmtpTestServer
+) -> None:
+    """``tidings serve --processes 2``: both processes answer on one port, each with its own
+    embedded worker, and SIGTERM stops them all cleanly."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--processes", "2"],
+        env=process_environment(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, timeout=30)
+        children = Path(f"/proc/{serve.pid}/task/{serve.pid}/children").read_text().split()
+        assert len(children) >= 2, children
+        with httpx.Client(base_url=base, headers=acme.auth(acme.sender)) as client:
+            for i in range(20):
+                answer = client.post(
+                    "/v1/messages", json={"to": f"m{i}@example.com", "subject": "Hi", "text": "x"}
+                )
+                assert answer.status_code == 201, answer.text
+        wait_until(lambda: len(smtp_server.messages) >= 20, timeout=30)
+        assert sorted(recipients(smtp_server)) == sorted(f"m{i}@example.com" for i in range(20))
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        code = serve.wait(30)
+    assert code == 0

@@ -425,7 +425,7 @@ def test_html_to_text_survives_broken_markup() -> None:
 @given(
     st.text(
         alphabet=st.sampled_from(list("ab }%#<>&\r\n\t\u00e9\u2028"))
-        | st.characters(exclude_categories=("Cs",)),
+        | st.characters(exclude_categories=["Cs"]),
         max_size=40,
     )
 )

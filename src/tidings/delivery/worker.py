@@ -140,9 +140,8 @@ class Worker:
             log.info("worker %s stopped", self.id)
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        not_before = (
-            0.0  # monotonic time before which a claim would come too soon after a small one
-        )
+        # Monotonic time before which a claim would come too soon after a small one.
+        not_before = 0.0
         while not stop.is_set():
             pause = not_before - time.monotonic()
             if pause > 0:
