@@ -8,7 +8,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import TenantKeys
 from tidings.db.engine import transaction
-from tidings.db.models import Event, Message, Throttle
+from tidings.db.models import DomainThrottle, Event, Message, Throttle
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, EventType, MessageStatus
 from tidings.queue.claim import claim_batch
 from tidings.queue.leases import reap_expired_leases, renew_leases
@@ -17,14 +17,20 @@ from tidings.runtime import Runtime
 
 
 def enqueue(
-    runtime: Runtime, tenant_id: int, count: int, *, priority: int = 5, prefix: str = "r"
+    runtime: Runtime,
+    tenant_id: int,
+    count: int,
+    *,
+    priority: int = 5,
+    prefix: str = "r",
+    domain: str = "example.test",
 ) -> list[int]:
     now = datetime.now(UTC) - timedelta(seconds=1)
     with transaction(runtime.sessions) as session:
         rows = [
             Message(
                 tenant_id=tenant_id,
-                to_address=f"{prefix}{i}@example.test",
+                to_address=f"{prefix}{i}@{domain}",
                 subject="hi",
                 text="hello",
                 priority=priority,
@@ -107,6 +113,26 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
         assert all(m.lease_token is None for m in waiting)
     assert claim(runtime, 100).messages == []  # closed until its next slot
     assert set(statuses(runtime, free)) == {"sending"}
+
+
+def test_a_domain_limit_holds_back_only_that_tenants_mail_to_that_domain(
+    runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    with transaction(runtime.sessions) as session:
+        session.add(DomainThrottle(tenant_id=acme.tenant_id, domain="outlook.test", per_minute=3))
+    limited = enqueue(runtime, acme.tenant_id, 10, prefix="a", domain="outlook.test")
+    elsewhere = enqueue(runtime, acme.tenant_id, 10, prefix="b", domain="gmail.test")
+    other_tenant = enqueue(runtime, globex.tenant_id, 10, prefix="g", domain="outlook.test")
+    got = claim(runtime, 100)
+    claimed = {m.id for m in got.messages}
+    assert 1 <= len(claimed & set(limited)) <= 3  # at most the limit within the minute
+    assert set(elsewhere) <= claimed and set(other_tenant) <= claimed
+    with runtime.sessions() as session:
+        waiting = session.scalars(
+            select(Message).where(Message.id.in_(limited), Message.status == "queued")
+        ).all()
+    assert len(waiting) == 10 - len(claimed & set(limited))
+    assert all(m.not_before > got.now and m.attempts == 0 for m in waiting)
 
 
 def test_an_outcome_from_a_stale_lease_is_ignored(runtime: Runtime, acme: TenantKeys) -> None:

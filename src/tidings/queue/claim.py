@@ -184,6 +184,22 @@ def _apply_throttles(
             .execution_options(populate_existing=True)
         )
     }
+    # Every claimed tenant's domain limits in one statement (not one per tenant: a claim may
+    # interleave dozens), locked after the tenant rows and in (tenant, domain) order, as every
+    # claim does, so two claims cannot deadlock. The IN lists select a superset; extra rows are
+    # only locked for the length of this transaction.
+    domain_limits: dict[int, list[DomainThrottle]] = defaultdict(list)
+    for limit in session.scalars(
+        select(DomainThrottle)
+        .where(
+            DomainThrottle.tenant_id.in_(sorted(by_tenant)),
+            DomainThrottle.domain.in_(sorted({_domain_of(m) for m in claimed})),
+        )
+        .order_by(DomainThrottle.tenant_id, DomainThrottle.domain)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ):
+        domain_limits[limit.tenant_id].append(limit)
     epoch = now.timestamp()
     kept: list[ClaimedMessage] = []
     deferred: dict[float, list[int]] = defaultdict(list)
@@ -191,7 +207,7 @@ def _apply_throttles(
         throttle = throttles.get(tenant_id)
         if throttle is not None:
             messages = _admit_tenant(throttle, messages, epoch, deferred)
-        kept.extend(_admit_domains(session, tenant_id, messages, epoch, deferred))
+        kept.extend(_admit_domains(domain_limits[tenant_id], messages, epoch, deferred))
     for free_at, ids in deferred.items():
         if ids:
             _requeue_unstarted(
@@ -241,26 +257,25 @@ def _admit_tenant(
     return messages[: result.count]
 
 
+def _domain_of(message: ClaimedMessage) -> str:
+    return message.to_address.rpartition("@")[2].lower()
+
+
 def _admit_domains(
-    session: Session,
-    tenant_id: int,
+    limits: list[DomainThrottle],
     messages: list[ClaimedMessage],
     epoch: float,
     deferred: dict[float, list[int]],
 ) -> list[ClaimedMessage]:
-    by_domain: dict[str, list[ClaimedMessage]] = defaultdict(list)
-    for message in messages:
-        by_domain[message.to_address.rpartition("@")[2].lower()].append(message)
-    limits = session.scalars(
-        select(DomainThrottle)
-        .where(DomainThrottle.tenant_id == tenant_id, DomainThrottle.domain.in_(sorted(by_domain)))
-        .order_by(DomainThrottle.domain)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).all()
+    """Keep what one tenant's per-domain limits allow; ``limits`` are its locked rows."""
     if not limits:
         return messages
+    by_domain: dict[str, list[ClaimedMessage]] = defaultdict(list)
+    for message in messages:
+        by_domain[_domain_of(message)].append(message)
     for limit in limits:
+        if limit.domain not in by_domain:
+            continue  # the superset: a domain only another tenant is sending to
         windows = windows_of([(limit.per_minute, 60.0), (limit.per_hour, 3600.0)])
         columns = [
             c
