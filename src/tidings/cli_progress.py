@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
 
@@ -74,16 +74,7 @@ class CampaignSnapshot:
             name=campaign.name,
             status=CampaignStatus(campaign.status),
             status_reason=campaign.status_reason,
-            recipient_count=progress.recipient_count,
-            sent=progress.sent,
-            failed=progress.failed,
-            dead=progress.dead,
-            suppressed=progress.suppressed,
-            cancelled=progress.cancelled,
-            pending=progress.pending,
-            progress_percentage=progress.progress_percentage,
-            send_rate_per_minute=progress.send_rate_per_minute,
-            estimated_completion_at=progress.estimated_completion_at,
+            **asdict(progress),
             created_at=campaign.created_at,
             started_at=campaign.started_at,
             completed_at=campaign.completed_at,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -81,16 +82,7 @@ class CampaignOut(BaseModel):
             scheduled_at=campaign.scheduled_at,
             status=CampaignStatus(campaign.status),
             status_reason=campaign.status_reason,
-            recipient_count=progress.recipient_count,
-            sent=progress.sent,
-            failed=progress.failed,
-            dead=progress.dead,
-            suppressed=progress.suppressed,
-            cancelled=progress.cancelled,
-            pending=progress.pending,
-            progress_percentage=progress.progress_percentage,
-            send_rate_per_minute=progress.send_rate_per_minute,
-            estimated_completion_at=progress.estimated_completion_at,
+            **asdict(progress),
             created_at=campaign.created_at,
             started_at=campaign.started_at,
             completed_at=campaign.completed_at,
