@@ -105,18 +105,21 @@ def is_public(address: IPAddress) -> bool:
 
 
 def check_addresses(target: Target, addresses: list[IPAddress], *, allow_private: bool) -> None:
-    """Raises ``InvalidInput`` unless every address is one we may call."""
+    """Raises ``InvalidInput`` unless every address is one we may call.
+
+    The message never names the address a host resolved to: the tenant would otherwise learn
+    what our internal names point at (``intranet.corp`` is 10.1.2.3) one registration at a time.
+    The operator finds the address with ``resolve`` or in the dispatcher's log.
+    """
     if not addresses:
         raise InvalidInput(f"{target.host} does not resolve to any address", field="url")
     if allow_private:
         return
-    for address in addresses:
-        if not is_public(address):
-            raise InvalidInput(
-                f"{target.host} resolves to {address}, a private, loopback, link-local or"
-                " reserved address; webhooks may only go to public addresses",
-                field="url",
-            )
+    if not all(is_public(address) for address in addresses):
+        raise InvalidInput(
+            "url names a host that is not allowed; webhooks may only go to public addresses",
+            field="url",
+        )
 
 
 def _addresses(infos: list[tuple[object, ...]]) -> list[IPAddress]:

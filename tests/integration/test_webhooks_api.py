@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,10 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import TenantKeys, make_settings
 from tidings.config import Settings
+from tidings.errors import InvalidInput
 from tidings.runtime import Runtime
+from tidings.services import webhooks
+from tidings.webhook_targets import IPAddress, Target
 
 HOOK = "http://127.0.0.1:9/hooks"
 
@@ -126,6 +131,57 @@ def test_private_loopback_and_link_local_targets_are_refused_unless_allowed(
     assert answer.json()["error"]["field"] == "url"
     assert "public addresses" in answer.json()["error"]["message"]
     assert client.get("/v1/webhooks", headers=acme.auth(acme.admin)).json()["items"] == []
+
+
+def _ip_addresses_in(text: str) -> list[str]:
+    """Every IPv4 or IPv6 address written in ``text``."""
+    candidates = re.findall(r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]*|\d{1,3}(?:\.\d{1,3}){3}", text)
+    found = []
+    for candidate in candidates:
+        for form in (candidate, candidate.rstrip(".:"), candidate.rsplit(":", 1)[0]):
+            try:
+                found.append(str(ipaddress.ip_address(form)))
+                break
+            except ValueError:
+                continue
+    return found
+
+
+def test_the_ip_address_finder_finds_addresses() -> None:
+    assert _ip_addresses_in("resolves to 10.1.2.3, a private address") == ["10.1.2.3"]
+    assert _ip_addresses_in("resolves to ::1.") == ["::1"]
+    assert _ip_addresses_in("at [fe80::1]:80 and 127.0.0.1:8080") == ["fe80::1", "127.0.0.1"]
+    assert _ip_addresses_in("url names a host that is not allowed") == []
+
+
+def test_a_refused_name_does_not_reveal_what_it_resolves_to(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """The error names the field and the rule, never the internal address behind the name."""
+    runtime.settings = runtime.settings.model_copy(update={"webhook_allow_private": False})
+    answer = client.post(
+        "/v1/webhooks",
+        json={"url": "http://localhost:8080/hooks", "event_types": ["message.sent"]},
+        headers=acme.auth(acme.admin),
+    )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == "url" and "not allowed" in error["message"]
+    assert _ip_addresses_in(answer.text) == [], answer.text
+
+
+def test_an_intranet_name_does_not_reveal_its_address() -> None:
+    """The same through the service, with a name that resolves to an office network address."""
+
+    def intranet(_target: Target) -> list[IPAddress]:
+        return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("10.20.30.40")]
+
+    with pytest.raises(InvalidInput) as refused:
+        webhooks.check_url(
+            "https://wiki.intranet.example/hooks", allow_private=False, resolve=intranet
+        )
+    assert refused.value.field == "url" and "not allowed" in refused.value.message
+    assert _ip_addresses_in(refused.value.message) == [], refused.value.message
 
 
 def test_a_host_that_does_not_resolve_is_refused(client: TestClient, acme: TenantKeys) -> None:
