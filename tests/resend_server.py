@@ -3,8 +3,12 @@
 It follows the documented contract closely enough to test our client: Bearer key, JSON bodies,
 ``{"id"}`` and ``{"data": [{"id"}]}`` answers, errors as ``{"statusCode", "name", "message"}``,
 strict batch validation (one invalid email fails the whole batch with 422), and idempotency
-keys (the same key and body answer the first response again; the same key with another body is
-409). It runs under uvicorn in a thread on 127.0.0.1 and a free port::
+keys as Resend documents them: one key space per account (this server is one account, whatever
+sender uses it), a key of 1 to 256 characters (else 400 ``invalid_idempotency_key``); within 24
+hours of an accepted email, the same key with the same body answers the first response again
+and sends nothing, the same key with another body is 409 ``invalid_idempotent_request`` (a
+key's first request is never still in progress here, so ``concurrent_idempotent_requests`` is
+only ever scripted). It runs under uvicorn in a thread on 127.0.0.1 and a free port::
 
     with ResendTestServer(api_key="re_test") as api:
         api.fail_next(429, retry_after="7")         # the next request answers 429
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +37,8 @@ from starlette.routing import Route
 from tests.live_server import LiveServer
 
 BATCH_LIMIT = 100
+IDEMPOTENCY_KEY_LIMIT = 256  # characters
+IDEMPOTENCY_WINDOW = 24 * 3600.0  # seconds a key is remembered after its email was accepted
 
 
 @dataclass(frozen=True)
@@ -58,7 +65,8 @@ class ResendTestServer:
         self._emails: list[dict[str, Any]] = []  # accepted emails, with their "id"
         self._failures: list[_Failure] = []
         self._rejected: dict[str, str] = {}  # recipient -> validation message
-        self._idempotent: dict[str, tuple[str, int, Any]] = {}  # key -> (body, status, answer)
+        #: key -> (body, answer, accepted at on the monotonic clock); the account's keys
+        self._idempotent: dict[str, tuple[str, Any, float]] = {}
         app = Starlette(
             routes=[
                 Route("/emails", self._single, methods=["POST"]),
@@ -154,35 +162,50 @@ class ResendTestServer:
             failure = self._failures.pop(0) if self._failures else None
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _error(401, "missing_api_key", "Missing API key in the authorization header.")
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 1 <= len(key) <= IDEMPOTENCY_KEY_LIMIT:
+            return _error(400, "invalid_idempotency_key", "The key must be between 1-256 chars.")
         if failure is not None:
             if failure.delay:
                 await asyncio.sleep(failure.delay)
             headers = {"Retry-After": failure.retry_after} if failure.retry_after else None
             return _error(failure.status, failure.name, failure.message, headers)
-        key = request.headers.get("idempotency-key")
+        # The check and the store below run without an await between them, on the server's one
+        # event loop, so no second request with the key can be in progress meanwhile (Resend
+        # answers that case 409 concurrent_idempotent_requests).
         if key is not None:
             with self._lock:
                 seen = self._idempotent.get(key)
-            if seen is not None:
+            if seen is not None and time.monotonic() - seen[2] < IDEMPOTENCY_WINDOW:
                 if seen[0] != raw.decode():
-                    return _error(409, "invalid_idempotent_request", "Same key, other payload.")
-                return JSONResponse(seen[2], status_code=seen[1])
+                    return _error(
+                        409,
+                        "invalid_idempotent_request",
+                        "Same idempotency key used with a different request payload.",
+                    )
+                return JSONResponse(seen[1])
+        status, answer = self._accept(body, batch=batch)
+        if key is not None and status == 200:
+            with self._lock:
+                self._idempotent[key] = (raw.decode(), answer, time.monotonic())
+        return JSONResponse(answer, status_code=status)
+
+    def _accept(self, body: Any, *, batch: bool) -> tuple[int, Any]:
+        """Validate and send: 200 and the new ids, or 422 and nothing sent."""
         emails = body if batch else [body]
         if not isinstance(emails, list) or not emails or (batch and len(emails) > BATCH_LIMIT):
-            return _error(422, "validation_error", f"A batch holds 1 to {BATCH_LIMIT} emails.")
+            return _problem(422, "validation_error", f"A batch holds 1 to {BATCH_LIMIT} emails.")
         for email in emails:
             problem = self._validate(email)
             if problem is not None:
-                return _error(422, "validation_error", problem)
+                return _problem(422, "validation_error", problem)
         accepted = [{**email, "id": str(uuid.uuid4())} for email in emails]
         answer: Any = (
             {"data": [{"id": e["id"]} for e in accepted]} if batch else {"id": accepted[0]["id"]}
         )
         with self._lock:
             self._emails.extend(accepted)
-            if key is not None:
-                self._idempotent[key] = (raw.decode(), 200, answer)
-        return JSONResponse(answer)
+        return 200, answer
 
     def _validate(self, email: Any) -> str | None:
         if not isinstance(email, dict):
@@ -201,14 +224,15 @@ class ResendTestServer:
         return None
 
 
+def _problem(status: int, name: str, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"statusCode": status, "name": name, "message": message}
+
+
 def _error(
     status: int, name: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
-        {"statusCode": status, "name": name, "message": message},
-        status_code=status,
-        headers=headers,
-    )
+    status, body = _problem(status, name, message)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,20 @@ the request shapes, batching, idempotency keys and how every answer maps to an o
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
 import pytest
 
 from tests.resend_server import ResendTestServer
 from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
 from tidings.transports.base import open_transport
-from tidings.transports.resend import ResendTransport
+from tidings.transports.resend import ResendTransport, email_payload
 
 
 def message(i: int, to: str | None = None, **changes: object) -> OutgoingMessage:
@@ -35,6 +37,10 @@ def message(i: int, to: str | None = None, **changes: object) -> OutgoingMessage
         idempotency_key=f"msg-{i}",
     )
     return replace(msg, **changes)  # type: ignore[arg-type]
+
+
+def scoped_key(tenant_id: int, key: str) -> str:
+    return f"tidings/{tenant_id}/" + hashlib.sha256(f"{tenant_id}:{key}".encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ async def test_a_single_message_is_posted_as_documented(
     (request,) = api.requests
     assert request.path == "/emails"
     assert request.headers["authorization"] == "Bearer re_test_123"
-    assert request.headers["idempotency-key"] == "msg-1"
+    assert request.headers["idempotency-key"] == scoped_key(7, "msg-1")
     assert request.body == {
         "from": "Acme <news@acme.test>",
         "to": ['"Smith, \\"Bob\\"" <user1@example.com>'],
@@ -222,3 +228,42 @@ async def test_a_message_without_its_own_key_gets_a_stable_one(
     keys = [r.headers["idempotency-key"] for r in api.requests]
     assert keys == ["tidings/7/5", "tidings/7/5"]
     assert len(api.emails) == 1  # the second request was answered from the first
+
+
+async def test_two_tenants_with_the_same_key_both_get_their_mail_sent(
+    api: ResendTestServer, resend: ResendTransport
+) -> None:
+    """Resend keeps keys per account and every tenant shares ours: the same ``reset-42`` from
+    two tenants, with the very same email, must be two emails, not one answered twice."""
+    first = message(1, to="ada@example.com", idempotency_key="reset-42", tenant_id=1)
+    second = replace(first, message_id=2, tenant_id=2)
+    assert email_payload(first) == email_payload(second)
+    (sent_first,) = await resend.send([first])
+    (sent_second,) = await resend.send([second])
+    (again,) = await resend.send([second])  # tenant 2's retry is still answered, not resent
+
+    assert len(api.emails) == 2
+    assert isinstance(sent_first, Sent) and isinstance(sent_second, Sent)
+    assert sent_first.provider_id != sent_second.provider_id
+    assert again == sent_second
+    keys = [r.headers["idempotency-key"] for r in api.requests]
+    assert keys == [scoped_key(1, "reset-42"), scoped_key(2, "reset-42"), scoped_key(2, "reset-42")]
+
+
+async def test_the_stand_in_honours_idempotency_keys_as_resend_documents(
+    api: ResendTestServer,
+) -> None:
+    """What the test above relies on: a key seen before answers the first email again."""
+    email = {"from": "a@acme.test", "to": ["b@example.com"], "subject": "Hi", "text": "Hi"}
+    auth = {"Authorization": f"Bearer {api.api_key}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}", headers=auth) as http:
+        first = await http.post("/emails", json=email, headers={"Idempotency-Key": "k"})
+        again = await http.post("/emails", json=email, headers={"Idempotency-Key": "k"})
+        other = await http.post(
+            "/emails", json={**email, "text": "Ho"}, headers={"Idempotency-Key": "k"}
+        )
+        too_long = await http.post("/emails", json=email, headers={"Idempotency-Key": "k" * 257})
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert other.status_code == 409 and other.json()["name"] == "invalid_idempotent_request"
+    assert too_long.status_code == 400 and too_long.json()["name"] == "invalid_idempotency_key"
+    assert len(api.emails) == 1

@@ -6,7 +6,10 @@ requests a second, so one request per message would cap us far below our through
 message goes to ``POST /emails``. A batch is validated as a whole, so when Resend refuses one
 (4xx), its messages are sent one by one and only the bad one fails.
 
-Idempotency: a single send carries the message's own key, so a retry never sends twice. A batch
+Idempotency: a single send carries a key derived from the message's own, so a retry never sends
+twice. Resend keeps keys per account, and every tenant sends through our one account, so the
+tenant's ``Idempotency-Key`` is scoped by its tenant before it goes out (``_single_key``): two
+tenants' ``reset-42`` are two keys, and neither is answered with the other's email. A batch
 carries a key derived from its message ids, which protects an identical retry of the same batch;
 a message retried later in a different batch is not covered by Resend's key, which is the price
 of batching (a whole batch that timed out is retried at once with the same key, see ``_post``).
@@ -29,7 +32,6 @@ from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Tr
 from tidings.transports.base import DEFAULT_CONCURRENCY, ResendSettings
 
 BATCH_LIMIT = 100  # messages per POST /emails/batch (Resend's documented maximum)
-IDEMPOTENCY_KEY_LIMIT = 256  # characters (Resend's documented maximum)
 _SPECIALS = set('()<>[]:;@\\,."')
 
 Payload = dict[str, Any]
@@ -223,10 +225,15 @@ def _json_str(response: httpx.Response, key: str) -> str | None:
 
 
 def _single_key(message: OutgoingMessage) -> str:
-    key = message.idempotency_key or f"tidings/{message.tenant_id}/{message.message_id}"
-    if len(key) > IDEMPOTENCY_KEY_LIMIT:
-        key = "tidings/sha256/" + hashlib.sha256(key.encode()).hexdigest()
-    return key
+    """The message's key, unique across tenants: its tenant id and a digest of the tenant's key.
+
+    The digest covers ``"<tenant id>:<key>"``, and a tenant id holds no colon, so no choice of
+    key by one tenant can produce another tenant's; it also keeps any key within Resend's limit.
+    """
+    if not message.idempotency_key:
+        return f"tidings/{message.tenant_id}/{message.message_id}"
+    scoped = f"{message.tenant_id}:{message.idempotency_key}"
+    return f"tidings/{message.tenant_id}/{hashlib.sha256(scoped.encode()).hexdigest()}"
 
 
 def _batch_key(messages: Sequence[OutgoingMessage]) -> str:
