@@ -24,13 +24,17 @@ from tests.bounce_samples import yahoo_arf
 from tests.conftest import TEST_SECRET, TenantKeys, make_settings
 from tests.integration.sent_mail import SentMail, seed_sent_mail
 from tests.live_server import LiveServer
-from tests.webhook_receiver import WebhookReceiver
+from tests.webhook_receiver import DripEndpoint, WebhookReceiver
 from tidings import tokens
 from tidings.bounces.mailbox import process_report
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Event, WebhookDelivery, WebhookEndpoint
-from tidings.delivery.webhook_dispatch import WebhookDispatcher, run_webhook_dispatcher
+from tidings.delivery.webhook_dispatch import (
+    ATTEMPT_SECONDS,
+    WebhookDispatcher,
+    run_webhook_dispatcher,
+)
 from tidings.queue.webhook_outbox import GapWatch, route_events
 from tidings.runtime import Runtime
 from tidings.webhook_targets import Target
@@ -263,8 +267,8 @@ def test_two_dispatchers_at_once_deliver_each_event_once(
 
     def run() -> None:
         start.wait()
-        dispatch(runtime, batch_size=7)
-        dispatch_until(runtime, lambda: set(_statuses(runtime)) == {"delivered"}, batch_size=7)
+        dispatch(runtime, concurrency=7)
+        dispatch_until(runtime, lambda: set(_statuses(runtime)) == {"delivered"}, concurrency=7)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for thread in threads:
@@ -379,6 +383,130 @@ def test_a_slow_endpoint_times_out_and_is_retried(
     add_event(runtime, acme.tenant_id, "sent")
     dispatch(runtime, timeout=0.3)
     assert _last_status(runtime) == "timeout after 0.3 s" and _statuses(runtime) == ["pending"]
+
+
+# -- a slow endpoint holds only its own deliveries --------------------------------------------------
+
+
+async def until(predicate: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(predicate):
+        assert time.monotonic() < deadline, f"{what}: not within {within} s"
+        await asyncio.sleep(0.02)
+
+
+def _delivery_of(runtime: Runtime, endpoint_id: int) -> WebhookDelivery:
+    with transaction(runtime.sessions) as session:
+        delivery = session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint_id)
+        ).one()
+        session.expunge(delivery)
+        return delivery
+
+
+SLOW_BOUND = 6.0  # seconds: the attempt bound of the slow-drip tests
+DRIP_SECONDS = 2.0  # a header byte this often: each read is quick, the request never ends
+
+
+def test_a_slow_drip_endpoint_delays_only_its_own_tenants_webhooks(
+    client: TestClient,
+    runtime: Runtime,
+    acme: TenantKeys,
+    globex: TenantKeys,
+    receiver: tuple[WebhookReceiver, str],
+) -> None:
+    """Acme's endpoint sends one header byte every 2 s, so no read ever times out. Globex's
+    webhook, due while acme's attempt is under way, still goes out at once; acme's attempt is
+    cut at the bound, recorded as a timeout and retried after the policy's first delay."""
+    hooks, url = receiver
+    retry_delays = (1.0, 60.0)
+    with DripEndpoint(interval=DRIP_SECONDS) as drip:
+        slow = register(client, acme, f"{drip.url}/hooks", "message.sent")
+        fast = register(client, globex, url, "message.sent")
+        dispatcher = WebhookDispatcher(
+            runtime=runtime, retry_delays=retry_delays, timeout=SLOW_BOUND
+        )
+        seen: dict[str, Any] = {}
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(dispatcher.run(stop))
+            try:
+                await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
+                await until(lambda: drip.arrivals, 10, "acme's attempt begins")
+                await asyncio.to_thread(add_event, runtime, globex.tenant_id, "sent")
+                due = time.monotonic()
+                await until(lambda: hooks.requests, 2 * SLOW_BOUND, "globex's webhook")
+                seen["globex_after"] = time.monotonic() - due
+                await until(
+                    lambda: _delivery_of(runtime, fast["id"]).status == "delivered",
+                    2 * SLOW_BOUND,
+                    "globex's delivery recorded",
+                )
+                seen["globex_recorded_after"] = time.monotonic() - due
+                seen["acme_cut_then"] = bool(drip.closed)
+                await until(lambda: drip.closed, 2 * SLOW_BOUND, "acme's attempt cut")
+                await until(
+                    lambda: _delivery_of(runtime, slow["id"]).last_status,
+                    10,
+                    "acme's timeout recorded",
+                )
+                seen["acme_first"] = _delivery_of(runtime, slow["id"])
+                await until(lambda: len(drip.arrivals) >= 2, 10, "acme's retry")
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 3 * SLOW_BOUND)
+
+        asyncio.run(main())
+        arrivals, closed = drip.arrivals, drip.closed
+    # Globex's webhook went out while acme's attempt was still dripping, not after it.
+    assert seen["globex_after"] < 3.0, seen
+    assert seen["globex_recorded_after"] < 3.0, seen
+    assert seen["acme_cut_then"] is False
+    # Acme's attempt was cut at the bound as a whole ...
+    assert SLOW_BOUND - 0.5 <= closed[0] - arrivals[0] <= SLOW_BOUND + 3.0, (arrivals, closed)
+    first: WebhookDelivery = seen["acme_first"]
+    assert first.last_status == f"timeout after {SLOW_BOUND:g} s"
+    assert first.status == "pending" and first.attempts == 1
+    # ... and retried after the policy's first delay, once.
+    assert retry_delays[0] - 0.2 <= arrivals[1] - closed[0] <= retry_delays[0] + 4.0
+    assert len(arrivals) == 2
+
+
+def test_the_lease_outlasts_the_attempt_so_no_other_dispatcher_sends_it_meanwhile(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """Two dispatchers poll while one attempt drips until its bound: the other never takes the
+    delivery, and the attempt's timeout is recorded, not fenced out by a second attempt."""
+    assert WebhookDispatcher(runtime=runtime).lease_seconds > ATTEMPT_SECONDS
+    with pytest.raises(ValueError, match="longer than the attempt"):
+        WebhookDispatcher(runtime=runtime, timeout=30, lease_seconds=30)
+    bound = 3.0
+    with DripEndpoint(interval=0.5) as drip:
+        slow = register(client, acme, f"{drip.url}/hooks", "message.sent")
+        dispatchers = [
+            WebhookDispatcher(runtime=runtime, retry_delays=(60.0,), timeout=bound)
+            for _ in range(2)
+        ]
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            tasks = [asyncio.create_task(d.run(stop)) for d in dispatchers]
+            try:
+                await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
+                await until(lambda: drip.arrivals, 10, "the attempt begins")
+                await until(lambda: drip.closed, 3 * bound, "the attempt is cut")
+                await until(lambda: _delivery_of(runtime, slow["id"]).last_status, 10, "its result")
+                await asyncio.sleep(0.5)  # both keep polling
+            finally:
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), 3 * bound)
+
+        asyncio.run(main())
+        assert len(drip.arrivals) == 1
+    delivery = _delivery_of(runtime, slow["id"])
+    assert delivery.attempts == 1 and delivery.last_status == f"timeout after {bound:g} s"
+    assert delivery.next_attempt_at > datetime.now(UTC) + timedelta(seconds=50)  # the retry
 
 
 # -- routing order ----------------------------------------------------------------------------------

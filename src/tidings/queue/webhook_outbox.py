@@ -14,18 +14,25 @@ deliveries, and recording each attempt. Their guarantees are written here once:
   passed at once). SQLite writers hold the write lock from BEGIN to COMMIT, so its ids always
   commit in order.
 * **No delivery is attempted twice at once.** The claim leases a due delivery by pushing its
-  ``next_attempt_at`` past the request timeout and counting the attempt, picking rows with
-  ``FOR UPDATE SKIP LOCKED`` on PostgreSQL. An attempt's result is written only if the delivery
-  still has the attempt count it was claimed with, so a dispatcher that stalled past its lease
-  cannot overwrite a newer attempt.
+  ``next_attempt_at`` past the attempt's whole time bound and counting the attempt, picking rows
+  with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL. An attempt's result is written only if the
+  delivery still has the attempt count it was claimed with, so a dispatcher that stalled past its
+  lease cannot overwrite a newer attempt.
+* **No endpoint takes more than its share of a dispatcher.** A claim takes only what the
+  dispatcher can start at once (``Room``): at most so many in flight in all, per endpoint and per
+  tenant, so a slow endpoint holds its own few slots and the others' deliveries go past it. A
+  claimed delivery is attempted at once, never queued behind another, which is what lets the
+  lease be the attempt's bound plus a margin. Deliveries to one endpoint were never ordered
+  (several go at once, and a failed one is retried later), and they are not now.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -261,24 +268,70 @@ class AttemptResult:
     retry_at: datetime | None  # None when not delivered: no more tries
 
 
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What one dispatcher may start now, given what it has in flight."""
+
+    total: int  # deliveries it may start in all
+    per_endpoint: int  # in flight to one endpoint at most
+    per_tenant: int  # in flight to one tenant's endpoints together at most
+    endpoints: Mapping[int, int] = field(default_factory=dict)  # in flight, by endpoint id
+    tenants: Mapping[int, int] = field(default_factory=dict)  # in flight, by tenant id
+
+    def full_endpoints(self) -> list[int]:
+        return [e for e, n in self.endpoints.items() if n >= self.per_endpoint]
+
+    def full_tenants(self) -> list[int]:
+        return [t for t, n in self.tenants.items() if n >= self.per_tenant]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    deliveries: list[DueDelivery]
+    #: Due deliveries were seen and not taken (the claim was full, or they were over an endpoint's
+    #: or tenant's share), so the dispatcher should claim again once it has room.
+    left_behind: bool
+
+
 def claim_deliveries(
-    *, session: Session, now: datetime, limit: int, lease_seconds: float
-) -> list[DueDelivery]:
-    """Lease up to ``limit`` due deliveries (see the module docstring)."""
+    *, session: Session, now: datetime, room: Room, lease_seconds: float
+) -> Claimed:
+    """Lease the due deliveries that fit in ``room`` (see the module docstring).
+
+    Candidates are locked first, skipping endpoints and tenants already at their share; those
+    that fit are then leased. Candidates over a share stay as they are (their locks end with the
+    transaction), and the next claim no longer sees them while their endpoint is full.
+    """
+    if room.total <= 0:
+        return Claimed([], left_behind=True)
     deliveries = table(WebhookDelivery)
-    due = (
-        select(deliveries.c.id)
+    candidates = session.execute(
+        select(deliveries.c.id, deliveries.c.endpoint_id, deliveries.c.tenant_id)
         .where(
             deliveries.c.status == DeliveryStatus.pending.value,
             deliveries.c.next_attempt_at <= now,
+            deliveries.c.endpoint_id.not_in(room.full_endpoints()),
+            deliveries.c.tenant_id.not_in(room.full_tenants()),
         )
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-        .limit(limit)
+        .limit(room.total)
         .with_for_update(skip_locked=True)
-    )
+    ).all()
+    by_endpoint, by_tenant = Counter(room.endpoints), Counter(room.tenants)
+    picked = []
+    for row in candidates:
+        if by_endpoint[row.endpoint_id] < room.per_endpoint and (
+            by_tenant[row.tenant_id] < room.per_tenant
+        ):
+            picked.append(row.id)
+            by_endpoint[row.endpoint_id] += 1
+            by_tenant[row.tenant_id] += 1
+    left_behind = len(candidates) >= room.total or len(picked) < len(candidates)
+    if not picked:
+        return Claimed([], left_behind=left_behind)
     claimed = session.execute(
         update(deliveries)
-        .where(deliveries.c.id.in_(due.scalar_subquery()))
+        .where(deliveries.c.id.in_(picked))
         .values(
             attempts=deliveries.c.attempts + 1,
             next_attempt_at=now + timedelta(seconds=lease_seconds),
@@ -292,8 +345,6 @@ def claim_deliveries(
             deliveries.c.attempts,
         )
     ).all()
-    if not claimed:
-        return []
     endpoints = {
         row.id: row
         for row in session.execute(
@@ -302,7 +353,7 @@ def claim_deliveries(
             )
         )
     }
-    return [
+    due = [
         DueDelivery(
             id=row.id,
             tenant_id=row.tenant_id,
@@ -316,6 +367,7 @@ def claim_deliveries(
         for row in sorted(claimed, key=lambda r: r.id)
         if row.endpoint_id in endpoints
     ]
+    return Claimed(due, left_behind=left_behind)
 
 
 def record_attempts(*, session: Session, results: Sequence[AttemptResult], now: datetime) -> int:
