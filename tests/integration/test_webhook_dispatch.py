@@ -395,6 +395,17 @@ async def until(predicate: Any, within: float, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+async def stop_all(stop: asyncio.Event, tasks: list[asyncio.Task[None]], within: float) -> bool:
+    """Stops the dispatchers; False (after cancelling them) when one did not end in time, so
+    that the test's own failure, if any, is the one reported."""
+    stop.set()
+    _, pending = await asyncio.wait(tasks, timeout=within)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return not pending
+
+
 def _delivery_of(runtime: Runtime, endpoint_id: int) -> WebhookDelivery:
     with transaction(runtime.sessions) as session:
         delivery = session.scalars(
@@ -431,6 +442,7 @@ def test_a_slow_drip_endpoint_delays_only_its_own_tenants_webhooks(
         async def main() -> None:
             stop = asyncio.Event()
             task = asyncio.create_task(dispatcher.run(stop))
+            stopped = False
             try:
                 await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
                 await until(lambda: drip.arrivals, 10, "acme's attempt begins")
@@ -454,8 +466,8 @@ def test_a_slow_drip_endpoint_delays_only_its_own_tenants_webhooks(
                 seen["acme_first"] = _delivery_of(runtime, slow["id"])
                 await until(lambda: len(drip.arrivals) >= 2, 10, "acme's retry")
             finally:
-                stop.set()
-                await asyncio.wait_for(task, 3 * SLOW_BOUND)
+                stopped = await stop_all(stop, [task], 2 * SLOW_BOUND)
+            assert stopped, "the dispatcher did not stop"
 
         asyncio.run(main())
         arrivals, closed = drip.arrivals, drip.closed
@@ -478,9 +490,6 @@ def test_the_lease_outlasts_the_attempt_so_no_other_dispatcher_sends_it_meanwhil
 ) -> None:
     """Two dispatchers poll while one attempt drips until its bound: the other never takes the
     delivery, and the attempt's timeout is recorded, not fenced out by a second attempt."""
-    assert WebhookDispatcher(runtime=runtime).lease_seconds > ATTEMPT_SECONDS
-    with pytest.raises(ValueError, match="longer than the attempt"):
-        WebhookDispatcher(runtime=runtime, timeout=30, lease_seconds=30)
     bound = 3.0
     with DripEndpoint(interval=0.5) as drip:
         slow = register(client, acme, f"{drip.url}/hooks", "message.sent")
@@ -492,6 +501,7 @@ def test_the_lease_outlasts_the_attempt_so_no_other_dispatcher_sends_it_meanwhil
         async def main() -> None:
             stop = asyncio.Event()
             tasks = [asyncio.create_task(d.run(stop)) for d in dispatchers]
+            stopped = False
             try:
                 await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
                 await until(lambda: drip.arrivals, 10, "the attempt begins")
@@ -499,14 +509,17 @@ def test_the_lease_outlasts_the_attempt_so_no_other_dispatcher_sends_it_meanwhil
                 await until(lambda: _delivery_of(runtime, slow["id"]).last_status, 10, "its result")
                 await asyncio.sleep(0.5)  # both keep polling
             finally:
-                stop.set()
-                await asyncio.wait_for(asyncio.gather(*tasks), 3 * bound)
+                stopped = await stop_all(stop, tasks, 2 * bound)
+            assert stopped, "a dispatcher did not stop"
 
         asyncio.run(main())
         assert len(drip.arrivals) == 1
     delivery = _delivery_of(runtime, slow["id"])
     assert delivery.attempts == 1 and delivery.last_status == f"timeout after {bound:g} s"
     assert delivery.next_attempt_at > datetime.now(UTC) + timedelta(seconds=50)  # the retry
+    assert WebhookDispatcher(runtime=runtime).lease_seconds > ATTEMPT_SECONDS
+    with pytest.raises(ValueError, match="longer than the attempt"):
+        WebhookDispatcher(runtime=runtime, timeout=30, lease_seconds=30)
 
 
 # -- routing order ----------------------------------------------------------------------------------
