@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -483,6 +484,68 @@ def test_a_slow_drip_endpoint_delays_only_its_own_tenants_webhooks(
     # ... and retried after the policy's first delay, once.
     assert retry_delays[0] - 0.2 <= arrivals[1] - closed[0] <= retry_delays[0] + 4.0
     assert len(arrivals) == 2
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "events", "shares"),
+    [
+        (1, 4, {"concurrency": 4, "per_endpoint": 2, "per_tenant": 10}),  # endpoint's share
+        (3, 1, {"concurrency": 3, "per_endpoint": 2, "per_tenant": 2}),  # tenant's share
+    ],
+    ids=["per-endpoint", "per-tenant"],
+)
+def test_slow_endpoints_hold_no_more_than_their_share_of_the_dispatcher(
+    client: TestClient,
+    runtime: Runtime,
+    acme: TenantKeys,
+    globex: TenantKeys,
+    receiver: tuple[WebhookReceiver, str],
+    endpoints: int,
+    events: int,
+    shares: dict[str, int],
+) -> None:
+    """Acme's slow deliveries would fill every slot of this small dispatcher; its shares keep
+    one free, and globex's webhook takes it at once."""
+    hooks, url = receiver
+    bound = 5.0
+    with contextlib.ExitStack() as stack:
+        drips = [stack.enter_context(DripEndpoint(interval=1.0)) for _ in range(endpoints)]
+        for drip in drips:
+            register(client, acme, f"{drip.url}/hooks", "message.sent")
+        register(client, globex, url, "message.sent")
+        dispatcher = WebhookDispatcher(
+            runtime=runtime, retry_delays=(60.0,), timeout=bound, **shares
+        )
+        in_flight: dict[str, Any] = {}
+
+        def acme_in_flight() -> list[int]:
+            return [len(d.arrivals) - len(d.closed) for d in drips]
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(dispatcher.run(stop))
+            stopped = False
+            try:
+                for _ in range(events):
+                    await asyncio.to_thread(add_event, runtime, acme.tenant_id, "sent")
+                held = min(shares["per_endpoint"] * endpoints, shares["per_tenant"])
+                await until(lambda: sum(acme_in_flight()) >= held, 10, "acme's attempts begin")
+                await asyncio.sleep(0.3)  # room for any attempt over a share to begin too
+                in_flight["before"] = acme_in_flight()
+                await asyncio.to_thread(add_event, runtime, globex.tenant_id, "sent")
+                due = time.monotonic()
+                await until(lambda: hooks.requests, 2 * bound, "globex's webhook")
+                in_flight["globex_after"] = time.monotonic() - due
+                in_flight["after"] = acme_in_flight()
+            finally:
+                stopped = await stop_all(stop, [task], 2 * bound)
+            assert stopped, "the dispatcher did not stop"
+
+        asyncio.run(main())
+    assert in_flight["globex_after"] < 2.5, in_flight
+    for counts in (in_flight["before"], in_flight["after"]):
+        assert max(counts) <= shares["per_endpoint"], in_flight
+        assert sum(counts) <= shares["per_tenant"], in_flight
 
 
 def test_the_lease_outlasts_the_attempt_so_no_other_dispatcher_sends_it_meanwhile(
