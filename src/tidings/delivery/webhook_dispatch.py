@@ -136,7 +136,7 @@ class WebhookDispatcher:
         self.per_tenant = per_tenant
         self._resolve = resolver
         self._gaps = GapWatch()
-        self._tasks: dict[int, asyncio.Task[None]] = {}  # attempts in flight, by delivery id
+        self._tasks: set[asyncio.Task[None]] = set()  # attempts in flight
         self._endpoints: Counter[int] = Counter()  # attempts in flight, by endpoint
         self._tenants: Counter[int] = Counter()  # attempts in flight, by tenant
         self._freed = asyncio.Event()  # an attempt ended since the last pass began
@@ -229,7 +229,9 @@ class WebhookDispatcher:
     def _start(self, client: httpx.AsyncClient, delivery: DueDelivery) -> None:
         self._endpoints[delivery.endpoint_id] += 1
         self._tenants[delivery.tenant_id] += 1
-        self._tasks[delivery.id] = asyncio.create_task(self._deliver(client, delivery))
+        task = asyncio.create_task(self._deliver(client, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: DueDelivery) -> None:
         try:
@@ -242,13 +244,12 @@ class WebhookDispatcher:
         finally:
             _release(self._endpoints, delivery.endpoint_id)
             _release(self._tenants, delivery.tenant_id)
-            del self._tasks[delivery.id]
             self._freed.set()
 
     async def _settle(self) -> None:
         """Until every attempt in flight is recorded (each ends within its bound)."""
         while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- database steps (in a thread) --------------------------------------------------------------
 
