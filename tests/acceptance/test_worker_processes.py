@@ -133,8 +133,8 @@ THROTTLE_PER_SECOND = 5
 THROTTLE_MESSAGES = 30
 THROTTLE_POLL_SECONDS = "0.02"
 #: The limit holds where sends start; at the server, sends that the machine's load delays by
-#: different amounts can bunch up. One message is 0.2 s of such jitter at 5 per second.
-THROTTLE_JITTER_ALLOWANCE = 1
+#: different amounts can bunch up. Two messages are 0.4 s of such jitter at 5 per second.
+THROTTLE_JITTER_ALLOWANCE = 2
 
 
 def busiest_window(times: list[float], seconds: float) -> int:
