@@ -7,6 +7,7 @@ It records every message it receives and can misbehave on demand, the way real s
         server.fail("amy@example.com", reply(TRY_LATER), times=2)      # the first 2, then accept
         server.fail(None, drop(at="END"), times=1)      # any recipient: the duplicate window
         server.script(None, slow(0.5, at="MAIL"))       # transaction 1 normal, 2 slow, then normal
+        server.fail("cy@example.com", hold(TRY_LATER), times=1)   # no reply until release_holds()
         ... send to server.url ...
         server.wait_for(3)
         server.messages[0].message["Subject"]
@@ -52,7 +53,7 @@ POLICY_REJECT = "554 5.7.1 rejected by policy"
 class Fault:
     """What to do instead of the normal reply at ``stage``."""
 
-    action: Literal["reply", "drop", "delay"]
+    action: Literal["reply", "drop", "delay", "hold"]
     stage: Stage
     reply: str = ""
     delay: float = 0.0  # seconds, for "delay"
@@ -71,6 +72,12 @@ def drop(*, at: Stage = "DATA") -> Fault:
 def slow(seconds: float, *, at: Stage = "END") -> Fault:
     """Wait ``seconds`` before answering normally at ``at``."""
     return Fault("delay", at, delay=seconds)
+
+
+def hold(text: str, *, at: Stage = "RCPT") -> Fault:
+    """Say nothing at ``at`` until the test calls ``release_holds()``, then answer ``text``: a
+    client stays mid-transaction for exactly as long as a test needs it there."""
+    return Fault("hold", at, reply=text)
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ class SmtpTestServer:
         self._transactions = itertools.count(1)
         self._connections = itertools.count(1)
         self._connection_count = 0
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[str, list[float]] = {}
+        self._released = asyncio.Event()  # set on the server's loop: release_holds()
         self._auth = auth
         self.pipelining = pipelining  # advertise PIPELINING (aiosmtpd reads commands in order)
         self._live: set[SMTP] = set()
@@ -198,6 +206,10 @@ class SmtpTestServer:
         future = asyncio.run_coroutine_threadsafe(_call(close), self._controller.loop)
         return int(future.result(timeout=5))
 
+    def release_holds(self) -> None:
+        """Let every ``hold`` fault, now and later, answer at once."""
+        self._controller.loop.call_soon_threadsafe(self._released.set)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._rules.clear()
@@ -223,8 +235,12 @@ class SmtpTestServer:
 
     def attempts(self, recipient: str) -> int:
         """Transactions that named ``recipient`` in RCPT TO, accepted or not."""
+        return len(self.attempt_times(recipient))
+
+    def attempt_times(self, recipient: str) -> list[float]:
+        """``time.monotonic()`` at each RCPT TO naming ``recipient``, in order."""
         with self._lock:
-            return self._attempts.get(recipient.lower(), 0)
+            return list(self._attempts.get(recipient.lower(), []))
 
     def to(self, recipient: str) -> list[ReceivedMessage]:
         return [m for m in self.messages if recipient.lower() in (r.lower() for r in m.rcpt_tos)]
@@ -276,7 +292,7 @@ class SmtpTestServer:
 
     def _count_attempt(self, recipient: str) -> None:
         with self._lock:
-            self._attempts[recipient.lower()] = self._attempts.get(recipient.lower(), 0) + 1
+            self._attempts.setdefault(recipient.lower(), []).append(time.monotonic())
 
     def _record(self, smtp: SMTP, session: Session, envelope: Envelope, *, replied: bool) -> None:
         raw = envelope.original_content or b""
@@ -339,7 +355,7 @@ class _Handler:
         txn = self.server._begin_transaction()
         session.tidings_transaction = txn  # type: ignore[attr-defined]
         fault = self.server._fault_for("MAIL", [], txn)
-        refusal = await _apply(smtp, fault)
+        refusal = await _apply(smtp, fault, self.server._released)
         if refusal:
             return refusal
         envelope.mail_from = address
@@ -352,7 +368,7 @@ class _Handler:
         self.server._count_attempt(address)
         txn = _transaction_of(session)
         fault = self.server._fault_for("RCPT", [address.lower()], txn)
-        refusal = await _apply(smtp, fault)
+        refusal = await _apply(smtp, fault, self.server._released)
         if refusal:
             return refusal
         envelope.rcpt_tos.append(address)
@@ -365,7 +381,7 @@ class _Handler:
         if fault is not None and fault.action == "drop":
             # The message arrived; the client just never hears so.
             self.server._record(smtp, session, envelope, replied=False)
-        refusal = await _apply(smtp, fault)
+        refusal = await _apply(smtp, fault, self.server._released)
         if refusal:
             return refusal
         self.server._record(smtp, session, envelope, replied=True)
@@ -383,7 +399,7 @@ class _RecordingSMTP(SMTP):
         if self.envelope.rcpt_tos:
             txn = _transaction_of(self.session)
             fault = handler.server._fault_for("DATA", _lower(self.envelope.rcpt_tos), txn)
-            refusal = await _apply(self, fault)
+            refusal = await _apply(self, fault, handler.server._released)
             if refusal:
                 await self.push(refusal)
                 return
@@ -407,13 +423,16 @@ class _Controller(Controller):
         return bind()
 
 
-async def _apply(smtp: SMTP, fault: Fault | None) -> str | None:
+async def _apply(smtp: SMTP, fault: Fault | None, released: asyncio.Event) -> str | None:
     """Carry out ``fault``: a reply to send instead, or None to go on normally."""
     if fault is None:
         return None
     if fault.action == "delay":
         await asyncio.sleep(fault.delay)
         return None
+    if fault.action == "hold":
+        await released.wait()
+        return fault.reply
     if fault.action == "reply":
         return fault.reply
     # drop: close, then wait for connection_lost() to cancel this handler.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.acceptance.conftest import (
+    WorkerProcess,
     WorkerThread,
     api_setup,
     start_campaign,
@@ -93,6 +95,43 @@ def test_transient_faults_are_retried_and_permanent_ones_fail_at_once(
     ).json()
     (only,) = failed["items"]
     assert only["email"] == "bob@example.edu" and "5.1.1" in only["reason"]
+
+
+#: Retry timing for the backoff test: delays of 0.5, 1 and 2 s (each jittered down to half).
+BACKOFF_BASE = 0.5  # seconds
+BACKOFF_MAX = 8.0  # seconds, out of reach here: every delay doubles
+#: How late a retry may come after its delay ran out: the poll interval (0.2 s), a claim and a
+#: connection, on a loaded machine.
+BACKOFF_SLACK = 1.5  # seconds
+
+
+def test_retries_reach_the_server_spaced_by_the_doubling_jittered_backoff(
+    client: TestClient,
+    acme: TenantKeys,
+    smtp_server: SmtpTestServer,
+    worker_process: Callable[..., WorkerProcess],
+) -> None:
+    """Attempt k + 1 comes no sooner than half the k-th nominal delay (base * 2^(k-1)) after attempt
+    k, and not much later than the whole delay: the retry's ``not_before`` is honoured."""
+    smtp_server.fail("late@example.edu", reply(TRY_LATER), times=3)
+    worker_process(
+        concurrency=4,
+        TIDINGS_RETRY_BASE_SECONDS=str(BACKOFF_BASE),
+        TIDINGS_RETRY_MAX_SECONDS=str(BACKOFF_MAX),
+    )
+    answer = client.post(
+        "/v1/messages",
+        json={"to": "late@example.edu", "subject": "Hi", "text": "x"},
+        headers=acme.auth(acme.sender),
+    )
+    assert answer.status_code == 201, answer.text
+    smtp_server.wait_for(1, timeout=30)
+    times = smtp_server.attempt_times("late@example.edu")
+    assert len(times) == 4, times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    for attempt, gap in enumerate(gaps, start=1):
+        nominal = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+        assert nominal / 2 <= gap <= nominal + BACKOFF_SLACK, (attempt, gaps)
 
 
 def test_a_transactional_message_is_sent_with_its_data(
