@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,6 +98,12 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = CODE_BY_STATUS.get(exc.status_code, "error")
     return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _on_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    """The client hung up in the middle of its body (an upload): nobody is left to answer."""
+    log.info("the client went away before it had sent its request body")
+    return error_response(400, "bad_request", "the client went away before the body was sent")
 
 
 class BodySizeLimit:
@@ -188,6 +195,7 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     app.add_exception_handler(errors.TidingsError, _on_tidings_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_unavailable)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_unavailable)
     for router in ROUTERS:
