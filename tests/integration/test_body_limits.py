@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import select
 import socket
 import time
@@ -20,7 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 
+from tests.browser.dashboard_helpers import sign_in
 from tests.conftest import TenantKeys
 from tests.live_server import LiveServer
 from tidings.api.app import create_app
@@ -161,6 +164,7 @@ def news(runtime: Runtime, acme: TenantKeys, server: LiveServer) -> int:
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
 CSV = {"Content-Type": "text/csv"}
+MULTIPART = {"Content-Type": "multipart/form-data; boundary=xyz"}
 
 
 @pytest.mark.parametrize(
@@ -181,6 +185,10 @@ CSV = {"Content-Type": "text/csv"}
         ("POST", "/p/import", FORM, True, 413),
         # ... and nothing reads a body that no route takes.
         ("PUT", "/no/such/import", CSV, True, 404),
+        # The dashboard's import form has the import cap too, and reads nothing before the
+        # session cookie is checked: the browser is sent to sign in.
+        ("POST", "/lists/{news}/import", MULTIPART, False, 303),
+        ("POST", "/lists/{news}/import", MULTIPART, True, 303),
     ],
 )
 def test_a_50_mb_body_without_a_key_is_refused_before_it_is_read(
@@ -200,7 +208,7 @@ def test_a_50_mb_body_without_a_key_is_refused_before_it_is_read(
     assert answer.sent < BODY_BYTES // 2, f"the server answered after {answer.sent} bytes"
     assert growth[0] < MEMORY_SLACK, f"the server's memory grew by {growth[0] / MB:.0f} MB"
     assert answer.closed, "an answer before the body was read must end the connection"
-    if status != 404:
+    if status in (401, 413):
         assert answer.headers["content-type"] == "application/json"
         code = {401: "unauthenticated", 413: "payload_too_large"}[status]
         assert code in answer.body.decode()
@@ -246,6 +254,25 @@ def _csv_rows(rows: int) -> Iterator[bytes]:
         yield "".join(
             f"user{i}@example.com,User {i},{note}\n" for i in range(start, min(start + 1000, rows))
         ).encode()
+
+
+def test_the_dashboard_import_takes_a_file_over_the_body_cap(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    token = sign_in(client, acme.sender)
+    client.post("/lists", data={"csrf_token": token, "name": "Staff"})
+    list_id = client.get("/v1/lists", headers=acme.auth(acme.viewer)).json()["items"][0]["id"]
+    csv = b"".join(_csv_rows(3_000))  # 2.8 MB, over the 1 MB body cap
+    answer = client.post(
+        f"/lists/{list_id}/import",
+        data={"csrf_token": token},
+        files={"file": ("staff.csv", csv, "text/csv")},
+    )
+    assert answer.status_code == 200, re.findall(r"(?s)<main.*?</main>", answer.text)
+    assert re.search(r'data-report="created">3\D?000<', answer.text)  # 3 000, as shown
+    missing = client.post(f"/lists/{list_id}/import", data={"csrf_token": token})
+    assert missing.status_code == 422
+    assert "choose a file" in missing.text
 
 
 def _open_files_under(directory: Path) -> list[str]:

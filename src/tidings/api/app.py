@@ -113,8 +113,9 @@ class BodySizeLimit:
     but for the routes that take an upload (matched by method and route template, never by path
     alone), capped at TIDINGS_MAX_IMPORT_BYTES. A declared ``Content-Length`` over the cap is
     refused at once; a chunked body is counted as it streams and cut off when it passes the cap.
-    An answer given before the body was read whole closes the connection, so that the server
-    does not go on receiving (and dropping) whatever the client still sends.
+    Any answer but a success given before the body was read whole (a refusal, a redirect to sign
+    in) closes the connection, so that the server does not go on receiving, and dropping,
+    whatever the client still sends.
     """
 
     def __init__(
@@ -159,7 +160,11 @@ class BodySizeLimit:
             return message
 
         async def closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and not read_whole:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] >= 300
+                and not read_whole
+            ):
                 message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
             await send(message)
 
