@@ -13,6 +13,7 @@ import os
 import re
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from tests.browser.dashboard_helpers import sign_in
+from tests.browser.dashboard_helpers import csrf_of, sign_in
 from tests.conftest import TenantKeys
 from tests.live_server import LiveServer
 from tidings.api.app import create_app
@@ -273,6 +274,58 @@ def test_the_dashboard_import_takes_a_file_over_the_body_cap(
     missing = client.post(f"/lists/{list_id}/import", data={"csrf_token": token})
     assert missing.status_code == 422
     assert "choose a file" in missing.text
+
+
+def test_a_slow_dashboard_upload_does_not_hold_up_other_writers(
+    server: LiveServer, acme: TenantKeys, news: int
+) -> None:
+    """The form is read before the request's transaction begins and after the signed-in key was
+    looked up in a transaction of its own: on SQLite, neither holds the write lock meanwhile."""
+    with httpx.Client(base_url=server.url, timeout=30) as browser:
+        form = browser.get("/login")
+        browser.post(
+            "/login",
+            data={"api_key": acme.sender, "csrf_token": csrf_of(form.text), "next": "/"},
+        )
+        token = csrf_of(browser.get("/").text)
+        head = (
+            f'--xyz\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+            '--xyz\r\nContent-Disposition: form-data; name="file"; filename="slow.csv"\r\n'
+            "Content-Type: text/csv\r\n\r\nemail\r\n"
+        ).encode()
+
+        def slowly() -> Iterator[bytes]:
+            yield head
+            for i in range(20):
+                time.sleep(0.1)
+                yield b"slow%d@example.com\r\n" % i
+            yield b"\r\n--xyz--\r\n"
+
+        answers: dict[str, httpx.Response] = {}
+
+        def upload() -> None:
+            answers["import"] = browser.post(
+                f"/lists/{news}/import", content=slowly(), headers=MULTIPART
+            )
+
+        uploading = threading.Thread(target=upload)
+        uploading.start()
+        time.sleep(0.5)  # a quarter of the upload sent
+        started = time.monotonic()
+        sent = httpx.post(
+            f"{server.url}/v1/messages",
+            json={"to": "meanwhile@example.com", "subject": "Hi", "text": "x"},
+            headers=acme.auth(acme.sender),
+            timeout=30,
+        )
+        waited = time.monotonic() - started
+        upload_went_on = uploading.is_alive()
+        uploading.join(30)
+    assert sent.status_code == 201, sent.text
+    assert waited < 1.0, f"POST /v1/messages waited {waited:.1f} s behind the upload"
+    assert upload_went_on, "the upload ended before the message was accepted: no overlap tested"
+    assert answers["import"].status_code == 200
+    assert re.search(r'data-report="created">20<', answers["import"].text)
 
 
 def _open_files_under(directory: Path) -> list[str]:
