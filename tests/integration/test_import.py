@@ -426,7 +426,7 @@ def test_a_slow_upload_does_not_hold_up_other_writers(
     runtime: Runtime, acme: TenantKeys, news: int
 ) -> None:
     """On SQLite every transaction holds the write lock, so the upload is read in full before the
-    import's first statement; meanwhile the API keeps accepting mail (PostgreSQL streams)."""
+    import's first statement; meanwhile the API keeps accepting mail."""
     rows = [b"email,name\n"] + [b"slow%d@example.com,Slow %d\n" % (i, i) for i in range(20)]
 
     def slowly() -> Iterator[bytes]:

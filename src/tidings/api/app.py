@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy.exc
@@ -14,10 +14,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidings import __version__, errors
 from tidings.api.routes import ROUTERS
+from tidings.api.uploads import takes_upload
 from tidings.runtime import Runtime, freeze_startup_objects
 
 log = logging.getLogger("tidings.api")
@@ -97,42 +100,75 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail))
 
 
-class BodySizeLimit:
-    """Refuses bodies over the cap with 413 before they are read whole.
+async def _on_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    """The client hung up in the middle of its body (an upload): nobody is left to answer."""
+    log.info("the client went away before it had sent its request body")
+    return error_response(400, "bad_request", "the client went away before the body was sent")
 
-    A declared ``Content-Length`` over the cap is refused at once; a chunked body is counted as it
-    streams and cut off when it passes the cap. Imports get their own, larger cap.
+
+class BodySizeLimit:
+    """Refuses a body over its cap with 413 before it is read whole.
+
+    Every request is capped at TIDINGS_MAX_BODY_BYTES, whatever its path, method or content type,
+    but for the routes that take an upload (matched by method and route template, never by path
+    alone), capped at TIDINGS_MAX_IMPORT_BYTES. A declared ``Content-Length`` over the cap is
+    refused at once; a chunked body is counted as it streams and cut off when it passes the cap.
+    Any answer but a success given before the body was read whole (a refusal, a redirect to sign
+    in) closes the connection, so that the server does not go on receiving, and dropping,
+    whatever the client still sends.
     """
 
-    def __init__(self, app: ASGIApp, *, max_body: int, max_import: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, max_import: int, upload_routes: Sequence[BaseRoute]
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_import = max_import
+        self.upload_routes = upload_routes
+
+    def _cap(self, scope: Scope) -> int:
+        for route in self.upload_routes:
+            if route.matches(scope)[0] is Match.FULL:
+                return self.max_import
+        return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        cap = self.max_import if scope["path"].endswith("/import") else self.max_body
-        declared = dict(scope["headers"]).get(b"content-length")
+        cap = self._cap(scope)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > cap):
             response = error_response(
                 413, "payload_too_large", f"the request body is over {cap} bytes"
             )
+            response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
         seen = 0
+        read_whole = declared in (None, b"0") and b"transfer-encoding" not in headers
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, read_whole
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > cap:
                     raise StarletteHTTPException(413, f"the request body is over {cap} bytes")
+                read_whole = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counted, send)
+        async def closing(message: Message) -> None:
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] >= 300
+                and not read_whole
+            ):
+                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(message)
+
+        await self.app(scope, counted, closing)
 
 
 def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
@@ -164,6 +200,7 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     app.add_exception_handler(errors.TidingsError, _on_tidings_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _on_database_unavailable)
     app.add_exception_handler(sqlalchemy.exc.OperationalError, _on_database_unavailable)
     for router in ROUTERS:
@@ -172,6 +209,10 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
         BodySizeLimit,
         max_body=runtime.settings.max_body_bytes,
         max_import=runtime.settings.max_import_bytes,
+        # The routers are included without a prefix: their own routes are the app's.
+        upload_routes=[
+            route for router in ROUTERS for route in router.routes if takes_upload(route)
+        ],
     )
     return app
 

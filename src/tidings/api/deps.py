@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
-from typing import Annotated
+from functools import cached_property
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from tidings.db.engine import POOL_OVERFLOW, POOL_SIZE
 from tidings.domain import Role
@@ -78,7 +82,21 @@ async def get_now(runtime: RuntimeDep) -> datetime:
 NowDep = Annotated[datetime, Depends(get_now)]
 
 
+#: Where a request keeps its principal once authenticated, so that it is looked up once.
+PRINCIPAL_SCOPE_KEY = "tidings.principal"
+
+
 async def get_principal(request: Request, runtime: RuntimeDep) -> Principal:
+    """The caller's principal, authenticated once per request: by ``KeyFirstRoute`` before the
+    body is read, on any route whose dependencies ask for it."""
+    principal: Principal | None = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if principal is None:
+        principal = await _principal_of(request, runtime)
+        request.scope[PRINCIPAL_SCOPE_KEY] = principal
+    return principal
+
+
+async def _principal_of(request: Request, runtime: Runtime) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
@@ -111,3 +129,34 @@ def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
 ViewerDep = Annotated[Principal, Depends(require(Role.viewer))]
 SenderDep = Annotated[Principal, Depends(require(Role.sender))]
 AdminDep = Annotated[Principal, Depends(require(Role.admin))]
+
+
+def depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    """Whether ``call`` is among the dependencies of ``dependant``, at any depth."""
+    return call in _calls(dependant)
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _calls(dependency)
+
+
+class KeyFirstRoute(APIRoute):
+    """A route that checks the caller's API key before anything reads the request body.
+
+    FastAPI reads and parses a body before it solves any dependency, so a route whose key check
+    is only a dependency lets a client without a key make the process read a body up to its cap.
+    Every router of the API uses this class (``route_class``); a test checks it.
+    """
+
+    @cached_property
+    def needs_key(self) -> bool:
+        return depends_on(self.dependant, get_principal)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.needs_key and scope["type"] == "http":
+            # Raises Unauthenticated (401) with not a byte of the body read; the principal is
+            # kept in the scope for the route's own dependencies.
+            await get_principal(Request(scope, receive), scope["app"].state.runtime)
+        await super().handle(scope, receive, send)

@@ -1,8 +1,8 @@
 """The dashboard at ``/``: server-rendered pages (Jinja2 + htmx, no build step) over the services.
 
 People sign in with an API key, which becomes a signed, HTTP-only session cookie; every form is
-CSRF-protected and every action needs the same role as in the API. ``web_router()`` is mounted by
-the application next to the API's routers and stays out of the OpenAPI document.
+CSRF-protected and every action needs the same role as in the API. ``web_routers()`` are mounted by
+the application next to the API's routers and stay out of the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -10,8 +10,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 
-def web_router() -> APIRouter:
-    """Every dashboard route (none of them in the OpenAPI schema)."""
+def web_routers() -> list[APIRouter]:
+    """Every dashboard router (none of them in the OpenAPI schema), in the order they match.
+
+    Each is included in the application as it is, not through one router of routers, so that the
+    application's routes can be read from them (``BodySizeLimit`` finds its upload routes so).
+    """
     from tidings.web.routes import (
         campaigns,
         compose,
@@ -24,8 +28,6 @@ def web_router() -> APIRouter:
         throttle,
     )
 
-    router = APIRouter(include_in_schema=False)
     # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
-    for part in (signin, compose, campaigns, events, throttle, queue, people, inbox, static):
-        router.include_router(part.router)
-    return router
+    parts = (signin, compose, campaigns, events, throttle, queue, people, inbox, static)
+    return [part.router for part in parts]

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 
-from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import NowDep, RuntimeDep
 from tidings.domain import Role
 from tidings.errors import PermissionDenied
 from tidings.services.tenants import Principal
@@ -44,15 +44,18 @@ class WebUser:
         return self.principal.role.allows(Role(role))
 
 
-def current_user(
-    request: Request, session: SessionDep, runtime: RuntimeDep, now: NowDep
-) -> WebUser:
-    """The signed-in key; a missing, altered or expired cookie, or a revoked key, means sign in."""
+def current_user(request: Request, runtime: RuntimeDep, now: NowDep) -> WebUser:
+    """The signed-in key; a missing, altered or expired cookie, or a revoked key, means sign in.
+
+    Looked up in a transaction of its own, ended at once, as the API does with its keys: on SQLite
+    every transaction holds the write lock, and the request's may begin much later (an import
+    reads its whole upload first)."""
     value = request.cookies.get(security.SESSION_COOKIE)
     claims = security.read_session(secret=runtime.secret_key, value=value, now=now)
     if claims is None or value is None:
         raise SignInRequired()
-    found = actions.signed_in_key(session=session, key_id=claims.key_id)
+    with runtime.sessions() as session, session.begin():
+        found = actions.signed_in_key(session=session, key_id=claims.key_id)
     if found is None:
         raise SignInRequired()
     key, tenant = found

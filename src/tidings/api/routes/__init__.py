@@ -20,7 +20,7 @@ from tidings.api.routes import (
     throttle,
     webhooks,
 )
-from tidings.web import web_router
+from tidings.web import web_routers
 
 ROUTERS: list[APIRouter] = [
     keys.router,
@@ -37,5 +37,5 @@ ROUTERS: list[APIRouter] = [
     public.router,
     health.router,
     metrics.router,
-    web_router(),  # the dashboard at /, kept out of the OpenAPI document
+    *web_routers(),  # the dashboard at /, kept out of the OpenAPI document
 ]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
@@ -18,7 +18,9 @@ from tidings.services import campaigns
 from tidings.services.campaigns import CampaignProgress
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/campaigns", tags=["campaigns"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 #: Campaigns per page: each item carries its counts, so pages stay shorter than elsewhere.
 MAX_CAMPAIGN_PAGE = 100

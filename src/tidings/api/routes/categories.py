@@ -7,13 +7,18 @@ from datetime import datetime
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import NowDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import Category
 from tidings.services import categories
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/categories", tags=["categories"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/categories",
+    tags=["categories"],
+    responses=ERROR_RESPONSES,
+    route_class=KeyFirstRoute,
+)
 
 
 class CategoryIn(StrictModel):

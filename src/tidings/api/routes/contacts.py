@@ -9,14 +9,16 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, MAX_ID, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Contact
 from tidings.domain import ContactStatus
 from tidings.services import contacts
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/contacts", tags=["contacts"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/contacts", tags=["contacts"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 MAX_LISTS_PER_CONTACT_REQUEST = 100
 

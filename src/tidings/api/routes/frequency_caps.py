@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, NowDep, SessionDep, ViewerDep
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, PageOut, StrictModel
 from tidings.db.models import FrequencyCap
 from tidings.domain import FrequencyCapMode
@@ -17,7 +17,12 @@ from tidings.services import frequency
 from tidings.services.messages import MAX_CATEGORY_LENGTH
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/frequency-caps", tags=["frequency caps"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/frequency-caps",
+    tags=["frequency caps"],
+    responses=ERROR_RESPONSES,
+    route_class=KeyFirstRoute,
+)
 
 CategoryPath = Annotated[
     str, Path(min_length=1, max_length=MAX_CATEGORY_LENGTH, description="The category")

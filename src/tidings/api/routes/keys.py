@@ -7,14 +7,16 @@ from datetime import datetime
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import ApiKey
 from tidings.domain import Role
 from tidings.services import tenants
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/keys", tags=["keys"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 
 class KeyIn(StrictModel):

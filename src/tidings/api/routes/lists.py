@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import tempfile
-from collections.abc import Generator, Iterable
 from datetime import datetime
+from typing import Annotated
 
-import anyio.from_thread
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
-from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, ErrorResponse, Id, IdPath, PageOut, StrictModel
+from tidings.api.uploads import UPLOAD_READ_BYTES, UploadDep
 from tidings.db.models import ContactList
 from tidings.services import imports, lists
 from tidings.services.imports import ImportFormat
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/lists", tags=["lists"], responses=ERROR_RESPONSES)
-
-SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024  # a larger upload (SQLite) goes to a temporary file
-SPOOL_READ_BYTES = 256 * 1024
+router = APIRouter(
+    prefix="/v1/lists", tags=["lists"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 #: Media types an import accepts (JSON Lines has no registered type; these are the ones in use).
 IMPORT_MEDIA_TYPES = {
@@ -177,8 +174,9 @@ def remove_member(
     return Response(status_code=204)
 
 
-def _import_format(content_type: str | None) -> ImportFormat:
-    media_type, *parameters = (content_type or "").split(";")
+async def import_format(request: Request) -> ImportFormat:
+    """The file's format, from its media type: checked before a byte of the upload is read."""
+    media_type, *parameters = request.headers.get("content-type", "").split(";")
     file_format = IMPORT_MEDIA_TYPES.get(media_type.strip().lower())
     if file_format is None:
         raise HTTPException(415, "send the file as text/csv or application/x-ndjson (JSON Lines)")
@@ -190,27 +188,6 @@ def _import_format(content_type: str | None) -> ImportFormat:
         ):
             raise HTTPException(415, "the file must be UTF-8 (charset=utf-8)")
     return file_format
-
-
-def _body_chunks(request: Request) -> Generator[bytes, None, None]:
-    """The request body as it arrives, for a handler running in FastAPI's worker thread.
-
-    Nothing is buffered here: each chunk is fetched from the event loop when the parser asks.
-    """
-    stream = request.stream()
-
-    async def next_chunk() -> bytes | None:
-        try:
-            return await anext(stream)
-        except StopAsyncIteration:
-            return None
-
-    try:
-        while (chunk := anyio.from_thread.run(next_chunk)) is not None:
-            if chunk:
-                yield chunk
-    finally:
-        anyio.from_thread.run(stream.aclose)
 
 
 @router.post(
@@ -231,39 +208,28 @@ def _body_chunks(request: Request) -> Generator[bytes, None, None]:
 )
 def import_into_list(
     list_id: IdPath,
-    request: Request,
     principal: SenderDep,
+    file_format: Annotated[ImportFormat, Depends(import_format)],
+    upload: UploadDep,
     session: SessionDep,
     runtime: RuntimeDep,
     now: NowDep,
 ) -> ImportOut:
     """Upserts every row by address and adds it to the list, in one transaction: a file that
-    cannot be read changes nothing; rows that are bad on their own are skipped with a reason."""
-    file_format = _import_format(request.headers.get("content-type"))
-    with contextlib.ExitStack() as cleanup:
-        body = _body_chunks(request)
-        cleanup.callback(body.close)
-        chunks: Iterable[bytes] = body
-        if runtime.dialect == "sqlite":
-            # The first statement takes SQLite's write lock until the import commits: read the
-            # whole upload first (TIDINGS_MAX_IMPORT_BYTES caps it), so that a slow client never
-            # holds up the workers and every other writer. PostgreSQL streams it into COPY.
-            spool = cleanup.enter_context(
-                tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
-            )
-            for chunk in body:
-                spool.write(chunk)
-            spool.seek(0)
-            chunks = iter(functools.partial(spool.read, SPOOL_READ_BYTES), b"")
-        result = imports.import_contacts(
-            session=session,
-            tenant_id=principal.tenant_id,
-            list_id=list_id,
-            chunks=chunks,
-            file_format=file_format,
-            now=now,
-            max_attributes_bytes=runtime.settings.max_attributes_bytes,
-        )
+    cannot be read changes nothing; rows that are bad on their own are skipped with a reason.
+
+    The upload is on disk before the first statement (the order of the parameters is the order
+    FastAPI solves them in): a slow client holds no lock, connection or session meanwhile.
+    """
+    result = imports.import_contacts(
+        session=session,
+        tenant_id=principal.tenant_id,
+        list_id=list_id,
+        chunks=iter(functools.partial(upload.read, UPLOAD_READ_BYTES), b""),
+        file_format=file_format,
+        now=now,
+        max_attributes_bytes=runtime.settings.max_attributes_bytes,
+    )
     return ImportOut(
         created=result.created,
         updated=result.updated,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Event, Message
 from tidings.domain import (
@@ -22,7 +22,9 @@ from tidings.domain import (
 from tidings.services import messages
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/messages", tags=["messages"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/messages", tags=["messages"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 
 class MessageIn(StrictModel):

@@ -12,14 +12,19 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, NowDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, PageOut, StrictModel
 from tidings.db.models import Suppression
 from tidings.domain import SuppressionReason
 from tidings.services import suppressions
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/suppressions",
+    tags=["suppressions"],
+    responses=ERROR_RESPONSES,
+    route_class=KeyFirstRoute,
+)
 
 EmailPath = Annotated[str, Path(min_length=3, max_length=320, description="The address")]
 

@@ -8,14 +8,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Template
 from tidings.rendering import Renderer
 from tidings.services import templates
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/templates", tags=["templates"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/templates", tags=["templates"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 
 def get_renderer(runtime: RuntimeDep) -> Renderer:

@@ -8,13 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, NowDep, SessionDep, ViewerDep
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, PageOut, StrictModel
 from tidings.db.models import DomainThrottle, Throttle
 from tidings.services import throttles
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-router = APIRouter(prefix="/v1/throttle", tags=["throttle"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/throttle", tags=["throttle"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 #: Messages per window: a positive whole number (JSON integer), or null for no limit.
 Rate = Annotated[int | None, Field(strict=True, ge=1, le=throttles.MAX_RATE)]

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from tidings import webhook_signature
-from tidings.api.deps import AdminDep, NowDep, RuntimeDep, SessionDep, ViewerDep
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, RuntimeDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import WebhookDelivery, WebhookEndpoint
 from tidings.errors import ConfigurationError, InvalidInput, NotFound
@@ -22,7 +22,9 @@ from tidings.services import inbound, webhooks
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tidings.webhook_targets import MAX_URL_LENGTH
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
 
 #: The event types an endpoint can choose (``queue.webhook_outbox.PUBLIC_EVENT_TYPES``).
 WebhookEventType = Literal[

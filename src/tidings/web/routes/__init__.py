@@ -1,1 +1,1 @@
-"""The dashboard's routers, one per area; ``tidings.web.web_router`` puts them together."""
+"""The dashboard's routers, one per area; ``tidings.web.web_routers`` lists them in order."""

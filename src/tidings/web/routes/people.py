@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.datastructures import UploadFile
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
+from tidings.api.uploads import FormUploadDep
 from tidings.domain import ContactStatus, SuppressionReason
 from tidings.errors import InvalidInput
 from tidings.services import contacts, imports, lists, suppressions
@@ -141,18 +143,21 @@ def _chunks(upload: UploadFile) -> Iterator[bytes]:
         yield chunk
 
 
-# The path ends in /import, so the app's body cap for imports applies rather than the JSON one.
 @router.post("/lists/{list_id}/import", response_class=HTMLResponse)
 def import_file(
     request: Request,
     list_id: IdPath,
     user: SenderAction,
+    file: FormUploadDep,
     session: SessionDep,
     runtime: RuntimeDep,
     now: NowDep,
-    file: Annotated[UploadFile, File()],
 ) -> HTMLResponse:
-    """Imports the file into the list and shows the report (created, updated, skipped lines)."""
+    """Imports the file into the list and shows the report (created, updated, skipped lines).
+
+    The form is read once the session cookie is checked, and before the request's transaction
+    begins (the order of the parameters is the order they are solved in); taking a
+    ``FormUploadDep`` gives this route the import cap."""
     target = lists.get_list(session=session, tenant_id=user.tenant_id, list_id=list_id)
     try:
         file_format = _file_format(file)
