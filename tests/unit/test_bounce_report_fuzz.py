@@ -369,19 +369,30 @@ def test_a_broken_own_message_id_is_not_used_as_the_report_id() -> None:
     assert first.message_ids == (OURS,)
 
 
-def test_huge_headers_are_read_in_a_moment() -> None:
-    """A 10 MB report of headers: a 5 MB Message-ID and a To with 400 000 addresses (which the
-    standard library's address parser would chew on for minutes)."""
-    raw = (
-        SAMPLES[0]
-        .replace(
-            b"To: bounces@tidings.test",
-            b"To: " + b"<a@b.c>, " * 400_000 + b"\r\nX-Long: " + b"x" * 1_000_000,
-        )
-        .replace(REPORT_ID.encode(), b"<" + b"a" * 5_000_000 + b"@b>")
+HUGE_HEADERS = {
+    # a 5 MB own Message-ID, a To of 400 000 addresses and a 1 MB header: the standard library's
+    # header parsers chew on the To for minutes
+    "long-values": SAMPLES[0]
+    .replace(
+        b"To: bounces@tidings.test",
+        b"To: " + b"<a@b.c>, " * 400_000 + b"\r\nX-Long: " + b"x" * 1_000_000,
     )
+    .replace(REPORT_ID.encode(), b"<" + b"a" * 5_000_000 + b"@b>"),
+    # a thousand To headers of 8 KB each: short enough one by one, minutes all together
+    "many-address-headers": SAMPLES[0].replace(
+        b"To: bounces@tidings.test", (b"To: " + b"<a@b.c>, " * 900 + b"\r\n") * 1000
+    ),
+    # a Content-Type of a million semicolons: the parameter parser is quadratic in them
+    "many-parameters": re.sub(
+        rb'(boundary="[^"]*")', lambda m: m[1] + b";" * 1_000_000, SAMPLES[0], count=1
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE_HEADERS))
+def test_huge_headers_are_read_in_a_moment(name: str) -> None:
     started = time.monotonic()
-    answer = assert_a_verdict(raw)
+    answer = assert_a_verdict(HUGE_HEADERS[name])
     elapsed = time.monotonic() - started
-    assert isinstance(answer, ParsedReport) and answer.report_id.startswith("sha256:")
-    assert elapsed < 15, f"{elapsed:.1f} s"
+    assert isinstance(answer, ParsedReport) and answer.kind is FeedbackKind.hard_bounce
+    assert elapsed < 15, f"{elapsed:.1f} s"  # about 1 s on a loaded 2-core machine
