@@ -378,9 +378,9 @@ HUGE_HEADERS = {
         b"To: " + b"<a@b.c>, " * 400_000 + b"\r\nX-Long: " + b"x" * 1_000_000,
     )
     .replace(REPORT_ID.encode(), b"<" + b"a" * 5_000_000 + b"@b>"),
-    # a thousand To headers of 8 KB each: short enough one by one, minutes all together
+    # 1100 To headers of 8 KB each (9.5 MB): short enough one by one, 20 s all together
     "many-address-headers": SAMPLES[0].replace(
-        b"To: bounces@tidings.test", (b"To: " + b"<a@b.c>, " * 900 + b"\r\n") * 1000
+        b"To: bounces@tidings.test", (b"To: " + b"<a@b.c>, " * 900 + b"\r\n") * 1100
     ),
     # a Content-Type of a million semicolons: the parameter parser is quadratic in them
     "many-parameters": re.sub(
@@ -395,4 +395,4 @@ def test_huge_headers_are_read_in_a_moment(name: str) -> None:
     answer = assert_a_verdict(HUGE_HEADERS[name])
     elapsed = time.monotonic() - started
     assert isinstance(answer, ParsedReport) and answer.kind is FeedbackKind.hard_bounce
-    assert elapsed < 15, f"{elapsed:.1f} s"  # about 1 s on a loaded 2-core machine
+    assert elapsed < 10, f"{elapsed:.1f} s"  # about 1.5 s on a loaded 2-core machine
