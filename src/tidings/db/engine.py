@@ -59,7 +59,10 @@ def _create_private_database(path: Path) -> None:
     less the umask, and gives ``-wal`` and ``-shm`` the database file's mode. An empty file is an
     empty database to SQLite."""
     make_private_dir(path.parent)
-    fd = create_private_file(path)
+    try:
+        fd = create_private_file(path)
+    except OSError:  # a read-only directory, say: SQLite says what is wrong when it opens it
+        return
     if fd is not None:
         os.close(fd)
 
