@@ -253,6 +253,18 @@ def test_the_smtp_receiver_refuses_unusable_reports_with_550_and_the_reason(
     assert footprint(runtime) == before
 
 
+def test_the_smtp_receiver_answers_reports_with_a_broken_message_id_for_good(
+    runtime: Runtime, acme: TenantKeys, smtp_receiver: int
+) -> None:
+    """Not 451 (the MTA would offer the report again for days): recorded, or 550 with why."""
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    reports = _broken_message_id_reports(mail)
+    code, reply = _send(smtp_receiver, reports["2.own-id-cut"])
+    assert code == 250 and f"hard bounce recorded for message {mail.id}" in reply
+    code, reply = _send(smtp_receiver, reports["3.returned-id-cut"])
+    assert code == 550 and "no message of ours matches this report (<r1@)" in reply
+
+
 # -- maildir --------------------------------------------------------------------------------------
 
 
