@@ -48,9 +48,10 @@ def _read_maildir(runtime: Runtime, maildir: Path, follow: bool) -> None:
             summary = await asyncio.to_thread(process_maildir, runtime, maildir)
             seen = summary.recorded + summary.duplicate + summary.ignored + len(summary.failed)
             if seen or not follow:
+                left = f", {summary.left} left in new/ for the next pass" if summary.left else ""
                 console.print(
                     f"{summary.recorded} recorded, {summary.duplicate} already recorded,"
-                    f" {summary.ignored} with nothing to record, {len(summary.failed)} refused"
+                    f" {summary.ignored} with nothing to record, {len(summary.failed)} refused{left}"
                 )
             for name, reason in summary.failed:
                 err_console.print(f"[yellow]refused[/] {escape(name)}: {escape(reason)}")

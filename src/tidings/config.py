@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidings.errors import ConfigurationError
+from tidings.private_files import create_private_file, make_private_dir
 
 SECRET_FILE_NAME = "secret_key"
 #: Secrets that appear in examples and must never sign real tokens.
@@ -98,13 +99,9 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / SECRET_FILE_NAME
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                # O_EXCL: when two processes start at once, exactly one writes the secret.
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
+            make_private_dir(self.data_dir)
+            fd = create_private_file(path)  # None: another process is writing it
+            if fd is not None:
                 with os.fdopen(fd, "w") as handle:
                     handle.write(secrets.token_urlsafe(48))
         value = path.read_text().strip()

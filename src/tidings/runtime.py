@@ -6,16 +6,21 @@ import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from tidings.clock import Clock, SystemClock
-from tidings.config import Settings
+from tidings.config import SECRET_FILE_NAME, Settings
 from tidings.db.engine import make_engine, make_session_factory, upgrade
+from tidings.errors import ConfigurationError
+from tidings.private_files import warn_if_open_to_others
 from tidings.queue.notify import NEW_WORK_FLAG
 from tidings.services.tenants import PrincipalCache
+from tidings.transports.base import parse_outbox_url
 
 if TYPE_CHECKING:
     from tidings.rendering import Renderer
@@ -69,13 +74,32 @@ def build_runtime(
     engine = make_engine(settings.resolved_database_url())
     if migrate or (migrate is None and engine.dialect.name == "sqlite"):
         upgrade(engine)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
         secret_key=settings.resolved_secret_key(),
         clock=clock or SystemClock(),
     )
+    warn_if_open_to_others(private_paths(settings))
+    return runtime
+
+
+def private_paths(settings: Settings) -> list[Path]:
+    """Where this instance keeps contact data and secrets on disk: the data directory, the
+    generated secret, the SQLite database with its ``-wal`` and ``-shm``, the outbox maildir."""
+    paths = [settings.data_dir, settings.data_dir / SECRET_FILE_NAME]
+    database = make_url(settings.resolved_database_url())
+    if database.get_backend_name() == "sqlite" and database.database not in (None, "", ":memory:"):
+        file = Path(str(database.database))
+        paths += [file, file.with_name(f"{file.name}-wal"), file.with_name(f"{file.name}-shm")]
+    transport = settings.resolved_transport_url()
+    if transport.lower().startswith("outbox:"):
+        try:
+            paths.append(parse_outbox_url(transport))
+        except ConfigurationError:
+            pass  # the worker reports a bad URL when it builds the transport
+    return list(dict.fromkeys(paths))
 
 
 def freeze_startup_objects() -> None:

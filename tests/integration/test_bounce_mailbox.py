@@ -17,19 +17,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from tests.bounce_samples import gmail_dsn, plain_email, postfix_dsn, yahoo_arf
 from tests.conftest import TEST_SECRET, TenantKeys
 from tests.integration.sent_mail import (
+    SentMail,
     events_of,
     footprint,
     seed_sent_mail,
     status_of,
     suppressions_of,
 )
+from tidings.bounces import mailbox
 from tidings.bounces.identify import verp_address
 from tidings.bounces.mailbox import process_maildir, process_report, start_smtp_receiver
-from tidings.bounces.reports import MalformedReport
+from tidings.bounces.reports import MalformedReport, ParsedReport, parse_report
+from tidings.cli_bounces import FOLLOW_INTERVAL
 from tidings.errors import NotFound
 from tidings.runtime import Runtime
 from tidings.services.inbound import InboundOutcome
@@ -249,6 +253,18 @@ def test_the_smtp_receiver_refuses_unusable_reports_with_550_and_the_reason(
     assert footprint(runtime) == before
 
 
+def test_the_smtp_receiver_answers_reports_with_a_broken_message_id_for_good(
+    runtime: Runtime, acme: TenantKeys, smtp_receiver: int
+) -> None:
+    """Not 451 (the MTA would offer the report again for days): recorded, or 550 with why."""
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    reports = _broken_message_id_reports(mail)
+    code, reply = _send(smtp_receiver, reports["2.own-id-cut"])
+    assert code == 250 and f"hard bounce recorded for message {mail.id}" in reply
+    code, reply = _send(smtp_receiver, reports["3.returned-id-cut"])
+    assert code == 550 and "no message of ours matches this report (<r1@)" in reply
+
+
 # -- maildir --------------------------------------------------------------------------------------
 
 
@@ -286,6 +302,102 @@ def test_a_maildir_is_processed_and_each_report_moved_by_its_fate(
     assert process_maildir(runtime, maildir).recorded == 0  # nothing left to read
 
 
+def _broken_message_id_reports(mail: SentMail) -> dict[str, bytes]:
+    """Reports with ``Message-ID: <r1@``, which crashed the standard library's header parser:
+    one whose own id is broken (it still names our message), one that returns a broken id."""
+    report = postfix_dsn(
+        recipient=mail.email, message_id=mail.message_id_header, report_id="<rep@x.example>"
+    )
+    returned = postfix_dsn(recipient=mail.email, message_id="<placeholder@x.example>")
+    return {
+        "2.own-id-cut": report.replace(b"<rep@x.example>", b"<r1@"),
+        "3.returned-id-cut": returned.replace(b"<placeholder@x.example>", b"<r1@"),
+    }
+
+
+def test_a_maildir_with_malformed_reports_sets_them_aside_and_records_the_rest(
+    runtime: Runtime, acme: TenantKeys, tmp_path: Path
+) -> None:
+    bounced = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    cut = seed_sent_mail(runtime, acme.tenant_id, "bob@example.com")
+    complained = seed_sent_mail(runtime, acme.tenant_id, "carol@yahoo.com")
+    nested = b"".join(
+        b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n" % (i, i + 1)
+        for i in range(990)
+    )
+    maildir = _maildir(
+        tmp_path / "Maildir",
+        {
+            "1.dsn": postfix_dsn(recipient=bounced.email, message_id=bounced.message_id_header),
+            **_broken_message_id_reports(cut),
+            "4.nested": b"Content-Type: multipart/report; report-type=delivery-status;"
+            b' boundary="b0"\r\n\r\n' + nested,
+            "5.arf": yahoo_arf(recipient=complained.email, message_id=complained.message_id_header),
+        },
+    )
+    summary = process_maildir(runtime, maildir)
+    assert (summary.recorded, summary.duplicate, summary.ignored, summary.left) == (3, 0, 0, 0)
+    reasons = dict(summary.failed)
+    assert sorted(reasons) == ["3.returned-id-cut", "4.nested"]
+    assert "no message of ours matches this report (<r1@)" in reasons["3.returned-id-cut"]
+    assert "nested too deeply" in reasons["4.nested"]
+    assert list((maildir / "new").iterdir()) == []
+    assert sorted(p.name for p in (maildir / "cur").iterdir()) == [
+        "1.dsn:2,S",
+        "2.own-id-cut:2,S",
+        "5.arf:2,S",
+    ]
+    assert sorted(p.name for p in (maildir / ".Failed" / "new").iterdir()) == sorted(reasons)
+    assert sorted(suppressions_of(runtime, acme.tenant_id)) == [
+        ("ada@example.com", "hard_bounce"),
+        ("bob@example.com", "hard_bounce"),
+        ("carol@yahoo.com", "complaint"),
+    ]
+
+
+def test_a_report_that_breaks_the_code_is_set_aside_instead_of_retried_forever(
+    runtime: Runtime, acme: TenantKeys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong with one report happens again on every pass: it is set aside."""
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    good = postfix_dsn(recipient=mail.email, message_id=mail.message_id_header)
+    maildir = _maildir(tmp_path / "Maildir", {"1.bug": b"trips the parser", "2.dsn": good})
+
+    def parse(raw: bytes) -> ParsedReport:
+        if raw == b"trips the parser":
+            raise IndexError("string index out of range")
+        return parse_report(raw)
+
+    monkeypatch.setattr(mailbox, "parse_report", parse)
+    summary = process_maildir(runtime, maildir)
+    assert summary.recorded == 1 and summary.left == 0
+    ((name, reason),) = summary.failed
+    assert name == "1.bug" and "IndexError('string index out of range')" in reason
+    assert [p.name for p in (maildir / ".Failed" / "new").iterdir()] == ["1.bug"]
+    assert list((maildir / "new").iterdir()) == []
+
+
+def test_reports_stay_in_the_maildir_while_the_database_is_unavailable(
+    runtime: Runtime, acme: TenantKeys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reports may be fine: they wait for the next pass, and the pass stops at the first."""
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    raw = postfix_dsn(recipient=mail.email, message_id=mail.message_id_header)
+    maildir = _maildir(tmp_path / "Maildir", {"1.dsn": raw, "2.dsn": raw, "3.dsn": raw})
+    calls: list[int] = []
+
+    def unavailable(**_: object) -> None:
+        calls.append(1)
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(mailbox, "record_mailbox_report", unavailable)
+    summary = process_maildir(runtime, maildir)
+    assert (summary.left, summary.failed, len(calls)) == (3, [], 1)
+    assert sorted(p.name for p in (maildir / "new").iterdir()) == ["1.dsn", "2.dsn", "3.dsn"]
+    monkeypatch.undo()
+    assert process_maildir(runtime, maildir).recorded == 1  # then a duplicate twice
+
+
 def _environment(runtime: Runtime) -> dict[str, str]:
     settings = runtime.settings
     return {
@@ -318,6 +430,48 @@ def test_the_bounces_command_reads_a_maildir(
     assert done.returncode == 0, done.stderr
     assert "1 recorded" in done.stdout and "1 refused" in done.stdout
     assert "b: a bounce or complaint report is multipart/report" in " ".join(done.stderr.split())
+    assert suppressions_of(runtime, acme.tenant_id) == [("ada@example.com", "hard_bounce")]
+
+
+def test_the_bounces_command_following_a_maildir_refuses_a_malformed_report_once(
+    runtime: Runtime, acme: TenantKeys, tmp_path: Path
+) -> None:
+    """--follow looks into the maildir every few seconds: a malformed report is refused on the
+    first pass and set aside, not retried on every one, and SIGTERM ends the command."""
+    mail = seed_sent_mail(runtime, acme.tenant_id, "ada@example.com")
+    maildir = _maildir(
+        tmp_path / "Maildir",
+        {
+            "1.dsn": postfix_dsn(recipient=mail.email, message_id=mail.message_id_header),
+            "3.returned-id-cut": _broken_message_id_reports(mail)["3.returned-id-cut"],
+        },
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "bounces", "--maildir", str(maildir), "--follow"],
+        env=_environment(runtime),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while any((maildir / "new").iterdir()):
+            assert process.poll() is None, "the command stopped"
+            assert time.monotonic() < deadline, "reports are still in new/"
+            time.sleep(0.2)
+        time.sleep(3 * FOLLOW_INTERVAL)  # a few more passes over the maildir
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        stderr = process.stderr.read() if process.stderr else ""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
+    assert " ".join(stderr.split()).count("refused 3.returned-id-cut: no message of ours") == 1
+    assert "Traceback" not in stderr
+    assert [p.name for p in (maildir / ".Failed" / "new").iterdir()] == ["3.returned-id-cut"]
     assert suppressions_of(runtime, acme.tenant_id) == [("ada@example.com", "hard_bounce")]
 
 

@@ -2,6 +2,10 @@
 maildir the MTA delivers into. Either way a report is parsed, matched and recorded in one
 transaction; a report that cannot be used changes nothing and says why (an SMTP 550 with the
 reason, or a log line and a move to the maildir's ``.Failed`` folder).
+
+A maildir file leaves ``new/`` on every pass, whatever it holds: to ``cur/`` when used, to
+``.Failed/`` with the reason logged when not. Only an unavailable database (the report may be
+fine, the next pass records it) or a file system that refuses the move keeps it in ``new/``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from tidings.bounces.reports import ParsedReport, parse_report
 from tidings.db.engine import transaction
@@ -28,6 +34,10 @@ MAX_REPORT_BYTES = 10 * 1024 * 1024  # a report returns at most the original mes
 FAILED_FOLDER = ".Failed"  # Maildir++ folder for reports that could not be used
 SEEN_SUFFIX = ":2,S"  # a maildir message moved to cur/ after it was read
 MAX_REPLY_TEXT = 400  # characters of a reason in an SMTP reply
+#: Errors that say the database cannot be used right now (down, locked, pool exhausted), not that
+#: the report is bad: the report stays in new/ and the pass stops, since every other report would
+#: wait for the same database.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,7 @@ class MaildirSummary:
     duplicate: int = 0
     ignored: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # file name, reason
+    left: int = 0  # reports kept in new/ for the next pass (database unavailable, a move refused)
 
 
 def _move(source: Path, folder: Path, name: str) -> None:
@@ -134,37 +145,63 @@ def _move(source: Path, folder: Path, name: str) -> None:
     os.replace(source, folder / name)
 
 
+def _set_aside(path: Path, entry: Path, reason: str, summary: MaildirSummary) -> None:
+    """Move an unusable report to ``.Failed/new/`` (a Maildir++ folder any mail client opens)."""
+    try:
+        for sub in ("cur", "tmp"):
+            (path / FAILED_FOLDER / sub).mkdir(parents=True, exist_ok=True)
+        _move(entry, path / FAILED_FOLDER / "new", entry.name)
+    except OSError as exc:
+        log.error("%s: %s; it cannot be moved to %s: %s", entry.name, reason, FAILED_FOLDER, exc)
+        summary.left += 1
+        return
+    log.warning("%s: %s (moved to %s)", entry.name, reason, FAILED_FOLDER)
+    summary.failed.append((entry.name, reason))
+
+
+def _count(summary: MaildirSummary, outcome: InboundOutcome) -> None:
+    if outcome is InboundOutcome.recorded:
+        summary.recorded += 1
+    elif outcome is InboundOutcome.duplicate:
+        summary.duplicate += 1
+    else:
+        summary.ignored += 1
+
+
 def process_maildir(runtime: Runtime, path: Path) -> MaildirSummary:
     """Process every report in ``path/new``: used ones move to ``cur/`` (seen), unusable ones to
-    ``.Failed/new/``; one that failed for a passing reason (the database is down) stays put."""
+    ``.Failed/new/`` with the reason logged. When the database is unavailable the pass stops and
+    the rest stay in ``new/`` for the next one."""
     new = path / "new"
     if not new.is_dir():
         raise ConfigurationError(f"{path} is not a maildir: it has no new/ folder")
     summary = MaildirSummary()
-    for entry in sorted(new.iterdir()):
-        if entry.name.startswith(".") or not entry.is_file():
-            continue
+    entries = sorted(e for e in new.iterdir() if not e.name.startswith(".") and e.is_file())
+    for index, entry in enumerate(entries):
         try:
             if entry.stat().st_size > MAX_REPORT_BYTES:
                 raise InvalidInput(f"the report is larger than {MAX_REPORT_BYTES} bytes")
             processed = process_report(runtime, entry.read_bytes())
+        except FileNotFoundError:
+            continue  # another reader of this maildir took it
         except TidingsError as exc:
-            log.warning("%s: %s (moved to %s)", entry.name, exc.message, FAILED_FOLDER)
-            for sub in ("cur", "tmp"):
-                (path / FAILED_FOLDER / sub).mkdir(parents=True, exist_ok=True)
-            _move(entry, path / FAILED_FOLDER / "new", entry.name)
-            summary.failed.append((entry.name, exc.message))
+            _set_aside(path, entry, exc.message, summary)
             continue
-        except Exception:
-            log.exception("%s could not be processed; it stays in new/", entry.name)
+        except DATABASE_UNAVAILABLE as exc:
+            remaining = len(entries) - index
+            summary.left += remaining
+            log.error("the database is unavailable, %d reports stay in new/: %s", remaining, exc)
+            break
+        except Exception as exc:
+            # A report we cannot handle would fail the same way on every pass: set it aside, or
+            # --follow would retry it forever.
+            log.exception("%s could not be processed", entry.name)
+            _set_aside(path, entry, f"the report could not be processed ({exc!r:.200})", summary)
             continue
         log.info("%s: %s", entry.name, processed.summary())
-        _move(entry, path / "cur", entry.name.split(":", 1)[0] + SEEN_SUFFIX)
-        outcome = processed.result.outcome
-        if outcome is InboundOutcome.recorded:
-            summary.recorded += 1
-        elif outcome is InboundOutcome.duplicate:
-            summary.duplicate += 1
-        else:
-            summary.ignored += 1
+        try:
+            _move(entry, path / "cur", entry.name.split(":", 1)[0] + SEEN_SUFFIX)
+        except OSError as exc:  # recorded: a second pass finds it a duplicate
+            log.error("%s was recorded but cannot be moved to cur/: %s", entry.name, exc)
+        _count(summary, processed.result.outcome)
     return summary

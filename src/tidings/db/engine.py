@@ -9,6 +9,7 @@ write lock at BEGIN makes writers queue politely behind the busy timeout instead
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from tidings.private_files import create_private_file, make_private_dir
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: Connections per process: ``POOL_SIZE`` kept open, up to ``POOL_OVERFLOW`` more under load.
 POOL_SIZE = 10
@@ -35,7 +38,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_database(Path(parsed.database))
             kwargs.setdefault("pool_size", POOL_SIZE)
             kwargs.setdefault("max_overflow", POOL_OVERFLOW)
         engine = create_engine(
@@ -49,6 +52,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def _create_private_database(path: Path) -> None:
+    """Create the SQLite file empty and 0600 before SQLite opens it: SQLite would make it 0644
+    less the umask, and gives ``-wal`` and ``-shm`` the database file's mode. An empty file is an
+    empty database to SQLite."""
+    make_private_dir(path.parent)
+    try:
+        fd = create_private_file(path)
+    except OSError:  # a read-only directory, say: SQLite says what is wrong when it opens it
+        return
+    if fd is not None:
+        os.close(fd)
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -8,6 +8,7 @@ maildir client (mutt -f, Thunderbird's maildir mode, a script) can read the resu
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import secrets
@@ -18,10 +19,9 @@ from pathlib import Path
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
 from tidings.errors import ConfigurationError
+from tidings.private_files import create_private_file, make_private_dir
 from tidings.transports.base import DEFAULT_CONCURRENCY, ENV_NAME
 from tidings.transports.mime import build_message_bytes
-
-_FILE_MODE = 0o600  # messages hold personal data
 
 
 class OutboxTransport:
@@ -33,7 +33,7 @@ class OutboxTransport:
         self._concurrency = concurrency
         try:
             for sub in ("tmp", "new", "cur"):
-                (path / sub).mkdir(parents=True, exist_ok=True)
+                make_private_dir(path / sub)
         except OSError as exc:
             raise ConfigurationError(
                 f"{ENV_NAME}: cannot create the outbox maildir {path}: {exc.strerror}",
@@ -93,7 +93,9 @@ class OutboxTransport:
 
     def _write(self, name: str, raw: bytes) -> None:
         tmp = self._tmp / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        fd = create_private_file(tmp)  # 0600: messages hold personal data
+        if fd is None:
+            raise FileExistsError(errno.EEXIST, "a maildir name is in use", str(tmp))
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(raw)
