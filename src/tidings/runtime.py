@@ -18,7 +18,7 @@ from tidings.queue.notify import NEW_WORK_FLAG
 from tidings.services.tenants import PrincipalCache
 
 if TYPE_CHECKING:
-    from tidings.rendering import Renderer
+    from tidings.rendering.pool import RenderPool
 
 
 @dataclass
@@ -45,16 +45,19 @@ class Runtime:
             session.info.pop(NEW_WORK_FLAG, None)
 
     @cached_property
-    def renderer(self) -> Renderer:
-        from tidings.rendering import Renderer
+    def renderer(self) -> RenderPool:
+        """Where every tenant template renders; its processes start at the first render."""
+        from tidings.rendering.pool import RenderPool
 
-        return Renderer(settings=self.settings, secret_key=self.secret_key)
+        return RenderPool(settings=self.settings, secret_key=self.secret_key, clock=self.clock)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        if "renderer" in self.__dict__:  # started (cached_property): stop its processes
+            self.renderer.close()
         self.engine.dispose()
 
 

@@ -19,7 +19,8 @@ from tidings.db.models import Campaign, Contact, Message, Template
 from tidings.domain import PENDING_MESSAGE_STATUSES
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
-from tidings.rendering import Recipient, RenderedContent, Renderer
+from tidings.rendering import Recipient, RenderedContent
+from tidings.rendering.pool import RenderPool, TemplateSource
 from tidings.services.pagination import Page, paginate
 
 MAX_NAME_LENGTH = 200  # characters, as the column
@@ -56,7 +57,7 @@ def _check_size(value: str | None, field: str, limit: int) -> None:
 
 def _checked_content(
     *,
-    renderer: Renderer,
+    renderer: RenderPool,
     subject: str,
     html: str | None,
     text: str | None,
@@ -71,7 +72,7 @@ def _checked_content(
     text = text if text and text.strip() else None
     if html is None and text is None:
         raise InvalidInput("a template needs an html or a text body (or both)", field="html")
-    renderer.compile(subject=subject, html=html, text=text)
+    renderer.check(subject=subject, html=html, text=text)
     return subject, html, text
 
 
@@ -96,7 +97,7 @@ def _flush(session: Session, name: str) -> None:
 def create_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     name: str,
     subject: str,
@@ -143,7 +144,7 @@ def get_template(*, session: Session, tenant_id: int, template_id: int) -> Templ
 def update_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     template_id: int,
     name: str,
@@ -217,7 +218,7 @@ def _recipient(
 def preview_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     template_id: int,
     contact_id: int | None,
@@ -227,9 +228,8 @@ def preview_template(
     """The mail exactly as ``contact_id`` (or an ad-hoc ``email``) would receive it with ``data``."""
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     recipient = _recipient(session, tenant_id, contact_id, email)
-    compiled = renderer.compile(subject=template.subject, html=template.html, text=template.text)
     return renderer.render(
-        compiled,
+        TemplateSource(subject=template.subject, html=template.html, text=template.text),
         tenant_id=tenant_id,
         recipient=recipient,
         data=data,
