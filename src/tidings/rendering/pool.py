@@ -186,12 +186,20 @@ class _RenderProcess:
 class RenderPool:
     """Renders tenant templates in separate processes with hard limits; one per process."""
 
-    def __init__(self, *, settings: Settings, secret_key: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        secret_key: str,
+        clock: Clock | None = None,
+        wall_seconds: float | None = None,
+    ) -> None:
+        """``wall_seconds``: the wall-clock bound of one job (default: from the CPU limit)."""
         self._settings = settings
         #: Makes the variables (the signed links) and renders content without template syntax.
         self._local = Renderer(settings=settings, secret_key=secret_key, clock=clock)
         self._timeout = settings.render_timeout_seconds
-        self._wall = settings.render_timeout_seconds * WALL_FACTOR + WALL_MARGIN
+        self._wall = wall_seconds or settings.render_timeout_seconds * WALL_FACTOR + WALL_MARGIN
         self._size = settings.render_processes
         self._lock = threading.Lock()
         self._pid: int | None = None  # the process whose threads serve the queue
