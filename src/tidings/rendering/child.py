@@ -45,6 +45,7 @@ ADDRESS_SPACE_SLACK = 48 * 1024 * 1024  # bytes
 #: A process whose address space grew by more than this since start (fragmentation, cache) is
 #: replaced after its batch, so that the next render still gets its whole allowance.
 RETIRE_GROWTH = 32 * 1024 * 1024  # bytes
+NICENESS = 10  # added to the parent's scheduling niceness
 _WARM_UP_HTML = (
     '<p title="{{ a }}">{% for i in range(3) %}{{ i|string|upper }}{% endfor %}</p>'
     "{{ {'k': [1, 2]}|tojson }}{{ [3, 1]|sort|join(',') }}{{ a|pprint }}<a href=x>y</a><br>"
@@ -109,6 +110,9 @@ def main(connection: Connection, part: mmap.mmap) -> None:
     """The process's whole life: warm up, limit itself, then answer batches until told to stop."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides when this ends.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the process it serves: a render burning its CPU allowance never slows the answers to
+    # requests or the lease renewals of the process that waits for it.
+    os.nice(NICENESS)
     settings: Limits = connection.recv()
     codes = {name: index for index, name in enumerate(PARTS)}
 
