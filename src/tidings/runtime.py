@@ -55,9 +55,13 @@ class Runtime:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def close(self) -> None:
-        if "renderer" in self.__dict__:  # started (cached_property): stop its processes
+    def stop_rendering(self) -> None:
+        """Stop the render processes, if any were started (a later render starts them again)."""
+        if "renderer" in self.__dict__:  # the cached_property was used
             self.renderer.close()
+
+    def close(self) -> None:
+        self.stop_rendering()
         self.engine.dispose()
 
 

@@ -29,8 +29,9 @@ Shape:
 * Fast path: content without template syntax whose text part needs no deriving renders to
   itself here (the ``Renderer`` runs no template code for it), with no round trip.
 
-Started lazily on first use (``start`` warms it up early), stopped by ``close``; a process that
-forks this one (``fork`` start method) gets a pool of its own on first use.
+Started lazily on first use (``start`` warms it up early), stopped by ``close`` (the runtime's, at
+the end of ``serve``, ``worker`` and the app's lifespan); a process forked from this one gets a
+pool of its own on first use.
 """
 
 from __future__ import annotations
@@ -205,7 +206,6 @@ class RenderPool:
         self._pid: int | None = None  # the process whose threads serve the queue
         self._queue: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._closed = False
 
     # --- what callers use -----------------------------------------------------------------------
 
@@ -256,14 +256,14 @@ class RenderPool:
         self._ensure_threads()
 
     def close(self) -> None:
-        """Stop the render processes (each finishes the batch it is on); idempotent."""
+        """Stop the render processes, each after the batch it is on, and wait for them: none is
+        left behind, not even as a zombie. Idempotent; a later render starts them again."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
             threads = self._threads if self._pid == os.getpid() else []
             for _ in threads:
                 self._queue.put(None)
+            self._pid = None
+            self._threads = []
         for thread in threads:
             thread.join()
 
@@ -342,8 +342,6 @@ class RenderPool:
 
     def _ensure_threads(self) -> None:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the render pool is closed")
             if self._pid == os.getpid():
                 return
             # First use, or a process forked from the one that started the threads: they did not
@@ -351,7 +349,9 @@ class RenderPool:
             self._pid = os.getpid()
             self._queue = queue.SimpleQueue()
             self._threads = [
-                threading.Thread(target=self._serve, name=f"tidings-render-{n}", daemon=True)
+                threading.Thread(
+                    target=self._serve, args=(self._queue,), name=f"tidings-render-{n}", daemon=True
+                )
                 for n in range(self._size)
             ]
             for thread in self._threads:
@@ -359,7 +359,7 @@ class RenderPool:
 
     # --- one pool thread ------------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, batches: queue.SimpleQueue[_Batch | None]) -> None:
         """Feed one render process with batches until the pool closes."""
         process: _RenderProcess | None = None
         while True:
@@ -368,9 +368,11 @@ class RenderPool:
                     process = _RenderProcess(self._settings)
                 except Exception:
                     log.exception("could not start a render process")
-            batch = self._queue.get()
+            batch = batches.get()
             if batch is None:
                 break
+            if not batch.future.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting (a cancelled task)
             try:
                 replies, process = self._run(process, batch)
             except BaseException as exc:
@@ -392,7 +394,12 @@ class RenderPool:
         while todo:
             if process is None:
                 process = _RenderProcess(self._settings)
-            process.send(batch, todo)
+            try:
+                process.send(batch, todo)
+            except OSError:  # it died while idle (killed from outside): a fresh one takes over
+                process.kill()
+                process = _RenderProcess(self._settings)
+                process.send(batch, todo)
             left: list[int] = []
             for position, index in enumerate(todo):
                 reply = process.receive(self._wall)
