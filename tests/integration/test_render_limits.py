@@ -133,6 +133,27 @@ def test_unclosed_tags_render_or_fail_within_the_limits(
     assert time.monotonic() - started < TIME_BOUND
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # A gigabyte of strings in about a second, each within every size check.
+        "{% set ns = namespace(x=[]) %}{% for i in range(1000) %}"
+        "{% set ns.x = ns.x + [('a' * 999990) ~ i] %}{% endfor %}{{ ns.x|length }}",
+        # Eight gigabytes of list copies.
+        BIG + "{% set ns = namespace(x=[]) %}{% for i in range(1000) %}"
+        "{% set ns.x = ns.x + [big + []] %}{% endfor %}{{ ns.x|length }}",
+    ],
+)
+def test_the_memory_limit_stops_a_render_that_allocates_fast(
+    pool: RenderPool, payload: str
+) -> None:
+    rss = _rss()
+    with pytest.raises(RenderError, match="memory") as caught:
+        _render(pool, "text", payload)
+    assert caught.value.field == "text"
+    assert _rss() - rss < RSS_GROWTH_BOUND
+
+
 def test_a_bomb_fails_alone_and_the_rest_of_its_batch_renders(pool: RenderPool) -> None:
     good = _source("text", "Hi {{ first_name }}")
     jobs = [
