@@ -104,7 +104,15 @@ def _render(pool: RenderPool, part: str, payload: str) -> None:
     pool.render(_source(part, payload), tenant_id=1, recipient=ANN, data={}, category=None)
 
 
-@pytest.mark.parametrize(("part", "payload"), BOMBS)
+BOMB_NAMES = [
+    "pprint", "one-c-call", "sort-between-deadline-checks", "map-a-million", "nested-loops",
+    "exponential-macros", "deep-recursion", "big-int-products", "urlize", "pprint-in-subject",
+    "string-209-mb", "tojson", "percent-format", "dictsort-string", "join", "namespace-list",
+    "namespace-string", "concatenation", "power",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("part", "payload"), BOMBS, ids=BOMB_NAMES)
 def test_every_bomb_ends_within_its_limits_naming_its_part(
     pool: RenderPool, part: str, payload: str
 ) -> None:
