@@ -31,7 +31,7 @@ BOMBS: list[tuple[str, str]] = [
     (
         "text",
         BIG + "{% set other = (range(100000)|list) * 9 + (range(99999)|list) + [7] %}"
-        "{{ big in [other] * 1000 }}",
+        "{{ big in [other] * 10000 }}",
     ),
     ("text", BIG + "{% for i in range(20) %}{{ big|sort(attribute='real')|length }}{% endfor %}"),
     ("html", BIG + "{{ big|map('string')|map('center', 9)|map('upper')|list|length }}"),

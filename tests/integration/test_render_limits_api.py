@@ -25,7 +25,7 @@ CPU_BOMB = "{% set big = (range(100000)|list) * 10 %}{{ ([big] * 10)|pprint|leng
 GIL_BOMB = (
     "{% set big = (range(100000)|list) * 10 %}"
     "{% set other = (range(100000)|list) * 9 + (range(99999)|list) + [7] %}"
-    "{{ big in [other] * 1000 }}"
+    "{{ big in [other] * 10000 }}"
 )
 HEALTH_LATENCY_BOUND = 0.1  # seconds, for nine answers in ten
 HEALTH_LATENCY_CEILING = 1.0  # seconds, for every answer
