@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.browser.dashboard_helpers import make_contacts, make_template, sign_in
 from tests.conftest import TenantKeys, make_settings
 from tests.live_server import LiveServer
 from tidings.api.app import create_app
@@ -111,6 +112,19 @@ def test_a_template_too_deeply_nested_to_compile_is_a_422_naming_the_part(
     )
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["field"] == "html"
+
+
+def test_the_dashboard_preview_shows_a_broken_render_limit_as_its_problem(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    template_id = make_template(client, acme.admin, html=CPU_BOMB)
+    (ann,) = make_contacts(client, acme.admin, ["ann@example.com"])
+    sign_in(client, acme.viewer)
+    answer = client.get(
+        "/campaigns/new/preview", params={"template_id": template_id, "preview_contact_id": ann}
+    )
+    assert answer.status_code == 200
+    assert "html: rendering took longer than the time limit" in answer.text
 
 
 @pytest.fixture

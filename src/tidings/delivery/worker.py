@@ -4,6 +4,10 @@ One ``Worker`` runs in one asyncio loop and keeps up to ``concurrency`` messages
 batches: a claim, a render, a transport call and an outcome write are each one step per batch, so
 database work stays O(1) round trips per batch rather than per message (DESIGN.md, "Scale").
 
+Templates render in the render pool's processes (``rendering/pool.py``), awaited: this loop never
+renders, so lease renewals, claims and sends go on whatever one template does; a message that
+breaks a render limit fails alone, permanently, and its batch-mates are sent and recorded once.
+
 It waits for work on the first of: an in-process wake-up (the API in the same process committed
 new work), a PostgreSQL ``NOTIFY`` from any process, or the poll interval. Polling is the
 guarantee; the others only make it fast.
