@@ -18,7 +18,7 @@ naming the part, and the rest of its batch goes to the fresh process.
 Shape:
 
 * ``render_processes`` processes (2 by default), each a fresh interpreter (fork and exec, see
-  ``_RenderProcess``): never a bare fork of this process, which has threads and an event loop.
+  ``process.py``): never a bare fork of this process, which has threads and an event loop.
   Each is driven by one thread here that sends it a batch and reads its replies as they come;
   the threads only wait on sockets (no GIL held).
 * A batch is one round trip: each distinct source is sent once, then each job is a source index
@@ -29,6 +29,17 @@ Shape:
 * Fast path: content without template syntax whose text part needs no deriving renders to
   itself here (the ``Renderer`` runs no template code for it), with no round trip.
 
+Refinements of the design first suggested (a multiprocessing pool with the forkserver):
+
+* processes are started with ``subprocess`` (see ``process.py``): multiprocessing's ``spawn`` and
+  ``forkserver`` import the parent's ``__main__`` again in each child, the whole CLI and API;
+  without it a render process starts in about 0.2 s and 23 MB, and never sees pydantic;
+* render processes run niced (``child.NICENESS``): on a small machine a render burning its whole
+  allowance takes CPU from nothing that answers requests or renews leases;
+* the wall-clock bound is a multiple of the CPU limit, not equal to it: on a loaded machine CPU
+  time lags the wall clock, and a legitimate render must not be killed for the machine's load;
+* the in-process fast path above: a login code with inline content costs no round trip.
+
 Started lazily on first use (``start`` warms it up early), stopped by ``close`` (the runtime's, at
 the end of ``serve``, ``worker`` and the app's lifespan); a process forked from this one gets a
 pool of its own on first use.
@@ -37,28 +48,21 @@ pool of its own on first use.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import mmap
 import os
 import queue
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 from tidings import errors
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.rendering import child
+from tidings.rendering.process import RenderProcess
 from tidings.rendering.renderer import (
-    Part,
     Recipient,
     RenderedContent,
     Renderer,
@@ -70,8 +74,6 @@ log = logging.getLogger("tidings.rendering")
 
 WALL_FACTOR = 2  # a job may take this many times its CPU limit by the wall clock ...
 WALL_MARGIN = 1.0  # ... plus this many seconds, before its process is killed
-START_SECONDS = 60.0  # a new render process must be ready within this (a loaded machine)
-STOP_SECONDS = 2.0  # a render process asked to exit gets this long before it is killed
 
 RenderResult = RenderedContent | errors.TidingsError
 
@@ -101,87 +103,6 @@ class _Batch:
     sources: list[child.Source]
     jobs: list[tuple[int, dict[str, Any] | None]]
     future: Future[list[child.Reply]] = field(default_factory=Future)
-
-
-class _RenderProcess:
-    """One render process and the socket to it; used by one pool thread only.
-
-    Started with ``subprocess`` (fork and exec at once, safe in a process with threads), not with
-    ``multiprocessing``: its ``spawn`` and ``forkserver`` methods import the parent's main module
-    again in every child (the whole CLI and API), which makes each child slower to start and
-    larger, and runs a script's top level once more.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        ours, theirs = socket.socketpair()
-        # One shared byte: the part the process is on, readable here even after killing it.
-        self._part_file = tempfile.TemporaryFile()
-        self._part_file.write(b"\0")
-        self._part_file.flush()
-        self._part = mmap.mmap(self._part_file.fileno(), 1)
-        with theirs:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tidings.rendering.child",
-                    str(theirs.fileno()),
-                    str(self._part_file.fileno()),
-                ],
-                pass_fds=(theirs.fileno(), self._part_file.fileno()),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C is for this process, which stops it
-            )
-        self._connection = Connection(ours.detach())
-        self._connection.send(
-            child.Limits(
-                render_timeout_seconds=settings.render_timeout_seconds,
-                render_max_bytes=settings.render_max_bytes,
-                render_max_output_bytes=settings.render_max_output_bytes,
-            )
-        )
-        if self.receive(START_SECONDS) is None:  # ("ready", pid)
-            self.kill()
-            raise RuntimeError("a render process did not start")
-
-    @property
-    def part(self) -> Part:
-        return child.PARTS[self._part[0]] if self._part[0] < len(child.PARTS) else "html"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def send(self, batch: _Batch, indexes: Sequence[int]) -> None:
-        self._connection.send((batch.sources, [batch.jobs[i] for i in indexes]))
-
-    def receive(self, seconds: float) -> child.Reply | None:
-        """The next reply, or None when none came in ``seconds`` or the process is gone."""
-        try:
-            if self._connection.poll(seconds):
-                reply: child.Reply = self._connection.recv()
-                return reply
-        except (EOFError, OSError):
-            pass
-        return None
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._connection.send(None)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(STOP_SECONDS)
-        self.kill()
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.kill()
-        self.process.wait()  # reaped: no zombie
-        self._connection.close()
-        self._part.close()
-        self._part_file.close()
 
 
 class RenderPool:
@@ -361,11 +282,11 @@ class RenderPool:
 
     def _serve(self, batches: queue.SimpleQueue[_Batch | None]) -> None:
         """Feed one render process with batches until the pool closes."""
-        process: _RenderProcess | None = None
+        process: RenderProcess | None = None
         while True:
             if process is None:
                 try:
-                    process = _RenderProcess(self._settings)
+                    process = RenderProcess(self._settings)
                 except Exception:
                     log.exception("could not start a render process")
             batch = batches.get()
@@ -386,20 +307,21 @@ class RenderPool:
             process.stop()
 
     def _run(
-        self, process: _RenderProcess | None, batch: _Batch
-    ) -> tuple[list[child.Reply], _RenderProcess | None]:
+        self, process: RenderProcess | None, batch: _Batch
+    ) -> tuple[list[child.Reply], RenderProcess | None]:
         """Every job's reply; a job that breaks a limit gets an error, the rest go on."""
         replies: list[child.Reply | None] = [None] * len(batch.jobs)
         todo = list(range(len(batch.jobs)))
         while todo:
             if process is None:
-                process = _RenderProcess(self._settings)
+                process = RenderProcess(self._settings)
+            request = [batch.jobs[i] for i in todo]
             try:
-                process.send(batch, todo)
+                process.send(batch.sources, request)
             except OSError:  # it died while idle (killed from outside): a fresh one takes over
                 process.kill()
-                process = _RenderProcess(self._settings)
-                process.send(batch, todo)
+                process = RenderProcess(self._settings)
+                process.send(batch.sources, request)
             left: list[int] = []
             for position, index in enumerate(todo):
                 reply = process.receive(self._wall)
@@ -424,7 +346,7 @@ class RenderPool:
             todo = left
         return [r for r in replies if r is not None], process
 
-    def _lost(self, process: _RenderProcess) -> child.Reply:
+    def _lost(self, process: RenderProcess) -> child.Reply:
         """The reply for a job whose process was killed (too slow) or died (out of memory)."""
         part = process.part
         if process.alive():
