@@ -178,3 +178,44 @@ def test_healthz_answers_within_100_ms_while_pathological_templates_render(
     assert latencies[-1] < HEALTH_LATENCY_CEILING, latencies[-10:]
     assert len(latencies) > 20  # the renders took a while, and health was asked all along
     assert answers == [422] * 6
+
+
+def test_a_render_holds_no_database_lock_while_it_runs(
+    server: LiveServer, client: TestClient, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    """On SQLite a transaction holds the one write lock from its BEGIN: a request's reads end
+    before its render, so another tenant's write never waits for a pathological template."""
+    template_id = _template(client, acme, text=GIL_BOMB)  # killed after 3 s of wall clock
+
+    def preview() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            http.post(
+                f"/v1/templates/{template_id}/preview",
+                json={"email": "ann@example.com"},
+                headers=acme.auth(acme.viewer),
+            )
+
+    def accept() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            http.post(
+                "/v1/messages",
+                json={"to": "ann@example.com", "template_id": template_id},
+                headers=acme.auth(acme.sender),
+            )
+
+    renders = [threading.Thread(target=preview), threading.Thread(target=accept)]
+    for thread in renders:
+        thread.start()
+    time.sleep(1.0)  # both are rendering now
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for n in range(3):
+            started = time.perf_counter()
+            answer = http.post(
+                "/v1/contacts",
+                json={"email": f"bob{n}@example.com"},
+                headers=globex.auth(globex.admin),
+            )
+            assert answer.status_code == 201, answer.text
+            assert time.perf_counter() - started < 1.0
+    for thread in renders:
+        thread.join()

@@ -78,6 +78,17 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def end_reads(session: Session) -> None:
+    """End a transaction that has only read, before a wait of seconds (a template render).
+
+    On SQLite every transaction holds the database's one write lock from its ``BEGIN IMMEDIATE``:
+    kept open across the wait, it would hold every other writer (other tenants' requests, the
+    workers' lease renewals) back for as long. What was read stays loaded; the next statement
+    begins a new transaction.
+    """
+    session.commit()
+
+
 def alembic_config(url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))

@@ -134,7 +134,7 @@ class RenderPool:
         """Raises ``TemplateSyntaxError`` (naming the part and line) or ``InvalidInput`` when the
         content does not compile; compiling runs in a render process too, within its limits."""
         source = TemplateSource(subject=subject, html=html, text=text)
-        if self._renders_to_itself(source):
+        if self.renders_here(source):
             self._local.compile(subject=subject, html=html, text=text)
             return
         batch = _Batch(sources=[(subject, html, text)], jobs=[(0, None)])
@@ -190,7 +190,7 @@ class RenderPool:
 
     # --- batches --------------------------------------------------------------------------------
 
-    def _renders_to_itself(self, source: TemplateSource) -> bool:
+    def renders_here(self, source: TemplateSource) -> bool:
         """True when no part holds template syntax and no text part is to be derived from HTML:
         then the ``Renderer`` only copies text (see ``renderer._literal``), nothing to bound."""
         parts = (source.subject, source.html, source.text)
@@ -215,7 +215,7 @@ class RenderPool:
                 data=job.data,
                 category=job.category,
             )
-            if self._renders_to_itself(source):
+            if self.renders_here(source):
                 results[position] = self._render_here(source, variables)
                 continue
             work.append((sources.setdefault(source, len(sources)), variables))

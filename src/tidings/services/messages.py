@@ -15,6 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from tidings.db.engine import end_reads
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Template
 from tidings.domain import (
     DEFAULT_PRIORITY,
@@ -180,7 +181,15 @@ def send_message(
             session=session, tenant_id=tenant_id, template_id=request.template_id
         )
         category = category or template.category
+    suppressed_reason = _suppression_reason(
+        session=session,
+        tenant_id=tenant_id,
+        to_address=to_address,
+        contact=contact,
+        category=category,
+    )
     _render_once(
+        session=session,
         renderer=renderer,
         request=request,
         template=template,
@@ -205,13 +214,7 @@ def send_message(
         expires_at=not_before + timedelta(seconds=ttl),
         idempotency_key=key,
         reference=reference,
-        suppressed_reason=_suppression_reason(
-            session=session,
-            tenant_id=tenant_id,
-            to_address=to_address,
-            contact=contact,
-            category=category,
-        ),
+        suppressed_reason=suppressed_reason,
     )
     return enqueue_message(session=session, new=new, now=now)
 
@@ -352,6 +355,7 @@ def _as_recipient(contact: Contact | None, address: str) -> Recipient:
 
 def _render_once(
     *,
+    session: Session,
     renderer: RenderPool,
     request: MessageRequest,
     template: Template | None,
@@ -368,6 +372,9 @@ def _render_once(
             raise InvalidInput("subject is required without template_id", field="subject")
         check_header_text(request.subject, field="subject", max_length=MAX_SUBJECT_LENGTH)
         source = TemplateSource(subject=request.subject, html=request.html, text=request.text)
+    if not renderer.renders_here(source):
+        # Everything this request reads is read: the insert re-checks the idempotency key.
+        end_reads(session)
     try:
         renderer.render(
             source, tenant_id=tenant_id, recipient=recipient, data=request.data, category=category

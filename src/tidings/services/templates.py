@@ -15,6 +15,7 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tidings.db.engine import end_reads
 from tidings.db.models import Campaign, Contact, Message, Template
 from tidings.domain import PENDING_MESSAGE_STATUSES
 from tidings.domain.addresses import InvalidAddress, normalize_address
@@ -155,10 +156,11 @@ def update_template(
     now: datetime,
 ) -> Template:
     """Replaces every field (PUT); running campaigns pick the new content up with their next batch."""
-    template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     name = _clean_name(name)
     category = _clean_category(category)
+    # Compiled before the first read: no transaction (on SQLite, the write lock) waits for it.
     subject, html, text = _checked_content(renderer=renderer, subject=subject, html=html, text=text)
+    template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     _check_name_free(session, tenant_id, name, template_id)
     template.name = name
     template.subject = subject
@@ -228,8 +230,11 @@ def preview_template(
     """The mail exactly as ``contact_id`` (or an ad-hoc ``email``) would receive it with ``data``."""
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     recipient = _recipient(session, tenant_id, contact_id, email)
+    source = TemplateSource(subject=template.subject, html=template.html, text=template.text)
+    if not renderer.renders_here(source):
+        end_reads(session)
     return renderer.render(
-        TemplateSource(subject=template.subject, html=template.html, text=template.text),
+        source,
         tenant_id=tenant_id,
         recipient=recipient,
         data=data,
