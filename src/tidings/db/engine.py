@@ -73,9 +73,17 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit when the block ends normally, roll back on any exception."""
-    with factory() as session, session.begin():
-        yield session
+    """One unit of work: commit when the block ends normally, roll back on any exception.
+
+    Not ``session.begin()`` as a context: that refuses the early end of a read (``end_reads``).
+    """
+    with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
 
 
 def end_reads(session: Session) -> None:
