@@ -3,6 +3,7 @@ service keeps answering while pathological templates render."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ GIL_BOMB = (
     "{% set other = (range(100000)|list) * 9 + (range(99999)|list) + [7] %}"
     "{{ big in [other] * 10000 }}"
 )
+#: pprint of ten million numbers runs out of time or of memory, whichever comes first.
+LIMIT_BROKEN = re.compile(r"time limit|memory")
 HEALTH_LATENCY_BOUND = 0.1  # seconds, for nine answers in ten
 HEALTH_LATENCY_CEILING = 1.0  # seconds, for every answer
 
@@ -70,7 +73,7 @@ def test_accepting_inline_content_over_a_render_limit_is_a_422_naming_the_part(
     )
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["field"] == "subject"
-    assert "time limit" in answer.json()["error"]["message"]
+    assert LIMIT_BROKEN.search(answer.json()["error"]["message"])
 
 
 def test_accepting_a_stored_template_over_a_render_limit_is_a_422_naming_the_part(
@@ -98,7 +101,7 @@ def test_previewing_a_template_over_a_render_limit_is_a_422_naming_the_part(
     assert answer.status_code == 422, answer.text
     error = answer.json()["error"]
     assert (error["code"], error["field"]) == ("render_failed", "text")
-    assert "time limit" in error["message"]
+    assert LIMIT_BROKEN.search(error["message"])
 
 
 def test_a_template_too_deeply_nested_to_compile_is_a_422_naming_the_part(
@@ -124,7 +127,7 @@ def test_the_dashboard_preview_shows_a_broken_render_limit_as_its_problem(
         "/campaigns/new/preview", params={"template_id": template_id, "preview_contact_id": ann}
     )
     assert answer.status_code == 200
-    assert "html: rendering took longer than the time limit" in answer.text
+    assert re.search(r"html: (rendering took longer than the time limit|[^<]*memory)", answer.text)
 
 
 @pytest.fixture
