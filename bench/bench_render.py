@@ -2,8 +2,10 @@
 
 A typical newsletter (≈2 KB of HTML with a loop, personal data, unsubscribe and preferences links)
 is rendered for many recipients: with a text template, with the text part derived from the HTML,
-and the pieces on their own (html_to_text, one signed token, one compile). Prints the best of a
-few runs in microseconds; asserts nothing about time.
+and the pieces on their own (html_to_text, one signed token, one compile). Then the same through
+the render pool, as the service renders (separate processes with hard limits): in batches as the
+worker sends them, one at a time as the API's accept and preview do, and content without template
+syntax (no round trip). Prints the best of a few runs in microseconds; asserts nothing about time.
 
     python bench/bench_render.py [--renders 5000] [--runs 5]
 """
@@ -18,8 +20,10 @@ from datetime import UTC, datetime
 from tidings import tokens
 from tidings.config import Settings
 from tidings.rendering import Recipient, Renderer, html_to_text
+from tidings.rendering.pool import RenderJob, RenderPool, TemplateSource
 
 SECRET = "bench-secret-" + "x" * 40
+BATCH = 100  # messages per render request, as the worker's batches
 SUBJECT = "{{ first_name or 'Hello' }}, your {{ term }} update"
 HTML = (
     """<!doctype html><html><head><style>p { color: #333 }</style><title>News</title></head>
@@ -114,6 +118,40 @@ def main() -> None:
     started = time.perf_counter()
     renderer._compile(SUBJECT, HTML, TEXT)  # the uncached path
     print(f"compile (uncached): {(time.perf_counter() - started) * 1e3:8.2f} ms")
+    bench_pool(recipients, args.renders, args.runs)
+
+
+def bench_pool(recipients: list[Recipient], count: int, runs: int) -> None:
+    """The same renders through the render pool: what the service pays for its hard limits."""
+    pool = RenderPool(settings=Settings(secret_key=SECRET), secret_key=SECRET)
+    started = time.perf_counter()
+    pool.start()
+    pool.render_many([RenderJob(TemplateSource(SUBJECT, HTML, TEXT), 1, recipients[0], DATA, None)])
+    print(f"pool: start and first render: {(time.perf_counter() - started) * 1e3:8.1f} ms")
+    try:
+        for label, source in (
+            ("html + text template", TemplateSource(SUBJECT, HTML, TEXT)),
+            ("html, text derived", TemplateSource(SUBJECT, HTML, None)),
+        ):
+            jobs = [RenderJob(source, 1, r, DATA, "news") for r in recipients[:BATCH]]
+            cpu = time.process_time()
+            micros = best_microseconds(lambda j=jobs: pool.render_many(j), count // BATCH, runs)
+            cpu_micros = (time.process_time() - cpu) / (count // BATCH * runs * BATCH) * 1e6
+            print(
+                f"pool, batches of {BATCH}, {label}: {micros / BATCH:8.1f} µs a message "
+                f"({BATCH * 1e6 / micros:,.0f} per second, one caller), of which "
+                f"{cpu_micros:.1f} µs of the caller's CPU"
+            )
+        one = [RenderJob(TemplateSource(SUBJECT, HTML, TEXT), 1, recipients[0], DATA, "news")]
+        micros = best_microseconds(lambda: pool.render_many(one), count // 10, runs)
+        print(f"pool, one message (accept, preview): {micros:8.1f} µs")
+        plain = [
+            RenderJob(TemplateSource("Your code", None, "481 516"), 1, recipients[0], {}, None)
+        ]
+        micros = best_microseconds(lambda: pool.render_many(plain), count, runs)
+        print(f"pool, content without template syntax (no round trip): {micros:8.1f} µs")
+    finally:
+        pool.close()
 
 
 if __name__ == "__main__":

@@ -47,8 +47,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, gt=0)  # JSON request bodies
     max_import_bytes: int = Field(default=200_000_000, gt=0)  # CSV / NDJSON uploads
     max_attributes_bytes: int = Field(default=16_384, gt=0)  # a contact's attributes, as JSON
+    #: Hard bounds of one render, enforced on the render process (``rendering/pool.py``): CPU
+    #: seconds, and memory the render may take beyond the process's own.
     render_timeout_seconds: float = Field(default=2.0, gt=0)
-    render_max_bytes: int = Field(default=1_000_000, gt=0)
+    render_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    #: The largest rendered part (subject, html or text) a template may produce.
+    render_max_output_bytes: int = Field(default=1_000_000, gt=0)
+    #: Render processes per Tidings process (templates never render in the serving process).
+    render_processes: int = Field(default=2, ge=1, le=32)
 
     #: Reputation guardrails: a campaign pauses itself when, after ``guardrail_min_sample`` attempts,
     #: its hard-bounce or complaint rate passes these fractions (0.003 is Gmail's complaint ceiling).

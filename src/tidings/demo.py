@@ -28,7 +28,7 @@ from tidings.db.engine import transaction
 from tidings.db.models import ContactList, Template
 from tidings.domain import Role
 from tidings.errors import NotFound
-from tidings.rendering import Renderer
+from tidings.rendering.pool import RenderPool
 from tidings.runtime import Runtime
 from tidings.services import campaigns, imports, lists, templates, tenants, throttles
 from tidings.services.pagination import MAX_LIMIT
@@ -107,7 +107,7 @@ def generate_contacts(count: int, *, seed: int = 7) -> Iterator[bytes]:
 def set_up_demo(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_name: str,
     contacts: int,
     rate: int,
@@ -197,7 +197,7 @@ def _list_named(session: Session, tenant_id: int, name: str, now: datetime) -> C
         cursor = page.next_cursor
 
 
-def _template(session: Session, renderer: Renderer, tenant_id: int, now: datetime) -> Template:
+def _template(session: Session, renderer: RenderPool, tenant_id: int, now: datetime) -> Template:
     cursor: str | None = None
     while True:
         page = templates.list_templates(

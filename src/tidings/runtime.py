@@ -23,7 +23,7 @@ from tidings.services.tenants import PrincipalCache
 from tidings.transports.base import parse_outbox_url
 
 if TYPE_CHECKING:
-    from tidings.rendering import Renderer
+    from tidings.rendering.pool import RenderPool
 
 
 @dataclass
@@ -50,16 +50,23 @@ class Runtime:
             session.info.pop(NEW_WORK_FLAG, None)
 
     @cached_property
-    def renderer(self) -> Renderer:
-        from tidings.rendering import Renderer
+    def renderer(self) -> RenderPool:
+        """Where every tenant template renders; its processes start at the first render."""
+        from tidings.rendering.pool import RenderPool
 
-        return Renderer(settings=self.settings, secret_key=self.secret_key)
+        return RenderPool(settings=self.settings, secret_key=self.secret_key, clock=self.clock)
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def stop_rendering(self) -> None:
+        """Stop the render processes, if any were started (a later render starts them again)."""
+        if "renderer" in self.__dict__:  # the cached_property was used
+            self.renderer.close()
+
     def close(self) -> None:
+        self.stop_rendering()
         self.engine.dispose()
 
 

@@ -34,9 +34,7 @@ class SentMail:
 
 
 def message_id_header(runtime: Runtime, message_id: int) -> str:
-    composer = Composer(
-        settings=runtime.settings, secret_key=runtime.secret_key, renderer=runtime.renderer
-    )
+    composer = Composer(settings=runtime.settings, secret_key=runtime.secret_key)
     return composer.message_id_header(message_id)
 
 

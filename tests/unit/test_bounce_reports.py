@@ -156,7 +156,7 @@ def test_our_message_ids_are_recognised_and_forged_ones_are_not(tmp_path: Path) 
     settings = Settings(
         data_dir=tmp_path, secret_key=SECRET, from_address="T <noreply@tidings.test>"
     )
-    composer = Composer(settings=settings, secret_key=SECRET, renderer=None)  # type: ignore[arg-type]
+    composer = Composer(settings=settings, secret_key=SECRET)
     header = composer.message_id_header(1234)
     assert message_id_from_header(SECRET, header) == 1234
     assert message_id_from_header(SECRET, f" {header} ") == 1234

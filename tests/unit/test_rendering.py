@@ -320,7 +320,7 @@ def test_memory_bombs_are_refused_before_they_allocate(renderer: Renderer, paylo
 
 
 def test_output_over_the_cap_is_refused_and_under_it_is_kept() -> None:
-    renderer = make_renderer(render_max_bytes=10_000)
+    renderer = make_renderer(render_max_output_bytes=10_000)
     assert len(render(renderer, text="{{ 'x' * 9000 }}").text) == 9000
     with pytest.raises(RenderError) as caught:
         render(renderer, html="{% for i in range(20) %}{{ 'x' * 900 }}{% endfor %}")

@@ -178,7 +178,10 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
         if embedded_workers == 0:
-            yield
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(runtime.stop_rendering)
             return
         from tidings.delivery.worker import run_workers
 
@@ -189,6 +192,7 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
         finally:
             stop.set()  # in-flight sends finish and are recorded before the server exits
             await delivery
+            await asyncio.to_thread(runtime.stop_rendering)
 
     app = FastAPI(
         lifespan=lifespan,

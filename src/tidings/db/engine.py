@@ -89,9 +89,28 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One unit of work: commit when the block ends normally, roll back on any exception."""
-    with factory() as session, session.begin():
-        yield session
+    """One unit of work: commit when the block ends normally, roll back on any exception.
+
+    Not ``session.begin()`` as a context: that refuses the early end of a read (``end_reads``).
+    """
+    with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        session.commit()
+
+
+def end_reads(session: Session) -> None:
+    """End a transaction that has only read, before a wait of seconds (a template render).
+
+    On SQLite every transaction holds the database's one write lock from its ``BEGIN IMMEDIATE``:
+    kept open across the wait, it would hold every other writer (other tenants' requests, the
+    workers' lease renewals) back for as long. What was read stays loaded; the next statement
+    begins a new transaction.
+    """
+    session.commit()
 
 
 def alembic_config(url: str) -> Config:

@@ -1,8 +1,9 @@
 """Turning claimed queue rows into fully rendered ``OutgoingMessage``s, a batch at a time.
 
-Everything a batch needs (its contacts, campaigns and templates) is read in three queries, and
-compiled templates are cached by ``(id, updated_at)``, so rendering costs no database round trip
-per message and an edited template is picked up by the next batch.
+Everything a batch needs (its contacts, campaigns and templates) is read in three queries, so
+rendering costs no database round trip per message, and an edited template is picked up by the
+next batch. ``prepare`` makes each message's render job, the render pool renders the batch in its
+processes (which cache compiled templates by content), and ``finish`` builds the mail.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from tidings.db.models import Campaign, Contact, Template
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
-from tidings.rendering import CompiledTemplate, Recipient, Renderer
-
-TEMPLATE_CACHE_SIZE = 256  # compiled templates kept per worker
+from tidings.rendering import Recipient, RenderedContent
+from tidings.rendering.pool import RenderJob, TemplateSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +91,21 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
     return BatchContext(contacts=contacts, campaigns=campaigns, templates=templates)
 
 
-class Composer:
-    """Renders claimed messages; one per worker, holding the compiled-template cache."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A claimed message made ready to render: its job, and what its mail needs besides."""
 
-    def __init__(self, *, settings: Settings, secret_key: str, renderer: Renderer) -> None:
+    job: RenderJob
+    from_address: str | None
+    category: str | None
+
+
+class Composer:
+    """Turns claimed messages into mail around the render pool; one per worker."""
+
+    def __init__(self, *, settings: Settings, secret_key: str) -> None:
         self._settings = settings
         self._secret = secret_key
-        self._renderer = renderer
-        self._compiled: dict[tuple[int, datetime], CompiledTemplate] = {}
         self._domain = parseaddr(settings.from_address)[1].rpartition("@")[2] or "localhost"
 
     def message_id_header(self, message_id: int) -> str:
@@ -108,22 +115,9 @@ class Composer:
         ).hexdigest()[:20]
         return f"<{message_id}.{digest}@{self._domain}>"
 
-    def _template(self, template_id: int, context: BatchContext) -> CompiledTemplate:
-        updated_at, subject, html, text = context.templates[template_id]
-        key = (template_id, updated_at)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            if len(self._compiled) >= TEMPLATE_CACHE_SIZE:
-                self._compiled.clear()
-            compiled = self._compiled[key] = self._renderer.compile(
-                subject=subject, html=html, text=text
-            )
-        return compiled
-
-    def compose(
-        self, message: ClaimedMessage, context: BatchContext, now: datetime
-    ) -> OutgoingMessage:
-        """The message ready to send; raises ``TidingsError`` when it cannot be rendered (a permanent failure)."""
+    def prepare(self, message: ClaimedMessage, context: BatchContext) -> Prepared:
+        """The message's render job; raises ``TidingsError`` when it cannot be rendered (a
+        permanent failure)."""
         data: dict[str, Any] = {}
         from_address = message.from_address
         category = message.category
@@ -136,19 +130,27 @@ class Composer:
         if message.template_id is not None:
             if message.template_id not in context.templates:
                 raise TidingsError("its template was deleted")
-            compiled = self._template(message.template_id, context)
+            _, subject, html, text = context.templates[message.template_id]
+            source = TemplateSource(subject=subject, html=html, text=text)
         elif message.subject is not None:
-            compiled = self._renderer.compile(
-                subject=message.subject, html=message.html, text=message.text
-            )
+            source = TemplateSource(subject=message.subject, html=message.html, text=message.text)
         else:
             raise TidingsError("it has neither a template nor inline content")
         recipient = context.contacts.get(message.contact_id or 0) or Recipient(
             email=message.to_address
         )
-        rendered = self._renderer.render(
-            compiled, tenant_id=message.tenant_id, recipient=recipient, data=data, category=category
-        )
+        job = RenderJob(source, message.tenant_id, recipient, data, category)
+        return Prepared(job=job, from_address=from_address, category=category)
+
+    def finish(
+        self,
+        message: ClaimedMessage,
+        prepared: Prepared,
+        rendered: RenderedContent,
+        now: datetime,
+    ) -> OutgoingMessage:
+        """The mail ready to send, with its rendered content."""
+        category = prepared.category
         headers: tuple[tuple[str, str], ...] = ()
         if message.campaign_id is not None:
             token = tokens.make_token(
@@ -169,9 +171,9 @@ class Composer:
         return OutgoingMessage(
             message_id=message.id,
             tenant_id=message.tenant_id,
-            from_address=from_address or self._settings.from_address,
+            from_address=prepared.from_address or self._settings.from_address,
             to_address=message.to_address,
-            to_name=recipient.name,
+            to_name=prepared.job.recipient.name,
             subject=rendered.subject,
             html=rendered.html,
             text=rendered.text,

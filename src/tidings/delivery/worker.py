@@ -4,6 +4,10 @@ One ``Worker`` runs in one asyncio loop and keeps up to ``concurrency`` messages
 batches: a claim, a render, a transport call and an outcome write are each one step per batch, so
 database work stays O(1) round trips per batch rather than per message (DESIGN.md, "Scale").
 
+Templates render in the render pool's processes (``rendering/pool.py``), awaited: this loop never
+renders, so lease renewals, claims and sends go on whatever one template does; a message that
+breaks a render limit fails alone, permanently, and its batch-mates are sent and recorded once.
+
 It waits for work on the first of: an in-process wake-up (the API in the same process committed
 new work), a PostgreSQL ``NOTIFY`` from any process, or the poll interval. Polling is the
 guarantee; the others only make it fast.
@@ -34,7 +38,7 @@ from sqlalchemy.orm import Session
 from tidings import metrics
 from tidings.db.engine import transaction
 from tidings.db.models import Worker as WorkerRow
-from tidings.delivery.compose import BatchContext, Composer, load_context
+from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
 from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
 from tidings.delivery.retry import RetryPolicy
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
@@ -89,9 +93,7 @@ class Worker:
         self.batch_size = max(1, min(batch_size, concurrency // PIPELINE_DEPTH))
         self.policy = policy or RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.composer = Composer(
-            settings=settings, secret_key=runtime.secret_key, renderer=runtime.renderer
-        )
+        self.composer = Composer(settings=settings, secret_key=runtime.secret_key)
         self._busy = 0  # messages in flight
         self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
         self._wake = asyncio.Event()
@@ -195,14 +197,7 @@ class Worker:
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
         try:
-            ready: list[tuple[ClaimedMessage, OutgoingMessage]] = []
-            for message in claim.messages:
-                try:
-                    ready.append((message, self.composer.compose(message, context, claim.now)))
-                except TidingsError as exc:
-                    results.append(
-                        (message, Permanent(f"could not render the message: {exc.message}"))
-                    )
+            ready = await self._render(claim, context, results)
             if ready:
                 started = time.perf_counter()
                 outcomes = await self.transport.send([outgoing for _, outgoing in ready])
@@ -218,6 +213,34 @@ class Worker:
                 (m, Transient(f"internal error: {exc}")) for m in claim.messages if m.id not in done
             )
         await self._record_with_retries(claim, results)
+
+    async def _render(
+        self,
+        claim: Claim,
+        context: BatchContext,
+        failed: list[tuple[ClaimedMessage, Outcome]],
+    ) -> list[tuple[ClaimedMessage, OutgoingMessage]]:
+        """The batch's mail, rendered by the render pool while this loop keeps running (heartbeats
+        included); a message that cannot be rendered, or breaks a render limit, goes to ``failed``
+        as a permanent failure, alone."""
+        prepared: list[tuple[ClaimedMessage, Prepared]] = []
+        for message in claim.messages:
+            try:
+                prepared.append((message, self.composer.prepare(message, context)))
+            except TidingsError as exc:
+                failed.append((message, _unrenderable(exc)))
+        if not prepared:
+            return []
+        rendered = await self.runtime.renderer.render_many_async([p.job for _, p in prepared])
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]] = []
+        for (message, ready_to_render), content in zip(prepared, rendered, strict=True):
+            if isinstance(content, TidingsError):
+                failed.append((message, _unrenderable(content)))
+            else:
+                ready.append(
+                    (message, self.composer.finish(message, ready_to_render, content, claim.now))
+                )
+        return ready
 
     async def _record_with_retries(
         self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]
@@ -369,6 +392,11 @@ class Worker:
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _unrenderable(exc: TidingsError) -> Permanent:
+    where = f"{exc.field}: " if exc.field else ""
+    return Permanent(f"could not render the message: {where}{exc.message}")
 
 
 async def run_workers(

@@ -7,29 +7,34 @@ the recipient nor replace the unsubscribe link. The caller's data is merged at t
 (``{{ deadline }}``) and is also reachable whole as ``data`` (``{{ data.email }}`` when a key
 clashes). The sandbox's globals (``range``, ``dict``, ``cycler``, ``joiner``, ``namespace``)
 win over the caller's data too. A missing value (``None``) prints as nothing.
+
+A ``Renderer`` runs tenant templates in the process that calls it: in Tidings that is only ever a
+render process of ``pool.RenderPool`` (which holds the hard limits). The serving process uses it
+for ``variables`` (the signed links need the secret, which render processes never see) and for
+content without any template syntax, which renders to itself.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from jinja2 import Template, TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from tidings import errors, tokens
 from tidings.clock import Clock, SystemClock
-from tidings.config import Settings
 from tidings.rendering.sandbox import (
     BUDGET,
     FORBIDDEN_NODES,
     SPEND_FACTOR,
     Budget,
     GuardedEnvironment,
+    RenderInterrupted,
     RenderLimitExceeded,
     guard_loops,
 )
@@ -39,11 +44,23 @@ Part = Literal["subject", "html", "text"]
 COMPILE_CACHE_SIZE = 128  # compiled templates remembered by content
 #: Larger content is compiled each time rather than pinned in memory by the cache.
 COMPILE_CACHE_MAX_CHARS = 64 * 1024
-_LINK_KINDS: tuple[tokens.TokenKind, ...] = ("unsubscribe", "preferences")
+LINK_KINDS: tuple[tokens.TokenKind, ...] = ("unsubscribe", "preferences")
 _LINK_PATHS = {
     "unsubscribe": "u",
     "preferences": "p",
 }  # as tokens.unsubscribe_url / preferences_url
+
+
+class RenderSettings(Protocol):
+    """What a ``Renderer`` reads of ``Settings`` (a render process gets only these, and so does
+    not import the settings machinery: it starts faster)."""
+
+    @property
+    def public_url(self) -> str: ...
+    @property
+    def render_timeout_seconds(self) -> float: ...
+    @property
+    def render_max_output_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,10 @@ class Recipient:
     last_name: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     contact_id: int | None = None
+
+
+class ResourceExhausted(errors.RenderError):
+    """The render ran out of memory or CPU time: the process that ran it is replaced."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +103,21 @@ class CompiledTemplate:
 class Renderer:
     """Compiles and renders tenant templates in the sandbox; one per process is enough."""
 
-    def __init__(self, *, settings: Settings, secret_key: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: RenderSettings,
+        secret_key: str,
+        clock: Clock | None = None,
+        on_part: Callable[[Part], None] | None = None,
+    ) -> None:
         self._public_url = settings.public_url
         self._secret = secret_key
         self._clock = clock or SystemClock()
         self._timeout = settings.render_timeout_seconds
-        self._max_chars = settings.render_max_bytes
+        self._max_chars = settings.render_max_output_bytes
+        #: Told which part is compiled or rendered next (a render process shares it with its parent).
+        self._on_part = on_part or _ignore_part
         self._html_env = GuardedEnvironment(autoescape=True)
         self._text_env = GuardedEnvironment(autoescape=False)  # subject and text: no escaping
         # The sandbox's globals go into every render's variables (contexts are built shared).
@@ -121,6 +151,7 @@ class Renderer:
             None if text is None else self._compile_part(self._text_env, text, "text", names)
         )
         if compiled_text is None and html is not None:
+            self._on_part("text")
             compiled_text = self._derive_text(html)
         return CompiledTemplate(
             subject=self._compile_part(self._text_env, subject, "subject", names),
@@ -146,13 +177,13 @@ class Renderer:
         except errors.TemplateSyntaxError:
             return None
 
-    @staticmethod
     def _compile_part(
-        env: GuardedEnvironment, source: str, part: Part, names: set[str]
+        self, env: GuardedEnvironment, source: str, part: Part, names: set[str]
     ) -> Template | str:
         literal = _literal(source)
         if literal is not None:
             return literal
+        self._on_part(part)
         try:
             tree = env.parse(source)
             # Jinja has no way to read a variable by a computed name, so this set is complete.
@@ -166,6 +197,12 @@ class Renderer:
             return env.from_string(tree)
         except TemplateSyntaxError as exc:
             raise errors.TemplateSyntaxError(exc.message, field=part, line=exc.lineno) from None
+        except RecursionError:
+            raise errors.TemplateSyntaxError("the template nests too deeply", field=part) from None
+        except MemoryError:
+            raise ResourceExhausted("the template needs too much memory", field=part) from None
+        except RenderInterrupted as exc:
+            raise ResourceExhausted(str(exc), field=part) from None
 
     # --- rendering ------------------------------------------------------------------------------
 
@@ -179,7 +216,18 @@ class Renderer:
         category: str | None,
     ) -> RenderedContent:
         """The mail for one recipient; raises ``RenderError`` naming the part that failed."""
-        variables = self._variables(template, tenant_id, recipient, data, category)
+        links = [kind for kind in LINK_KINDS if f"{kind}_url" in template.names]
+        variables = self.variables(
+            links=links, tenant_id=tenant_id, recipient=recipient, data=data, category=category
+        )
+        return self.render_variables(template, variables)
+
+    def render_variables(
+        self, template: CompiledTemplate, variables: dict[str, Any]
+    ) -> RenderedContent:
+        """The mail for ``variables`` (made by ``variables``, and taken over: the sandbox's
+        globals are added to it); raises ``RenderError`` naming the part that failed."""
+        variables.update(self._globals)
         budget = Budget(
             deadline=time.monotonic() + self._timeout,
             spend_left=self._max_chars * SPEND_FACTOR,
@@ -198,19 +246,31 @@ class Renderer:
         finally:
             BUDGET.reset(reset)
         if not text.strip():
-            text = html_to_text(html) if html else ""
+            text = ""
+        if not text and html:
+            self._on_part("text")
+            try:
+                text = html_to_text(html)
+            except MemoryError:
+                raise ResourceExhausted(
+                    "the text part needs too much memory", field="text"
+                ) from None
+            except RenderInterrupted as exc:
+                raise ResourceExhausted(str(exc), field="text") from None
         return RenderedContent(subject=subject, html=html, text=text)
 
-    def _variables(
+    def variables(
         self,
-        template: CompiledTemplate,
+        *,
+        links: Collection[tokens.TokenKind],
         tenant_id: int,
         recipient: Recipient,
         data: Mapping[str, Any],
         category: str | None,
     ) -> dict[str, Any]:
+        """What a template sees besides the sandbox's globals, with a signed URL for each kind in
+        ``links``: plain data, so that it can be sent to a render process as it is."""
         variables = {**data, "data": data}
-        variables.update(self._globals)
         variables.update(
             email=recipient.email,
             name=recipient.name,
@@ -218,12 +278,11 @@ class Renderer:
             last_name=recipient.last_name,
             attributes=recipient.attributes,
         )
-        wanted = [kind for kind in _LINK_KINDS if f"{kind}_url" in template.names]
-        if wanted:
+        if links:
             now = self._clock.now()
             contact_id = recipient.contact_id
             email = recipient.email if contact_id is None else None
-            for kind in wanted:
+            for kind in links:
                 token = tokens.make_token(
                     self._secret,
                     kind=kind,
@@ -240,6 +299,7 @@ class Renderer:
         if isinstance(template, str):
             output = template
         else:
+            self._on_part(part)
             try:
                 # shared=True: the variables are used as they are, not copied once per part.
                 output = template.environment.concat(
@@ -247,6 +307,10 @@ class Renderer:
                 )
             except errors.TidingsError:
                 raise
+            except MemoryError:
+                raise ResourceExhausted("the template needs too much memory", field=part) from None
+            except RenderInterrupted as exc:
+                raise ResourceExhausted(str(exc), field=part) from None
             except Exception as exc:
                 raise errors.RenderError(_describe(exc, template), field=part) from None
         if len(output) > self._max_chars or (
@@ -256,6 +320,17 @@ class Renderer:
                 f"the rendered {part} is larger than {self._max_chars} bytes", field=part
             )
         return output
+
+
+def _ignore_part(part: Part) -> None:
+    pass
+
+
+def wanted_links(*sources: str | None) -> list[tokens.TokenKind]:
+    """The link kinds a template may print, from its sources alone: a variable's name is always
+    spelled out where it is read (Jinja has no lookup by a computed name), so this is a superset
+    of what compiling would find, without compiling."""
+    return [kind for kind in LINK_KINDS if any(s and f"{kind}_url" in s for s in sources)]
 
 
 def _literal(source: str) -> str | None:

@@ -1,5 +1,12 @@
 """The Jinja2 sandbox that tenant templates run in: no escape, and bounded time, output and memory.
 
+These checks are the first line of defence: they stop the common runaway template early, with a
+precise message and line, and keep a render process alive for the next one. They are not the
+guarantee. A blocklist cannot foresee every filter, method or C routine that allocates or loops
+(``pprint``, ``tojson``, ``sort`` on a huge list once escaped them), so every template renders in
+a separate process with hard limits on CPU time and address space and a wall-clock kill by its
+parent (``pool.py``): whatever escapes the checks below ends there, within the same limits.
+
 ``ImmutableSandboxedEnvironment`` already refuses private attributes (``__class__``,
 ``__globals__``, ``mro``) and mutating methods. On top of it:
 
@@ -52,6 +59,14 @@ _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 class RenderLimitExceeded(Exception):
     """A template went over its time or size budget; the message says which, for the tenant."""
+
+
+class RenderInterrupted(BaseException):
+    """A render process's CPU-time limit ran out (SIGXCPU) in the middle of a render.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: code that catches ``Exception`` on the way
+    (Jinja's own lookups do) cannot swallow it and carry on.
+    """
 
 
 @dataclass(slots=True)

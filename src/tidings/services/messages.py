@@ -15,6 +15,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from tidings.db.engine import end_reads
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Template
 from tidings.domain import (
     DEFAULT_PRIORITY,
@@ -33,7 +34,8 @@ from tidings.queue.enqueue import (
     enqueue_message,
     find_by_idempotency_key,
 )
-from tidings.rendering import Recipient, Renderer
+from tidings.rendering import Recipient, ResourceExhausted
+from tidings.rendering.pool import RenderPool, TemplateSource
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -152,7 +154,7 @@ def send_message(
     session: Session,
     tenant_id: int,
     request: MessageRequest,
-    renderer: Renderer,
+    renderer: RenderPool,
     default_ttl_seconds: float,
     now: datetime,
 ) -> Enqueued:
@@ -179,7 +181,15 @@ def send_message(
             session=session, tenant_id=tenant_id, template_id=request.template_id
         )
         category = category or template.category
+    suppressed_reason = _suppression_reason(
+        session=session,
+        tenant_id=tenant_id,
+        to_address=to_address,
+        contact=contact,
+        category=category,
+    )
     _render_once(
+        session=session,
         renderer=renderer,
         request=request,
         template=template,
@@ -204,13 +214,7 @@ def send_message(
         expires_at=not_before + timedelta(seconds=ttl),
         idempotency_key=key,
         reference=reference,
-        suppressed_reason=_suppression_reason(
-            session=session,
-            tenant_id=tenant_id,
-            to_address=to_address,
-            contact=contact,
-            category=category,
-        ),
+        suppressed_reason=suppressed_reason,
     )
     return enqueue_message(session=session, new=new, now=now)
 
@@ -351,7 +355,8 @@ def _as_recipient(contact: Contact | None, address: str) -> Recipient:
 
 def _render_once(
     *,
-    renderer: Renderer,
+    session: Session,
+    renderer: RenderPool,
     request: MessageRequest,
     template: Template | None,
     tenant_id: int,
@@ -361,21 +366,22 @@ def _render_once(
     if template is not None:
         if any(v is not None for v in (request.subject, request.html, request.text)):
             raise InvalidInput("give template_id or subject/html/text, not both", field="subject")
-        compiled = renderer.compile(
-            subject=template.subject, html=template.html, text=template.text
-        )
+        source = TemplateSource(subject=template.subject, html=template.html, text=template.text)
     else:
         if request.subject is None:
             raise InvalidInput("subject is required without template_id", field="subject")
         check_header_text(request.subject, field="subject", max_length=MAX_SUBJECT_LENGTH)
-        compiled = renderer.compile(subject=request.subject, html=request.html, text=request.text)
+        source = TemplateSource(subject=request.subject, html=request.html, text=request.text)
+    if not renderer.renders_here(source):
+        # Everything this request reads is read: the insert re-checks the idempotency key.
+        end_reads(session)
     try:
         renderer.render(
-            compiled, tenant_id=tenant_id, recipient=recipient, data=request.data, category=category
+            source, tenant_id=tenant_id, recipient=recipient, data=request.data, category=category
         )
     except RenderError as exc:
-        if template is None:
-            raise
+        if template is None or isinstance(exc, ResourceExhausted):
+            raise  # a hard limit: the template's part is at fault, whatever the data
         # The stored template is fine; what it lacks comes from this request's data.
         raise RenderError(f"template {exc.field}: {exc.message}", field="data") from None
 

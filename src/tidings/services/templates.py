@@ -15,11 +15,13 @@ from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tidings.db.engine import end_reads
 from tidings.db.models import Campaign, Contact, Message, Template
 from tidings.domain import PENDING_MESSAGE_STATUSES
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
-from tidings.rendering import Recipient, RenderedContent, Renderer
+from tidings.rendering import Recipient, RenderedContent
+from tidings.rendering.pool import RenderPool, TemplateSource
 from tidings.services.pagination import Page, paginate
 
 MAX_NAME_LENGTH = 200  # characters, as the column
@@ -56,7 +58,7 @@ def _check_size(value: str | None, field: str, limit: int) -> None:
 
 def _checked_content(
     *,
-    renderer: Renderer,
+    renderer: RenderPool,
     subject: str,
     html: str | None,
     text: str | None,
@@ -71,7 +73,7 @@ def _checked_content(
     text = text if text and text.strip() else None
     if html is None and text is None:
         raise InvalidInput("a template needs an html or a text body (or both)", field="html")
-    renderer.compile(subject=subject, html=html, text=text)
+    renderer.check(subject=subject, html=html, text=text)
     return subject, html, text
 
 
@@ -96,7 +98,7 @@ def _flush(session: Session, name: str) -> None:
 def create_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     name: str,
     subject: str,
@@ -143,7 +145,7 @@ def get_template(*, session: Session, tenant_id: int, template_id: int) -> Templ
 def update_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     template_id: int,
     name: str,
@@ -154,10 +156,11 @@ def update_template(
     now: datetime,
 ) -> Template:
     """Replaces every field (PUT); running campaigns pick the new content up with their next batch."""
-    template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     name = _clean_name(name)
     category = _clean_category(category)
+    # Compiled before the first read: no transaction (on SQLite, the write lock) waits for it.
     subject, html, text = _checked_content(renderer=renderer, subject=subject, html=html, text=text)
+    template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     _check_name_free(session, tenant_id, name, template_id)
     template.name = name
     template.subject = subject
@@ -217,7 +220,7 @@ def _recipient(
 def preview_template(
     *,
     session: Session,
-    renderer: Renderer,
+    renderer: RenderPool,
     tenant_id: int,
     template_id: int,
     contact_id: int | None,
@@ -227,9 +230,11 @@ def preview_template(
     """The mail exactly as ``contact_id`` (or an ad-hoc ``email``) would receive it with ``data``."""
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     recipient = _recipient(session, tenant_id, contact_id, email)
-    compiled = renderer.compile(subject=template.subject, html=template.html, text=template.text)
+    source = TemplateSource(subject=template.subject, html=template.html, text=template.text)
+    if not renderer.renders_here(source):
+        end_reads(session)
     return renderer.render(
-        compiled,
+        source,
         tenant_id=tenant_id,
         recipient=recipient,
         data=data,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Template
-from tidings.rendering import Renderer
+from tidings.rendering.pool import RenderPool
 from tidings.services import templates
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -20,12 +20,13 @@ router = APIRouter(
 )
 
 
-def get_renderer(runtime: RuntimeDep) -> Renderer:
-    """The process's one renderer (its sandbox environments are built once, then shared)."""
+async def get_renderer(runtime: RuntimeDep) -> RenderPool:
+    """The process's render pool: handlers are sync, so waiting on it holds a worker thread, never
+    the event loop (nor the GIL: the thread waits on a socket)."""
     return runtime.renderer
 
 
-RendererDep = Annotated[Renderer, Depends(get_renderer)]
+RendererDep = Annotated[RenderPool, Depends(get_renderer)]
 
 
 class TemplateIn(StrictModel):

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
-from tidings.errors import InvalidInput, NotFound
+from tidings.errors import InvalidInput, NotFound, RenderError
 from tidings.services import campaigns, contacts, lists, templates
 from tidings.services.contacts import MAX_QUERY_LENGTH
 from tidings.web import forms
@@ -143,6 +143,8 @@ def preview(
                 email=None,
                 data={"personal_message": personal_message, "deadline": deadline},
             )
+        except RenderError as exc:  # name the part: a limit broken in the HTML, the subject …
+            context["problem"] = f"{exc.field}: {exc.message}" if exc.field else exc.message
         except (InvalidInput, NotFound) as exc:
             context["problem"] = exc.message
     return render(request, "campaigns/_preview.html", context)
