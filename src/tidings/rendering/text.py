@@ -33,15 +33,16 @@ like any other, so the derived text template keeps it in place.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Mapping
 from html import unescape
 from html.entities import html5
+from typing import ClassVar
 
 _BLANK_LINES = re.compile(r"\n{3,}")
 
-# What each element does to the text; anything not listed is inline and only passes its text on.
-_SKIP, _PARAGRAPH, _LINE, _ITEM, _CELL, _BREAK, _LINK, _IMAGE, _PRE, _RULE, _LIST = range(1, 12)
-#: Elements whose content is not text for a reader; skipped up to their end tag.
+#: Elements whose content is not text for a reader; skipped up to their end tag (as raw text).
 SKIPPED = ("script", "style", "head", "title", "template", "svg", "noscript")
 #: Blocks separated from their neighbours by a blank line.
 PARAGRAPHS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "dl", "figure", "address")  # fmt: skip
@@ -50,26 +51,8 @@ LINES = (
     "div", "tr", "dt", "dd", "section", "article", "header", "footer", "nav", "aside", "main",
     "form", "fieldset", "center", "figcaption", "caption", "tbody", "thead", "tfoot",
 )  # fmt: skip
-_KIND: dict[str, int] = {
-    **dict.fromkeys(SKIPPED, _SKIP),
-    **dict.fromkeys(PARAGRAPHS, _PARAGRAPH),
-    **dict.fromkeys(LINES, _LINE),
-    "li": _ITEM,
-    "td": _CELL,
-    "th": _CELL,
-    "br": _BREAK,
-    "a": _LINK,
-    "img": _IMAGE,
-    "pre": _PRE,
-    "hr": _RULE,
-    "ul": _LIST,
-    "ol": _LIST,
-}
-#: Skipped elements whose content is raw text, not markup (the tokenizer reads it as such).
-RAW_TEXT = ("script", "style", "title", "noscript")
-_RAW_TEXT_END = {
-    name: re.compile(rf"</{name}(?=[\t\n\f\r />])", re.IGNORECASE) for name in RAW_TEXT
-}
+# Any other element is inline and only passes its text on (the handler tables below the
+# converter say what each listed one does).
 #: Nested lists indent at most this many levels, so that deep nesting cannot make the text grow
 #: with the square of the input.
 MAX_LIST_INDENT = 8
@@ -86,6 +69,11 @@ _NEXT = re.compile(
     r"(?>[\t\n\f\r ]++[^\t\n\f\r />=\"'<][^\t\n\f\r />=\"'<]*+"
     r"(?>[\t\n\f\r ]*+=[\t\n\f\r ]*+(?>\"[^\"]*+\"|'[^']*+'|[^\t\n\f\r >=\"'<`]++))?+)*+"
     r"[\t\n\f\r ]*+(/?)>)?+"
+)
+# One attribute of a tag that _NEXT took (so in plain syntax, where this reads it exactly).
+_PLAIN_ATTRIBUTE = re.compile(
+    r"[\t\n\f\r ]+([^\t\n\f\r />=\"'<]+)"
+    r"(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:\"([^\"]*)\"|'([^']*)'|([^\t\n\f\r >=\"'<`]+)))?"
 )
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The rest of a tag name, after its first letter (tag name state).
@@ -144,6 +132,14 @@ def _read_tag(html: str, start: int, want_attributes: frozenset[str]) -> _Tag:
             attributes.setdefault(key.lower(), double or single or bare or "")
 
 
+def _plain_attributes(html: str, start: int, end: int) -> dict[str, str]:
+    """The attributes between ``start`` and ``end`` of a tag that ``_NEXT`` took."""
+    attributes: dict[str, str] = {}
+    for key, *values in _PLAIN_ATTRIBUTE.findall(html, start, end):
+        attributes.setdefault(key.lower(), "".join(values))
+    return attributes
+
+
 def _skip_markup(html: str, start: int) -> int:
     """Where the comment, doctype or other ``<!``, ``<?`` or ``</`` construct at ``start`` ends:
     after its close, or at the end of the input when it has none."""
@@ -174,11 +170,29 @@ def _read_other(
     return None
 
 
+@functools.cache
+def _end_tag(name: str) -> re.Pattern[str]:
+    return re.compile(rf"</{re.escape(name)}(?=[\t\n\f\r />])", re.IGNORECASE)
+
+
+def _raw_text_end(html: str, name: str, start: int) -> int:
+    """Where the raw text of a ``name`` element from ``start`` ends: at its end tag (script data
+    end tag state), or at the end of the input."""
+    found = _end_tag(name).search(html, start)
+    return len(html) if found is None else found.start()
+
+
 def _tokenize(html: str, target: _Converter) -> None:
-    """Calls ``target.start``, ``target.end`` and ``target.chunk`` for the tags and text of
-    ``html``, in order; comments, doctypes and processing instructions are dropped."""
+    """Hands the tags and text of ``html`` to ``target``, in order: each tag to its handler in
+    ``target.ON_START`` or ``target.ON_END`` (tags without one pass unseen), text to
+    ``target.chunk``. Comments, doctypes and processing instructions are dropped.
+
+    A start handler that returns True has the element's content skipped as raw text up to its
+    end tag, which is read next: what ``<script>`` and ``<style>`` hold is not markup, and for
+    the other skipped elements it is dropped all the same.
+    """
     search = _NEXT.search
-    start, end_tag, chunk = target.start, target.end, target.chunk
+    on_start, on_end, chunk = target.ON_START, target.ON_END, target.chunk
     want = target.WANT_ATTRIBUTES
     pos = text_start = 0
     while (match := search(html, pos)) is not None:
@@ -188,7 +202,7 @@ def _tokenize(html: str, target: _Converter) -> None:
             name = name.lower()
             attributes = None
             if name in want and not slash:
-                attributes = _read_tag(html, lt + 1, want)[2]
+                attributes = _plain_attributes(html, match.end(2), end)
         else:
             other = _read_other(html, lt, want)
             if other is None:
@@ -203,16 +217,14 @@ def _tokenize(html: str, target: _Converter) -> None:
         if name is None:
             continue
         if slash:
-            end_tag(name)
-            continue
-        start(name, attributes, self_closing)
-        raw_end = _RAW_TEXT_END.get(name)
-        if raw_end is not None and not self_closing:
-            # Raw text: no markup up to the element's own end tag, which is read next.
-            found = raw_end.search(html, pos)
-            if found is None:
-                break
-            pos = found.start()
+            if (ended := on_end.get(name)) is not None:
+                ended(target)
+        elif (
+            (started := on_start.get(name)) is not None
+            and started(target, attributes)
+            and not self_closing
+        ):
+            pos = text_start = _raw_text_end(html, name, pos)
     if text_start < len(html):
         chunk(html[text_start:])
 
@@ -265,22 +277,21 @@ class _Writer:
 
 
 class _Converter:
-    """The tokenizer's target; each kind of element has its handler."""
+    """The tokenizer's target: what each element does to the text, by the tables below."""
 
     #: The tags whose attributes the handlers read (the tokenizer skips the others' values).
     WANT_ATTRIBUTES = frozenset(("a", "img"))
+    ON_START: ClassVar[Mapping[str, Callable[[_Converter, dict[str, str] | None], bool | None]]]
+    ON_END: ClassVar[Mapping[str, Callable[[_Converter], None]]]
 
     def __init__(self) -> None:
         self.out = _Writer()
         self.lists: list[int] = []  # per open list: -1 for <ul>, items so far for <ol>
         self.link: tuple[str, int] | None = None  # href, and where its text starts
         self.pre = 0  # depth of open <pre>
-        self.skipping: str | None = None  # the skipped element we are in, up to its end tag
 
     def chunk(self, text: str) -> None:
         """Text between two tags; most of it is the whitespace between block elements."""
-        if self.skipping is not None:
-            return
         if self.pre:
             self.out.raw(unescape(text))
         elif text.isspace():
@@ -288,90 +299,51 @@ class _Converter:
         else:
             self.out.text(unescape(text) if "&" in text else text)
 
-    # The two below are the hot path (one call per tag of every mail): common cases come first.
+    # --- the handlers; a start tag's get its attributes (None unless asked for) ----------------
 
-    def start(self, name: str, attributes: dict[str, str] | None, self_closing: str) -> None:
-        """A start tag; ``self_closing`` is "/" for ``<name/>`` and empty otherwise."""
-        if self.skipping is not None:
-            return
-        kind = _KIND.get(name)
-        if kind is None:
-            return  # inline: <b>, <span>, <strong> …
-        if kind == _PARAGRAPH:
-            self.out.block(2)
-        elif kind == _LINE:
-            self.out.block(1)
-        elif kind == _SKIP:
-            if not self_closing:
-                self.skipping = name
+    def skip(self, _attributes: dict[str, str] | None) -> bool:
+        return True
+
+    def paragraph(self, _attributes: dict[str, str] | None = None) -> None:
+        self.out.block(2)
+
+    def line(self, _attributes: dict[str, str] | None = None) -> None:
+        self.out.block(1)
+
+    def line_break(self, _attributes: dict[str, str] | None = None) -> None:
+        self.out.line_break()
+
+    def cell_end(self) -> None:
+        self.out.space = True
+
+    def item(self, _attributes: dict[str, str] | None) -> None:
+        self.out.block(1)
+        lists = self.lists
+        indent = "  " * min(max(len(lists) - 1, 0), MAX_LIST_INDENT)
+        if not lists or lists[-1] < 0:
+            self.out.raw(indent + "- ")
         else:
-            self.tag(kind, name, False, attributes)
+            lists[-1] += 1
+            self.out.raw(f"{indent}{lists[-1]}. ")
 
-    def end(self, name: str) -> None:
-        if self.skipping is not None:
-            if name == self.skipping:
-                self.skipping = None
-            return
-        kind = _KIND.get(name)
-        if kind is None or kind == _SKIP:
-            return
-        if kind == _PARAGRAPH:
-            self.out.block(2)
-        elif kind == _LINE:
-            self.out.block(1)
-        else:
-            self.tag(kind, name, True, None)
-
-    def tag(self, kind: int, name: str, closing: bool, attributes: dict[str, str] | None) -> None:
-        out = self.out
-        if kind == _CELL:
-            out.space = out.space or closing
-        elif kind == _LINK:
-            self.close_link()
-            if attributes is not None:
-                href = attribute_value(attributes.get("href", "")).strip()
-                self.link = (href, len(out.parts))
-        elif kind == _ITEM:
-            out.block(1)
-            if not closing:
-                out.raw(self.list_marker())
-        elif kind == _BREAK:
-            out.line_break()
-        elif kind == _LIST:
-            self.list_edge(name, closing)
-        else:
-            self.rare(kind, closing, attributes)
-
-    def rare(self, kind: int, closing: bool, attributes: dict[str, str] | None) -> None:
-        out = self.out
-        if kind == _IMAGE:
-            alt = attribute_value(attributes.get("alt", "")).strip() if attributes else ""
-            if alt:
-                out.text(alt)
-        elif kind == _PRE:
-            out.block(2)
-            self.pre = max(self.pre - 1, 0) if closing else self.pre + 1
-        elif kind == _RULE:
-            out.block(2)
-            out.raw("---")
-            out.block(2)
-
-    def list_edge(self, name: str, closing: bool) -> None:
-        if closing:
-            if self.lists:
-                self.lists.pop()
-            self.out.block(1 if self.lists else 2)
-            return
+    def bullets(self, _attributes: dict[str, str] | None) -> None:
         # A nested list hangs right under its item; a top-level one is a paragraph.
         self.out.block(1 if self.lists else 2)
-        self.lists.append(-1 if name == "ul" else 0)
+        self.lists.append(-1)
 
-    def list_marker(self) -> str:
-        indent = "  " * min(max(len(self.lists) - 1, 0), MAX_LIST_INDENT)
-        if not self.lists or self.lists[-1] < 0:
-            return indent + "- "
-        self.lists[-1] += 1
-        return f"{indent}{self.lists[-1]}. "
+    def numbers(self, _attributes: dict[str, str] | None) -> None:
+        self.out.block(1 if self.lists else 2)
+        self.lists.append(0)
+
+    def list_end(self) -> None:
+        if self.lists:
+            self.lists.pop()
+        self.out.block(1 if self.lists else 2)
+
+    def link_start(self, attributes: dict[str, str] | None) -> None:
+        self.close_link()
+        href = attribute_value((attributes or {}).get("href", "")).strip()
+        self.link = (href, len(self.out.parts))
 
     def close_link(self) -> None:
         if self.link is None:
@@ -387,6 +359,51 @@ class _Converter:
                 self.out.raw(f"({href})")
             else:
                 self.out.raw(href)
+
+    def image(self, attributes: dict[str, str] | None) -> None:
+        alt = attribute_value((attributes or {}).get("alt", "")).strip()
+        if alt:
+            self.out.text(alt)
+
+    def pre_start(self, _attributes: dict[str, str] | None) -> None:
+        self.out.block(2)
+        self.pre += 1
+
+    def pre_end(self) -> None:
+        self.out.block(2)
+        self.pre = max(self.pre - 1, 0)
+
+    def rule(self, _attributes: dict[str, str] | None) -> None:
+        self.out.block(2)
+        self.out.raw("---")
+        self.out.block(2)
+
+
+_Converter.ON_START = {
+    **dict.fromkeys(SKIPPED, _Converter.skip),
+    **dict.fromkeys(PARAGRAPHS, _Converter.paragraph),
+    **dict.fromkeys(LINES, _Converter.line),
+    "li": _Converter.item,
+    "br": _Converter.line_break,
+    "a": _Converter.link_start,
+    "img": _Converter.image,
+    "pre": _Converter.pre_start,
+    "hr": _Converter.rule,
+    "ul": _Converter.bullets,
+    "ol": _Converter.numbers,
+}
+_Converter.ON_END = {
+    **dict.fromkeys(PARAGRAPHS, _Converter.paragraph),
+    **dict.fromkeys(LINES, _Converter.line),
+    "li": _Converter.line,
+    "td": _Converter.cell_end,
+    "th": _Converter.cell_end,
+    "br": _Converter.line_break,  # </br> is read as <br>
+    "a": _Converter.close_link,
+    "pre": _Converter.pre_end,
+    "ul": _Converter.list_end,
+    "ol": _Converter.list_end,
+}
 
 
 def html_to_text(html: str) -> str:
