@@ -86,6 +86,7 @@ def test_a_derived_text_template_keeps_its_jinja_markup_in_place() -> None:
         ("a</>b", "ab"),
         ("a</ b>c", "ac"),  # "</" then not a letter: a comment up to ">"
         ("<p>if a<b then c</p>", "if a"),  # a tag open to the end is dropped
+        ('x<a href="u>rest', "x"),  # so is one whose quote never closes
         ("<p>a < b</p>", "a < b"),
         ("x</", "x</"),
         ('<a href="u" title="a > b">link</a>', "link (u)"),
