@@ -9,8 +9,8 @@ it must be linear on any input and cheap on a newsletter. ``_tokenize`` is the t
 of the WHATWG HTML standard (13.2.5), kept to what text needs: tags and their attributes, text,
 raw text inside ``<script>`` and the like; comments and declarations dropped. No character is read
 twice: each scan either consumes what it read or reaches the end of the input, where the standard
-ends the construct (an unclosed tag is dropped, an unclosed comment runs to the end), and every
-pattern is possessive or atomic, so none can backtrack. The regular expression used before
+ends the construct (an unclosed tag is dropped, an unclosed comment runs to the end), and the
+patterns that scan are possessive or atomic, so none can retry what it read. The regular expression used before
 rescanned to the end from every ``<`` left open: 37 s for 80 KB of ``<a``.
 
 Why not a library (measured on this Python, 3.11.7; ``bench/bench_html_to_text.py`` prints the
@@ -18,8 +18,8 @@ figures of this one):
 
 - CPython's ``html.parser`` is quadratic on constructs left open (CVE-2025-6069, fixed in later
   patch releases only): 18 s for 40 KB of ``<a b``. A subclass with the fixes would still be pure
-  Python and slow: its bare tokenizing of a 3 KB newsletter costs 280 µs, this whole conversion
-  160 µs.
+  Python and slow: its bare tokenizing of a 3 KB newsletter costs 280 µs, twice this whole
+  conversion.
 - lxml: libxml2 2.14 tokenizes linearly, but its tree construction walks the open elements for
   each end tag that matches none: 2.3 s for 320 KB of ``<div>`` then ``</x>``, 16 times the
   80 KB figure.
@@ -72,8 +72,8 @@ _NEXT = re.compile(
 )
 # One attribute of a tag that _NEXT took (so in plain syntax, where this reads it exactly).
 _PLAIN_ATTRIBUTE = re.compile(
-    r"[\t\n\f\r ]+([^\t\n\f\r />=\"'<]+)"
-    r"(?:[\t\n\f\r ]*=[\t\n\f\r ]*(?:\"([^\"]*)\"|'([^']*)'|([^\t\n\f\r >=\"'<`]+)))?"
+    r"[\t\n\f\r ]++([^\t\n\f\r />=\"'<]++)"
+    r"(?>[\t\n\f\r ]*+=[\t\n\f\r ]*+(?>\"([^\"]*+)\"|'([^']*+)'|([^\t\n\f\r >=\"'<`]++)))?+"
 )
 _LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The rest of a tag name, after its first letter (tag name state).
@@ -90,7 +90,7 @@ _COMMENT_END = re.compile(r"--!?>")
 # A character reference in an attribute value; a legacy name without ";" right before "=" is left
 # as written (named character reference state: "?a=1&not=2" keeps its "&not").
 _ATTRIBUTE_REFERENCE = re.compile(
-    r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[a-zA-Z][a-zA-Z0-9]*(?:;|=?))"
+    r"&(?:#[0-9]++;?|#[xX][0-9a-fA-F]++;?|[a-zA-Z][a-zA-Z0-9]*+(?:;|=?))"
 )
 
 #: A tag as read: lower-case name, index after its ">" (-1 when the input ended inside the tag,
