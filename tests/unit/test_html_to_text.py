@@ -131,7 +131,11 @@ def tags(draw: st.DrawFn) -> str:
     for key in draw(st.lists(ATTRIBUTE_NAMES, max_size=3, unique=True)):
         value = draw(VALUES)
         quote = draw(st.sampled_from(['"', "'", ""])) if value.isalnum() else '"'
-        attributes += f"{draw(st.sampled_from([' ', chr(10), chr(9)]))}{key}={quote}{value}{quote}"
+        # Blanks, or the unusual separators a tag may have: a slash, or nothing after a quote.
+        separator = draw(st.sampled_from([" ", "\n", "\t", "/", " / ", ""]))
+        if not separator and not attributes.endswith(('"', "'")):
+            separator = " "
+        attributes += f"{separator}{key}={quote}{value}{quote}"
     return f"<{name}{attributes}{draw(st.sampled_from(['', ' ', '/']))}>"
 
 
