@@ -106,7 +106,7 @@ def _attribute_reference(match: re.Match[str]) -> str:
     return reference
 
 
-def attribute_value(value: str) -> str:
+def _attribute_value(value: str) -> str:
     """A raw attribute value with its character references decoded."""
     return _ATTRIBUTE_REFERENCE.sub(_attribute_reference, value) if "&" in value else value
 
@@ -342,7 +342,7 @@ class _Converter:
 
     def link_start(self, attributes: dict[str, str] | None) -> None:
         self.close_link()
-        href = attribute_value((attributes or {}).get("href", "")).strip()
+        href = _attribute_value((attributes or {}).get("href", "")).strip()
         self.link = (href, len(self.out.parts))
 
     def close_link(self) -> None:
@@ -361,7 +361,7 @@ class _Converter:
                 self.out.raw(href)
 
     def image(self, attributes: dict[str, str] | None) -> None:
-        alt = attribute_value((attributes or {}).get("alt", "")).strip()
+        alt = _attribute_value((attributes or {}).get("alt", "")).strip()
         if alt:
             self.out.text(alt)
 
