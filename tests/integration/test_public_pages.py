@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from tests.conftest import TEST_SECRET, TenantKeys
 from tests.integration.campaign_seed import contacts, opt_out
+from tests.integration.sent_mail import sent_link
 from tidings import tokens
 from tidings.api.routes.public import form_nonce
 from tidings.db.engine import transaction
@@ -21,6 +22,7 @@ ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
 def token(
+    runtime: Runtime,
     tenant_id: int,
     *,
     contact_id: int | None = None,
@@ -30,14 +32,16 @@ def token(
     secret: str = TEST_SECRET,
     now: datetime | None = None,
 ) -> str:
-    return tokens.make_token(
-        secret,
-        kind=kind,
-        tenant_id=tenant_id,
+    """The token of a link in a mail really sent to the contact or address."""
+    return sent_link(
+        runtime,
+        tenant_id,
         contact_id=contact_id,
         email=email,
         category=category,
-        now=now or datetime.now(UTC),
+        kind=kind,
+        secret=secret,
+        now=now,
     )
 
 
@@ -100,7 +104,9 @@ def test_one_click_form_post_unsubscribes_before_answering_200(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     answer = client.post(
-        f"/u/{token(acme.tenant_id, contact_id=ann)}", data=ONE_CLICK, follow_redirects=False
+        f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}",
+        data=ONE_CLICK,
+        follow_redirects=False,
     )
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/html")
@@ -118,7 +124,7 @@ def test_one_click_multipart_post_unsubscribes(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     answer = client.post(
-        f"/u/{token(acme.tenant_id, contact_id=ann)}",
+        f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}",
         files={"List-Unsubscribe": (None, "One-Click")},
         follow_redirects=False,
     )
@@ -131,7 +137,7 @@ def test_repeating_the_one_click_post_changes_nothing_more(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
-    url = f"/u/{token(acme.tenant_id, contact_id=ann)}"
+    url = f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}"
     assert client.post(url, data=ONE_CLICK).status_code == 200
     first = state(runtime, acme.tenant_id)
     for _ in range(3):
@@ -145,7 +151,7 @@ def test_the_confirmation_page_changes_nothing_and_posts_the_one_click_body(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     before = state(runtime, acme.tenant_id)
-    link = token(acme.tenant_id, contact_id=ann)
+    link = token(runtime, acme.tenant_id, contact_id=ann)
     for _ in range(2):
         page = client.get(f"/u/{link}")
         assert page.status_code == 200
@@ -162,8 +168,8 @@ def test_public_pages_do_not_leak_the_token_or_allow_framing(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     for url in (
-        f"/u/{token(acme.tenant_id, contact_id=ann)}",
-        f"/p/{token(acme.tenant_id, contact_id=ann, kind='preferences')}",
+        f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}",
+        f"/p/{token(runtime, acme.tenant_id, contact_id=ann, kind='preferences')}",
         "/u/nonsense",
     ):
         headers = client.get(url).headers
@@ -173,21 +179,21 @@ def test_public_pages_do_not_leak_the_token_or_allow_framing(
         assert "noindex" in headers["x-robots-tag"]
 
 
-def _bad_links(acme: TenantKeys, globex: TenantKeys, ann: int) -> dict[str, str]:
-    good = token(acme.tenant_id, contact_id=ann)
+def _bad_links(runtime: Runtime, acme: TenantKeys, globex: TenantKeys, ann: int) -> dict[str, str]:
+    good = token(runtime, acme.tenant_id, contact_id=ann)
     middle = len(good) // 2
     flipped = good[:middle] + ("A" if good[middle] != "A" else "B") + good[middle + 1 :]
     return {
         "random": "q2V8x0Jm4nT0cXlV4rR1Zk3bVw9Y5nP8sD2fG7hJ1kL",
         "altered": flipped,
         "truncated": good[:-3],
-        "other tenant": token(globex.tenant_id, contact_id=ann),
-        "other instance's secret": token(acme.tenant_id, contact_id=ann, secret="z" * 48),
+        "other tenant": token(runtime, globex.tenant_id, contact_id=ann),
+        "other instance's secret": token(runtime, acme.tenant_id, contact_id=ann, secret="z" * 48),
         "expired": token(
-            acme.tenant_id, contact_id=ann, now=datetime.now(UTC) - timedelta(days=800)
+            runtime, acme.tenant_id, contact_id=ann, now=datetime.now(UTC) - timedelta(days=800)
         ),
-        "preferences kind": token(acme.tenant_id, contact_id=ann, kind="preferences"),
-        "no such contact": token(acme.tenant_id, contact_id=ann + 1000),
+        "preferences kind": token(runtime, acme.tenant_id, contact_id=ann, kind="preferences"),
+        "no such contact": token(runtime, acme.tenant_id, contact_id=ann + 1000),
     }
 
 
@@ -199,7 +205,7 @@ def test_every_link_this_server_did_not_issue_gets_the_same_404_and_changes_noth
     before = state(runtime, acme.tenant_id), state(runtime, globex.tenant_id)
     reference = client.post("/u/" + "x" * 40, data=ONE_CLICK)
     assert reference.status_code == 404
-    for name, link in _bad_links(acme, globex, ann).items():
+    for name, link in _bad_links(runtime, acme, globex, ann).items():
         for answer in (client.post(f"/u/{link}", data=ONE_CLICK), client.get(f"/u/{link}")):
             assert answer.status_code == 404, name
             assert without_nonces(answer.text) == without_nonces(reference.text), name
@@ -211,7 +217,7 @@ def test_a_post_without_the_one_click_body_changes_nothing(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     before = state(runtime, acme.tenant_id)
-    url = f"/u/{token(acme.tenant_id, contact_id=ann)}"
+    url = f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}"
     assert client.post(url).status_code == 400
     assert client.post(url, data={"List-Unsubscribe": "yes"}).status_code == 400
     assert client.post(url, json={"List-Unsubscribe": "One-Click"}).status_code == 400
@@ -222,7 +228,7 @@ def test_a_one_click_link_for_a_category_turns_off_only_that_category(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
-    url = f"/u/{token(acme.tenant_id, contact_id=ann, category='marketing')}"
+    url = f"/u/{token(runtime, acme.tenant_id, contact_id=ann, category='marketing')}"
     assert "“marketing” emails" in client.get(url).text
     assert client.post(url, data=ONE_CLICK).status_code == 200
     assert client.post(url, data=ONE_CLICK).status_code == 200
@@ -237,7 +243,7 @@ def test_a_one_click_link_for_a_category_turns_off_only_that_category(
 def test_a_one_click_link_for_an_address_without_contact_suppresses_the_address(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
-    url = f"/u/{token(acme.tenant_id, email='walk-in@example.com')}"
+    url = f"/u/{token(runtime, acme.tenant_id, email='walk-in@example.com')}"
     assert client.post(url, data=ONE_CLICK).status_code == 200
     assert state(runtime, acme.tenant_id)["suppressions"] == [
         ("walk-in@example.com", "unsubscribe")
@@ -257,7 +263,9 @@ def test_an_unsubscribe_keeps_a_stronger_suppression_reason(
                 created_at=datetime.now(UTC),
             )
         )
-    assert client.post(f"/u/{token(acme.tenant_id, contact_id=ann)}", data=ONE_CLICK).is_success
+    assert client.post(
+        f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}", data=ONE_CLICK
+    ).is_success
     after = state(runtime, acme.tenant_id)
     assert after["statuses"] == [("ann@example.com", "complained")]
     assert after["suppressions"] == [("ann@example.com", "complaint")]
@@ -283,7 +291,7 @@ def test_the_preference_centre_lists_the_categories_and_changes_nothing_on_get(
     add_categories(runtime, globex.tenant_id, "globex-news")
     opt_out(runtime, acme.tenant_id, ann, "marketing")
     before = state(runtime, acme.tenant_id)
-    page = client.get(f"/p/{token(acme.tenant_id, contact_id=ann, kind='preferences')}")
+    page = client.get(f"/p/{token(runtime, acme.tenant_id, contact_id=ann, kind='preferences')}")
     assert page.status_code == 200
     assert _checked(page.text) == {"marketing": False, "notifications": True, "reminders": True}
     assert "<legend>Send me these emails</legend>" in page.text
@@ -303,7 +311,7 @@ def test_saving_preferences_stores_each_category_and_records_what_was_turned_off
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     add_categories(runtime, acme.tenant_id, "reminders", "marketing", "notifications")
     opt_out(runtime, acme.tenant_id, ann, "notifications")
-    link = token(acme.tenant_id, contact_id=ann, kind="preferences")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
     answer = _post_preferences(
         client, link, runtime, action="save", category=["reminders", "notifications", "bogus"]
     )
@@ -330,7 +338,7 @@ def test_unsubscribe_from_everything_and_subscribe_again(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     add_categories(runtime, acme.tenant_id, "reminders")
-    link = token(acme.tenant_id, contact_id=ann, kind="preferences")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
     answer = _post_preferences(client, link, runtime, action="unsubscribe_all")
     assert "You are unsubscribed from all email from acme." in answer.text  # type: ignore[attr-defined]
     after = state(runtime, acme.tenant_id)
@@ -347,7 +355,7 @@ def test_a_bounced_contact_cannot_subscribe_again_from_the_page(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"], status="bounced")
-    link = token(acme.tenant_id, contact_id=ann, kind="preferences")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
     page = client.get(f"/p/{link}")
     assert "Subscribe again" not in page.text
     _post_preferences(client, link, runtime, action="resubscribe")
@@ -360,7 +368,7 @@ def test_a_preference_post_without_a_valid_form_nonce_changes_nothing(
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     add_categories(runtime, acme.tenant_id, "reminders")
-    link = token(acme.tenant_id, contact_id=ann, kind="preferences")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
     if nonce == "forged-for-another-token":
         nonce = form_nonce(runtime.secret_key, link + "x", datetime.now(UTC))
     before = state(runtime, acme.tenant_id)
@@ -374,7 +382,7 @@ def test_an_old_form_nonce_is_refused(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
-    link = token(acme.tenant_id, contact_id=ann, kind="preferences")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
     stale = form_nonce(runtime.secret_key, link, datetime.now(UTC) - timedelta(days=2))
     answer = client.post(f"/p/{link}", data={"form_nonce": stale, "action": "unsubscribe_all"})
     assert answer.status_code == 400
@@ -387,8 +395,10 @@ def test_the_preference_centre_refuses_bad_links_like_the_unsubscribe_page(
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
     before = state(runtime, acme.tenant_id)
     for link in (
-        token(globex.tenant_id, contact_id=ann, kind="preferences"),
-        token(acme.tenant_id, contact_id=ann),  # an unsubscribe token is not a preferences one
+        token(runtime, globex.tenant_id, contact_id=ann, kind="preferences"),
+        token(
+            runtime, acme.tenant_id, contact_id=ann
+        ),  # an unsubscribe token is not a preferences one
         "nonsense",
     ):
         assert client.get(f"/p/{link}").status_code == 404
@@ -402,7 +412,7 @@ def test_the_unsubscribe_page_links_to_the_preference_centre(
     client: TestClient, runtime: Runtime, acme: TenantKeys
 ) -> None:
     [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
-    page = client.get(f"/u/{token(acme.tenant_id, contact_id=ann)}")
+    page = client.get(f"/u/{token(runtime, acme.tenant_id, contact_id=ann)}")
     relative = re.search(r'href="\.\./p/([^"]+)"', page.text)
     assert relative is not None
     assert client.get(f"/p/{relative.group(1)}").status_code == 200

@@ -1,7 +1,7 @@
 """Turning claimed queue rows into fully rendered ``OutgoingMessage``s, a batch at a time.
 
 Everything a batch needs (its contacts, campaigns and templates) is read in three queries, and
-compiled templates are cached by ``(id, updated_at)``, so rendering costs no database round trip
+compiled templates are cached by ``((tenant, id), updated_at)``, so rendering costs no database round trip
 per message and an edited template is picked up by the next batch.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from tidings import tokens
@@ -29,63 +29,86 @@ from tidings.rendering import CompiledTemplate, Recipient, Renderer
 TEMPLATE_CACHE_SIZE = 256  # compiled templates kept per worker
 
 
+#: A row of the batch's context, named by its tenant and id together: an id alone could be a row
+#: of another tenant (SQLite reused deleted ids before migration 0009).
+RowKey = tuple[int, int]  # (tenant_id, id)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchContext:
-    """What the batch's messages refer to, read once per batch."""
+    """What the batch's messages refer to, read once per batch, each row keyed by its tenant."""
 
-    contacts: dict[int, Recipient]
-    campaigns: dict[int, tuple[dict[str, Any], str | None, str | None]]  # data, from, category
+    contacts: dict[RowKey, Recipient]
+    campaigns: dict[RowKey, tuple[dict[str, Any], str | None, str | None]]  # data, from, category
     templates: dict[
-        int, tuple[datetime, str, str | None, str | None]
+        RowKey, tuple[datetime, str, str | None, str | None]
     ]  # updated_at, subject, html, text
 
 
+def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> list[RowKey]:
+    return sorted({(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None})
+
+
 def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
-    contact_ids = {m.contact_id for m in messages if m.contact_id is not None}
-    campaign_ids = {m.campaign_id for m in messages if m.campaign_id is not None}
-    template_ids = {m.template_id for m in messages if m.template_id is not None}
-    contacts: dict[int, Recipient] = {}
-    if contact_ids:
+    """Every look-up names the tenant with the id, ``(tenant_id, id) IN (...)``: a message can only
+    ever see its own tenant's contact, campaign and template."""
+    contact_keys = _keys(messages, "contact_id")
+    campaign_keys = _keys(messages, "campaign_id")
+    template_keys = _keys(messages, "template_id")
+    contacts: dict[RowKey, Recipient] = {}
+    if contact_keys:
         for row in session.execute(
             select(
                 Contact.id,
+                Contact.tenant_id,
                 Contact.email,
                 Contact.name,
                 Contact.first_name,
                 Contact.last_name,
                 Contact.attributes,
-            ).where(Contact.id.in_(contact_ids))
+                Contact.created_at,
+            ).where(tuple_(Contact.tenant_id, Contact.id).in_(contact_keys))
         ):
-            contacts[row.id] = Recipient(
+            contacts[row.tenant_id, row.id] = Recipient(
                 email=row.email,
                 name=row.name,
                 first_name=row.first_name,
                 last_name=row.last_name,
                 attributes=row.attributes or {},
                 contact_id=row.id,
+                contact_created=tokens.contact_stamp(row.created_at),
             )
     campaigns = (
         {
-            row.id: (row.data or {}, row.from_address, row.category)
+            (row.tenant_id, row.id): (row.data or {}, row.from_address, row.category)
             for row in session.execute(
-                select(Campaign.id, Campaign.data, Campaign.from_address, Campaign.category).where(
-                    Campaign.id.in_(campaign_ids)
-                )
+                select(
+                    Campaign.id,
+                    Campaign.tenant_id,
+                    Campaign.data,
+                    Campaign.from_address,
+                    Campaign.category,
+                ).where(tuple_(Campaign.tenant_id, Campaign.id).in_(campaign_keys))
             )
         }
-        if campaign_ids
+        if campaign_keys
         else {}
     )
     templates = (
         {
-            row.id: (row.updated_at, row.subject, row.html, row.text)
+            (row.tenant_id, row.id): (row.updated_at, row.subject, row.html, row.text)
             for row in session.execute(
                 select(
-                    Template.id, Template.updated_at, Template.subject, Template.html, Template.text
-                ).where(Template.id.in_(template_ids))
+                    Template.id,
+                    Template.tenant_id,
+                    Template.updated_at,
+                    Template.subject,
+                    Template.html,
+                    Template.text,
+                ).where(tuple_(Template.tenant_id, Template.id).in_(template_keys))
             )
         }
-        if template_ids
+        if template_keys
         else {}
     )
     return BatchContext(contacts=contacts, campaigns=campaigns, templates=templates)
@@ -98,7 +121,7 @@ class Composer:
         self._settings = settings
         self._secret = secret_key
         self._renderer = renderer
-        self._compiled: dict[tuple[int, datetime], CompiledTemplate] = {}
+        self._compiled: dict[tuple[RowKey, datetime], CompiledTemplate] = {}
         self._domain = parseaddr(settings.from_address)[1].rpartition("@")[2] or "localhost"
 
     def message_id_header(self, message_id: int) -> str:
@@ -108,9 +131,9 @@ class Composer:
         ).hexdigest()[:20]
         return f"<{message_id}.{digest}@{self._domain}>"
 
-    def _template(self, template_id: int, context: BatchContext) -> CompiledTemplate:
-        updated_at, subject, html, text = context.templates[template_id]
-        key = (template_id, updated_at)
+    def _template(self, template_key: RowKey, context: BatchContext) -> CompiledTemplate:
+        updated_at, subject, html, text = context.templates[template_key]
+        key = (template_key, updated_at)
         compiled = self._compiled.get(key)
         if compiled is None:
             if len(self._compiled) >= TEMPLATE_CACHE_SIZE:
@@ -127,36 +150,42 @@ class Composer:
         data: dict[str, Any] = {}
         from_address = message.from_address
         category = message.category
-        if message.campaign_id is not None and message.campaign_id in context.campaigns:
-            campaign_data, campaign_from, campaign_category = context.campaigns[message.campaign_id]
+        tenant_id = message.tenant_id
+        campaign = context.campaigns.get((tenant_id, message.campaign_id or 0))
+        if campaign is not None:
+            campaign_data, campaign_from, campaign_category = campaign
             data.update(campaign_data)
             from_address = from_address or campaign_from
             category = category or campaign_category
         data.update(message.data or {})
         if message.template_id is not None:
-            if message.template_id not in context.templates:
+            if (tenant_id, message.template_id) not in context.templates:
                 raise TidingsError("its template was deleted")
-            compiled = self._template(message.template_id, context)
+            compiled = self._template((tenant_id, message.template_id), context)
         elif message.subject is not None:
             compiled = self._renderer.compile(
                 subject=message.subject, html=message.html, text=message.text
             )
         else:
             raise TidingsError("it has neither a template nor inline content")
-        recipient = context.contacts.get(message.contact_id or 0) or Recipient(
-            email=message.to_address
+        # The links in the mail act for this message's recipient (tokens.py).
+        contact = context.contacts.get((tenant_id, message.contact_id or 0))
+        recipient = (
+            Recipient(email=message.to_address, message_id=message.id)
+            if contact is None
+            else replace(contact, message_id=message.id)
         )
         rendered = self._renderer.render(
-            compiled, tenant_id=message.tenant_id, recipient=recipient, data=data, category=category
+            compiled, tenant_id=tenant_id, recipient=recipient, data=data, category=category
         )
         headers: tuple[tuple[str, str], ...] = ()
         if message.campaign_id is not None:
             token = tokens.make_token(
                 self._secret,
                 kind="unsubscribe",
-                tenant_id=message.tenant_id,
-                contact_id=message.contact_id,
-                email=None if message.contact_id else message.to_address,
+                tenant_id=tenant_id,
+                message_id=message.id,
+                contact_created=recipient.contact_created,
                 category=category,
                 now=now,
             )
@@ -168,7 +197,7 @@ class Composer:
         header_id = self.message_id_header(message.id)
         return OutgoingMessage(
             message_id=message.id,
-            tenant_id=message.tenant_id,
+            tenant_id=tenant_id,
             from_address=from_address or self._settings.from_address,
             to_address=message.to_address,
             to_name=recipient.name,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -173,11 +173,14 @@ def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) ->
         index_elements=["tenant_id", "email"]
     )
     session.connection().execute(statement, list(rows.values()))
-    contact_ids = [d.contact_id for d in decisions if d.contact_id is not None]
-    if contact_ids:
+    contact_keys = sorted({(d.tenant_id, d.contact_id) for d in decisions if d.contact_id})
+    if contact_keys:
         session.execute(
             update(Contact)
-            .where(Contact.id.in_(contact_ids), Contact.status == ContactStatus.active.value)
+            .where(
+                tuple_(Contact.tenant_id, Contact.id).in_(contact_keys),
+                Contact.status == ContactStatus.active.value,
+            )
             .values(status=ContactStatus.bounced.value, updated_at=now)
         )
 

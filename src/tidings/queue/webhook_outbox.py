@@ -38,6 +38,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -181,8 +182,12 @@ def _route_statement(session: Session, *, after: int, upto: int, now: datetime) 
                 subscribed,
             ),
         )
-        .outerjoin(Message, Message.id == Event.message_id)
-        .outerjoin(Contact, Contact.id == Event.contact_id)
+        .outerjoin(
+            Message, and_(Message.id == Event.message_id, Message.tenant_id == Event.tenant_id)
+        )
+        .outerjoin(
+            Contact, and_(Contact.id == Event.contact_id, Contact.tenant_id == Event.tenant_id)
+        )
         .where(Event.id > after, Event.id <= upto, Event.type.in_(list(PUBLIC_TYPE_OF_EVENT)))
     )
     columns = [
@@ -298,7 +303,9 @@ def claim_deliveries(
         row.id: row
         for row in session.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret).where(
-                WebhookEndpoint.id.in_({row.endpoint_id for row in claimed})
+                tuple_(WebhookEndpoint.tenant_id, WebhookEndpoint.id).in_(
+                    sorted({(row.tenant_id, row.endpoint_id) for row in claimed})
+                )
             )
         )
     }

@@ -171,10 +171,10 @@ def record_feedback(
         detail=detail,
         now=now,
     )
-    contact = (
+    contact = (Contact.tenant_id == message.tenant_id) & (
         Contact.id == message.contact_id
         if message.contact_id is not None
-        else (Contact.tenant_id == message.tenant_id) & (Contact.email == message.to_address)
+        else Contact.email == message.to_address
     )
     new_status = ContactStatus.bounced if hard else ContactStatus.complained
     # A complaint outranks every other status; a bounce does not overwrite an opt-out.
