@@ -362,6 +362,23 @@ def test_the_preview_shows_the_mail_for_one_contact_inside_a_sandboxed_frame(
     assert "no such template" in missing.text
 
 
+def test_the_dashboard_preview_shows_only_inert_links(client: TestClient, acme: TenantKeys) -> None:
+    """A viewer's preview must not hand out a working unsubscribe or preferences link."""
+    template_id = make_template(
+        client,
+        acme.admin,
+        html='<p>Hi</p><a href="{{ unsubscribe_url }}">u</a> <a href="{{ preferences_url }}">p</a>',
+    )
+    (ann,) = make_contacts(client, acme.admin, ["ann@example.com"])
+    sign_in(client, acme.viewer)
+    answer = client.get(
+        "/campaigns/new/preview", params={"template_id": template_id, "preview_contact_id": ann}
+    )
+    assert answer.status_code == 200
+    links = set(re.findall(r"http://tidings\.test/[up]/[A-Za-z0-9_-]+", answer.text))
+    assert links == {"http://tidings.test/u/preview", "http://tidings.test/p/preview"}
+
+
 def test_searching_contacts_keeps_the_ticked_ones_that_the_search_hides(
     client: TestClient, acme: TenantKeys
 ) -> None:

@@ -7,15 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from tests.conftest import TEST_SECRET, TenantKeys
 from tests.integration.campaign_seed import contacts, opt_out
 from tests.integration.sent_mail import sent_link
+from tests.token_formats import make_v1_token
 from tidings import tokens
+from tidings.api import rate_limit
 from tidings.api.routes.public import form_nonce
 from tidings.db.engine import transaction
-from tidings.db.models import Category, Contact, Event, Preference, Suppression
+from tidings.db.models import Category, Contact, Event, Message, Preference, Suppression
 from tidings.runtime import Runtime
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -416,3 +418,246 @@ def test_the_unsubscribe_page_links_to_the_preference_centre(
     relative = re.search(r'href="\.\./p/([^"]+)"', page.text)
     assert relative is not None
     assert client.get(f"/p/{relative.group(1)}").status_code == 200
+
+
+# -- a link acts only for the recipient of a sent message -----------------------------------
+
+
+def _message(
+    runtime: Runtime,
+    tenant_id: int,
+    *,
+    contact_id: int | None = None,
+    email: str = "someone@example.com",
+    sent_at: datetime | None = None,
+) -> int:
+    """A message row: sent at ``sent_at``, or still queued when it is None."""
+    now = datetime.now(UTC)
+    with transaction(runtime.sessions) as session:
+        row = Message(
+            tenant_id=tenant_id,
+            contact_id=contact_id,
+            to_address=email,
+            subject="Hi",
+            status="queued" if sent_at is None else "sent",
+            not_before=now,
+            expires_at=now + timedelta(days=1),
+            attempts=0 if sent_at is None else 1,
+            created_at=now,
+            updated_at=now,
+            sent_at=sent_at,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def _v1(
+    tenant_id: int,
+    *,
+    contact_id: int | None = None,
+    email: str | None = None,
+    kind: tokens.TokenKind = "unsubscribe",
+    now: datetime,
+) -> str:
+    return make_v1_token(
+        TEST_SECRET,
+        kind=kind,
+        tenant_id=tenant_id,
+        contact_id=contact_id,
+        email=email,
+        category=None,
+        now=now,
+    )
+
+
+def _unsubscribed(runtime: Runtime, tenant_id: int, email: str) -> int:
+    [contact] = contacts(runtime, tenant_id, [email], status="unsubscribed")
+    with transaction(runtime.sessions) as session:
+        session.add(
+            Suppression(
+                tenant_id=tenant_id, email=email, reason="unsubscribe", created_at=datetime.now(UTC)
+            )
+        )
+    return contact
+
+
+def test_a_link_naming_a_message_never_sent_or_another_tenants_acts_for_nobody(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    now = datetime.now(UTC)
+    queued = _message(runtime, acme.tenant_id, email="victim@example.com")
+    theirs = _message(runtime, globex.tenant_id, email="victim@example.com", sent_at=now)
+    before = state(runtime, acme.tenant_id)
+    for tenant_id, message_id in ((acme.tenant_id, queued), (acme.tenant_id, theirs)):
+        link = tokens.make_token(
+            TEST_SECRET,
+            kind="unsubscribe",
+            tenant_id=tenant_id,
+            message_id=message_id,
+            contact_created=None,
+            category=None,
+            now=now,
+        )
+        assert client.post(f"/u/{link}", data=ONE_CLICK).status_code == 404
+    assert state(runtime, acme.tenant_id) == before
+
+
+def test_old_format_links_in_mail_already_sent_still_work(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """Version 1 links (before migration 0009) named a contact or an address; a real send to
+    that recipient right after the link was made vouches for them."""
+    [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
+    issued = datetime.now(UTC).replace(microsecond=0)
+    _message(runtime, acme.tenant_id, contact_id=ann, email="ann@example.com", sent_at=issued)
+    _message(runtime, acme.tenant_id, email="walk-in@example.com", sent_at=issued)
+    for link in (
+        _v1(acme.tenant_id, contact_id=ann, now=issued),
+        _v1(acme.tenant_id, email="walk-in@example.com", now=issued),
+    ):
+        assert client.post(f"/u/{link}", data=ONE_CLICK).status_code == 200
+    assert state(runtime, acme.tenant_id)["suppressions"] == [
+        ("ann@example.com", "unsubscribe"),
+        ("walk-in@example.com", "unsubscribe"),
+    ]
+
+
+def test_an_old_format_link_without_a_send_to_its_recipient_cannot_suppress_or_resubscribe(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """What a viewer could mint through a preview before the fix: a link for any address, or
+    for a contact who opted out. Without a mail sent to them soon after, it does nothing."""
+    bob = _unsubscribed(runtime, acme.tenant_id, "bob@example.com")
+    now = datetime.now(UTC)
+    # Bob did get mail, but two hours after the link was made: not the mail it came in.
+    _message(runtime, acme.tenant_id, contact_id=bob, email="bob@example.com", sent_at=now)
+    before = state(runtime, acme.tenant_id)
+    victim = _v1(acme.tenant_id, email="victim@example.com", now=now)
+    assert client.post(f"/u/{victim}", data=ONE_CLICK).status_code == 404
+    assert client.get(f"/u/{victim}").status_code == 404
+    preferences = _v1(
+        acme.tenant_id, contact_id=bob, kind="preferences", now=now - timedelta(hours=2)
+    )
+    nonce = form_nonce(runtime.secret_key, preferences, now)
+    answer = client.post(f"/p/{preferences}", data={"form_nonce": nonce, "action": "resubscribe"})
+    assert answer.status_code == 404
+    assert state(runtime, acme.tenant_id) == before
+
+
+def test_an_old_format_link_of_a_deleted_contact_misses_the_contact_now_under_its_id(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """The id of a deleted contact given to a new one (SQLite before migration 0009), who is
+    then sent mail: the old link names the id, but not a contact that existed when it was made."""
+    issued = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    with transaction(runtime.sessions) as session:
+        old = Contact(
+            tenant_id=acme.tenant_id,
+            email="ann@example.com",
+            attributes={},
+            status="active",
+            created_at=issued - timedelta(days=1),
+            updated_at=issued,
+        )
+        session.add(old)
+        session.flush()
+        reused = old.id
+    _message(runtime, acme.tenant_id, contact_id=reused, email="ann@example.com", sent_at=issued)
+    link = _v1(acme.tenant_id, contact_id=reused, now=issued)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Message).where(Message.contact_id == reused).values(contact_id=None))
+        session.execute(delete(Contact).where(Contact.id == reused))
+        session.add(
+            Contact(
+                id=reused,
+                tenant_id=acme.tenant_id,
+                email="new@example.com",
+                attributes={},
+                status="active",
+                created_at=issued + timedelta(minutes=5),
+                updated_at=issued + timedelta(minutes=5),
+            )
+        )
+    _message(
+        runtime,
+        acme.tenant_id,
+        contact_id=reused,
+        email="new@example.com",
+        sent_at=issued + timedelta(minutes=10),
+    )
+    before = state(runtime, acme.tenant_id)
+    assert client.post(f"/u/{link}", data=ONE_CLICK).status_code == 404
+    assert state(runtime, acme.tenant_id) == before
+
+
+# -- abuse: rate limits and malformed forms -------------------------------------------------
+
+
+def test_one_link_used_too_often_gets_429_with_retry_after_and_changes_nothing(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
+    add_categories(runtime, acme.tenant_id, "reminders")
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
+    nonce = form_nonce(runtime.secret_key, link, datetime.now(UTC))
+    flips = ("unsubscribe_all", "resubscribe")
+    for i in range(rate_limit.PER_TOKEN.requests):
+        answer = client.post(f"/p/{link}", data={"form_nonce": nonce, "action": flips[i % 2]})
+        assert answer.status_code == 200, i
+    before = state(runtime, acme.tenant_id)
+    for method in (client.get, client.post):
+        answer = method(f"/p/{link}")
+        assert answer.status_code == 429
+        assert 1 <= int(answer.headers["retry-after"]) <= rate_limit.PER_TOKEN.window_seconds
+        assert "Nothing was changed" in answer.text
+    assert state(runtime, acme.tenant_id) == before
+    other = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
+    assert client.get(f"/p/{other}").status_code == 200  # another link of the same client
+
+
+def test_one_client_trying_many_links_gets_429(client: TestClient) -> None:
+    for i in range(rate_limit.PER_CLIENT.requests):
+        assert client.get(f"/u/made-up-{i}").status_code == 404, i
+    answer = client.post("/u/made-up-one-more", data=ONE_CLICK)
+    assert answer.status_code == 429
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize("nonce", ["é", "²", "١٢٣.abc", "1700000000.é", "\u00b9" * 3 + ".x"])
+def test_a_non_ascii_form_nonce_is_a_400_not_a_crash(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, nonce: str
+) -> None:
+    [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
+    link = token(runtime, acme.tenant_id, contact_id=ann, kind="preferences")
+    before = state(runtime, acme.tenant_id)
+    answer = client.post(f"/p/{link}", data={"form_nonce": nonce, "action": "unsubscribe_all"})
+    assert answer.status_code == 400
+    assert "Nothing was changed" in answer.text
+    assert state(runtime, acme.tenant_id) == before
+
+
+def test_a_link_names_its_contact_by_creation_time_too_so_a_reused_id_does_not_match(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """Even if a message still named a contact id that now belongs to a newer contact (a row
+    deleted by hand, without detaching its messages), the link's contact stamp does not match."""
+    [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
+    link = token(runtime, acme.tenant_id, contact_id=ann)
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    with transaction(runtime.sessions) as session:
+        session.execute(delete(Contact).where(Contact.id == ann))
+        session.add(
+            Contact(
+                id=ann,
+                tenant_id=acme.tenant_id,
+                email="new@example.com",
+                attributes={},
+                status="active",
+                created_at=later,
+                updated_at=later,
+            )
+        )
+    before = state(runtime, acme.tenant_id)
+    assert client.post(f"/u/{link}", data=ONE_CLICK).status_code == 404
+    assert state(runtime, acme.tenant_id) == before
