@@ -64,12 +64,29 @@ def test_version_1_tokens_in_mail_already_sent_still_read_back() -> None:
 
 
 def test_a_token_cannot_be_read_under_another_version() -> None:
-    """The version byte is authenticated from version 2 on: relabelling a token breaks it."""
-    raw = bytearray(base64.urlsafe_b64decode(_make() + "=" * (-len(_make()) % 4)))
-    raw[0] = tokens.V1
-    relabelled = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
-    with pytest.raises(InvalidToken):
-        tokens.read_token(SECRET, relabelled, kind="unsubscribe", now=NOW)
+    """The version byte is authenticated from version 2 on: relabelling a token breaks it, even
+    one whose payload happens to parse under both layouts (contact 42 and a one-byte category
+    read as version 2: message 42, contact stamp 1, category "")."""
+    for version, token in (
+        (tokens.V1, _make()),
+        (
+            tokens.TOKEN_VERSION,
+            make_v1_token(
+                SECRET,
+                kind="unsubscribe",
+                tenant_id=7,
+                contact_id=42,
+                email=None,
+                category="\x00",
+                now=NOW,
+            ),
+        ),
+    ):
+        raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        raw[0] = version
+        relabelled = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        with pytest.raises(InvalidToken):
+            tokens.read_token(SECRET, relabelled, kind="unsubscribe", now=NOW)
 
 
 def test_the_preview_placeholder_is_no_token() -> None:
