@@ -556,6 +556,43 @@ def test_the_inbox_shows_the_tenants_sent_mail_in_a_sandboxed_frame(
         assert other.get(f"/inbox/{message_id}").status_code == 404
 
 
+def test_the_inbox_shows_a_sent_mails_links_only_as_inert_placeholders(
+    client: TestClient, acme: TenantKeys, runtime: Runtime
+) -> None:
+    """The outbox holds working links; a viewer reading it must not get one (tokens.py)."""
+    (ann,) = make_contacts(client, acme.admin, ["ann@example.com"])
+    sent = client.post(
+        "/v1/messages",
+        json={
+            "contact_id": ann,
+            "subject": "Your code",
+            "html": '<p>1234</p><a href="{{ unsubscribe_url }}">u</a>',
+            "text": "1234 {{ preferences_url }}",
+        },
+        headers=acme.auth(acme.admin),
+    )
+    message_id = sent.json()["id"]
+    worker = WorkerThread(runtime).start()
+    try:
+        wait_until(
+            lambda: (
+                client.get(f"/v1/messages/{message_id}", headers=acme.auth(acme.admin)).json()[
+                    "status"
+                ]
+                == "sent"
+            )
+        )
+    finally:
+        worker.stop()
+    outbox = runtime.settings.resolved_transport_url().removeprefix("outbox://")
+    [stored] = [p.read_text() for p in Path(outbox, "new").iterdir()]
+    assert re.search(r"/u/[A-Za-z0-9_-]{30,}", stored)  # the mail itself carries a real link
+    sign_in(client, acme.viewer)
+    shown = client.get(f"/inbox/{message_id}").text
+    links = set(re.findall(r"http://tidings\.test/[up]/[A-Za-z0-9_-]+", shown))
+    assert links == {"http://tidings.test/u/preview", "http://tidings.test/p/preview"}
+
+
 @pytest.mark.parametrize("path", ["/contacts", "/lists", "/suppressions", "/inbox", "/queue"])
 def test_list_pages_render_when_empty(client: TestClient, acme: TenantKeys, path: str) -> None:
     sign_in(client, acme.viewer)
