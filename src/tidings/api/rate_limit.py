@@ -10,9 +10,9 @@ The window is kept in this process's memory, so it bounds what *one process* let
 ``tidings serve --processes N`` (or several hosts behind a load balancer) requests spread over N
 processes, and a client can get up to N times the limit through in one window. That is still a
 bound, and the one-click unsubscribe stays cheap and idempotent; a shared limit would cost a
-database write on every hit of a public link. The client address is the connection's peer: behind
-a reverse proxy, run uvicorn with ``--proxy-headers`` (and ``--forwarded-allow-ips``) so that it is
-the real client, not the proxy.
+database write on every hit of a public link. The client address is the connection's peer, or
+the ``X-Forwarded-For`` of a proxy uvicorn trusts (127.0.0.1 unless ``FORWARDED_ALLOW_IPS`` says
+otherwise): behind a proxy on another host, set it, or every client counts as the proxy.
 """
 
 from __future__ import annotations

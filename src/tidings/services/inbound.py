@@ -192,7 +192,11 @@ def record_feedback(
     if hard:
         session.execute(
             update(Message)
-            .where(Message.id == message.id, Message.status == MessageStatus.sent.value)
+            .where(
+                Message.tenant_id == message.tenant_id,
+                Message.id == message.id,
+                Message.status == MessageStatus.sent.value,
+            )
             .values(
                 status=MessageStatus.failed.value, last_error=f"bounced: {detail}", updated_at=now
             )
