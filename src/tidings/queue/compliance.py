@@ -40,7 +40,6 @@ from sqlalchemy import (
     insert,
     select,
     text,
-    tuple_,
     union_all,
     update,
 )
@@ -56,6 +55,7 @@ from tidings.db.models import (
     Suppression,
     table,
 )
+from tidings.db.tenancy import owned
 from tidings.domain import (
     ContactStatus,
     EventType,
@@ -141,7 +141,7 @@ def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[in
             (tenant_id, campaign_id): category
             for tenant_id, campaign_id, category in session.execute(
                 select(Campaign.tenant_id, Campaign.id, Campaign.category).where(
-                    tuple_(Campaign.tenant_id, Campaign.id).in_(sorted(missing))
+                    owned(Campaign.tenant_id, Campaign.id, sorted(missing))
                 )
             )
         }
@@ -166,7 +166,7 @@ def _blocked(
             (tenant_id, contact_id): status
             for tenant_id, contact_id, status in session.execute(
                 select(Contact.tenant_id, Contact.id, Contact.status).where(
-                    tuple_(Contact.tenant_id, Contact.id).in_(contact_keys)
+                    owned(Contact.tenant_id, Contact.id, contact_keys)
                 )
             )
         }
@@ -176,7 +176,7 @@ def _blocked(
                 (contact_id, category)
                 for contact_id, category in session.execute(
                     select(Preference.contact_id, Preference.category).where(
-                        tuple_(Preference.tenant_id, Preference.contact_id).in_(contact_keys),
+                        owned(Preference.tenant_id, Preference.contact_id, contact_keys),
                         Preference.category.in_(wanted),
                         Preference.subscribed.is_(False),
                     )

@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, case, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Contact, Event, Message, Suppression, Throttle, table
+from tidings.db.tenancy import owned
 from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
 from tidings.queue.enqueue import requeue_status
 
@@ -178,7 +179,7 @@ def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) ->
         session.execute(
             update(Contact)
             .where(
-                tuple_(Contact.tenant_id, Contact.id).in_(contact_keys),
+                owned(Contact.tenant_id, Contact.id, contact_keys),
                 Contact.status == ContactStatus.active.value,
             )
             .values(status=ContactStatus.bounced.value, updated_at=now)

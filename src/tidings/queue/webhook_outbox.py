@@ -38,7 +38,6 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -53,6 +52,7 @@ from tidings.db.models import (
     WebhookEndpoint,
     table,
 )
+from tidings.db.tenancy import owned
 from tidings.db.types import UTCDateTime
 from tidings.domain import EventType
 
@@ -303,8 +303,10 @@ def claim_deliveries(
         row.id: row
         for row in session.execute(
             select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret).where(
-                tuple_(WebhookEndpoint.tenant_id, WebhookEndpoint.id).in_(
-                    sorted({(row.tenant_id, row.endpoint_id) for row in claimed})
+                owned(
+                    WebhookEndpoint.tenant_id,
+                    WebhookEndpoint.id,
+                    {(row.tenant_id, row.endpoint_id) for row in claimed},
                 )
             )
         )
