@@ -12,14 +12,20 @@ that is XORed over it. Both keys are derived from the instance secret, so rotati
 exist for the recipient of a real message, and act on nobody else. A version 2 token therefore
 names *the message it was sent in* (``messages.id``, within its tenant), never a bare contact id
 or address: ``services/preferences.resolve`` accepts it only when that message of that tenant
-exists and was sent (``sent_at`` set), and it acts on that message's recipient. The worker is the
-only place that mints tokens, while it renders a claimed message; previews and the check at
-accept render inert placeholder links (``PREVIEW_TOKEN``), because they have no message. So an
-API key of any role cannot obtain a working token for an address, and a token for an address that
-was never sent to cannot exist. Message ids are never reused (AUTOINCREMENT on SQLite, identity
-on PostgreSQL: migration 0009), and a token to a contact also carries the contact's creation time
-(whole seconds): a contact deleted and another one created later under the same id (a reused id)
-does not match, so an old link can never reach a new contact.
+exists and was sent (``sent_at`` set), and it acts on that message's recipient. Tokens are minted
+only by the worker, while it renders a claimed message, and by the unsubscribe page for the
+preference link of the same message; previews and the check at accept render inert placeholder
+links (``PREVIEW_TOKEN``), because they have no message, and the dashboard's inbox shows sent
+mail with its links made inert. So an API key of any role cannot obtain a working token for an
+address, and a token for an address that was never sent to acts on nobody. (Whoever reads the
+delivered mail holds its links, as RFC 8058 intends: the recipient, or a relay the tenant
+controls.)
+
+**Reused ids.** Message ids are never reused (AUTOINCREMENT on SQLite, identity on PostgreSQL:
+migration 0009), and a token to a contact also carries the contact's creation time (whole
+seconds): a contact deleted and another one created later under the same id does not match, so
+an old link can never reach a new contact. A deleted contact's messages are detached from it
+(``contacts.delete_contact``), so its links then act on nobody.
 
 **Version 1 tokens** (before migration 0009) named a contact id or an address, and previews made
 them too. They are still accepted, so that links in mail already delivered keep working for their
