@@ -99,11 +99,11 @@ def test_a_requeued_message_never_goes_out_with_the_template_another_tenant_crea
 ) -> None:
     message_id, deleted = _failed_message_of_a_deleted_template(client, runtime, acme)
     theirs = _template(client, globex, "offer", f"<p>{B_SECRET}</p>")
-    assert theirs != deleted  # step 3: the id of A's deleted template is not handed out again
     message = _requeue_from_the_dashboard_and_send(client, runtime, acme, message_id, worker)
+    assert not any(B_SECRET.encode() in m.raw for m in smtp_server.messages)
     assert message.status == "failed"
     assert (message.last_error or "").endswith("its template was deleted")
-    assert not any(B_SECRET.encode() in m.raw for m in smtp_server.messages)
+    assert theirs != deleted  # the id of A's deleted template was not handed out again
 
 
 def test_a_row_under_a_reused_id_is_another_tenants_and_never_read_for_this_one(
