@@ -15,12 +15,13 @@ from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tidings import tokens
 from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
+from tidings.db.tenancy import owned
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
@@ -50,8 +51,8 @@ def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> list[RowKey]:
 
 
 def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
-    """Every look-up names the tenant with the id, ``(tenant_id, id) IN (...)``: a message can only
-    ever see its own tenant's contact, campaign and template."""
+    """Every look-up names the tenant with the id (``db.tenancy.owned``): a message can only ever
+    see its own tenant's contact, campaign and template."""
     contact_keys = _keys(messages, "contact_id")
     campaign_keys = _keys(messages, "campaign_id")
     template_keys = _keys(messages, "template_id")
@@ -67,7 +68,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 Contact.last_name,
                 Contact.attributes,
                 Contact.created_at,
-            ).where(tuple_(Contact.tenant_id, Contact.id).in_(contact_keys))
+            ).where(owned(Contact.tenant_id, Contact.id, contact_keys))
         ):
             contacts[row.tenant_id, row.id] = Recipient(
                 email=row.email,
@@ -88,7 +89,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                     Campaign.data,
                     Campaign.from_address,
                     Campaign.category,
-                ).where(tuple_(Campaign.tenant_id, Campaign.id).in_(campaign_keys))
+                ).where(owned(Campaign.tenant_id, Campaign.id, campaign_keys))
             )
         }
         if campaign_keys
@@ -105,7 +106,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                     Template.subject,
                     Template.html,
                     Template.text,
-                ).where(tuple_(Template.tenant_id, Template.id).in_(template_keys))
+                ).where(owned(Template.tenant_id, Template.id, template_keys))
             )
         }
         if template_keys
