@@ -1,30 +1,24 @@
-"""Look-ups by ``(tenant_id, id)``: a row named by an id is only ever taken for its own tenant."""
+"""Look-ups by ``(tenant_id, id)``: a row named by an id is only ever taken for its own tenant.
+
+The SQL asks for the ids alone (``ids``), so that both databases read the primary key, and every
+row read is kept only when its own ``(tenant_id, id)`` is one that was asked for (``owned``). Asking
+for ``tenant_id = t AND id IN (...)`` in SQL reads the same, but PostgreSQL then often walks the
+tenant's whole ``(tenant_id, status, id)`` index, and a row-value ``(tenant_id, id) IN (VALUES
+...)`` makes SQLite scan the table: both cost the worker a third of its throughput.
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, or_
+Key = tuple[int, int]  # (tenant_id, id)
 
 
-def owned(
-    tenant_column: Any, id_column: Any, keys: Iterable[tuple[int, int]]
-) -> ColumnElement[bool]:
-    """``(tenant, id) IN keys``, written as one ``tenant = t AND id IN (...)`` per tenant.
+def ids(keys: Iterable[Key]) -> list[int]:
+    """The ids to read, in order."""
+    return sorted({row_id for _, row_id in keys})
 
-    A row value ``(tenant_id, id) IN (VALUES ...)`` reads the same, but SQLite answers it by
-    scanning the whole table; this form uses the primary key on both databases, and a batch
-    rarely holds more than a few tenants.
-    """
-    by_tenant: defaultdict[int, set[int]] = defaultdict(set)
-    for tenant_id, row_id in keys:
-        by_tenant[tenant_id].add(row_id)
-    return or_(
-        false(),
-        *(
-            and_(tenant_column == tenant_id, id_column.in_(sorted(ids)))
-            for tenant_id, ids in sorted(by_tenant.items())
-        ),
-    )
+
+def owned(keys: Iterable[Key], tenant_id: int, row_id: int) -> bool:
+    """Whether the row read, ``(tenant_id, row_id)``, is one of ``keys`` (a set is fastest)."""
+    return (tenant_id, row_id) in keys

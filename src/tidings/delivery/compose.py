@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from tidings import tokens
 from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
-from tidings.db.tenancy import owned
+from tidings.db.tenancy import ids, owned
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
@@ -46,13 +46,14 @@ class BatchContext:
     ]  # updated_at, subject, html, text
 
 
-def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> list[RowKey]:
-    return sorted({(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None})
+def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
+    return {(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None}
 
 
 def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
-    """Every look-up names the tenant with the id (``db.tenancy.owned``): a message can only ever
-    see its own tenant's contact, campaign and template."""
+    """Every row read is kept only under its own ``(tenant_id, id)``, and only when a message of
+    that tenant asked for it (``db.tenancy``): a message can only ever see its own tenant's
+    contact, campaign and template."""
     contact_keys = _keys(messages, "contact_id")
     campaign_keys = _keys(messages, "campaign_id")
     template_keys = _keys(messages, "template_id")
@@ -68,8 +69,10 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 Contact.last_name,
                 Contact.attributes,
                 Contact.created_at,
-            ).where(owned(Contact.tenant_id, Contact.id, contact_keys))
+            ).where(Contact.id.in_(ids(contact_keys)))
         ):
+            if not owned(contact_keys, row.tenant_id, row.id):
+                continue
             contacts[row.tenant_id, row.id] = Recipient(
                 email=row.email,
                 name=row.name,
@@ -89,8 +92,9 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                     Campaign.data,
                     Campaign.from_address,
                     Campaign.category,
-                ).where(owned(Campaign.tenant_id, Campaign.id, campaign_keys))
+                ).where(Campaign.id.in_(ids(campaign_keys)))
             )
+            if owned(campaign_keys, row.tenant_id, row.id)
         }
         if campaign_keys
         else {}
@@ -106,8 +110,9 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                     Template.subject,
                     Template.html,
                     Template.text,
-                ).where(owned(Template.tenant_id, Template.id, template_keys))
+                ).where(Template.id.in_(ids(template_keys)))
             )
+            if owned(template_keys, row.tenant_id, row.id)
         }
         if template_keys
         else {}

@@ -55,7 +55,7 @@ from tidings.db.models import (
     Suppression,
     table,
 )
-from tidings.db.tenancy import owned
+from tidings.db.tenancy import ids, owned
 from tidings.domain import (
     ContactStatus,
     EventType,
@@ -141,9 +141,10 @@ def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[in
             (tenant_id, campaign_id): category
             for tenant_id, campaign_id, category in session.execute(
                 select(Campaign.tenant_id, Campaign.id, Campaign.category).where(
-                    owned(Campaign.tenant_id, Campaign.id, sorted(missing))
+                    Campaign.id.in_(ids(missing))
                 )
             )
+            if owned(missing, tenant_id, campaign_id)
         }
     return {
         m.id: m.category
@@ -157,30 +158,32 @@ def _blocked(
     session: Session, messages: Sequence[ClaimedMessage], categories: dict[int, str | None]
 ) -> dict[int, str]:
     """Message id -> why it must not be sent, from three look-ups for the whole batch."""
-    contact_keys = sorted({(m.tenant_id, m.contact_id) for m in messages if m.contact_id})
+    contact_keys = {(m.tenant_id, m.contact_id) for m in messages if m.contact_id}
     statuses: dict[tuple[int, int], str] = {}
     opted_out: set[tuple[int, str]] = set()
     if contact_keys:
-        # A contact's id with its tenant: a message can only ever see its own tenant's contact.
+        # Kept under its (tenant, id): a message can only ever see its own tenant's contact.
         statuses = {
             (tenant_id, contact_id): status
             for tenant_id, contact_id, status in session.execute(
                 select(Contact.tenant_id, Contact.id, Contact.status).where(
-                    owned(Contact.tenant_id, Contact.id, contact_keys)
+                    Contact.id.in_(ids(contact_keys))
                 )
             )
+            if owned(contact_keys, tenant_id, contact_id)
         }
         wanted = sorted({c for c in categories.values() if c is not None})
         if wanted:
             opted_out = {
                 (contact_id, category)
-                for contact_id, category in session.execute(
-                    select(Preference.contact_id, Preference.category).where(
-                        owned(Preference.tenant_id, Preference.contact_id, contact_keys),
+                for tenant_id, contact_id, category in session.execute(
+                    select(Preference.tenant_id, Preference.contact_id, Preference.category).where(
+                        Preference.contact_id.in_(ids(contact_keys)),
                         Preference.category.in_(wanted),
                         Preference.subscribed.is_(False),
                     )
                 )
+                if owned(contact_keys, tenant_id, contact_id)
             }
     listed = {
         (tenant_id, email): reason

@@ -52,7 +52,7 @@ from tidings.db.models import (
     WebhookEndpoint,
     table,
 )
-from tidings.db.tenancy import owned
+from tidings.db.tenancy import ids, owned
 from tidings.db.types import UTCDateTime
 from tidings.domain import EventType
 
@@ -182,9 +182,9 @@ def _route_statement(session: Session, *, after: int, upto: int, now: datetime) 
                 subscribed,
             ),
         )
-        .outerjoin(
-            Message, and_(Message.id == Event.message_id, Message.tenant_id == Event.tenant_id)
-        )
+        # By id alone: a message's events are its own tenant's, and message ids are never reused
+        # (migration 0009); naming the tenant here too made PostgreSQL hash-join all messages.
+        .outerjoin(Message, Message.id == Event.message_id)
         .outerjoin(
             Contact, and_(Contact.id == Event.contact_id, Contact.tenant_id == Event.tenant_id)
         )
@@ -299,17 +299,18 @@ def claim_deliveries(
     ).all()
     if not claimed:
         return []
+    wanted = {(row.tenant_id, row.endpoint_id) for row in claimed}
     endpoints = {
         row.id: row
         for row in session.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret).where(
-                owned(
-                    WebhookEndpoint.tenant_id,
-                    WebhookEndpoint.id,
-                    {(row.tenant_id, row.endpoint_id) for row in claimed},
-                )
-            )
+            select(
+                WebhookEndpoint.id,
+                WebhookEndpoint.tenant_id,
+                WebhookEndpoint.url,
+                WebhookEndpoint.secret,
+            ).where(WebhookEndpoint.id.in_(ids(wanted)))
         )
+        if owned(wanted, row.tenant_id, row.id)
     }
     return [
         DueDelivery(
