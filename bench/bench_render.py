@@ -74,6 +74,8 @@ def main() -> None:
             first_name=f"User{i}",
             attributes={"plan": "pro"},
             contact_id=i + 1,
+            message_id=i + 1,  # as the worker renders: the links are real tokens
+            contact_created=1_700_000_000,
         )
         for i in range(args.renders)
     ]
@@ -106,8 +108,8 @@ def main() -> None:
             SECRET,
             kind="unsubscribe",
             tenant_id=1,
-            contact_id=123456,
-            email=None,
+            message_id=123456,
+            contact_created=1_700_000_000,
             category="news",
             now=now,
         ),

@@ -1,17 +1,46 @@
 """Signed, encrypted tokens for the links in every email: ``/u/{token}`` and ``/p/{token}``.
 
 A token must survive in mail archives for a long time, be impossible to forge or alter, and reveal
-nothing to whoever reads the URL (not even the tenant or contact id, and never an address). So the
-compact binary payload is sealed with a deterministic authenticated encryption built only from
-HMAC-SHA256 (the SIV construction): ``tag = HMAC(k_mac, payload)[:16]`` authenticates the payload
-and also serves as the IV of a keystream ``HMAC(k_enc, tag || counter)`` that is XORed over it.
-Both keys are derived from the instance secret, so rotating ``TIDINGS_SECRET_KEY`` voids every
-link. A recipient without a contact row (an ad-hoc transactional address) is named by the address
-itself, which the encryption hides; everyone else by contact id, which keeps the URL short.
+nothing to whoever reads the URL (not even the tenant, message or contact id, and never an
+address). So the compact binary payload is sealed with a deterministic authenticated encryption
+built only from HMAC-SHA256 (the SIV construction): ``tag = HMAC(k_mac, version || payload)[:16]``
+authenticates the payload and also serves as the IV of a keystream ``HMAC(k_enc, tag || counter)``
+that is XORed over it. Both keys are derived from the instance secret, so rotating
+``TIDINGS_SECRET_KEY`` voids every link.
 
-Layout before base64url: ``version (1) | tag (16) | encrypted payload`` where the payload is
-``kind (1) | flags (1) | varint tenant | varint issued-at (unix s) | [varint contact] |
-[varint len, email] | [varint len, category]``.
+**What a token acts for.** Whoever holds a link acts for its recipient, so a link must only ever
+exist for the recipient of a real message, and act on nobody else. A version 2 token therefore
+names *the message it was sent in* (``messages.id``, within its tenant), never a bare contact id
+or address: ``services/preferences.resolve`` accepts it only when that message of that tenant
+exists and was sent (``sent_at`` set), and it acts on that message's recipient. Tokens are minted
+only by the worker, while it renders a claimed message, and by the unsubscribe page for the
+preference link of the same message; previews and the check at accept render inert placeholder
+links (``PREVIEW_TOKEN``), because they have no message, and the dashboard's inbox shows sent
+mail with its links made inert. So an API key of any role cannot obtain a working token for an
+address, and a token for an address that was never sent to acts on nobody. (Whoever reads the
+delivered mail holds its links, as RFC 8058 intends: the recipient, or a relay the tenant
+controls.)
+
+**Reused ids.** Message ids are never reused (AUTOINCREMENT on SQLite, identity on PostgreSQL:
+migration 0009), and a token to a contact also carries the contact's creation time (whole
+seconds): a contact deleted and another one created later under the same id does not match, so
+an old link can never reach a new contact. A deleted contact's messages are detached from it
+(``contacts.delete_contact``), so its links then act on nobody.
+
+**Version 1 tokens** (before migration 0009) named a contact id or an address, and previews made
+them too. They are still accepted, so that links in mail already delivered keep working for their
+lifetime, but only as evidence of a real send: the contact must have existed when the token was
+issued (its creation time is not later), and a message to that contact (or to that address, for
+an ad-hoc one) must have been sent within ``V1_SEND_WINDOW`` after the token's issue time, as the
+worker does (render, then send). The token then acts through that message. What remains open: a
+version 1 token previewed before the upgrade within the hour before a real send to the same
+recipient; no new version 1 token can be made.
+
+Layout before base64url: ``version (1) | tag (16) | encrypted payload`` where the version 2
+payload is ``kind (1) | flags (1) | varint tenant | varint issued-at (unix s) | varint message |
+[varint contact created-at (unix s)] | [varint len, category]`` (version 1: ``kind | flags |
+varint tenant | varint issued-at | [varint contact] | [varint len, email] | [varint len,
+category]``).
 """
 
 from __future__ import annotations
@@ -29,32 +58,54 @@ from tidings.errors import InvalidToken
 
 TokenKind = Literal["unsubscribe", "preferences"]
 
-TOKEN_VERSION = 1
+TOKEN_VERSION = 2
+V1 = 1  # contact id or address instead of the message; read only, never made
 TAG_BYTES = 16  # 128-bit authenticator: forging one is out of reach
 #: RFC 8058 links must keep working as long as a mail may sit unread in an inbox.
 TOKEN_MAX_AGE = timedelta(days=730)
 #: Issue times this far in the future still pass: another host's clock may run ahead.
 CLOCK_SKEW = timedelta(minutes=10)
+#: A version 1 token counts as sent only when a message to its recipient was sent this long after
+#: the token was issued at most: the worker renders, then sends at once (a slow SMTP reply can
+#: take minutes, hence the margin).
+V1_SEND_WINDOW = timedelta(hours=1)
 MAX_TOKEN_CHARS = 2048  # longer input is refused before any decoding work
 MAX_EMAIL_BYTES = 1024
 MAX_CATEGORY_BYTES = 255
+#: The path segment of the inert links in previews: ``/u/preview`` answers a page, changes nothing.
+#: Not base64 of any sealed token (too short), so it can never be mistaken for one.
+PREVIEW_TOKEN = "preview"
 
 _KIND_CODES: dict[str, int] = {"unsubscribe": 1, "preferences": 2}
 _KIND_NAMES: dict[int, TokenKind] = {1: "unsubscribe", 2: "preferences"}
 _HAS_CONTACT, _HAS_EMAIL, _HAS_CATEGORY = 1, 2, 4
-_VERSION_PREFIX = bytes([TOKEN_VERSION])
 
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
-    """What a valid token says; exactly one of ``contact_id`` and ``email`` is set."""
+    """What a valid token says. A version 2 token names ``message_id``; only a version 1 token
+    names ``contact_id`` or ``email`` instead (exactly one of them)."""
 
     kind: TokenKind
     tenant_id: int
-    contact_id: int | None
-    email: str | None  # only for recipients without a contact row
+    message_id: int | None  # the message the link was sent in (version 2)
+    #: Creation time of the message's contact, unix seconds (version 2, None: ad-hoc address).
+    contact_created: int | None
+    contact_id: int | None  # version 1 only
+    email: str | None  # version 1 only: a recipient without a contact row
     category: str | None  # the mail's category, for a per-category unsubscribe
     issued_at: datetime  # aware UTC, whole seconds
+
+
+def contact_stamp(created_at: datetime) -> int:
+    """A contact's creation time as tokens carry it (unix seconds)."""
+    return int(created_at.timestamp())
+
+
+def preview_url(public_url: str, kind: TokenKind) -> str:
+    """The inert link a preview shows instead of a working one."""
+    path = "u" if kind == "unsubscribe" else "p"
+    return f"{public_url.rstrip('/')}/{path}/{PREVIEW_TOKEN}"
 
 
 @lru_cache(maxsize=8)
@@ -74,6 +125,12 @@ def _mac(keyed: hmac.HMAC, message: bytes) -> bytes:
     mac = keyed.copy()
     mac.update(message)
     return mac.digest()
+
+
+def _tag(keyed: hmac.HMAC, version: int, payload: bytes) -> bytes:
+    """Version 1 authenticated the payload alone; later versions also their version byte, so a
+    token can never be re-read under another version's layout."""
+    return _mac(keyed, payload if version == V1 else bytes([version]) + payload)[:TAG_BYTES]
 
 
 def _keystream_xor(keyed: hmac.HMAC, tag: bytes, data: bytes) -> bytes:
@@ -117,37 +174,38 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos : pos + size], pos + size
 
 
+def seal(secret: str, version: int, payload: bytes) -> str:
+    """``payload`` sealed under ``version`` (see the module docstring), as URL-safe text."""
+    mac_key, enc_key = _keys(secret)
+    tag = _tag(mac_key, version, payload)
+    sealed = bytes([version]) + tag + _keystream_xor(enc_key, tag, payload)
+    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+
 def make_token(
     secret: str,
     *,
     kind: TokenKind,
     tenant_id: int,
-    contact_id: int | None,
-    email: str | None,
+    message_id: int,
+    contact_created: int | None,
     category: str | None,
     now: datetime,
 ) -> str:
-    """A URL-safe token for ``kind`` naming the contact, or the address when there is no contact.
+    """A URL-safe token for ``kind`` that acts for the recipient of message ``message_id``.
 
-    Exactly one of ``contact_id`` and ``email`` must be given (a programming error otherwise).
+    ``contact_created`` is ``contact_stamp`` of the message's contact, None for an ad-hoc address.
     """
-    if (contact_id is None) == (email is None):
-        raise ValueError("give exactly one of contact_id and email")
-    if tenant_id < 1 or (contact_id is not None and contact_id < 1):
+    if tenant_id < 1 or message_id < 1 or (contact_created is not None and contact_created < 0):
         raise ValueError("ids are positive")
     flags = 0
     body = bytearray((_KIND_CODES[kind], 0))
     body += _varint(tenant_id)
     body += _varint(int(now.timestamp()))
-    if contact_id is not None:
+    body += _varint(message_id)
+    if contact_created is not None:
         flags |= _HAS_CONTACT
-        body += _varint(contact_id)
-    if email is not None:
-        raw = email.encode()
-        if len(raw) > MAX_EMAIL_BYTES:
-            raise ValueError("email too long for a token")
-        flags |= _HAS_EMAIL
-        body += _varint(len(raw)) + raw
+        body += _varint(contact_created)
     if category is not None:
         raw = category.encode()
         if len(raw) > MAX_CATEGORY_BYTES:
@@ -155,54 +213,60 @@ def make_token(
         flags |= _HAS_CATEGORY
         body += _varint(len(raw)) + raw
     body[1] = flags
-    payload = bytes(body)
-    mac_key, enc_key = _keys(secret)
-    tag = _mac(mac_key, payload)[:TAG_BYTES]
-    sealed = _VERSION_PREFIX + tag + _keystream_xor(enc_key, tag, payload)
-    return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+    return seal(secret, TOKEN_VERSION, bytes(body))
 
 
-def _open(secret: str, token: str) -> bytes:
-    """The authenticated payload, or ``InvalidToken`` for anything this server did not issue."""
+def _open(secret: str, token: str) -> tuple[int, bytes]:
+    """The version and authenticated payload, or ``InvalidToken`` for anything this server did
+    not issue."""
     if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
         raise InvalidToken()
     try:
         sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken() from None
-    if len(sealed) < 1 + TAG_BYTES + 4 or sealed[0] != TOKEN_VERSION:
+    if len(sealed) < 1 + TAG_BYTES + 4 or sealed[0] not in (V1, TOKEN_VERSION):
         raise InvalidToken()
     if base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii") != token:
         # The last character's unused bits: one token, one spelling.
         raise InvalidToken()
-    tag, ciphertext = sealed[1 : 1 + TAG_BYTES], sealed[1 + TAG_BYTES :]
+    version, tag, ciphertext = sealed[0], sealed[1 : 1 + TAG_BYTES], sealed[1 + TAG_BYTES :]
     mac_key, enc_key = _keys(secret)
     payload = _keystream_xor(enc_key, tag, ciphertext)
-    expected = _mac(mac_key, payload)[:TAG_BYTES]
-    if not hmac.compare_digest(tag, expected):
+    if not hmac.compare_digest(tag, _tag(mac_key, version, payload)):
         raise InvalidToken()
-    return payload
+    return version, payload
 
 
-def _parse(payload: bytes) -> TokenClaims:
+def _parse(version: int, payload: bytes) -> TokenClaims:
     kind = _KIND_NAMES[payload[0]]
     flags = payload[1]
     tenant_id, pos = _read_varint(payload, 2)
     issued, pos = _read_varint(payload, pos)
-    contact_id = email = category = None
-    if flags & _HAS_CONTACT:
-        contact_id, pos = _read_varint(payload, pos)
-    if flags & _HAS_EMAIL:
-        raw, pos = _read_bytes(payload, pos)
-        email = raw.decode()
+    message_id = contact_created = contact_id = None
+    email = category = None
+    if version == V1:
+        if flags & _HAS_CONTACT:
+            contact_id, pos = _read_varint(payload, pos)
+        if flags & _HAS_EMAIL:
+            raw, pos = _read_bytes(payload, pos)
+            email = raw.decode()
+        if (contact_id is None) == (email is None):
+            raise ValueError("malformed payload")
+    else:
+        message_id, pos = _read_varint(payload, pos)
+        if flags & _HAS_CONTACT:
+            contact_created, pos = _read_varint(payload, pos)
     if flags & _HAS_CATEGORY:
         raw, pos = _read_bytes(payload, pos)
         category = raw.decode()
-    if pos != len(payload) or (contact_id is None) == (email is None):
+    if pos != len(payload):
         raise ValueError("malformed payload")
     return TokenClaims(
         kind=kind,
         tenant_id=tenant_id,
+        message_id=message_id,
+        contact_created=contact_created,
         contact_id=contact_id,
         email=email,
         category=category,
@@ -213,11 +277,13 @@ def _parse(payload: bytes) -> TokenClaims:
 def read_token(secret: str, token: str, *, kind: TokenKind, now: datetime) -> TokenClaims:
     """The claims of a token this server issued for ``kind``, still within its lifetime.
 
-    Forged, altered, truncated, expired and wrong-kind tokens all raise ``InvalidToken``.
+    Forged, altered, truncated, expired and wrong-kind tokens all raise ``InvalidToken``. Whether
+    the message (or, for version 1, the contact) it names still answers is the caller's check:
+    ``services/preferences.resolve``.
     """
-    payload = _open(secret, token)
+    version, payload = _open(secret, token)
     try:
-        claims = _parse(payload)
+        claims = _parse(version, payload)
     except (KeyError, ValueError, IndexError):
         # Authentic but unparsable: only a bug or a future format could produce it.
         raise InvalidToken() from None

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.acceptance.conftest import WorkerThread, api_setup, start_campaign, wait_until
-from tests.conftest import TEST_SECRET, TenantKeys
+from tests.conftest import TenantKeys
+from tests.integration.sent_mail import sent_link
 from tests.smtp_server import SmtpTestServer
 from tidings import tokens
 from tidings.db.models import Contact, Message
@@ -41,14 +41,11 @@ def contact_id(runtime: Runtime, tenant_id: int, email: str) -> int:
 
 def link(runtime: Runtime, tenant: TenantKeys, email: str, kind: tokens.TokenKind) -> str:
     """The path of the link a mail to ``email`` carries (as the renderer makes it)."""
-    token = tokens.make_token(
-        TEST_SECRET,
-        kind=kind,
-        tenant_id=tenant.tenant_id,
+    token = sent_link(
+        runtime,
+        tenant.tenant_id,
         contact_id=contact_id(runtime, tenant.tenant_id, email),
-        email=None,
-        category=None,
-        now=datetime.now(UTC),
+        kind=kind,
     )
     return f"/{'u' if kind == 'unsubscribe' else 'p'}/{token}"
 

@@ -362,6 +362,23 @@ def test_the_preview_shows_the_mail_for_one_contact_inside_a_sandboxed_frame(
     assert "no such template" in missing.text
 
 
+def test_the_dashboard_preview_shows_only_inert_links(client: TestClient, acme: TenantKeys) -> None:
+    """A viewer's preview must not hand out a working unsubscribe or preferences link."""
+    template_id = make_template(
+        client,
+        acme.admin,
+        html='<p>Hi</p><a href="{{ unsubscribe_url }}">u</a> <a href="{{ preferences_url }}">p</a>',
+    )
+    (ann,) = make_contacts(client, acme.admin, ["ann@example.com"])
+    sign_in(client, acme.viewer)
+    answer = client.get(
+        "/campaigns/new/preview", params={"template_id": template_id, "preview_contact_id": ann}
+    )
+    assert answer.status_code == 200
+    links = set(re.findall(r"http://tidings\.test/[up]/[A-Za-z0-9_-]+", answer.text))
+    assert links == {"http://tidings.test/u/preview", "http://tidings.test/p/preview"}
+
+
 def test_searching_contacts_keeps_the_ticked_ones_that_the_search_hides(
     client: TestClient, acme: TenantKeys
 ) -> None:
@@ -537,6 +554,43 @@ def test_the_inbox_shows_the_tenants_sent_mail_in_a_sandboxed_frame(
         sign_in(other, globex.viewer)
         assert "Your code" not in other.get("/inbox").text
         assert other.get(f"/inbox/{message_id}").status_code == 404
+
+
+def test_the_inbox_shows_a_sent_mails_links_only_as_inert_placeholders(
+    client: TestClient, acme: TenantKeys, runtime: Runtime
+) -> None:
+    """The outbox holds working links; a viewer reading it must not get one (tokens.py)."""
+    (ann,) = make_contacts(client, acme.admin, ["ann@example.com"])
+    sent = client.post(
+        "/v1/messages",
+        json={
+            "contact_id": ann,
+            "subject": "Your code",
+            "html": '<p>1234</p><a href="{{ unsubscribe_url }}">u</a>',
+            "text": "1234 {{ preferences_url }}",
+        },
+        headers=acme.auth(acme.admin),
+    )
+    message_id = sent.json()["id"]
+    worker = WorkerThread(runtime).start()
+    try:
+        wait_until(
+            lambda: (
+                client.get(f"/v1/messages/{message_id}", headers=acme.auth(acme.admin)).json()[
+                    "status"
+                ]
+                == "sent"
+            )
+        )
+    finally:
+        worker.stop()
+    outbox = runtime.settings.resolved_transport_url().removeprefix("outbox://")
+    [stored] = [p.read_text() for p in Path(outbox, "new").iterdir()]
+    assert re.search(r"/u/[A-Za-z0-9_-]{30,}", stored)  # the mail itself carries a real link
+    sign_in(client, acme.viewer)
+    shown = client.get(f"/inbox/{message_id}").text
+    links = set(re.findall(r"http://tidings\.test/[up]/[A-Za-z0-9_-]+", shown))
+    assert links == {"http://tidings.test/u/preview", "http://tidings.test/p/preview"}
 
 
 @pytest.mark.parametrize("path", ["/contacts", "/lists", "/suppressions", "/inbox", "/queue"])

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from tests.conftest import TenantKeys
 from tests.integration.campaign_seed import contacts
+from tests.integration.sent_mail import sent_link
 from tidings import tokens
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
@@ -106,16 +107,9 @@ def page(browser: Browser) -> Iterator[Page]:
     assert problems == []  # e.g. a style the Content-Security-Policy blocked
 
 
-def link(tenant_id: int, contact_id: int, kind: tokens.TokenKind, secret: str) -> str:
-    token = tokens.make_token(
-        secret,
-        kind=kind,
-        tenant_id=tenant_id,
-        contact_id=contact_id,
-        email=None,
-        category=None,
-        now=datetime.now(UTC),
-    )
+def link(runtime: Runtime, tenant_id: int, contact_id: int, kind: tokens.TokenKind) -> str:
+    """The link of a mail sent to the contact."""
+    token = sent_link(runtime, tenant_id, contact_id=contact_id, kind=kind)
     return f"/{'p' if kind == 'preferences' else 'u'}/{token}"
 
 
@@ -161,7 +155,7 @@ def test_a_recipient_turns_a_category_off_then_unsubscribes_from_everything(
     from playwright.sync_api import expect
 
     ann = seed(runtime, acme.tenant_id)
-    page.goto(base_url + link(acme.tenant_id, ann, "preferences", runtime.secret_key))
+    page.goto(base_url + link(runtime, acme.tenant_id, ann, "preferences"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Email preferences")
     group = page.get_by_role("group", name="Send me these emails")
     for name in ("Reminders", "Notifications", "Marketing"):
@@ -198,7 +192,7 @@ def test_the_unsubscribe_link_asks_first_and_unsubscribes_on_the_button(
     from playwright.sync_api import expect
 
     ann = seed(runtime, acme.tenant_id)
-    page.goto(base_url + link(acme.tenant_id, ann, "unsubscribe", runtime.secret_key))
+    page.goto(base_url + link(runtime, acme.tenant_id, ann, "unsubscribe"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Unsubscribe?")
     assert contact_state(runtime, ann) == ("active", None)  # opening the link changed nothing
     page.get_by_role("button", name="Unsubscribe").click()

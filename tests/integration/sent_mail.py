@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
+from tidings import tokens
 from tidings.db.engine import transaction
 from tidings.db.models import (
     Campaign,
@@ -105,6 +106,58 @@ def seed_sent_mail(
         if store_header:
             message.message_id_header = header
         return SentMail(message.id, tenant_id, contact.id, campaign_id, email, header)
+
+
+def sent_link(
+    runtime: Runtime,
+    tenant_id: int,
+    *,
+    contact_id: int | None = None,
+    email: str | None = None,
+    kind: tokens.TokenKind = "unsubscribe",
+    category: str | None = None,
+    secret: str | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The token of a link in a mail sent to the contact (or the ad-hoc address): the sent
+    message is written first, as only a real send makes a working link (tokens.py)."""
+    now = now or datetime.now(UTC)
+    with transaction(runtime.sessions) as session:
+        contact = (
+            session.scalar(select(Contact).where(Contact.id == contact_id))
+            if contact_id is not None
+            else None
+        )
+        address = contact.email if contact is not None else email or "gone@example.com"
+        message = Message(
+            tenant_id=tenant_id,
+            contact_id=contact_id,
+            to_address=address,
+            subject="Hello",
+            category=category,
+            status="sent",
+            not_before=now,
+            expires_at=now + timedelta(days=5),
+            attempts=1,
+            created_at=now,
+            updated_at=now,
+            sent_at=now,
+        )
+        session.add(message)
+        session.flush()
+        return tokens.make_token(
+            secret or runtime.secret_key,
+            kind=kind,
+            tenant_id=tenant_id,
+            message_id=message.id,
+            contact_created=(
+                tokens.contact_stamp(contact.created_at)
+                if contact is not None
+                else (0 if contact_id is not None else None)
+            ),
+            category=category,
+            now=now,
+        )
 
 
 @dataclass(frozen=True)

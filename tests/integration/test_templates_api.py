@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from tests.conftest import TenantKeys
-from tidings import tokens
 from tidings.db.engine import transaction
-from tidings.db.models import Campaign, Contact, Message
+from tidings.db.models import Campaign, Contact, Event, Message, Suppression
 from tidings.runtime import Runtime
 
 WELCOME = {
@@ -38,7 +39,7 @@ def _contact(runtime: Runtime, tenant: TenantKeys, email: str, **fields: Any) ->
             tenant_id=tenant.tenant_id,
             email=email,
             attributes=fields.pop("attributes", {}),
-            status="active",
+            status=fields.pop("status", "active"),
             created_at=now,
             updated_at=now,
             **fields,
@@ -154,13 +155,8 @@ def test_preview_renders_for_a_contact_with_data(
     assert body["subject"] == "Welcome, Ann"
     assert "<p>Hi Ann, &lt;3 Tom &amp; Jerry</p>" in body["html"]
     assert body["text"].startswith("Hi Ann, <3 Tom & Jerry\n\nDue 1 July. Unsubscribe (")
-    token = body["text"].rsplit("/u/", 1)[1].rstrip(")")
-    claims = tokens.read_token(runtime.secret_key, token, kind="unsubscribe", now=datetime.now(UTC))
-    assert (claims.tenant_id, claims.contact_id, claims.category) == (
-        acme.tenant_id,
-        contact_id,
-        "onboarding",
-    )
+    # A preview has no message, so its link is an inert placeholder (tokens.py).
+    assert body["text"].endswith("Unsubscribe (http://tidings.test/u/preview)")
 
 
 def test_preview_for_an_address_that_is_not_a_contact(client: TestClient, acme: TenantKeys) -> None:
@@ -179,6 +175,66 @@ def test_preview_for_an_address_that_is_not_a_contact(client: TestClient, acme: 
         bad = client.post(path, json=body, headers=acme.auth(acme.viewer))
         assert bad.status_code == 422, (body, bad.text)
         assert bad.json()["error"]["field"] == field
+
+
+def test_a_viewers_preview_yields_no_link_that_can_resubscribe_or_suppress(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """A viewer previewing for a contact who opted out, or for any address, gets only inert
+    links: following them (GET or POST, every action) answers a page and changes nothing."""
+    template = _create(
+        client,
+        acme,
+        html='<a href="{{ unsubscribe_url }}">u</a> <a href="{{ preferences_url }}">p</a>',
+    )
+    ann = _contact(runtime, acme, "ann@example.com", status="unsubscribed")
+    with transaction(runtime.sessions) as session:
+        session.add(
+            Suppression(
+                tenant_id=acme.tenant_id,
+                email="ann@example.com",
+                reason="unsubscribe",
+                created_at=datetime.now(UTC),
+            )
+        )
+    before = _compliance_state(runtime, acme)
+    links: set[str] = set()
+    for recipient in ({"contact_id": ann}, {"email": "victim@example.com"}):
+        answer = client.post(
+            f"/v1/templates/{template['id']}/preview",
+            json={**recipient, "data": {}},
+            headers=acme.auth(acme.viewer),
+        )
+        assert answer.status_code == 200, answer.text
+        links.update(re.findall(r'href="([^"]+)"', answer.json()["html"]))
+    assert links == {"http://tidings.test/u/preview", "http://tidings.test/p/preview"}
+    for link in links:
+        path = link.removeprefix("http://tidings.test")
+        page = client.get(path)
+        assert (page.status_code, "This is a preview link" in page.text) == (200, True)
+        for form in (
+            {"List-Unsubscribe": "One-Click"},
+            {"action": "resubscribe"},
+            {"action": "unsubscribe_all"},
+        ):
+            answer = client.post(path, data=form)
+            assert (answer.status_code, "Nothing was changed" in answer.text) == (200, True)
+    assert _compliance_state(runtime, acme) == before
+
+
+def _compliance_state(runtime: Runtime, tenant: TenantKeys) -> object:
+    with runtime.sessions() as session:
+        return (
+            session.execute(
+                select(Contact.email, Contact.status).where(Contact.tenant_id == tenant.tenant_id)
+            ).all(),
+            session.execute(
+                select(Suppression.email, Suppression.reason).where(
+                    Suppression.tenant_id == tenant.tenant_id
+                )
+            ).all(),
+            session.scalar(select(func.count()).select_from(Event)),
+        )
 
 
 def test_preview_names_an_undefined_variable(

@@ -22,11 +22,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from tests.bounce_samples import yahoo_arf
-from tests.conftest import TEST_SECRET, TenantKeys, make_settings
-from tests.integration.sent_mail import SentMail, seed_sent_mail
+from tests.conftest import TenantKeys, make_settings
+from tests.integration.sent_mail import SentMail, seed_sent_mail, sent_link
 from tests.live_server import LiveServer
 from tests.webhook_receiver import DripEndpoint, WebhookReceiver
-from tidings import tokens
 from tidings.bounces.mailbox import process_report
 from tidings.config import Settings
 from tidings.db.engine import transaction
@@ -144,15 +143,7 @@ def test_an_unsubscribe_names_the_contact_in_its_webhook(
     hooks, url = receiver
     register(client, acme, url, "contact.unsubscribed")
     mail = seed_sent_mail(runtime, acme.tenant_id, "dora@example.com")
-    link = tokens.make_token(
-        TEST_SECRET,
-        kind="unsubscribe",
-        tenant_id=acme.tenant_id,
-        contact_id=mail.contact_id,
-        email=None,
-        category=None,
-        now=datetime.now(UTC),
-    )
+    link = sent_link(runtime, acme.tenant_id, contact_id=mail.contact_id)
     answer = client.post(f"/u/{link}", data={"List-Unsubscribe": "One-Click"})
     assert answer.status_code == 200, answer.text
     dispatch(runtime)

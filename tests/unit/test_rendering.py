@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -357,27 +358,49 @@ def test_one_slow_render_does_not_eat_another_threads_budget(renderer: Renderer)
 # --- links -------------------------------------------------------------------------------------
 
 
-def test_links_carry_signed_tokens_for_the_contact_and_category(renderer: Renderer) -> None:
-    out = render(renderer, text="{{ unsubscribe_url }} {{ preferences_url }}", category="news")
+def test_links_carry_signed_tokens_for_the_message_contact_and_category(
+    renderer: Renderer,
+) -> None:
+    sent = replace(ANN, message_id=901, contact_created=1_700_000_000)
+    out = render(
+        renderer,
+        text="{{ unsubscribe_url }} {{ preferences_url }}",
+        category="news",
+        recipient=sent,
+    )
     unsubscribe, preferences = out.text.split()
     assert unsubscribe.startswith("https://mail.example/u/")
     assert preferences.startswith("https://mail.example/p/")
     claims = tokens.read_token(SECRET, unsubscribe.rsplit("/", 1)[1], kind="unsubscribe", now=NOW)
-    assert (claims.tenant_id, claims.contact_id, claims.email, claims.category) == (
+    assert (claims.tenant_id, claims.message_id, claims.contact_created, claims.category) == (
         3,
-        42,
-        None,
+        901,
+        1_700_000_000,
         "news",
     )
     claims = tokens.read_token(SECRET, preferences.rsplit("/", 1)[1], kind="preferences", now=NOW)
-    assert claims.contact_id == 42
+    assert claims.message_id == 901
 
 
-def test_an_address_without_a_contact_gets_links_naming_the_address(renderer: Renderer) -> None:
-    out = render(renderer, text="{{ unsubscribe_url }}", recipient=Recipient(email="x@example.com"))
+def test_an_address_without_a_contact_gets_links_naming_only_the_message(
+    renderer: Renderer,
+) -> None:
+    recipient = Recipient(email="x@example.com", message_id=77)
+    out = render(renderer, text="{{ unsubscribe_url }}", recipient=recipient)
     assert "x@example.com" not in out.text
     claims = tokens.read_token(SECRET, out.text.rsplit("/", 1)[1], kind="unsubscribe", now=NOW)
-    assert (claims.contact_id, claims.email) == (None, "x@example.com")
+    assert (claims.message_id, claims.contact_created, claims.contact_id, claims.email) == (
+        77,
+        None,
+        None,
+        None,
+    )
+
+
+def test_without_a_message_the_links_are_inert_placeholders(renderer: Renderer) -> None:
+    """A preview (or the check at accept) has no message, so it cannot make a working link."""
+    out = render(renderer, text="{{ unsubscribe_url }} {{ preferences_url }}", category="news")
+    assert out.text == "https://mail.example/u/preview https://mail.example/p/preview"
 
 
 # --- the text part -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.token_formats import make_v1_token
 from tidings import tokens
 from tidings.errors import InvalidInput, InvalidToken
 
@@ -18,8 +19,8 @@ def _make(**overrides: object) -> str:
     values: dict[str, object] = {
         "kind": "unsubscribe",
         "tenant_id": 7,
-        "contact_id": 123456,
-        "email": None,
+        "message_id": 123456,
+        "contact_created": 1_740_000_000,
         "category": "news",
         "now": NOW,
     }
@@ -27,31 +28,79 @@ def _make(**overrides: object) -> str:
     return tokens.make_token(SECRET, **values)  # type: ignore[arg-type]
 
 
-def test_a_contact_token_reads_back_its_claims() -> None:
+def test_a_token_reads_back_its_message_contact_stamp_and_category() -> None:
     claims = tokens.read_token(SECRET, _make(), kind="unsubscribe", now=NOW)
     assert claims == tokens.TokenClaims(
         kind="unsubscribe",
         tenant_id=7,
-        contact_id=123456,
+        message_id=123456,
+        contact_created=1_740_000_000,
+        contact_id=None,
         email=None,
         category="news",
         issued_at=NOW,
     )
 
 
-def test_an_address_token_reads_back_the_address_and_no_category() -> None:
-    token = _make(kind="preferences", contact_id=None, email="Zoë@example.com", category=None)
+def test_an_address_token_names_only_the_message() -> None:
+    token = _make(kind="preferences", contact_created=None, category=None)
     claims = tokens.read_token(SECRET, token, kind="preferences", now=NOW)
-    assert (claims.email, claims.contact_id, claims.category) == ("Zoë@example.com", None, None)
+    assert (claims.message_id, claims.contact_created, claims.category) == (123456, None, None)
+
+
+def test_version_1_tokens_in_mail_already_sent_still_read_back() -> None:
+    for contact_id, email in ((42, None), (None, "Zoë@example.com")):
+        token = make_v1_token(
+            SECRET,
+            kind="unsubscribe",
+            tenant_id=7,
+            contact_id=contact_id,
+            email=email,
+            category="news",
+            now=NOW,
+        )
+        claims = tokens.read_token(SECRET, token, kind="unsubscribe", now=NOW)
+        assert (claims.message_id, claims.contact_id, claims.email) == (None, contact_id, email)
+
+
+def test_a_token_cannot_be_read_under_another_version() -> None:
+    """The version byte is authenticated from version 2 on: relabelling a token breaks it, even
+    one whose payload happens to parse under both layouts (contact 42 and a one-byte category
+    read as version 2: message 42, contact stamp 1, category "")."""
+    for version, token in (
+        (tokens.V1, _make()),
+        (
+            tokens.TOKEN_VERSION,
+            make_v1_token(
+                SECRET,
+                kind="unsubscribe",
+                tenant_id=7,
+                contact_id=42,
+                email=None,
+                category="\x00",
+                now=NOW,
+            ),
+        ),
+    ):
+        raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        raw[0] = version
+        relabelled = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        with pytest.raises(InvalidToken):
+            tokens.read_token(SECRET, relabelled, kind="unsubscribe", now=NOW)
+
+
+def test_the_preview_placeholder_is_no_token() -> None:
+    assert tokens.preview_url("https://m.example/", "unsubscribe") == "https://m.example/u/preview"
+    with pytest.raises(InvalidToken):
+        tokens.read_token(SECRET, tokens.PREVIEW_TOKEN, kind="unsubscribe", now=NOW)
 
 
 def test_tokens_are_url_safe_short_and_reveal_nothing() -> None:
-    token = _make(contact_id=None, email="alice@example.com", category="weekly-digest")
+    token = _make(contact_created=None, category="weekly-digest")
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    for secret_part in (b"alice", b"example", b"weekly"):
-        assert secret_part not in raw
-    assert len(_make()) < 50  # a contact token keeps the URL short
+    assert b"weekly" not in raw
+    assert len(_make()) <= 52  # message, contact stamp and a category: still a short URL
 
 
 def test_every_altered_character_is_refused() -> None:
@@ -117,11 +166,10 @@ def test_truncated_tokens_are_refused() -> None:
             tokens.read_token(SECRET, token[:size], kind="unsubscribe", now=NOW)
 
 
-def test_exactly_one_of_contact_and_address_is_required() -> None:
-    with pytest.raises(ValueError):
-        _make(contact_id=None, email=None)
-    with pytest.raises(ValueError):
-        _make(contact_id=1, email="a@b.test")
+def test_a_token_needs_a_real_message_id() -> None:
+    for message_id in (0, -1):
+        with pytest.raises(ValueError):
+            _make(message_id=message_id)
 
 
 def test_urls_point_at_the_public_routes() -> None:

@@ -121,11 +121,34 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations on ``engine`` (idempotent: a current database is left as it is)."""
+    """Apply migrations on ``engine`` (idempotent: a current database is left as it is).
+
+    On SQLite, foreign keys are off while migrations run, as SQLite's own procedure for
+    rebuilding a table says: batch mode drops the old table, and with foreign keys on, dropping
+    a parent (contacts, templates …) would delete its children by cascade or fail on a RESTRICT.
+    ``PRAGMA foreign_key_check`` must then find nothing, or the whole upgrade rolls back.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        # The pragma is a no-op inside a transaction: set it on the driver before BEGIN.
+        driver = connection.connection.driver_connection if _is_sqlite(engine) else None
+        if driver is not None:
+            driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if driver is not None:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+        finally:
+            if driver is not None:
+                driver.execute("PRAGMA foreign_keys=ON")
+
+
+def _is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
 
 
 def pending_migrations(engine: Engine) -> bool:

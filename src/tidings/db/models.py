@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -45,6 +46,14 @@ def _present(name: str, *columns: str, unique: bool = False) -> Index:
     return Index(name, *columns, unique=unique, postgresql_where=where, sqlite_where=where)
 
 
+def _id() -> Mapped[int]:
+    """A primary key that never hands out an id twice, even after the row with the highest id
+    was deleted: an identity column on PostgreSQL, ``AUTOINCREMENT`` on SQLite (see
+    ``_never_reuse_ids`` and migration 0009). A reused id would let whatever still names the old
+    row (a message's template, a link in a mail) reach another row, even another tenant's."""
+    return mapped_column(BigId, Identity(), primary_key=True)
+
+
 def _tenant_fk() -> Mapped[int]:
     return mapped_column(BigId, ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
 
@@ -52,7 +61,7 @@ def _tenant_fk() -> Mapped[int]:
 class Tenant(Base):
     __tablename__ = "tenants"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -60,7 +69,7 @@ class Tenant(Base):
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
@@ -78,7 +87,7 @@ class ApiKey(Base):
 class Contact(Base):
     __tablename__ = "contacts"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     email: Mapped[str] = mapped_column(String(320))  # normalised: domain lower-cased, IDNA
     name: Mapped[str | None] = mapped_column(String(300), nullable=True)
@@ -100,7 +109,7 @@ class Contact(Base):
 class ContactList(Base):
     __tablename__ = "lists"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -128,7 +137,7 @@ class ListMember(Base):
 class Template(Base):
     __tablename__ = "templates"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     name: Mapped[str] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(Text)
@@ -144,7 +153,7 @@ class Template(Base):
 class Campaign(Base):
     __tablename__ = "campaigns"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     name: Mapped[str] = mapped_column(String(200))
     template_id: Mapped[int] = mapped_column(BigId, ForeignKey("templates.id", ondelete="RESTRICT"))
@@ -173,7 +182,7 @@ class Message(Base):
 
     __tablename__ = "messages"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     # No foreign keys: this is the hottest table, and a fan-out of 100,000 rows spent most of its
     # time checking them. Tenants and campaigns are never deleted; a deleted template fails its
     # unsent messages at render time; delete_contact detaches a contact's messages itself.
@@ -256,7 +265,7 @@ class Event(Base):
 
     __tablename__ = "events"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     # Append-only, one or more rows per attempt: no foreign keys (migration 0006); what they point
     # at is never deleted.
     tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
@@ -314,7 +323,7 @@ class DomainThrottle(Base):
 
     __tablename__ = "domain_throttles"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     domain: Mapped[str] = mapped_column(String(255))
     per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -330,7 +339,7 @@ class DomainThrottle(Base):
 class Suppression(Base):
     __tablename__ = "suppressions"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     email: Mapped[str] = mapped_column(String(320))
     reason: Mapped[str] = mapped_column(String(32))
@@ -343,7 +352,7 @@ class Suppression(Base):
 class Category(Base):
     __tablename__ = "categories"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -369,7 +378,7 @@ class Preference(Base):
 class WebhookEndpoint(Base):
     __tablename__ = "webhook_endpoints"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     url: Mapped[str] = mapped_column(Text)
     event_types: Mapped[list[str]] = mapped_column(Json, default=list)
@@ -386,7 +395,7 @@ class WebhookDelivery(Base):
 
     __tablename__ = "webhook_deliveries"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     endpoint_id: Mapped[int] = mapped_column(
         BigId, ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
@@ -430,7 +439,7 @@ class InboundEvent(Base):
 
     __tablename__ = "inbound_events"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     provider: Mapped[str] = mapped_column(String(32))
     event_id: Mapped[str] = mapped_column(String(200))
     tenant_id: Mapped[int | None] = mapped_column(
@@ -448,7 +457,7 @@ class FrequencyCap(Base):
 
     __tablename__ = "frequency_caps"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = _id()
     tenant_id: Mapped[int] = _tenant_fk()
     category: Mapped[str] = mapped_column(String(64))
     max_per_day: Mapped[int] = mapped_column(Integer)
@@ -472,6 +481,17 @@ class Worker(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def _never_reuse_ids() -> None:
+    """SQLite only honours ``Identity`` as a table option: ``sqlite_autoincrement`` on every table
+    whose key is an ``_id()``."""
+    for each in Base.metadata.tables.values():
+        if any(column.identity is not None for column in each.primary_key.columns):
+            each.dialect_kwargs["sqlite_autoincrement"] = True
+
+
+_never_reuse_ids()
 
 
 def table(model: type[Base]) -> Table:

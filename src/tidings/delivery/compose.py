@@ -1,9 +1,10 @@
 """Turning claimed queue rows into fully rendered ``OutgoingMessage``s, a batch at a time.
 
-Everything a batch needs (its contacts, campaigns and templates) is read in three queries, so
-rendering costs no database round trip per message, and an edited template is picked up by the
-next batch. ``prepare`` makes each message's render job, the render pool renders the batch in its
-processes (which cache compiled templates by content), and ``finish`` builds the mail.
+Everything a batch needs (its contacts, campaigns and templates) is read in three queries, each
+row keyed by its tenant and id, so rendering costs no database round trip per message, and an edited
+template is picked up by the next batch. ``prepare`` makes each message's render job, the render
+pool renders the batch in its processes (which cache compiled templates by content), and
+``finish`` builds the mail.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -22,70 +23,98 @@ from sqlalchemy.orm import Session
 from tidings import tokens
 from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
+from tidings.db.tenancy import ids, owned
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
 from tidings.rendering.pool import RenderJob, TemplateSource
 
+#: A row of the batch's context, named by its tenant and id together: an id alone could be a row
+#: of another tenant (SQLite reused deleted ids before migration 0009).
+RowKey = tuple[int, int]  # (tenant_id, id)
+
 
 @dataclass(frozen=True, slots=True)
 class BatchContext:
-    """What the batch's messages refer to, read once per batch."""
+    """What the batch's messages refer to, read once per batch, each row keyed by its tenant."""
 
-    contacts: dict[int, Recipient]
-    campaigns: dict[int, tuple[dict[str, Any], str | None, str | None]]  # data, from, category
+    contacts: dict[RowKey, Recipient]
+    campaigns: dict[RowKey, tuple[dict[str, Any], str | None, str | None]]  # data, from, category
     templates: dict[
-        int, tuple[datetime, str, str | None, str | None]
+        RowKey, tuple[datetime, str, str | None, str | None]
     ]  # updated_at, subject, html, text
 
 
+def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
+    return {(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None}
+
+
 def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
-    contact_ids = {m.contact_id for m in messages if m.contact_id is not None}
-    campaign_ids = {m.campaign_id for m in messages if m.campaign_id is not None}
-    template_ids = {m.template_id for m in messages if m.template_id is not None}
-    contacts: dict[int, Recipient] = {}
-    if contact_ids:
+    """Every row read is kept only under its own ``(tenant_id, id)``, and only when a message of
+    that tenant asked for it (``db.tenancy``): a message can only ever see its own tenant's
+    contact, campaign and template."""
+    contact_keys = _keys(messages, "contact_id")
+    campaign_keys = _keys(messages, "campaign_id")
+    template_keys = _keys(messages, "template_id")
+    contacts: dict[RowKey, Recipient] = {}
+    if contact_keys:
         for row in session.execute(
             select(
                 Contact.id,
+                Contact.tenant_id,
                 Contact.email,
                 Contact.name,
                 Contact.first_name,
                 Contact.last_name,
                 Contact.attributes,
-            ).where(Contact.id.in_(contact_ids))
+                Contact.created_at,
+            ).where(Contact.id.in_(ids(contact_keys)))
         ):
-            contacts[row.id] = Recipient(
+            if not owned(contact_keys, row.tenant_id, row.id):
+                continue
+            contacts[row.tenant_id, row.id] = Recipient(
                 email=row.email,
                 name=row.name,
                 first_name=row.first_name,
                 last_name=row.last_name,
                 attributes=row.attributes or {},
                 contact_id=row.id,
+                contact_created=tokens.contact_stamp(row.created_at),
             )
     campaigns = (
         {
-            row.id: (row.data or {}, row.from_address, row.category)
+            (row.tenant_id, row.id): (row.data or {}, row.from_address, row.category)
             for row in session.execute(
-                select(Campaign.id, Campaign.data, Campaign.from_address, Campaign.category).where(
-                    Campaign.id.in_(campaign_ids)
-                )
+                select(
+                    Campaign.id,
+                    Campaign.tenant_id,
+                    Campaign.data,
+                    Campaign.from_address,
+                    Campaign.category,
+                ).where(Campaign.id.in_(ids(campaign_keys)))
             )
+            if owned(campaign_keys, row.tenant_id, row.id)
         }
-        if campaign_ids
+        if campaign_keys
         else {}
     )
     templates = (
         {
-            row.id: (row.updated_at, row.subject, row.html, row.text)
+            (row.tenant_id, row.id): (row.updated_at, row.subject, row.html, row.text)
             for row in session.execute(
                 select(
-                    Template.id, Template.updated_at, Template.subject, Template.html, Template.text
-                ).where(Template.id.in_(template_ids))
+                    Template.id,
+                    Template.tenant_id,
+                    Template.updated_at,
+                    Template.subject,
+                    Template.html,
+                    Template.text,
+                ).where(Template.id.in_(ids(template_keys)))
             )
+            if owned(template_keys, row.tenant_id, row.id)
         }
-        if template_ids
+        if template_keys
         else {}
     )
     return BatchContext(contacts=contacts, campaigns=campaigns, templates=templates)
@@ -121,23 +150,29 @@ class Composer:
         data: dict[str, Any] = {}
         from_address = message.from_address
         category = message.category
-        if message.campaign_id is not None and message.campaign_id in context.campaigns:
-            campaign_data, campaign_from, campaign_category = context.campaigns[message.campaign_id]
+        tenant_id = message.tenant_id
+        campaign = context.campaigns.get((tenant_id, message.campaign_id or 0))
+        if campaign is not None:
+            campaign_data, campaign_from, campaign_category = campaign
             data.update(campaign_data)
             from_address = from_address or campaign_from
             category = category or campaign_category
         data.update(message.data or {})
         if message.template_id is not None:
-            if message.template_id not in context.templates:
+            if (tenant_id, message.template_id) not in context.templates:
                 raise TidingsError("its template was deleted")
-            _, subject, html, text = context.templates[message.template_id]
+            _, subject, html, text = context.templates[(tenant_id, message.template_id)]
             source = TemplateSource(subject=subject, html=html, text=text)
         elif message.subject is not None:
             source = TemplateSource(subject=message.subject, html=message.html, text=message.text)
         else:
             raise TidingsError("it has neither a template nor inline content")
-        recipient = context.contacts.get(message.contact_id or 0) or Recipient(
-            email=message.to_address
+        # The links in the mail act for this message's recipient (tokens.py).
+        contact = context.contacts.get((tenant_id, message.contact_id or 0))
+        recipient = (
+            Recipient(email=message.to_address, message_id=message.id)
+            if contact is None
+            else replace(contact, message_id=message.id)
         )
         job = RenderJob(source, message.tenant_id, recipient, data, category)
         return Prepared(job=job, from_address=from_address, category=category)
@@ -151,14 +186,16 @@ class Composer:
     ) -> OutgoingMessage:
         """The mail ready to send, with its rendered content."""
         category = prepared.category
+        tenant_id = message.tenant_id
+        recipient = prepared.job.recipient
         headers: tuple[tuple[str, str], ...] = ()
         if message.campaign_id is not None:
             token = tokens.make_token(
                 self._secret,
                 kind="unsubscribe",
-                tenant_id=message.tenant_id,
-                contact_id=message.contact_id,
-                email=None if message.contact_id else message.to_address,
+                tenant_id=tenant_id,
+                message_id=message.id,
+                contact_created=recipient.contact_created,
                 category=category,
                 now=now,
             )
@@ -170,10 +207,10 @@ class Composer:
         header_id = self.message_id_header(message.id)
         return OutgoingMessage(
             message_id=message.id,
-            tenant_id=message.tenant_id,
+            tenant_id=tenant_id,
             from_address=prepared.from_address or self._settings.from_address,
             to_address=message.to_address,
-            to_name=prepared.job.recipient.name,
+            to_name=recipient.name,
             subject=rendered.subject,
             html=rendered.html,
             text=rendered.text,

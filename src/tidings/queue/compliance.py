@@ -55,6 +55,7 @@ from tidings.db.models import (
     Suppression,
     table,
 )
+from tidings.db.tenancy import ids, owned
 from tidings.domain import (
     ContactStatus,
     EventType,
@@ -129,18 +130,26 @@ def screen_claimed(
 
 def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[int, str | None]:
     """Each message's category: its own, or its campaign's (fan-out copies it, older rows may not)."""
-    missing = {m.campaign_id for m in messages if m.category is None and m.campaign_id is not None}
-    by_campaign: dict[int, str | None] = {}
+    missing = {
+        (m.tenant_id, m.campaign_id)
+        for m in messages
+        if m.category is None and m.campaign_id is not None
+    }
+    by_campaign: dict[tuple[int, int], str | None] = {}
     if missing:
-        by_campaign = dict(
-            session.execute(
-                select(Campaign.id, Campaign.category).where(Campaign.id.in_(sorted(missing)))
-            ).all()
-        )
+        by_campaign = {
+            (tenant_id, campaign_id): category
+            for tenant_id, campaign_id, category in session.execute(
+                select(Campaign.tenant_id, Campaign.id, Campaign.category).where(
+                    Campaign.id.in_(ids(missing))
+                )
+            )
+            if owned(missing, tenant_id, campaign_id)
+        }
     return {
         m.id: m.category
         if m.category is not None or m.campaign_id is None
-        else by_campaign.get(m.campaign_id)
+        else by_campaign.get((m.tenant_id, m.campaign_id))
         for m in messages
     }
 
@@ -149,26 +158,32 @@ def _blocked(
     session: Session, messages: Sequence[ClaimedMessage], categories: dict[int, str | None]
 ) -> dict[int, str]:
     """Message id -> why it must not be sent, from three look-ups for the whole batch."""
-    contact_ids = sorted({m.contact_id for m in messages if m.contact_id is not None})
-    statuses: dict[int, str] = {}
+    contact_keys = {(m.tenant_id, m.contact_id) for m in messages if m.contact_id}
+    statuses: dict[tuple[int, int], str] = {}
     opted_out: set[tuple[int, str]] = set()
-    if contact_ids:
-        statuses = dict(
-            session.execute(
-                select(Contact.id, Contact.status).where(Contact.id.in_(contact_ids))
-            ).all()
-        )
+    if contact_keys:
+        # Kept under its (tenant, id): a message can only ever see its own tenant's contact.
+        statuses = {
+            (tenant_id, contact_id): status
+            for tenant_id, contact_id, status in session.execute(
+                select(Contact.tenant_id, Contact.id, Contact.status).where(
+                    Contact.id.in_(ids(contact_keys))
+                )
+            )
+            if owned(contact_keys, tenant_id, contact_id)
+        }
         wanted = sorted({c for c in categories.values() if c is not None})
         if wanted:
             opted_out = {
                 (contact_id, category)
-                for contact_id, category in session.execute(
-                    select(Preference.contact_id, Preference.category).where(
-                        Preference.contact_id.in_(contact_ids),
+                for tenant_id, contact_id, category in session.execute(
+                    select(Preference.tenant_id, Preference.contact_id, Preference.category).where(
+                        Preference.contact_id.in_(ids(contact_keys)),
                         Preference.category.in_(wanted),
                         Preference.subscribed.is_(False),
                     )
                 )
+                if owned(contact_keys, tenant_id, contact_id)
             }
     listed = {
         (tenant_id, email): reason
@@ -184,7 +199,7 @@ def _blocked(
         category = categories[m.id]
         reason = blocking_reason(
             bulk=m.campaign_id is not None or category is not None,
-            contact_status=statuses.get(m.contact_id) if m.contact_id is not None else None,
+            contact_status=statuses.get((m.tenant_id, m.contact_id or 0)),
             listed_reason=listed.get((m.tenant_id, m.to_address)),
             category=category,
             opted_out=m.contact_id is not None
@@ -255,7 +270,8 @@ def _recent_sends(
     Two branches of one ``UNION ALL``, so that each reads its own index: the window is a range of
     ``ix_messages_contact_sent`` per contact, and the rows in flight are the few of the partial
     index ``ix_messages_lease`` (its condition is written out literally, as SQLite requires to use
-    it). A contact id names one tenant, so no tenant condition is needed.
+    it). A contact id names one tenant (ids are never reused, migration 0009, and a deleted
+    contact's messages are detached), so no tenant condition is needed.
     """
     contact_ids = sorted({m.contact_id for m in capped if m.contact_id is not None})
     names = sorted({name for _, name in caps})
@@ -264,7 +280,10 @@ def _recent_sends(
     def branch(condition: ColumnElement[bool] | TextClause) -> Select[int | None, str, datetime]:
         return (
             select(Message.contact_id, category, func.coalesce(Message.sent_at, Message.updated_at))
-            .outerjoin(Campaign, Campaign.id == Message.campaign_id)
+            .outerjoin(
+                Campaign,
+                (Campaign.id == Message.campaign_id) & (Campaign.tenant_id == Message.tenant_id),
+            )
             .where(
                 Message.contact_id.in_(contact_ids),
                 condition,

@@ -202,7 +202,9 @@ def requeue_status() -> ColumnElement[str]:
     For use in the worker's requeue ``UPDATE messages SET status = requeue_status() …``.
     """
     campaign_status = (
-        select(Campaign.status).where(Campaign.id == Message.campaign_id).scalar_subquery()
+        select(Campaign.status)
+        .where(Campaign.id == Message.campaign_id, Campaign.tenant_id == Message.tenant_id)
+        .scalar_subquery()
     )
     return case(
         (campaign_status == CampaignStatus.paused.value, literal(MessageStatus.paused.value)),
@@ -262,7 +264,11 @@ def requeue_failed_campaign_messages(
     )
     contact_status = (
         select(Contact.status)
-        .where(Contact.id == Message.contact_id, Contact.status != ContactStatus.active.value)
+        .where(
+            Contact.id == Message.contact_id,
+            Contact.tenant_id == Message.tenant_id,
+            Contact.status != ContactStatus.active.value,
+        )
         .scalar_subquery()
     )
     session.execute(

@@ -100,7 +100,9 @@ def _campaign_signals(session: Session) -> dict[int, _Signals]:
             func.count(func.distinct(Event.message_id)),
             func.count(Event.id),
         )
-        .join(Campaign, Campaign.id == Event.campaign_id)
+        .join(
+            Campaign, (Campaign.id == Event.campaign_id) & (Campaign.tenant_id == Event.tenant_id)
+        )
         .where(
             Campaign.status == CampaignStatus.running.value,
             _SIGNAL_EVENTS,

@@ -9,6 +9,7 @@ the reaper cannot take them between the check and the write.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,11 +174,18 @@ def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) ->
         index_elements=["tenant_id", "email"]
     )
     session.connection().execute(statement, list(rows.values()))
-    contact_ids = [d.contact_id for d in decisions if d.contact_id is not None]
-    if contact_ids:
+    by_tenant: defaultdict[int, set[int]] = defaultdict(set)
+    for d in decisions:
+        if d.contact_id is not None:
+            by_tenant[d.tenant_id].add(d.contact_id)
+    for tenant_id, contact_ids in sorted(by_tenant.items()):  # a contact id with its tenant
         session.execute(
             update(Contact)
-            .where(Contact.id.in_(contact_ids), Contact.status == ContactStatus.active.value)
+            .where(
+                Contact.tenant_id == tenant_id,
+                Contact.id.in_(sorted(contact_ids)),
+                Contact.status == ContactStatus.active.value,
+            )
             .values(status=ContactStatus.bounced.value, updated_at=now)
         )
 

@@ -59,6 +59,7 @@ from tidings.db.models import (
     WebhookEndpoint,
     table,
 )
+from tidings.db.tenancy import ids, owned
 from tidings.db.types import UTCDateTime
 from tidings.domain import EventType
 
@@ -188,8 +189,12 @@ def _route_statement(session: Session, *, after: int, upto: int, now: datetime) 
                 subscribed,
             ),
         )
+        # By id alone: a message's events are its own tenant's, and message ids are never reused
+        # (migration 0009); naming the tenant here too made PostgreSQL hash-join all messages.
         .outerjoin(Message, Message.id == Event.message_id)
-        .outerjoin(Contact, Contact.id == Event.contact_id)
+        .outerjoin(
+            Contact, and_(Contact.id == Event.contact_id, Contact.tenant_id == Event.tenant_id)
+        )
         .where(Event.id > after, Event.id <= upto, Event.type.in_(list(PUBLIC_TYPE_OF_EVENT)))
     )
     columns = [
@@ -345,13 +350,18 @@ def claim_deliveries(
             deliveries.c.attempts,
         )
     ).all()
+    wanted = {(row.tenant_id, row.endpoint_id) for row in claimed}
     endpoints = {
         row.id: row
         for row in session.execute(
-            select(WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.secret).where(
-                WebhookEndpoint.id.in_({row.endpoint_id for row in claimed})
-            )
+            select(
+                WebhookEndpoint.id,
+                WebhookEndpoint.tenant_id,
+                WebhookEndpoint.url,
+                WebhookEndpoint.secret,
+            ).where(WebhookEndpoint.id.in_(ids(wanted)))
         )
+        if owned(wanted, row.tenant_id, row.id)
     }
     due = [
         DueDelivery(

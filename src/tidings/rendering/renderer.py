@@ -73,6 +73,10 @@ class Recipient:
     last_name: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     contact_id: int | None = None
+    #: The queued message this render is for: its links act for this recipient (``tokens.py``).
+    #: None (a preview, the check at accept): the links are inert placeholders.
+    message_id: int | None = None
+    contact_created: int | None = None  # ``tokens.contact_stamp`` of the contact, if any
 
 
 class ResourceExhausted(errors.RenderError):
@@ -278,17 +282,20 @@ class Renderer:
             last_name=recipient.last_name,
             attributes=recipient.attributes,
         )
-        if links:
+        message_id = recipient.message_id
+        if links and message_id is None:
+            # A preview, or the check at accept: no message, so no working link (tokens.py).
+            for kind in links:
+                variables[f"{kind}_url"] = tokens.preview_url(self._public_url, kind)
+        elif links and message_id is not None:
             now = self._clock.now()
-            contact_id = recipient.contact_id
-            email = recipient.email if contact_id is None else None
             for kind in links:
                 token = tokens.make_token(
                     self._secret,
                     kind=kind,
                     tenant_id=tenant_id,
-                    contact_id=contact_id,
-                    email=email,
+                    message_id=message_id,
+                    contact_created=recipient.contact_created,
                     category=category,
                     now=now,
                 )

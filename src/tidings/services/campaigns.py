@@ -180,7 +180,10 @@ def cancel_campaign(
         "cancelled",
     )
     enqueue.cancel_unclaimed(
-        session=session, where=Message.campaign_id == campaign.id, now=now, record_events=False
+        session=session,
+        where=(Message.tenant_id == campaign.tenant_id) & (Message.campaign_id == campaign.id),
+        now=now,
+        record_events=False,
     )
     campaign.completed_at = now
     _set_status(session, campaign, CampaignStatus.cancelled, EventType.campaign_cancelled, now)
@@ -215,7 +218,9 @@ def list_failed_recipients(
     """The campaign's failed and dead messages with the server's last reply, in id order."""
     campaign = get_campaign(session=session, tenant_id=tenant_id, campaign_id=campaign_id)
     query = select(Message).where(
-        Message.campaign_id == campaign.id, Message.status.in_(FAILED_STATUSES)
+        Message.tenant_id == tenant_id,
+        Message.campaign_id == campaign.id,
+        Message.status.in_(FAILED_STATUSES),
     )
     return paginate(session, query, Message.id, limit=limit, cursor=cursor)
 

@@ -171,10 +171,10 @@ def record_feedback(
         detail=detail,
         now=now,
     )
-    contact = (
+    contact = (Contact.tenant_id == message.tenant_id) & (
         Contact.id == message.contact_id
         if message.contact_id is not None
-        else (Contact.tenant_id == message.tenant_id) & (Contact.email == message.to_address)
+        else Contact.email == message.to_address
     )
     new_status = ContactStatus.bounced if hard else ContactStatus.complained
     # A complaint outranks every other status; a bounce does not overwrite an opt-out.
@@ -192,7 +192,11 @@ def record_feedback(
     if hard:
         session.execute(
             update(Message)
-            .where(Message.id == message.id, Message.status == MessageStatus.sent.value)
+            .where(
+                Message.tenant_id == message.tenant_id,
+                Message.id == message.id,
+                Message.status == MessageStatus.sent.value,
+            )
             .values(
                 status=MessageStatus.failed.value, last_error=f"bounced: {detail}", updated_at=now
             )

@@ -264,7 +264,10 @@ def cancel_message(*, session: Session, tenant_id: int, message_id: int, now: da
     """Cancel a message no worker has claimed yet; cancelling it again changes nothing."""
     message = get_message(session=session, tenant_id=tenant_id, message_id=message_id)
     cancelled = cancel_unclaimed(
-        session=session, where=Message.id == message.id, now=now, record_events=True
+        session=session,
+        where=(Message.tenant_id == tenant_id) & (Message.id == message.id),
+        now=now,
+        record_events=True,
     )
     session.refresh(message)
     if not cancelled and message.status != MessageStatus.cancelled.value:

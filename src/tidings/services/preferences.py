@@ -27,18 +27,18 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from tidings.db.models import Contact, Event, Preference, Suppression, Tenant
+from tidings.db.models import Contact, Event, Message, Preference, Suppression, Tenant
 from tidings.domain import ContactStatus, EventType, SuppressionReason
 from tidings.errors import InvalidToken
 from tidings.services import categories, suppressions
-from tidings.tokens import TokenClaims
+from tidings.tokens import CLOCK_SKEW, V1_SEND_WINDOW, TokenClaims, contact_stamp
 
 #: Contact statuses the recipient may turn back to active through the preference page.
 RESUBSCRIBABLE = frozenset({ContactStatus.active.value, ContactStatus.unsubscribed.value})
@@ -46,13 +46,15 @@ RESUBSCRIBABLE = frozenset({ContactStatus.active.value, ContactStatus.unsubscrib
 
 @dataclass(frozen=True, slots=True)
 class Subscriber:
-    """The person a valid link speaks for, resolved within the link's tenant."""
+    """The person a valid link speaks for: the recipient of one sent message, within its tenant."""
 
     tenant_id: int
     tenant_name: str
     email: str
     contact_id: int | None  # None: an ad-hoc address without a contact row
     category: str | None  # the category the link was made for, if any
+    message_id: int  # the sent message the link came in: further links name it too
+    contact_created: int | None  # the contact's ``tokens.contact_stamp``, when the link named one
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,28 +79,44 @@ def _insert(session: Session) -> Any:
 
 
 def resolve(*, session: Session, claims: TokenClaims) -> Subscriber:
-    """Whom the link names; ``InvalidToken`` when its tenant or contact no longer exist.
+    """Whom the link speaks for; ``InvalidToken`` unless it came in a message of its tenant that
+    was sent, to a recipient who is still the one it was sent to (``tokens.py`` says why).
 
-    The contact is looked up *within the token's tenant*: a token naming another tenant's
-    contact finds nothing and is refused exactly like a forged one.
+    Everything is looked up *within the token's tenant*: a token naming another tenant's message
+    or contact finds nothing and is refused exactly like a forged one.
     """
     tenant_name = session.scalar(select(Tenant.name).where(Tenant.id == claims.tenant_id))
     if tenant_name is None:
         raise InvalidToken()
-    if claims.contact_id is not None:
-        contact = session.scalar(
-            select(Contact).where(
-                Contact.tenant_id == claims.tenant_id, Contact.id == claims.contact_id
+    if claims.message_id is None:
+        message_id, contact_id, email = _legacy_message(session, claims)
+    else:
+        row = session.execute(
+            select(Message.contact_id, Message.to_address).where(
+                Message.tenant_id == claims.tenant_id,
+                Message.id == claims.message_id,
+                Message.sent_at.is_not(None),
             )
-        )
+        ).first()
+        if row is None:
+            raise InvalidToken()
+        message_id, contact_id, email = claims.message_id, row.contact_id, row.to_address
+    contact_created = claims.contact_created
+    if claims.contact_id is not None or contact_created is not None:
+        # The link was for a contact: that very contact, not one created later under its id.
+        contact = session.execute(
+            select(Contact.email, Contact.created_at).where(
+                Contact.tenant_id == claims.tenant_id, Contact.id == contact_id
+            )
+        ).first()
         if contact is None:
             raise InvalidToken()
-        email: str = contact.email
-        contact_id: int | None = contact.id
+        stamp = contact_stamp(contact.created_at)
+        if claims.message_id is not None and stamp != contact_created:
+            raise InvalidToken()
+        email, contact_created = contact.email, stamp
     else:
-        assert claims.email is not None
-        email = claims.email
-        # The address may have become a contact since the mail was sent.
+        # An ad-hoc address may have become a contact since the mail was sent.
         contact_id = session.scalar(
             select(Contact.id).where(Contact.tenant_id == claims.tenant_id, Contact.email == email)
         )
@@ -108,7 +126,48 @@ def resolve(*, session: Session, claims: TokenClaims) -> Subscriber:
         email=email,
         contact_id=contact_id,
         category=claims.category,
+        message_id=message_id,
+        contact_created=contact_created,
     )
+
+
+def _legacy_message(session: Session, claims: TokenClaims) -> tuple[int, int | None, str]:
+    """The sent message a version 1 token came in: (id, contact id, address), else
+    ``InvalidToken``.
+
+    Version 1 named a contact or an address, and previews made such tokens too. One counts only
+    if a message to that recipient was sent within ``V1_SEND_WINDOW`` of its issue time (the
+    worker renders, then sends) by a contact that already existed then (a contact created later
+    under a reused id is not the one it was sent to).
+    """
+    issued = claims.issued_at
+    recipient = (
+        Message.contact_id == claims.contact_id
+        if claims.contact_id is not None
+        else Message.to_address == claims.email
+    )
+    query = (
+        select(Message.id, Message.contact_id, Message.to_address)
+        .where(
+            Message.tenant_id == claims.tenant_id,
+            recipient,
+            Message.sent_at >= issued - CLOCK_SKEW,
+            Message.sent_at <= issued + V1_SEND_WINDOW,
+        )
+        .order_by(Message.id)
+        .limit(1)
+    )
+    if claims.contact_id is not None:
+        query = query.join(
+            Contact,
+            (Contact.tenant_id == Message.tenant_id)
+            & (Contact.id == Message.contact_id)
+            & (Contact.created_at < issued + timedelta(seconds=1)),
+        )
+    row = session.execute(query).first()
+    if row is None:
+        raise InvalidToken()
+    return row.id, row.contact_id, row.to_address
 
 
 def unsubscribe(
@@ -143,13 +202,19 @@ def preferences_view(*, session: Session, subscriber: Subscriber) -> Preferences
         opted_out = set(
             session.scalars(
                 select(Preference.category).where(
+                    Preference.tenant_id == subscriber.tenant_id,
                     Preference.contact_id == subscriber.contact_id,
                     Preference.subscribed.is_(False),
                 )
             )
         )
         status = (
-            session.scalar(select(Contact.status).where(Contact.id == subscriber.contact_id))
+            session.scalar(
+                select(Contact.status).where(
+                    Contact.tenant_id == subscriber.tenant_id,
+                    Contact.id == subscriber.contact_id,
+                )
+            )
             or ContactStatus.active.value
         )
     listed = session.scalar(
@@ -204,6 +269,7 @@ def resubscribe(*, session: Session, subscriber: Subscriber, now: datetime) -> b
         result = session.execute(
             update(Contact)
             .where(
+                Contact.tenant_id == subscriber.tenant_id,
                 Contact.id == subscriber.contact_id,
                 Contact.status == ContactStatus.unsubscribed.value,
             )
@@ -230,6 +296,7 @@ def _unsubscribe_all(session: Session, subscriber: Subscriber, now: datetime) ->
         result = session.execute(
             update(Contact)
             .where(
+                Contact.tenant_id == subscriber.tenant_id,
                 Contact.id == subscriber.contact_id,
                 Contact.status == ContactStatus.active.value,
             )

@@ -175,7 +175,8 @@ def update_template(
 def delete_template(*, session: Session, tenant_id: int, template_id: int) -> None:
     """Refused while a campaign uses the template or a queued message still needs it."""
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
-    if session.scalar(select(exists().where(Campaign.template_id == template_id))):
+    in_use = exists().where(Campaign.tenant_id == tenant_id, Campaign.template_id == template_id)
+    if session.scalar(select(in_use)):
         raise Conflict("a campaign uses this template; delete the campaign first")
     pending = exists().where(
         Message.tenant_id == tenant_id,

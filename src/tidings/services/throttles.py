@@ -153,7 +153,11 @@ def delete_domain_throttle(*, session: Session, tenant_id: int, domain: str) -> 
     )
     if row is None:
         raise NotFound(f"no limits are set for {name}", field="domain")
-    session.execute(delete(DomainThrottle).where(DomainThrottle.id == row.id))
+    session.execute(
+        delete(DomainThrottle).where(
+            DomainThrottle.tenant_id == tenant_id, DomainThrottle.id == row.id
+        )
+    )
     session.expunge(row)
     return row
 

@@ -98,7 +98,11 @@ def requeue_message(
     # Conditional on the status, like every queue write: a concurrent retry requeues it once.
     moved = session.execute(
         update(Message)
-        .where(Message.id == message.id, Message.status.in_(GAVE_UP))
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.id == message.id,
+            Message.status.in_(GAVE_UP),
+        )
         .values(
             status=MessageStatus.queued.value,
             **fresh_start(now=now, ttl_seconds=ttl_seconds),
@@ -130,7 +134,7 @@ def _minute(session: Session) -> ColumnElement[Any]:
 
 
 def sent_per_minute(
-    *, session: Session, campaign_id: int, minutes: int = CHART_MINUTES
+    *, session: Session, tenant_id: int, campaign_id: int, minutes: int = CHART_MINUTES
 ) -> list[tuple[datetime, int]]:
     """Messages sent in each minute that saw sends, oldest first (the latest ``minutes`` of them).
 
@@ -139,7 +143,11 @@ def sent_per_minute(
     minute = _minute(session).label("minute")
     rows = session.execute(
         select(minute, func.count())
-        .where(Message.campaign_id == campaign_id, Message.status == MessageStatus.sent.value)
+        .where(
+            Message.tenant_id == tenant_id,
+            Message.campaign_id == campaign_id,
+            Message.status == MessageStatus.sent.value,
+        )
         .group_by(minute)
         .order_by(minute.desc())
         .limit(minutes)

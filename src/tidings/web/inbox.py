@@ -3,10 +3,15 @@
 Only files named by the tenant's own ``messages.provider_message_id`` are ever opened (the outbox
 transport records each file's name there), so one tenant never sees another's mail even though
 they share one maildir. The HTML part is shown in a sandboxed frame by the template, never inline.
+
+The unsubscribe and preference links in a shown mail are replaced by the inert ``/u/preview`` and
+``/p/preview``: a link acts for its recipient (``tokens.py``), and a dashboard user, a viewer
+included, must not be able to unsubscribe or resubscribe someone by copying it from here.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -18,6 +23,8 @@ from tidings.transports.base import parse_outbox_url
 
 MAX_MESSAGE_BYTES = 10_000_000  # larger files are not shown
 HEADER_READ_BYTES = 64 * 1024  # the inbox list reads only this much of each file
+#: A ``/u/`` or ``/p/`` link's token (URL-safe base64; every real token is longer than 20).
+_LINK_TOKEN = re.compile(r"(/[up]/)[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])")
 #: Headers worth showing to someone checking what was sent.
 SHOWN_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "Reply-To")
 
@@ -68,6 +75,15 @@ def _part(message: EmailMessage, subtype: str) -> str | None:
     return content if isinstance(content, str) else None
 
 
+def inert_links(text: str) -> str:
+    """``text`` with every unsubscribe / preferences token replaced by the preview placeholder."""
+    return _LINK_TOKEN.sub(r"\1preview", text)
+
+
+def _inert(text: str | None) -> str | None:
+    return None if text is None else inert_links(text)
+
+
 def read_message(maildir: Path, name: str) -> InboxMessage | None:
     """The message stored as ``name``; None when it is gone (cleaned up, moved away) or too big."""
     path = _find(maildir, name)
@@ -75,13 +91,13 @@ def read_message(maildir: Path, name: str) -> InboxMessage | None:
         return None
     message = BytesParser(policy=policy.default).parsebytes(path.read_bytes())
     assert isinstance(message, EmailMessage)
-    headers = [(h, str(message[h])) for h in SHOWN_HEADERS if message[h] is not None]
+    headers = [(h, inert_links(str(message[h]))) for h in SHOWN_HEADERS if message[h] is not None]
     return InboxMessage(
         name=name,
         headers=headers,
         subject=str(message["Subject"] or ""),
-        html=_part(message, "html"),
-        text=_part(message, "plain"),
+        html=_inert(_part(message, "html")),
+        text=_inert(_part(message, "plain")),
     )
 
 
@@ -93,4 +109,4 @@ def read_headers(maildir: Path, name: str) -> dict[str, str]:
     with path.open("rb") as handle:
         head = handle.read(HEADER_READ_BYTES)
     message = BytesParser(policy=policy.default).parsebytes(head, headersonly=True)
-    return {h: str(message[h]) for h in SHOWN_HEADERS if message[h] is not None}
+    return {h: inert_links(str(message[h])) for h in SHOWN_HEADERS if message[h] is not None}

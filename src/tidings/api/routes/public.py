@@ -22,6 +22,11 @@ session) for another site to ride on. The real risks are different and handled s
   page to obtain one (same-origin policy), so a preference change needs the page to have been
   shown. The one-click ``POST /u`` takes no nonce on purpose: mailbox providers send it without
   ever loading a page, and its only effect is the one the recipient asked for.
+
+A link acts only for the recipient of the sent message it came in (``tokens.py``,
+``services/preferences.resolve``). Previews show ``/u/preview`` and ``/p/preview`` instead of
+working links: those answer a page saying so and change nothing. Every route here is rate-limited
+per token and per client address (``api/rate_limit.py``), answering 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -30,18 +35,20 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlalchemy.orm import Session
 
 from tidings import tokens
+from tidings.api import rate_limit
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.errors import InvalidToken
 from tidings.runtime import Runtime
@@ -102,6 +109,58 @@ def _not_found() -> HTMLResponse:
     )
 
 
+def _preview_page() -> HTMLResponse:
+    """What the inert links of a preview answer: nothing is changed, whatever the method."""
+    return _page(
+        "invalid.html",
+        heading="This is a preview link",
+        message="In the real email this link leads the recipient to unsubscribe or choose "
+        "what they receive. Nothing was changed.",
+    )
+
+
+_LIMITER_LOCK = threading.Lock()
+
+
+def _limiter(request: Request) -> rate_limit.RateLimiter:
+    """The app's one limiter, made on first use (each app, e.g. each test's, has its own)."""
+    state = request.app.state
+    with _LIMITER_LOCK:
+        limiter: rate_limit.RateLimiter | None = getattr(state, "public_link_limiter", None)
+        if limiter is None:
+            limiter = state.public_link_limiter = rate_limit.RateLimiter(
+                {"token": rate_limit.PER_TOKEN, "client": rate_limit.PER_CLIENT}
+            )
+    return limiter
+
+
+def _too_many(request: Request, token: str) -> HTMLResponse | None:
+    """The 429 page when this token or this client went over its limit, else None (counted)."""
+    client = request.client.host if request.client is not None else ""
+    # A digest keeps the memory per key small whatever the length of the token sent.
+    key = hashlib.blake2b(token.encode(errors="replace"), digest_size=16).digest()
+    wait = _limiter(request).check({"token": key, "client": client})
+    if wait is None:
+        return None
+    response = _page(
+        "invalid.html",
+        429,
+        heading="Too many requests",
+        message="This link was used too often in a short time. Nothing was changed; "
+        "please try again in a few minutes.",
+    )
+    response.headers["Retry-After"] = rate_limit.retry_after(wait)
+    return response
+
+
+def _guard(request: Request, token: str) -> HTMLResponse | None:
+    """The answer that stops a request before its token is read: 429, or the preview page."""
+    limited = _too_many(request, token)
+    if limited is not None:
+        return limited
+    return _preview_page() if token == tokens.PREVIEW_TOKEN else None
+
+
 def masked(email: str) -> str:
     """Enough of the address to recognise it, not enough to learn it from a shared link."""
     local, _, domain = email.rpartition("@")
@@ -127,8 +186,8 @@ def _preferences_link(runtime: Runtime, subscriber: Subscriber, now: datetime) -
         runtime.secret_key,
         kind="preferences",
         tenant_id=subscriber.tenant_id,
-        contact_id=subscriber.contact_id,
-        email=None if subscriber.contact_id is not None else subscriber.email,
+        message_id=subscriber.message_id,
+        contact_created=subscriber.contact_created,
         category=None,
         now=now,
     )
@@ -155,9 +214,11 @@ def _unsubscribe_page(link: _Link, runtime: Runtime, now: datetime, *, done: boo
 
 @router.get("/u/{token}")
 def confirm_unsubscribe(
-    token: str, session: SessionDep, runtime: RuntimeDep, now: NowDep
+    request: Request, token: str, session: SessionDep, runtime: RuntimeDep, now: NowDep
 ) -> HTMLResponse:
     """The confirmation page: a button that POSTs the one-click body. Changes nothing."""
+    if (stop := _guard(request, token)) is not None:
+        return stop
     try:
         link = _open(session, runtime, token, "unsubscribe", now)
     except InvalidToken:
@@ -167,6 +228,7 @@ def confirm_unsubscribe(
 
 @router.post("/u/{token}")
 def one_click_unsubscribe(
+    request: Request,
     token: str,
     session: SessionDep,
     runtime: RuntimeDep,
@@ -178,6 +240,8 @@ def one_click_unsubscribe(
     The token's category decides the scope: one category when the mail had one, else everything
     (``services/preferences.py`` says what each writes).
     """
+    if (stop := _guard(request, token)) is not None:
+        return stop
     if list_unsubscribe != ONE_CLICK_VALUE:
         return _page(
             "invalid.html",
@@ -215,8 +279,15 @@ def form_nonce(secret: str, token: str, now: datetime) -> str:
 
 
 def nonce_is_valid(secret: str, token: str, nonce: str, now: datetime) -> bool:
+    """Whether ``nonce`` is one ``form_nonce`` made for ``token`` in the last day.
+
+    Anything else is simply not valid, never an error: ``compare_digest`` raises on non-ASCII
+    text, and ``isdigit`` accepts digits that ``int`` refuses ("²"), so both are checked first.
+    """
+    if not nonce.isascii():
+        return False
     issued_text, _, _mac = nonce.partition(".")
-    if not issued_text.isdigit() or len(issued_text) > 12:
+    if not issued_text.isdecimal() or len(issued_text) > 12:
         return False
     age = now.timestamp() - int(issued_text)
     if not -FORM_NONCE_SKEW <= age <= FORM_NONCE_MAX_AGE:
@@ -255,8 +326,10 @@ def _preferences_page(
 
 @router.get("/p/{token}")
 def preference_centre(
-    token: str, session: SessionDep, runtime: RuntimeDep, now: NowDep
+    request: Request, token: str, session: SessionDep, runtime: RuntimeDep, now: NowDep
 ) -> HTMLResponse:
+    if (stop := _guard(request, token)) is not None:
+        return stop
     try:
         link = _open(session, runtime, token, "preferences", now)
     except InvalidToken:
@@ -266,6 +339,7 @@ def preference_centre(
 
 @router.post("/p/{token}")
 def save_preference_centre(
+    request: Request,
     token: str,
     session: SessionDep,
     runtime: RuntimeDep,
@@ -274,7 +348,13 @@ def save_preference_centre(
     category: Annotated[list[str] | None, Form()] = None,
     form_nonce_value: Annotated[str, Form(alias="form_nonce")] = "",
 ) -> HTMLResponse:
-    """Save the ticked categories, unsubscribe from everything, or subscribe again."""
+    """Save the ticked categories, unsubscribe from everything, or subscribe again.
+
+    Subscribing again is only ever the recipient's own act: it needs the link from their mail
+    (no API key of any role can make one) and a form nonce from a page this server showed.
+    """
+    if (stop := _guard(request, token)) is not None:
+        return stop
     try:
         link = _open(session, runtime, token, "preferences", now)
     except InvalidToken:

@@ -82,7 +82,7 @@ def campaign_detail(
         session=session, tenant_id=user.tenant_id, list_ids=list(campaign.list_ids)
     )
     chart = sends_per_minute_chart(
-        actions.sent_per_minute(session=session, campaign_id=campaign.id)
+        actions.sent_per_minute(session=session, tenant_id=user.tenant_id, campaign_id=campaign.id)
     )
     return show(
         request,
