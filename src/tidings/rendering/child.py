@@ -15,10 +15,14 @@ also kills it when a job takes too long by the wall clock (stuck in one C call, 
 
 Protocol, pickled over one socket: the parent sends the ``Limits`` once, then ``(sources,
 jobs)`` for each batch, a job being
-``(source index, variables)`` (variables ``None``: compile only); the process answers each job in
-order as soon as it is done (see ``Reply``), then ``("done", retire)``. ``None`` asks it to exit.
-While it works, the one byte of ``PART_FD`` (shared memory) holds the index in ``PARTS`` of the
-part it is on, so that its parent can name it even after killing it.
+``(source index, variables)`` (variables ``None``: compile only); the process answers the jobs in
+order, in lists of replies (see ``Reply``), then ``("done", retire)``. ``None`` asks it to exit.
+Replies go in lists of up to ``REPLY_CHUNK``, or whatever is done after ``FLUSH_SECONDS``: one
+message a reply cost the worker a wake-up of its pool thread, a GIL hand-over and three system
+calls per mail. While it works, the shared memory of ``PART_FD`` (``STATE_SIZE`` bytes) holds the
+index in ``PARTS`` of the part it is on and the position in the batch of the job it is on, so that
+its parent can name both even after killing it, and render again the jobs whose replies were
+not sent yet.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import mmap
 import os
 import resource
 import signal
+import struct
 import sys
+import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -46,6 +52,12 @@ ADDRESS_SPACE_SLACK = 48 * 1024 * 1024  # bytes
 #: replaced after its batch, so that the next render still gets its whole allowance.
 RETIRE_GROWTH = 32 * 1024 * 1024  # bytes
 NICENESS = 10  # added to the parent's scheduling niceness
+REPLY_CHUNK = 32  # replies sent in one message at most
+#: Replies wait no longer than this for company, so that the parent's wall-clock bound of a job
+#: (seconds) is hardly shortened by the wait of the replies before it.
+FLUSH_SECONDS = 0.02
+#: The shared state: byte 0 the part (index in ``PARTS``), bytes 1-4 the job's position.
+STATE_SIZE = 5
 _WARM_UP_HTML = (
     '<p title="{{ a }}">{% for i in range(3) %}{{ i|string|upper }}{% endfor %}</p>'
     "{{ {'k': [1, 2]}|tojson }}{{ [3, 1]|sort|join(',') }}{{ a|pprint }}<a href=x>y</a><br>"
@@ -135,12 +147,21 @@ def main(connection: Connection, part: mmap.mmap) -> None:
         if request is None:
             return
         sources, jobs = request
-        for index, variables in jobs:
+        pending: list[Reply] = []
+        flushed = time.monotonic()
+        for position, (index, variables) in enumerate(jobs):
+            struct.pack_into("<I", part, 1, position)
             reply, fatal = _run(renderer, alarm, sources[index], variables, part)
-            connection.send(reply)
+            pending.append(reply)
+            now = time.monotonic()
+            if fatal or len(pending) >= REPLY_CHUNK or now - flushed >= FLUSH_SECONDS:
+                connection.send(pending)
+                pending, flushed = [], now
             if fatal:
                 connection.send(("done", True))
                 return
+        if pending:
+            connection.send(pending)
         grown = address_space()
         retire = baseline is not None and grown is not None and grown - baseline > RETIRE_GROWTH
         connection.send(("done", retire))
@@ -194,4 +215,4 @@ def _run(
 
 if __name__ == "__main__":
     with open(int(sys.argv[2]), "r+b") as part_file:
-        main(Connection(int(sys.argv[1])), mmap.mmap(part_file.fileno(), 1))
+        main(Connection(int(sys.argv[1])), mmap.mmap(part_file.fileno(), STATE_SIZE))

@@ -322,28 +322,31 @@ class RenderPool:
                 process.kill()
                 process = RenderProcess(self._settings)
                 process.send(batch.sources, request)
-            left: list[int] = []
-            for position, index in enumerate(todo):
-                reply = process.receive(self._wall)
-                if reply is not None and reply[0] == "done":  # it retired after a hard limit
-                    left = todo[position:]
-                    break
-                if reply is None:
-                    replies[index] = self._lost(process)
+            answered = 0  # replies received for this request, in order
+            while True:
+                # Replies come in lists (``child.REPLY_CHUNK``) no later than ``FLUSH_SECONDS``
+                # after the job before, so the wall-clock bound of one job holds for each wait.
+                message = process.receive(self._wall)
+                if isinstance(message, list):
+                    for reply in message:
+                        replies[todo[answered]] = reply
+                        answered += 1
+                    continue
+                if message is None:  # too slow, or died: the job it was on fails alone
+                    culprit = max(process.position, answered)
+                    if culprit < len(todo):
+                        replies[todo[culprit]] = self._lost(process)
                     process.kill()
                     process = None
-                    left = todo[position + 1 :]
+                    # Jobs done but not yet reported when it stopped are rendered again.
+                    todo = todo[answered:culprit] + todo[culprit + 1 :]
                     break
-                replies[index] = reply
-            else:
-                done = process.receive(self._wall)
-                if done is not None and not done[1]:
-                    todo = []
-                    continue
-            if process is not None:
-                process.stop()
-                process = None
-            todo = left
+                retire = bool(message[1])  # ("done", retire): after the batch or a hard limit
+                todo = todo[answered:]
+                if retire:
+                    process.stop()
+                    process = None
+                break
         return [r for r in replies if r is not None], process
 
     def _lost(self, process: RenderProcess) -> child.Reply:

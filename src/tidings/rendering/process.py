@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from tidings.config import Settings
-from tidings.rendering.child import PARTS, Limits, Reply, Source
+from tidings.rendering.child import PARTS, STATE_SIZE, Limits, Reply, Source
 from tidings.rendering.renderer import Part
 
 START_SECONDS = 60.0  # a new render process must be ready within this (a loaded machine)
@@ -31,11 +32,12 @@ class RenderProcess:
 
     def __init__(self, settings: Settings) -> None:
         ours, theirs = socket.socketpair()
-        # One shared byte: the part the process is on, readable here even after killing it.
+        # Shared memory: the part and the job the process is on, readable here even after killing
+        # it (``child.STATE_SIZE``).
         self._part_file = tempfile.TemporaryFile()
-        self._part_file.write(b"\0")
+        self._part_file.write(bytes(STATE_SIZE))
         self._part_file.flush()
-        self._part = mmap.mmap(self._part_file.fileno(), 1)
+        self._part = mmap.mmap(self._part_file.fileno(), STATE_SIZE)
         with theirs:
             self.process = subprocess.Popen(
                 [
@@ -66,6 +68,12 @@ class RenderProcess:
         return PARTS[self._part[0]] if self._part[0] < len(PARTS) else "html"
 
     @property
+    def position(self) -> int:
+        """The position in its current batch of the job the process is on (or was, if dead)."""
+        position: int = struct.unpack_from("<I", self._part, 1)[0]
+        return position
+
+    @property
     def pid(self) -> int:
         return self.process.pid
 
@@ -73,14 +81,16 @@ class RenderProcess:
         return self.process.poll() is None
 
     def send(self, sources: list[Source], jobs: list[tuple[int, dict[str, Any] | None]]) -> None:
+        struct.pack_into("<I", self._part, 1, 0)  # no job of this batch started yet
         self._connection.send((sources, jobs))
 
-    def receive(self, seconds: float) -> Reply | None:
-        """The next reply, or None when none came in ``seconds`` or the process is gone."""
+    def receive(self, seconds: float) -> list[Reply] | Reply | None:
+        """The next message: a list of replies, or ``("done", retire)`` (or ``("ready", pid)``);
+        None when none came in ``seconds`` or the process is gone."""
         try:
             if self._connection.poll(seconds):
-                reply: Reply = self._connection.recv()
-                return reply
+                message: list[Reply] | Reply = self._connection.recv()
+                return message
         except (EOFError, OSError):
             pass
         return None
