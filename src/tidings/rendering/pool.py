@@ -57,7 +57,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidings import errors
+from tidings import errors, tokens
 from tidings.clock import Clock
 from tidings.config import Settings
 from tidings.rendering import child
@@ -204,24 +204,34 @@ class RenderPool:
         self, jobs: Sequence[RenderJob]
     ) -> tuple[list[RenderResult | None], _Batch | None]:
         results: list[RenderResult | None] = [None] * len(jobs)
-        sources: dict[TemplateSource, int] = {}
+        # Per distinct source, once a batch (a campaign's batch has one): the links it prints, and
+        # its index among the batch's sources, or None when it renders here.
+        plans: dict[TemplateSource, tuple[list[tokens.TokenKind], int | None]] = {}
+        ordered: list[child.Source] = []
         work: list[tuple[int, dict[str, Any] | None]] = []
         for position, job in enumerate(jobs):
             source = job.source
+            plan = plans.get(source)
+            if plan is None:
+                index = None if self.renders_here(source) else len(ordered)
+                if index is not None:
+                    ordered.append((source.subject, source.html, source.text))
+                links = wanted_links(source.subject, source.html, source.text)
+                plan = plans[source] = (links, index)
+            links, index = plan
             variables = self._local.variables(
-                links=wanted_links(source.subject, source.html, source.text),
+                links=links,
                 tenant_id=job.tenant_id,
                 recipient=job.recipient,
                 data=job.data,
                 category=job.category,
             )
-            if self.renders_here(source):
+            if index is None:
                 results[position] = self._render_here(source, variables)
-                continue
-            work.append((sources.setdefault(source, len(sources)), variables))
+            else:
+                work.append((index, variables))
         if not work:
             return results, None
-        ordered = [(s.subject, s.html, s.text) for s in sources]
         return results, _Batch(sources=ordered, jobs=work)
 
     def _render_here(self, source: TemplateSource, variables: dict[str, Any]) -> RenderResult:

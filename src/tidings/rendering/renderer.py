@@ -203,10 +203,8 @@ class Renderer:
             raise errors.TemplateSyntaxError(exc.message, field=part, line=exc.lineno) from None
         except RecursionError:
             raise errors.TemplateSyntaxError("the template nests too deeply", field=part) from None
-        except MemoryError:
-            raise ResourceExhausted("the template needs too much memory", field=part) from None
-        except RenderInterrupted as exc:
-            raise ResourceExhausted(str(exc), field=part) from None
+        except (MemoryError, RenderInterrupted) as exc:
+            raise _exhausted(exc, part) from None
 
     # --- rendering ------------------------------------------------------------------------------
 
@@ -251,16 +249,12 @@ class Renderer:
             BUDGET.reset(reset)
         if not text.strip():
             text = ""
-        if not text and html:
-            self._on_part("text")
-            try:
-                text = html_to_text(html)
-            except MemoryError:
-                raise ResourceExhausted(
-                    "the text part needs too much memory", field="text"
-                ) from None
-            except RenderInterrupted as exc:
-                raise ResourceExhausted(str(exc), field="text") from None
+            if html:
+                self._on_part("text")
+                try:
+                    text = html_to_text(html)
+                except (MemoryError, RenderInterrupted) as exc:
+                    raise _exhausted(exc, "text") from None
         return RenderedContent(subject=subject, html=html, text=text)
 
     def variables(
@@ -314,10 +308,8 @@ class Renderer:
                 )
             except errors.TidingsError:
                 raise
-            except MemoryError:
-                raise ResourceExhausted("the template needs too much memory", field=part) from None
-            except RenderInterrupted as exc:
-                raise ResourceExhausted(str(exc), field=part) from None
+            except (MemoryError, RenderInterrupted) as exc:
+                raise _exhausted(exc, part) from None
             except Exception as exc:
                 raise errors.RenderError(_describe(exc, template), field=part) from None
         if len(output) > self._max_chars or (
@@ -331,6 +323,13 @@ class Renderer:
 
 def _ignore_part(part: Part) -> None:
     pass
+
+
+def _exhausted(exc: MemoryError | RenderInterrupted, part: Part) -> ResourceExhausted:
+    """A hard limit of the render process, named for the tenant: its process is replaced."""
+    if isinstance(exc, MemoryError):
+        return ResourceExhausted("the template needs too much memory", field=part)
+    return ResourceExhausted(str(exc), field=part)
 
 
 def wanted_links(*sources: str | None) -> list[tokens.TokenKind]:
