@@ -1,6 +1,6 @@
 """Delivery benchmarks on PostgreSQL: fan-out, end-to-end throughput, wake-up latency, API latency.
 
-    python bench/bench_delivery.py [--recipients 100000] [--workers 2] [--concurrency 100]
+    python bench/bench_delivery.py [--recipients 100000] [--workers 2] [--concurrency N]
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Postfix's smtp-sink (bench/setup.sh
 installs it). Everything runs on 127.0.0.1. It prints figures and asserts nothing about time.
@@ -61,7 +61,7 @@ def env_for(url: str, transport: str, data_dir: str) -> dict[str, str]:
 
 
 def bench_campaign(
-    url: str, data_dir: str, recipients: int, workers: int, concurrency: int
+    url: str, data_dir: str, recipients: int, workers: int, concurrency: int | None
 ) -> None:
     runtime = build_runtime(
         Settings(database_url=url, secret_key=SECRET, data_dir=Path(data_dir)), migrate=True
@@ -125,14 +125,7 @@ def bench_campaign(
     sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "1000"])
     time.sleep(0.5)
     environment = env_for(url, f"smtp://127.0.0.1:{port}?tls=none", data_dir)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tidings", "worker", "--concurrency", str(concurrency)],
-            env=environment,
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(workers)
-    ]
+    procs = [start_worker(environment, concurrency) for _ in range(workers)]
     started = time.perf_counter()
     sent = 0
     try:
@@ -150,8 +143,9 @@ def bench_campaign(
             if sent >= recipients:
                 break
         elapsed = time.perf_counter() - started
+        options = "default options" if concurrency is None else f"--concurrency {concurrency}"
         print(
-            f"throughput: {sent} messages through {workers} worker processes (concurrency {concurrency}) into smtp-sink "
+            f"throughput: {sent} messages through {workers} worker processes ({options}) into smtp-sink "
             f"in {elapsed:.1f} s = {sent / elapsed:,.0f} messages/s"
         )
     finally:
@@ -199,9 +193,10 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(int(child)) for child in children)
 
 
-def start_worker(environment: dict[str, str], concurrency: int) -> subprocess.Popen[bytes]:
+def start_worker(environment: dict[str, str], concurrency: int | None) -> subprocess.Popen[bytes]:
+    options = [] if concurrency is None else ["--concurrency", str(concurrency)]
     return subprocess.Popen(
-        [sys.executable, "-m", "tidings", "worker", "--concurrency", str(concurrency)],
+        [sys.executable, "-m", "tidings", "worker", *options],
         env=environment,
         stdout=subprocess.DEVNULL,
     )
@@ -321,7 +316,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=400)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="tidings worker --concurrency; by default the worker is started without options",
+    )
     parser.add_argument("--api-processes", type=int, default=1, help="tidings serve --processes")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")

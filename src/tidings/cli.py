@@ -29,6 +29,7 @@ from tidings.cli_common import (
 from tidings.cli_contacts import contacts_app
 from tidings.cli_messages import queue, send
 from tidings.db.engine import make_engine, upgrade
+from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
 from tidings.demo import (
     DEFAULT_CONCURRENCY,
     DEFAULT_CONTACTS,
@@ -107,7 +108,12 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: int = typer.Option(50, min=1, max=1000, help="Messages in flight at once."),
+    concurrency: int = typer.Option(
+        WORKER_CONCURRENCY,
+        min=1,
+        max=1000,
+        help="Messages in flight at once; connections to the mail service stay capped at 20.",
+    ),
     metrics_port: int | None = typer.Option(
         None,
         min=1,
