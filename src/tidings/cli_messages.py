@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +13,21 @@ from rich.table import Table
 from tidings.cli_common import (
     DataOption,
     KeyOption,
+    Target,
     TenantOption,
     UrlOption,
     choose_target,
     console,
     open_runtime,
     parse_data,
+    parse_time,
     remote_errors,
     tenant_id_of,
     unit_of_work,
 )
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, MessageStatus
 from tidings.queue.clock import db_now
-from tidings.services import messages, queue_status
+from tidings.services import messages, queue_status, reminders
 
 #: Columns of ``tidings queue``, in the order a message moves through them.
 QUEUE_COLUMNS = (
@@ -75,11 +77,27 @@ def send(
         None, help="Repeat-safe: the same key never sends twice.", show_default=False
     ),
     priority: int = typer.Option(DEFAULT_PRIORITY, min=MIN_PRIORITY, max=MAX_PRIORITY),
+    event_at: str | None = typer.Option(
+        None,
+        "--event-at",
+        help="An event's time with its zone (2030-03-01T15:00:00+01:00): send reminders before"
+        " it instead, one per --offset, named by --reference; templates see it as event_at.",
+        show_default=False,
+    ),
+    offsets: list[str] | None = typer.Option(
+        None,
+        "--offset",
+        help="With --event-at, repeatable: how long before the event a reminder goes"
+        " (24h, 2h, 30m, 1d12h).",
+        show_default=False,
+    ),
     tenant: TenantOption = None,
     url: UrlOption = None,
     key: KeyOption = None,
 ) -> None:
-    """Send one transactional message (it outranks campaign mail in the queue)."""
+    """Send one transactional message (it outranks campaign mail in the queue), or reminders
+    before an event (--event-at, --offset)."""
+    event_time = _reminder_options(event_at, offsets, reference, idempotency_key)
     fields: dict[str, Any] = {
         "to": to,
         "template_id": template,
@@ -92,6 +110,10 @@ def send(
         "reference": reference,
     }
     target = choose_target(tenant, url, key)
+    if event_time is not None:
+        assert offsets is not None and reference is not None
+        _remind(target, fields, event_time, offsets)
+        return
     if target.remote is not None:
         with target.remote as api, remote_errors():
             body, created = api.send_message(
@@ -112,6 +134,87 @@ def send(
             )
             message = enqueued.message
         _print_sent(message.id, message.status, message.last_error, enqueued.created)
+
+
+def _reminder_options(
+    event_at: str | None,
+    offsets: list[str] | None,
+    reference: str | None,
+    idempotency_key: str | None,
+) -> datetime | None:
+    """The event's time when ``send`` makes reminders, once its options go together."""
+    if event_at is None:
+        if offsets:
+            raise typer.BadParameter("needs --event-at", param_hint="--offset")
+        return None
+    if not offsets:
+        raise typer.BadParameter(
+            "give one --offset or more, e.g. --offset 24h", param_hint="--offset"
+        )
+    if reference is None:
+        raise typer.BadParameter(
+            "--event-at needs --reference, which names the event", param_hint="--reference"
+        )
+    if idempotency_key is not None:
+        raise typer.BadParameter(
+            "reminders are repeat-safe by --reference and --offset already",
+            param_hint="--idempotency-key",
+        )
+    return parse_time(event_at, option="--event-at")
+
+
+#: One line of ``send --event-at``: what happened to an offset ("created", "existing" or
+#: "skipped"), the offset as given, its message and status (none when skipped), its time.
+ReminderLine = tuple[str, str, int | None, str | None, datetime]
+
+
+def _remind(target: Target, fields: dict[str, Any], event_at: datetime, offsets: list[str]) -> None:
+    """Reminders before ``event_at``, one line per offset."""
+    reference = fields.pop("reference")
+    lines: list[ReminderLine] = []
+    if target.remote is not None:
+        body = {k: v for k, v in fields.items() if v is not None}
+        body.update(reference=reference, event_at=event_at.isoformat(), offsets=offsets)
+        with target.remote as api, remote_errors():
+            answer = api.create_reminders(body)
+        for word in ("created", "existing", "skipped"):
+            for item in answer[word]:
+                send_at = datetime.fromisoformat(item["send_at"])
+                lines.append(
+                    (word, item["offset"], item["message_id"], item.get("status"), send_at)
+                )
+    else:
+        assert target.tenant is not None
+        with open_runtime() as runtime, unit_of_work(runtime) as session:
+            done = reminders.create_reminders(
+                session=session,
+                tenant_id=tenant_id_of(session, target.tenant),
+                request=reminders.ReminderRequest(
+                    reference=reference,
+                    event_at=event_at,
+                    offsets=offsets,
+                    message=messages.MessageRequest(**fields),
+                ),
+                renderer=runtime.renderer,
+                default_ttl_seconds=runtime.settings.message_ttl_seconds,
+                now=runtime.clock.now(),
+            )
+        for word, placed in [("created", done.created), ("existing", done.existing)]:
+            for p in placed:
+                r = p.reminder
+                lines.append((word, p.offset, r.message_id, r.status.value, r.send_at))
+        lines += [("skipped", s.offset, None, None, s.send_at) for s in done.skipped]
+    for word, offset, message_id, status, send_at in lines:
+        when = send_at.astimezone(UTC).isoformat(sep=" ", timespec="seconds")
+        if word == "skipped":
+            console.print(f"reminder {escape(offset)}: skipped, its time ({when}) has passed")
+        elif word == "existing":
+            console.print(
+                f"reminder {escape(offset)}: message {message_id} was already made:"
+                f" {status}, {when}"
+            )
+        else:
+            console.print(f"reminder {escape(offset)}: message {message_id} {status} for {when}")
 
 
 def _print_sent(message_id: int, status: str, reason: str | None, created: bool) -> None:

@@ -74,6 +74,10 @@ class RemoteApi:
         response = self._request("POST", "/v1/messages", json=body, headers=headers)
         return self._body(response), response.status_code == httpx.codes.CREATED
 
+    def create_reminders(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What ``POST /v1/reminders`` made, found made before, and skipped."""
+        return self._body(self._request("POST", "/v1/reminders", json=body))
+
     # -- plumbing --------------------------------------------------------------------------------
 
     def _json(self, method: str, path: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +417,67 @@ def test_send_queues_one_message_and_queue_shows_it_waiting(
     assert cli("queue", "--tenant", "nobody").exit_code == 1
 
 
+def _reminders(*extra: str) -> tuple[str, ...]:
+    return ("send", "--to", "ann@example.edu", "--subject", "Meeting {{ event_at|localtime }}",
+            "--text", "See you there", "--tenant", "acme", *extra)  # fmt: skip
+
+
+def test_send_with_an_event_makes_one_reminder_per_offset_and_a_repeat_makes_none(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime
+) -> None:
+    event = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    args = _reminders("--reference", "meeting-42", "--event-at", event.isoformat(),
+                      "--offset", "24h", "--offset", "2h", "--offset", "1w")  # fmt: skip
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    lines = first.stdout.strip().splitlines()
+    ids = [int(line.split()[3]) for line in lines[:2]]
+    assert lines == [
+        f"reminder 24h: message {ids[0]} queued for {event - timedelta(days=1)}",
+        f"reminder 2h: message {ids[1]} queued for {event - timedelta(hours=2)}",
+        f"reminder 1w: skipped, its time ({event - timedelta(weeks=1)}) has passed",
+    ]
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.splitlines()[1] == (
+        f"reminder 2h: message {ids[1]} was already made: queued, {event - timedelta(hours=2)}"
+    )
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Message).order_by(Message.id)).all()
+    assert [(r.id, r.reminder_offset, r.reference, r.event_at) for r in rows] == [
+        (ids[0], 86_400, "meeting-42", event),
+        (ids[1], 7_200, "meeting-42", event),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "says"),
+    [
+        (("--offset", "2h"), 2, "needs --event-at"),
+        (("--event-at", "2030-03-01T15:00:00+01:00", "--offset", "2h"), 2, "--reference"),
+        (("--event-at", "2030-03-01T15:00:00+01:00", "--reference", "m"), 2, "--offset"),
+        (("--event-at", "2030-03-01T15:00:00", "--reference", "m", "--offset", "2h"), 2,
+         "needs a time zone"),
+        (("--event-at", "2030-03-01T15:00:00Z", "--reference", "m", "--offset", "2h",
+          "--idempotency-key", "k"), 2, "--idempotency-key"),
+        (("--event-at", "LATER", "--reference", "m", "--offset", "2h"), 2, "ISO 8601"),
+        (("--event-at", "FUTURE", "--reference", "m", "--offset", "2x"), 1,
+         "'2x' is not an offset such as 24h"),
+        (("--event-at", "2001-03-01T15:00:00Z", "--reference", "m", "--offset", "2h"), 1,
+         "event_at must be in the future"),
+    ],
+)  # fmt: skip
+def test_reminder_options_that_do_not_fit_are_refused_with_the_reason(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime, extra: tuple[str, ...], code: int, says: str
+) -> None:
+    future = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    result = cli(*_reminders(*(future if arg == "FUTURE" else arg for arg in extra)))
+    assert result.exit_code == code, result.output
+    assert says in " ".join(result.output.split())
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 0
+
+
 # -- through a remote API ------------------------------------------------------------------------
 
 
@@ -466,6 +527,17 @@ def test_remote_mode_drives_a_campaign_and_sends_through_the_api(
                    "--idempotency-key", "k1", **remote)  # fmt: skip
         assert sent.exit_code == 0, sent.output
         assert sent.stdout.strip().endswith("queued")
+        event = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+        reminded = cli("send", "--to", "zed@example.edu", "--subject", "Soon", "--text", "Hello",
+                       "--reference", "call-9", "--event-at", event.isoformat(),
+                       "--offset", "1d", "--offset", "3d", **remote)  # fmt: skip
+        assert reminded.exit_code == 0, reminded.output
+        assert reminded.stdout.splitlines()[0].endswith(f"queued for {event - timedelta(days=1)}")
+        assert "reminder 3d: skipped" in reminded.stdout
+        repeat = cli("send", "--to", "zed@example.edu", "--subject", "Soon", "--text", "Hello",
+                     "--reference", "call-9", "--event-at", event.isoformat(), "--offset", "24h",
+                     **remote)  # fmt: skip
+        assert "was already made: queued" in repeat.stdout
 
         viewer = cli(
             "campaign", "resume", campaign_id, **{**remote, "TIDINGS_API_KEY": acme.viewer}

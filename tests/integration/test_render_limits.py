@@ -44,6 +44,12 @@ BOMBS: list[tuple[str, str]] = [
     ("text", "{% set n = 7 ** 1400 %}{% for i in range(10**5) %}{% set m = n * n %}{% endfor %}"),
     ("html", "{% for i in range(8) %}{{ ('a.b ' * 250000)|urlize|length }}{% endfor %}"),
     ("subject", BIG + "{{ ([big] * 10)|pprint|length }}"),
+    (
+        "text",
+        "{% for i in range(100000) %}{% for j in range(1000) %}"
+        "{% set x = '2027-03-01T15:00:00Z'|localtime('EEEE d MMMM y, HH:mm zzzz') %}"
+        "{% endfor %}{% endfor %}",
+    ),
     # memory
     ("text", BIG + "{{ ([big] * 30)|string|length }}"),  # 209 MB while len() sees 30
     ("html", BIG + "{{ ([big] * 30)|tojson|length }}"),
@@ -107,6 +113,7 @@ def _render(pool: RenderPool, part: str, payload: str) -> None:
 BOMB_NAMES = [
     "pprint", "one-c-call", "sort-between-deadline-checks", "map-a-million", "nested-loops",
     "exponential-macros", "deep-recursion", "big-int-products", "urlize", "pprint-in-subject",
+    "localtime-loop",
     "string-209-mb", "tojson", "percent-format", "dictsort-string", "join", "namespace-list",
     "namespace-string", "concatenation", "power",
 ]  # fmt: skip

@@ -218,6 +218,10 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A reminder (migration 0013): the time of its event, which its template may show, and how
+    # long before it the reminder goes out; one message per (tenant, reference, offset).
+    event_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    reminder_offset: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seconds
 
     __table_args__ = (
         # The reaper: expired leases.
@@ -239,6 +243,10 @@ class Message(Base):
         # Provider events (Resend's webhooks) name the message by the provider's id.
         _present("ix_messages_provider_message_id", "provider_message_id"),
         _present("uq_messages_tenant_idempotency", "tenant_id", "idempotency_key", unique=True),
+        # A repeated reminder request can never make a second message for the same offset.
+        _present(
+            "uq_messages_tenant_reminder", "tenant_id", "reference", "reminder_offset", unique=True
+        ),
         # Frequency caps count a contact's recent messages.
         Index("ix_messages_contact_sent", "contact_id", "sent_at"),
         Index("ix_messages_tenant_id", "tenant_id", "id"),

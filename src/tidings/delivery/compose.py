@@ -24,11 +24,13 @@ from tidings import tokens
 from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
 from tidings.db.tenancy import ids, owned
+from tidings.db.timezones import tenant_timezones
 from tidings.domain.message import OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
 from tidings.rendering.pool import RenderJob, TemplateSource
+from tidings.rendering.renderer import with_event
 
 #: A row of the batch's context, named by its tenant and id together: an id alone could be a row
 #: of another tenant (SQLite reused deleted ids before migration 0009).
@@ -44,6 +46,8 @@ class BatchContext:
     templates: dict[
         RowKey, tuple[datetime, str, str | None, str | None]
     ]  # updated_at, subject, html, text
+    #: Each tenant's default time zone, for recipients without one of their own.
+    timezones: dict[int, str]
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
@@ -57,6 +61,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
     contact_keys = _keys(messages, "contact_id")
     campaign_keys = _keys(messages, "campaign_id")
     template_keys = _keys(messages, "template_id")
+    timezones = tenant_timezones(session, {m.tenant_id for m in messages})
     contacts: dict[RowKey, Recipient] = {}
     if contact_keys:
         for row in session.execute(
@@ -69,6 +74,8 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 Contact.last_name,
                 Contact.attributes,
                 Contact.created_at,
+                Contact.timezone,
+                Contact.locale,
             ).where(Contact.id.in_(ids(contact_keys)))
         ):
             if not owned(contact_keys, row.tenant_id, row.id):
@@ -81,6 +88,8 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 attributes=row.attributes or {},
                 contact_id=row.id,
                 contact_created=tokens.contact_stamp(row.created_at),
+                timezone=row.timezone or timezones[row.tenant_id],
+                locale=row.locale,
             )
     campaigns = (
         {
@@ -117,7 +126,9 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
         if template_keys
         else {}
     )
-    return BatchContext(contacts=contacts, campaigns=campaigns, templates=templates)
+    return BatchContext(
+        contacts=contacts, campaigns=campaigns, templates=templates, timezones=timezones
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +181,18 @@ class Composer:
         # The links in the mail act for this message's recipient (tokens.py).
         contact = context.contacts.get((tenant_id, message.contact_id or 0))
         recipient = (
-            Recipient(email=message.to_address, message_id=message.id)
+            Recipient(
+                email=message.to_address,
+                message_id=message.id,
+                timezone=context.timezones.get(tenant_id),
+            )
             if contact is None
             else replace(contact, message_id=message.id)
         )
-        job = RenderJob(source, message.tenant_id, recipient, data, category)
+        # A reminder's template also sees its event's time.
+        job = RenderJob(
+            source, message.tenant_id, recipient, with_event(data, message.event_at), category
+        )
         return Prepared(job=job, from_address=from_address, category=category)
 
     def finish(

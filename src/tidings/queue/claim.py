@@ -54,6 +54,7 @@ _CLAIMED_COLUMNS = (
     Message.attempts,
     Message.expires_at,
     Message.idempotency_key,
+    Message.event_at,
 )
 
 

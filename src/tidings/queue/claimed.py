@@ -25,6 +25,7 @@ class ClaimedMessage:
     attempts: int  # tries already made before this one
     expires_at: datetime
     idempotency_key: str | None
+    event_at: datetime | None = None  # a reminder's event, which its template may show
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,9 @@ class NewMessage:
     reference: str | None  # a group, e.g. one meeting's reminders
     #: When set, the message is stored ``suppressed`` with this reason and never sent.
     suppressed_reason: str | None = None
+    event_at: datetime | None = None  # a reminder's event, which its template may show
+    #: A reminder: seconds before ``event_at``; at most one per (tenant, reference, offset).
+    reminder_offset: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,22 +66,42 @@ def find_by_idempotency_key(*, session: Session, tenant_id: int, key: str) -> Me
     return found
 
 
+def find_earlier(*, session: Session, new: NewMessage) -> Message | None:
+    """The message an earlier request made in place of ``new``: the same idempotency key, or the
+    same reminder (tenant, reference, offset); None when ``new`` has neither."""
+    if new.idempotency_key is not None:
+        return find_by_idempotency_key(
+            session=session, tenant_id=new.tenant_id, key=new.idempotency_key
+        )
+    if new.reminder_offset is None:
+        return None
+    found: Message | None = session.scalar(
+        select(Message).where(
+            Message.tenant_id == new.tenant_id,
+            Message.reference == new.reference,
+            Message.reminder_offset == new.reminder_offset,
+        )
+    )
+    return found
+
+
 # Built once (SQLAlchemy memoises a statement's cache key); the values come with each execute.
 _INSERT_MESSAGE = insert(table(Message)).returning(table(Message).c.id)
 _INSERT_EVENT = insert(table(Event))
 
 
 def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqueued:
-    """Store one message (queued, or suppressed) with its first event; a repeated key returns the first.
+    """Store one message (queued, or suppressed) with its first event; a repeated key (or the same
+    reminder again) returns the first.
 
     Two requests with the same key may race past the look-up. The insert runs in a SAVEPOINT, so the
     loser's unique violation (raised once the winner commits, PostgreSQL waits on the index entry)
-    rolls back only the savepoint, and the loser answers with the winner's row.
+    rolls back only the savepoint, and the loser answers with the winner's row. A reminder's
+    (tenant, reference, offset) is such a key too (``uq_messages_tenant_reminder``).
     """
-    if new.idempotency_key is not None:
-        earlier = find_by_idempotency_key(
-            session=session, tenant_id=new.tenant_id, key=new.idempotency_key
-        )
+    unique = new.idempotency_key is not None or new.reminder_offset is not None
+    if unique:
+        earlier = find_earlier(session=session, new=new)
         if earlier is not None:
             return Enqueued(message=earlier, created=False)
     status = MessageStatus.queued if new.suppressed_reason is None else MessageStatus.suppressed
@@ -103,22 +126,22 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "last_error": new.suppressed_reason,
         "idempotency_key": new.idempotency_key,
         "reference": new.reference,
+        "event_at": new.event_at,
+        "reminder_offset": new.reminder_offset,
         "created_at": now,
         "updated_at": now,
     }
     # Core statements, not the unit of work: this runs for every message the API accepts, and
     # two ORM flushes cost more than the two inserts. The caller gets a detached Message with
     # every column it was written with.
-    if new.idempotency_key is None:  # nothing to race on: no savepoint round trips
+    if not unique:  # nothing to race on: no savepoint round trips
         message_id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
     else:
         try:
             with session.begin_nested():
                 message_id = session.connection().execute(_INSERT_MESSAGE, values).scalar_one()
         except IntegrityError:
-            earlier = find_by_idempotency_key(
-                session=session, tenant_id=new.tenant_id, key=new.idempotency_key
-            )
+            earlier = find_earlier(session=session, new=new)
             if earlier is None:  # the violation was not the key's: let it surface
                 raise
             return Enqueued(message=earlier, created=False)
@@ -141,17 +164,26 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
 
 
 def cancel_unclaimed(
-    *, session: Session, where: ColumnElement[bool], now: datetime, record_events: bool
+    *,
+    session: Session,
+    where: ColumnElement[bool],
+    now: datetime,
+    record_events: bool,
+    reason: str | None = None,
 ) -> int:
     """Cancel every message matching ``where`` that no worker has claimed; how many were.
 
     ``record_events=False`` is for a whole campaign: its history is the campaign's own event, not
-    one row per recipient.
+    one row per recipient. ``reason``, when given, is kept as the message's ``last_error`` and its
+    event's detail (a reminder whose time passed as its event moved).
     """
+    values: dict[str, Any] = {"status": MessageStatus.cancelled.value, "updated_at": now}
+    if reason is not None:
+        values["last_error"] = reason
     statement = (
         update(Message)
         .where(where, Message.status.in_(UNCLAIMED))
-        .values(status=MessageStatus.cancelled.value, updated_at=now)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if not record_events:
@@ -170,7 +202,7 @@ def cancel_unclaimed(
                     "message_id": message_id,
                     "campaign_id": campaign_id,
                     "type": EventType.cancelled.value,
-                    "detail": None,
+                    "detail": reason,
                     "created_at": now,
                 }
                 for message_id, tenant_id, campaign_id in rows

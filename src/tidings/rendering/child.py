@@ -36,11 +36,13 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
 from tidings import errors
+from tidings.rendering.localtime import FALLBACK_LOCALE, LOCAL_KEY
 from tidings.rendering.renderer import Part, Renderer, ResourceExhausted
 from tidings.rendering.sandbox import RenderInterrupted
 
@@ -61,6 +63,7 @@ STATE_SIZE = 5
 _WARM_UP_HTML = (
     '<p title="{{ a }}">{% for i in range(3) %}{{ i|string|upper }}{% endfor %}</p>'
     "{{ {'k': [1, 2]}|tojson }}{{ [3, 1]|sort|join(',') }}{{ a|pprint }}<a href=x>y</a><br>"
+    "{{ t|localtime('EEEE d MMMM y, HH:mm zzzz') }}"
 )
 
 #: ``("ok", subject, html, text)``, ``("ok",)`` for a compile check, or
@@ -172,7 +175,10 @@ def main(connection: Connection, part: mmap.mmap) -> None:
 def _warm_up(renderer: Renderer) -> None:
     """Load what the first real render would (lazy imports, caches) before measuring memory."""
     compiled = renderer.compile(subject="{{ a }}", html=_WARM_UP_HTML, text=None)
-    renderer.render_variables(compiled, {"a": "warm"})
+    moment = datetime(2027, 3, 1, 14, tzinfo=UTC)
+    renderer.render_variables(
+        compiled, {"a": "warm", "t": moment, LOCAL_KEY: ("Europe/Berlin", FALLBACK_LOCALE)}
+    )
 
 
 def _run(

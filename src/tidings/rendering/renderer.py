@@ -8,6 +8,10 @@ the recipient nor replace the unsubscribe link. The caller's data is merged at t
 clashes). The sandbox's globals (``range``, ``dict``, ``cycler``, ``joiner``, ``namespace``)
 win over the caller's data too. A missing value (``None``) prints as nothing.
 
+A reminder's message also has ``event_at``, the time of its event as an aware datetime, which wins
+over an ``event_at`` in the data (``with_event``); the ``localtime`` filter shows it, or any time,
+in the recipient's zone and language (``localtime.py``): ``Recipient.timezone`` and ``locale``.
+
 A ``Renderer`` runs tenant templates in the process that calls it: in Tidings that is only ever a
 render process of ``pool.RenderPool`` (which holds the hard limits). The serving process uses it
 for ``variables`` (the signed links need the secret, which render processes never see) and for
@@ -19,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -28,6 +33,7 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 
 from tidings import errors, tokens
 from tidings.clock import Clock, SystemClock
+from tidings.rendering.localtime import LOCAL_KEY
 from tidings.rendering.sandbox import (
     BUDGET,
     FORBIDDEN_NODES,
@@ -77,6 +83,10 @@ class Recipient:
     #: None (a preview, the check at accept): the links are inert placeholders.
     message_id: int | None = None
     contact_created: int | None = None  # ``tokens.contact_stamp`` of the contact, if any
+    #: IANA zone that ``localtime`` shows times in: the contact's, else the tenant's default;
+    #: None: UTC.
+    timezone: str | None = None
+    locale: str | None = None  # language tag (``de``, ``pt-BR``) for ``localtime``; None: English
 
 
 class ResourceExhausted(errors.RenderError):
@@ -276,6 +286,7 @@ class Renderer:
             last_name=recipient.last_name,
             attributes=recipient.attributes,
         )
+        variables[LOCAL_KEY] = (recipient.timezone, recipient.locale)
         message_id = recipient.message_id
         if links and message_id is None:
             # A preview, or the check at accept: no message, so no working link (tokens.py).
@@ -319,6 +330,11 @@ class Renderer:
                 f"the rendered {part} is larger than {self._max_chars} bytes", field=part
             )
         return output
+
+
+def with_event(data: Mapping[str, Any], event_at: datetime | None) -> Mapping[str, Any]:
+    """The template data of a message, with its event's time when it has one (a reminder)."""
+    return data if event_at is None else {**data, "event_at": event_at}
 
 
 def _ignore_part(part: Part) -> None:

@@ -40,6 +40,8 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.nodes import EvalContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tidings.rendering.localtime import localtime
+
 MAX_RANGE = 100_000  # items a single range() may produce
 MAX_INT_BITS = 4096  # integers grow no larger: enough for any sum or product a mail needs
 MAX_FORMAT_WIDTH = 1_000  # characters of padding or precision in a %-format
@@ -257,6 +259,7 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.globals = {k: v for k, v in DEFAULT_NAMESPACE.items() if k != "lipsum"}
         self.globals["range"] = guarded_range
         self.filters.update(GUARDED_FILTERS)
+        self.filters["localtime"] = localtime  # bounded itself: see localtime.py
 
     # --- attribute access -------------------------------------------------------------------
 

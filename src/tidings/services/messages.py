@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.engine import end_reads
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Template
+from tidings.db.timezones import tenant_timezones
 from tidings.domain import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
@@ -36,6 +37,7 @@ from tidings.queue.enqueue import (
 )
 from tidings.rendering import Recipient, ResourceExhausted
 from tidings.rendering.pool import RenderPool, TemplateSource
+from tidings.rendering.renderer import with_event
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -66,6 +68,10 @@ class MessageRequest:
     ttl_seconds: float | None = None  # None: the settings' message_ttl_seconds
     from_address: str | None = None
     idempotency_key: str | None = None
+    #: A reminder's event (``services/reminders.py``): templates see it as ``event_at``.
+    event_at: datetime | None = None
+    #: Sending window (``start``, ``end``, ``days``, ``timezone``); checked by ``check_send_window``.
+    send_window: dict[str, Any] | None = None
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -137,6 +143,13 @@ def check_schedule(when: datetime | None, *, field: str, now: datetime) -> datet
     return when
 
 
+def check_send_window(window: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A sending window as the caller gave it; only its shape (an object) is checked here."""
+    if window is not None and not isinstance(window, dict):
+        raise InvalidInput("send_window must be an object", field="send_window")
+    return window
+
+
 def tenant_template(*, session: Session, tenant_id: int, template_id: int) -> Template:
     template = session.scalar(
         select(Template).where(Template.tenant_id == tenant_id, Template.id == template_id)
@@ -166,6 +179,36 @@ def send_message(
         earlier = find_by_idempotency_key(session=session, tenant_id=tenant_id, key=key)
         if earlier is not None:
             return Enqueued(message=earlier, created=False)
+    new = prepare_message(
+        session=session,
+        tenant_id=tenant_id,
+        request=request,
+        renderer=renderer,
+        default_ttl_seconds=default_ttl_seconds,
+        now=now,
+    )
+    return enqueue_message(session=session, new=new, now=now)
+
+
+def prepare_message(
+    *,
+    session: Session,
+    tenant_id: int,
+    request: MessageRequest,
+    renderer: RenderPool,
+    default_ttl_seconds: float,
+    now: datetime,
+) -> NewMessage:
+    """The message to store for ``request``: every field checked, the recipient and template
+    found, screened against suppressions and preferences, rendered once; nothing written yet.
+
+    A caller that makes several messages of one request (a reminder's offsets) prepares once and
+    stores each with its own time.
+    """
+    key = check_header_text(
+        request.idempotency_key, field="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH
+    )
+    check_send_window(request.send_window)
     priority = check_priority(request.priority)
     category = check_header_text(request.category, field="category", max_length=MAX_CATEGORY_LENGTH)
     reference = check_header_text(
@@ -188,17 +231,18 @@ def send_message(
         contact=contact,
         category=category,
     )
+    zone = tenant_timezones(session, [tenant_id])[tenant_id]
     _render_once(
         session=session,
         renderer=renderer,
         request=request,
         template=template,
         tenant_id=tenant_id,
-        recipient=_as_recipient(contact, to_address),
+        recipient=_as_recipient(contact, to_address, zone),
         category=category,
     )
     not_before = max(send_at or now, now)
-    new = NewMessage(
+    return NewMessage(
         tenant_id=tenant_id,
         to_address=to_address,
         contact_id=contact.id if contact is not None else None,
@@ -215,8 +259,8 @@ def send_message(
         idempotency_key=key,
         reference=reference,
         suppressed_reason=suppressed_reason,
+        event_at=request.event_at,
     )
-    return enqueue_message(session=session, new=new, now=now)
 
 
 def get_message(*, session: Session, tenant_id: int, message_id: int) -> Message:
@@ -336,7 +380,7 @@ def _recipient(
     return contact, address
 
 
-def _as_recipient(contact: Contact | None, address: str) -> Recipient:
+def _as_recipient(contact: Contact | None, address: str, default_zone: str) -> Recipient:
     if contact is None:
         return Recipient(
             email=address,
@@ -345,6 +389,7 @@ def _as_recipient(contact: Contact | None, address: str) -> Recipient:
             last_name=None,
             attributes={},
             contact_id=None,
+            timezone=default_zone,
         )
     return Recipient(
         email=contact.email,
@@ -353,6 +398,8 @@ def _as_recipient(contact: Contact | None, address: str) -> Recipient:
         last_name=contact.last_name,
         attributes=dict(contact.attributes or {}),
         contact_id=contact.id,
+        timezone=contact.timezone or default_zone,
+        locale=contact.locale,
     )
 
 
@@ -378,9 +425,10 @@ def _render_once(
     if not renderer.renders_here(source):
         # Everything this request reads is read: the insert re-checks the idempotency key.
         end_reads(session)
+    data = with_event(request.data, request.event_at)
     try:
         renderer.render(
-            source, tenant_id=tenant_id, recipient=recipient, data=request.data, category=category
+            source, tenant_id=tenant_id, recipient=recipient, data=data, category=category
         )
     except RenderError as exc:
         if template is None or isinstance(exc, ResourceExhausted):

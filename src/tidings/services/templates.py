@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.engine import end_reads
 from tidings.db.models import Campaign, Contact, Message, Template
+from tidings.db.timezones import tenant_timezones
 from tidings.domain import PENDING_MESSAGE_STATUSES
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
@@ -198,9 +199,10 @@ def _recipient(
 ) -> Recipient:
     if (contact_id is None) == (email is None):
         raise InvalidInput("give either contact_id or email", field="contact_id")
+    zone = tenant_timezones(session, [tenant_id])[tenant_id]
     if email is not None:
         try:
-            return Recipient(email=normalize_address(email))
+            return Recipient(email=normalize_address(email), timezone=zone)
         except InvalidAddress as exc:
             raise InvalidInput(f"email: {exc}", field="email") from None
     contact = session.scalar(
@@ -215,6 +217,8 @@ def _recipient(
         last_name=contact.last_name,
         attributes=contact.attributes or {},
         contact_id=contact.id,
+        timezone=contact.timezone or zone,
+        locale=contact.locale,
     )
 
 

@@ -27,7 +27,9 @@ router = APIRouter(
 )
 
 
-class MessageIn(StrictModel):
+class MessageFields(StrictModel):
+    """A message's recipient, content and handling: what a send and a reminder share."""
+
     to: str | None = Field(None, min_length=3, max_length=320, description="A bare address.")
     contact_id: Id | None = None
     template_id: Id | None = None
@@ -37,6 +39,10 @@ class MessageIn(StrictModel):
     data: dict[str, Any] = Field(default_factory=dict, description="Template data.")
     category: str | None = Field(None, min_length=1, max_length=messages.MAX_CATEGORY_LENGTH)
     priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    from_address: str | None = Field(None, min_length=3, max_length=400)
+
+
+class MessageIn(MessageFields):
     send_at: AwareDatetime | None = Field(None, description="Not before this time; past: now.")
     reference: str | None = Field(
         None,
@@ -51,7 +57,6 @@ class MessageIn(StrictModel):
         strict=True,
         description="Give up (dead) when not delivered within this time.",
     )
-    from_address: str | None = Field(None, min_length=3, max_length=400)
 
 
 class EventOut(BaseModel):
