@@ -128,15 +128,22 @@ def tags(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         return f"</{name}>"
     attributes = ""
+    quote = '"'
     for key in draw(st.lists(ATTRIBUTE_NAMES, max_size=3, unique=True)):
         value = draw(VALUES)
-        quote = draw(st.sampled_from(['"', "'", ""])) if value.isalnum() else '"'
-        # Blanks, or the unusual separators a tag may have: a slash, or nothing after a quote.
+        # Blanks, or the unusual separators a tag may have: a slash, or nothing after a quote. An
+        # unquoted value runs to the next blank (a slash is part of it), so only a blank ends it.
         separator = draw(st.sampled_from([" ", "\n", "\t", "/", " / ", ""]))
+        if attributes and not quote and separator in ("/", ""):
+            separator = " "
         if not separator and not attributes.endswith(('"', "'")):
             separator = " "
+        quote = draw(st.sampled_from(['"', "'", ""])) if value.isalnum() else '"'
         attributes += f"{separator}{key}={quote}{value}{quote}"
-    return f"<{name}{attributes}{draw(st.sampled_from(['', ' ', '/']))}>"
+    ending = draw(st.sampled_from(["", " ", "/"]))
+    if attributes and not quote and ending == "/":
+        ending = " /"
+    return f"<{name}{attributes}{ending}>"
 
 
 @settings(max_examples=400, deadline=None)
