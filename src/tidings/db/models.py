@@ -313,7 +313,7 @@ class Throttle(Base):
     tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
     tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
     tat_day: Mapped[float] = mapped_column(Float, default=0.0)
-    # Until when the claim skips this tenant (limit reached, or the provider asked us to slow down).
+    # Until when the claim skips this tenant (a limit was reached).
     blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
