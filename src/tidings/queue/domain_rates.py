@@ -99,7 +99,7 @@ def record_feedback(
         return {}
     epoch = now.timestamp()
     keys = sorted({(f.tenant_id, f.domain) for f in feedback})
-    ceilings = _ceilings(session, keys)
+    bounds = ceilings(session, keys)
     slowed = sorted({(f.tenant_id, f.domain) for f in feedback if f.slowdowns})
     if slowed:
         _insert_missing(session, slowed, now=now)
@@ -129,12 +129,12 @@ def record_feedback(
                 current,
                 now=epoch,
                 admitted_at=item.admitted_at,
-                ceiling=ceilings.get(key),
+                ceiling=bounds.get(key),
                 retry_after=item.retry_after,
             )
             slots[key] = datetime.fromtimestamp(next_slot(current, now=epoch), UTC)
         elif is_limiting(current, now=epoch):
-            current = speed_up(current, successes=item.successes, ceiling=ceilings.get(key))
+            current = speed_up(current, successes=item.successes, ceiling=bounds.get(key))
         _store(row, current, now=now)
     return slots
 
@@ -199,7 +199,7 @@ def _columns(current: AdaptiveRate) -> dict[str, object]:
     }
 
 
-def _ceilings(session: Session, keys: Sequence[Key]) -> dict[Key, float | None]:
+def ceilings(session: Session, keys: Sequence[Key]) -> dict[Key, float | None]:
     """Each pair's configured bound as a sustained rate: its domain limits, and its tenant's limits
     when they are on. Read without a lock: a limit changed meanwhile is seen by the next batch."""
     tenant_ids = sorted({tenant_id for tenant_id, _ in keys})
@@ -222,11 +222,11 @@ def _ceilings(session: Session, keys: Sequence[Key]) -> dict[Key, float | None]:
             (throttle.per_hour, 3600.0),
             (throttle.per_day, 86400.0),
         ]
-    ceilings: dict[Key, float | None] = {}
+    found: dict[Key, float | None] = {}
     for key in keys:
         limits = list(tenant_limits[key[0]])
         domain = domain_limits.get(key)
         if domain is not None:
             limits += [(domain.per_minute, 60.0), (domain.per_hour, 3600.0)]
-        ceilings[key] = ceiling_of(limits)
-    return ceilings
+        found[key] = ceiling_of(limits)
+    return found
