@@ -10,6 +10,7 @@ import pytest
 from tidings.delivery.adaptive import (
     FLOOR,
     FORGET_SECONDS,
+    MAX_PROBE_WAIT,
     START_RATE,
     STREAK,
     AdaptiveRate,
@@ -87,8 +88,27 @@ def test_refusals_of_mail_admitted_before_the_last_decrease_lower_nothing() -> N
     first = slow_down(state(rate=8.0), now=NOW, admitted_at=NOW - 0.2, ceiling=None)
     in_flight = slow_down(first, now=NOW + 0.3, admitted_at=NOW - 0.1, ceiling=None)
     assert in_flight == first
-    admitted_after = slow_down(first, now=NOW + 0.6, admitted_at=NOW + 0.25, ceiling=None)
-    assert admitted_after.rate == pytest.approx(2.0)
+
+
+def test_a_refusal_after_mail_got_through_at_the_lowered_rate_halves_it_again() -> None:
+    first = slow_down(state(rate=8.0), now=NOW, admitted_at=NOW - 0.2, ceiling=None)
+    accepted = speed_up(first, successes=1, ceiling=None)
+    again = slow_down(accepted, now=NOW + 0.6, admitted_at=NOW + 0.25, ceiling=None)
+    assert (again.rate, again.slowed_from, again.last_slowdown_at) == (2.0, 4.0, NOW + 0.6)
+
+
+def test_refusals_before_anything_got_through_wait_twice_as_long_each_and_keep_the_rate() -> None:
+    first = slow_down(state(rate=8.0), now=NOW, admitted_at=NOW - 0.2, ceiling=None)
+    assert first.rate == 4.0 and next_slot(first, now=NOW) == NOW + 0.25
+    probes = [NOW + 0.25]
+    current = first
+    for _ in range(4):  # refused at each probe: the window has not drained yet
+        current = slow_down(current, now=probes[-1], admitted_at=probes[-1], ceiling=None)
+        probes.append(next_slot(current, now=probes[-1]))
+    assert current.rate == 4.0 and current.last_slowdown_at == NOW  # no further decrease
+    assert [p - NOW for p in probes] == pytest.approx([0.25, 0.5, 1.0, 2.0, 4.0])
+    late = slow_down(current, now=NOW + 500, admitted_at=NOW + 499, ceiling=None)
+    assert next_slot(late, now=NOW + 500) == NOW + 500 + MAX_PROBE_WAIT
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,13 @@ and then hover just under, a limit the receiver does not publish:
   ``FLOOR``. Halving reaches any unknown limit in ``log2(rate / limit)`` slow-downs. Only a reply
   to a message *admitted after* the last decrease counts: the messages already in flight when the
   rate was lowered were admitted at the old rate, and their refusals are not news (without this, one
-  batch of 25 refusals would halve the rate 25 times).
+  batch of 25 refusals would halve the rate 25 times). Nor does a refusal before the domain
+  accepted anything at the lowered rate: a provider counts over its own window (a second, a
+  minute), and until the excess that drew the first refusal has left it, it refuses whatever the
+  new rate. Halving at each of those refusals would crash the rate to the floor in one window (the
+  end-to-end test saw 10/s fall to 1.25/s in 1.5 s against a one-second window); the rate stays,
+  and the next attempt waits as long again as it has been since the decrease, so the probes
+  double apart (at most ``MAX_PROBE_WAIT``) until the window has drained.
 * **Additive increase** after a streak of successes: ``+ INCREASE_FRACTION *`` the rate that last
   drew a slow-down (``slowed_from``). From half that rate back up to it therefore takes
   ``0.5 / INCREASE_FRACTION = 5`` streaks at every scale from 0.1/s to 1,000/s, and the saw-tooth
@@ -54,6 +60,7 @@ STREAK_SECONDS = 1.0  # and at least this long at the current rate (rate * this 
 FLOOR = 1 / 60  # messages per second: a domain refusing everything is still probed once a minute
 START_RATE = 10.0  # messages per second after the first slow-down of a domain with no limits set
 FORGET_SECONDS = 900.0  # a domain quiet this long after its last slow-down is no longer slowed
+MAX_PROBE_WAIT = 300.0  # seconds: a domain refusing everything is still tried this often
 
 
 class RateState(StrEnum):
@@ -109,30 +116,42 @@ def slow_down(
     """The state after a slow-down reply to a message admitted at ``admitted_at``."""
     if current is not None and now - current.last_slowdown_at >= FORGET_SECONDS:
         current = None  # forgotten: as if it had never slowed us down
-    if current is not None and admitted_at < current.last_slowdown_at:
+    if current is None:
+        lowered = _lowered(None, now=now, ceiling=ceiling)
+    elif admitted_at < current.last_slowdown_at:
         lowered = current  # sent at the old rate: that decrease already answered it
+    elif current.state == RateState.backing_off and current.successes == 0:
+        # Nothing accepted since the decrease: the domain still counts our earlier excess against
+        # us (its window has not drained). Halving again would answer the past; wait instead, as
+        # long again as since the decrease, so the probes double apart until one gets through.
+        wait = min(max(1.0 / current.rate, now - current.last_slowdown_at), MAX_PROBE_WAIT)
+        lowered = replace(current, tat=max(current.tat, now + wait))
     else:
-        if current is None:
-            before = ceiling if ceiling is not None else START_RATE / DECREASE_FACTOR
-        else:
-            before = current.rate if ceiling is None else min(current.rate, ceiling)
-        rate = max(FLOOR, before * DECREASE_FACTOR)
-        if ceiling is not None:
-            rate = min(rate, ceiling)
-        tat = now if current is None else current.tat
-        lowered = AdaptiveRate(
-            rate=rate,
-            state=RateState.backing_off,
-            successes=0,
-            slowed_from=before,
-            last_slowdown_at=now,
-            tat=max(tat, now + 1.0 / rate),
-            paused_until=0.0 if current is None else current.paused_until,
-        )
+        lowered = _lowered(current, now=now, ceiling=ceiling)
     if retry_after is None or retry_after <= 0 or not math.isfinite(retry_after):
         return lowered
     paused_until = max(lowered.paused_until, now + retry_after)
     return replace(lowered, paused_until=paused_until, tat=max(lowered.tat, paused_until))
+
+
+def _lowered(current: AdaptiveRate | None, *, now: float, ceiling: float | None) -> AdaptiveRate:
+    """The multiplicative decrease."""
+    if current is None:
+        before = ceiling if ceiling is not None else START_RATE / DECREASE_FACTOR
+    else:
+        before = current.rate if ceiling is None else min(current.rate, ceiling)
+    rate = max(FLOOR, before * DECREASE_FACTOR)
+    if ceiling is not None:
+        rate = min(rate, ceiling)
+    return AdaptiveRate(
+        rate=rate,
+        state=RateState.backing_off,
+        successes=0,
+        slowed_from=before,
+        last_slowdown_at=now,
+        tat=max(now if current is None else current.tat, now + 1.0 / rate),
+        paused_until=0.0 if current is None else current.paused_until,
+    )
 
 
 def streak_length(rate: float) -> int:
