@@ -244,3 +244,13 @@ def test_a_domain_quiet_for_long_is_forgotten(runtime: Runtime, acme: TenantKeys
     with transaction(runtime.sessions) as session:
         assert forget_quiet_domains(session=session, now=db_now(session)) == 1  # ...it is deleted
     assert list(rates(runtime)) == [(acme.tenant_id, "new.test")]
+
+
+def test_the_workers_maintenance_pass_forgets_quiet_domains(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    slow_domain(runtime, acme.tenant_id, "old.test")
+    with transaction(runtime.sessions) as session:
+        session.execute(update(DomainRate).values(last_slowdown_at=0.0))
+    Worker(runtime=runtime, transport=MemoryTransport())._maintenance_pass()
+    assert rates(runtime) == {}

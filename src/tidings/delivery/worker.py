@@ -52,7 +52,7 @@ from tidings.queue.domain_rates import forget_quiet_domains, record_feedback
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
-from tidings.queue.outcomes import record_outcomes
+from tidings.queue.outcomes import lock_leased, record_outcomes
 from tidings.runtime import Runtime
 from tidings.transports.base import Transport
 
@@ -266,11 +266,7 @@ class Worker:
     def _record(self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]) -> int:
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
-            # A slow-down reply lowers its domain's rate, and only that domain's, in the same
-            # transaction as the outcome: the refused mail goes back to the domain's next slot.
-            slots = record_feedback(
-                session=session, feedback=domain_feedback(claim, results), now=now
-            )
+            slots = _adapt_domain_rates(session, claim, results, now=now)
             decisions = [
                 decide(
                     m,
@@ -394,6 +390,22 @@ class Worker:
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _adapt_domain_rates(
+    session: Session, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]], *, now: datetime
+) -> dict[tuple[int, str], datetime]:
+    """A slow-down reply lowers its domain's rate, and only that domain's, in the transaction that
+    records the outcome; successes while held to a rate raise it. Returns each slowed domain's
+    next slot, where its refused mail goes back. A batch with nothing to say costs nothing."""
+    if not domain_feedback(claim, results):
+        return {}
+    # This batch's rows first, as every outcome write takes them, then the rates: a claim that
+    # took a message whose lease this batch lost (it holds the row, then locks rates) never waits
+    # on us while we wait on it.
+    live = lock_leased(session, token=claim.token, ids=[m.id for m, _ in results])
+    feedback = domain_feedback(claim, [(m, o) for m, o in results if m.id in live])
+    return record_feedback(session=session, feedback=feedback, now=now)
 
 
 def _unrenderable(exc: TidingsError) -> Permanent:

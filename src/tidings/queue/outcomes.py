@@ -52,8 +52,19 @@ def record_outcomes(
     now: datetime,
 ) -> list[int]:
     """Write ``decisions`` for messages still leased under ``token``; returns the ids written."""
-    ids = [d.message_id for d in decisions]
-    live = set(
+    live = lock_leased(session, token=token, ids=[d.message_id for d in decisions])
+    current = [d for d in decisions if d.message_id in live]
+    if current:
+        _write_messages(session, token, current, now)
+        _write_events(session, current, now)
+        _suppress(session, [d for d in current if d.suppress_email], now)
+    return [d.message_id for d in current]
+
+
+def lock_leased(session: Session, *, token: str, ids: Sequence[int]) -> set[int]:
+    """Lock the messages of ``ids`` still leased under ``token``; returns their ids. A transaction
+    that records outcomes takes these rows before any other (``domain_rates`` after them)."""
+    return set(
         session.scalars(
             select(Message.id)
             .where(
@@ -64,12 +75,6 @@ def record_outcomes(
             .with_for_update()
         )
     )
-    current = [d for d in decisions if d.message_id in live]
-    if current:
-        _write_messages(session, token, current, now)
-        _write_events(session, current, now)
-        _suppress(session, [d for d in current if d.suppress_email], now)
-    return [d.message_id for d in current]
 
 
 _UPDATE = (
