@@ -2,9 +2,10 @@
 
 The claim and the outcome writes both change these rows, from many workers at once. Each change is
 a read-modify-write of the rows under ``FOR UPDATE`` (SQLite: under the write lock that
-``BEGIN IMMEDIATE`` took), so none is lost, and every transaction locks them in ``(tenant,
-domain)`` order, after any ``throttles`` and ``domain_throttles`` rows it locks, so that no two can
-deadlock. The arithmetic itself is ``delivery/adaptive.py``'s; the clock is the database's.
+``BEGIN IMMEDIATE`` took), so none is lost. Every transaction locks them last, in ``(tenant,
+domain)`` order: the claim after its ``throttles`` and ``domain_throttles`` rows, an outcome write
+after its batch's messages (``queue.outcomes.lock_leased``), so that no two can deadlock. The
+arithmetic itself is ``delivery/adaptive.py``'s; the clock is the database's.
 """
 
 from __future__ import annotations
