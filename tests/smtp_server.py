@@ -8,6 +8,7 @@ It records every message it receives and can misbehave on demand, the way real s
         server.fail(None, drop(at="END"), times=1)      # any recipient: the duplicate window
         server.script(None, slow(0.5, at="MAIL"))       # transaction 1 normal, 2 slow, then normal
         server.fail("cy@example.com", hold(TRY_LATER), times=1)   # no reply until release_holds()
+        server.limit_rate("slow.test", 20)   # 421 at RCPT while 20 were accepted in the last second
         ... send to server.url ...
         server.wait_for(3)
         server.messages[0].message["Subject"]
@@ -30,6 +31,7 @@ import itertools
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -47,6 +49,7 @@ TRY_LATER = "451 4.3.0 try later"
 THROTTLED = "421 4.7.0 throttled, slow down"
 NO_SUCH_USER = "550 5.1.1 no such user"
 POLICY_REJECT = "554 5.7.1 rejected by policy"
+SLOW_DOWN = "421 4.7.0 slow down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,8 @@ class SmtpTestServer:
         self._connections = itertools.count(1)
         self._connection_count = 0
         self._attempts: dict[str, list[float]] = {}
+        # Per domain: (accepted per second, the refusal, monotonic times of recent acceptances).
+        self._rate_limits: dict[str, tuple[int, str, deque[float]]] = {}
         self._released = asyncio.Event()  # set on the server's loop: release_holds()
         self._auth = auth
         self.pipelining = pipelining  # advertise PIPELINING (aiosmtpd reads commands in order)
@@ -187,6 +192,13 @@ class SmtpTestServer:
         with self._lock:
             self._rules.append(_Rule(recipient and recipient.lower(), fault, times))
 
+    def limit_rate(self, domain: str, per_second: int, refusal: str = SLOW_DOWN) -> None:
+        """Answer ``refusal`` at RCPT to any address at ``domain`` while ``per_second`` of them
+        were accepted in the last second, as providers defer a sender that goes too fast: at most
+        ``per_second`` get through in any second, however fast the client tries."""
+        with self._lock:
+            self._rate_limits[domain.lower()] = (per_second, refusal, deque())
+
     def script(self, *steps: Fault | None) -> None:
         """One step per coming transaction, in order (None: behave); afterwards, behave."""
         with self._lock:
@@ -242,6 +254,14 @@ class SmtpTestServer:
         with self._lock:
             return list(self._attempts.get(recipient.lower(), []))
 
+    def domain_attempt_times(self, domain: str) -> list[float]:
+        """``time.monotonic()`` at each RCPT TO naming an address at ``domain``, in order."""
+        suffix = "@" + domain.lower()
+        with self._lock:
+            return sorted(
+                t for r, times in self._attempts.items() if r.endswith(suffix) for t in times
+            )
+
     def to(self, recipient: str) -> list[ReceivedMessage]:
         return [m for m in self.messages if recipient.lower() in (r.lower() for r in m.rcpt_tos)]
 
@@ -293,6 +313,22 @@ class SmtpTestServer:
     def _count_attempt(self, recipient: str) -> None:
         with self._lock:
             self._attempts.setdefault(recipient.lower(), []).append(time.monotonic())
+
+    def _over_rate(self, recipient: str) -> str | None:
+        """The refusal when ``recipient``'s domain is over its ``limit_rate``, else None (and the
+        recipient counts as accepted now)."""
+        with self._lock:
+            limit = self._rate_limits.get(recipient.rpartition("@")[2].lower())
+            if limit is None:
+                return None
+            per_second, refusal, accepted = limit
+            now = time.monotonic()
+            while accepted and now - accepted[0] >= 1.0:
+                accepted.popleft()
+            if len(accepted) >= per_second:
+                return refusal
+            accepted.append(now)
+            return None
 
     def _record(self, smtp: SMTP, session: Session, envelope: Envelope, *, replied: bool) -> None:
         raw = envelope.original_content or b""
@@ -368,7 +404,9 @@ class _Handler:
         self.server._count_attempt(address)
         txn = _transaction_of(session)
         fault = self.server._fault_for("RCPT", [address.lower()], txn)
-        refusal = await _apply(smtp, fault, self.server._released)
+        refusal = await _apply(smtp, fault, self.server._released) or self.server._over_rate(
+            address
+        )
         if refusal:
             return refusal
         envelope.rcpt_tos.append(address)

@@ -24,6 +24,7 @@ from tests.browser.dashboard_helpers import (
     sign_in,
 )
 from tests.conftest import TEST_SECRET, TenantKeys, create_tenant, make_settings
+from tests.integration.test_domain_rates import slow_domain
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Message
@@ -277,6 +278,34 @@ def test_the_throttle_form_shows_each_mistake_next_to_its_field_and_saves_nothin
         None,
         1000,
     )
+
+
+def test_the_throttle_page_lists_the_tenants_domains_with_their_adaptive_rates(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    client.put(
+        "/v1/throttle/domains/outlook.com", json={"per_minute": 120}, headers=acme.auth(acme.admin)
+    )
+    slow_domain(runtime, acme.tenant_id, "slow.test")
+    slow_domain(runtime, globex.tenant_id, "globex-only.test")
+    sign_in(client, acme.viewer)
+    page = client.get("/throttle").text
+    slow = re.search(r"<tr><td>slow\.test</td>.*?</tr>", page)
+    assert slow is not None
+    cells = re.findall(r"<td>(.*?)</td>", slow.group(0))
+    assert cells[:6] == ["slow.test", "—", "—", "10/s", "—", "backing off"]
+    assert cells[6].endswith(" UTC") and cells[7] == "—"
+    outlook = re.search(r"<tr><td>outlook\.com</td>.*?</tr>", page)
+    assert outlook is not None
+    assert re.findall(r"<td>(.*?)</td>", outlook.group(0))[:6] == [
+        "outlook.com",
+        "120",
+        "—",
+        "—",
+        "2/s",
+        "steady",
+    ]
+    assert "globex-only.test" not in page
 
 
 def test_the_new_campaign_form_starts_a_campaign_for_the_ticked_contacts(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, update
 
 from tests.conftest import TenantKeys
+from tests.integration.test_domain_rates import slow_domain
 from tidings.db.engine import transaction
-from tidings.db.models import DomainThrottle, Throttle
+from tidings.db.models import DomainRate, DomainThrottle, Throttle
+from tidings.delivery.adaptive import FORGET_SECONDS, START_RATE
 from tidings.runtime import Runtime
 
 
@@ -154,7 +158,17 @@ def test_domain_limits_are_set_changed_listed_and_removed(
         "/v1/throttle/domains/xn--bcher-kva.de", json={"per_hour": 5}, headers=acme.auth(acme.admin)
     )
     listed = client.get("/v1/throttle/domains", headers=acme.auth(acme.viewer)).json()["items"]
-    assert [d["domain"] for d in listed] == ["outlook.com", "bücher.de"]
+    assert [d["domain"] for d in listed] == ["bücher.de", "outlook.com"]  # in byte order
+    assert listed[1] == {
+        "domain": "outlook.com",
+        "per_minute": 10,
+        "per_hour": 300,
+        "adaptive_rate": None,
+        "ceiling": pytest.approx(1 / 12),
+        "state": "steady",
+        "last_slowdown_at": None,
+        "paused_until": None,
+    }
     removed = client.delete("/v1/throttle/domains/OUTLOOK.com", headers=acme.auth(acme.admin))
     assert removed.status_code == 200 and removed.json()["domain"] == "outlook.com"
     assert (
@@ -178,3 +192,102 @@ def test_a_bad_domain_limit_is_422_naming_the_field(client: TestClient, acme: Te
         )
         assert answer.status_code == 422, (domain, body)
         assert answer.json()["error"]["field"] == field, (domain, answer.json())
+
+
+# -- GET /v1/throttle/domains: configured limits and adaptive rates ------------------------------
+
+
+def _domains(client: TestClient, key: str, **params: object) -> Any:
+    answer = client.get("/v1/throttle/domains", params=params, headers=TenantKeys.auth(key))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_domain_list_shows_each_domains_limits_and_adaptive_rate(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    auth = acme.auth(acme.admin)
+    client.put("/v1/throttle/domains/outlook.com", json={"per_minute": 120}, headers=auth)
+    client.put("/v1/throttle/domains/calm.test", json={"per_hour": 3600}, headers=auth)
+    slowed_at = slow_domain(runtime, acme.tenant_id, "outlook.com")
+    slow_domain(runtime, acme.tenant_id, "slow.test")
+    slow_domain(runtime, acme.tenant_id, "api.test", retry_after=600.0)
+    slow_domain(runtime, acme.tenant_id, "old.test")
+    with transaction(runtime.sessions) as session:  # quiet for long: forgotten, not listed
+        session.execute(
+            update(DomainRate)
+            .where(DomainRate.domain == "old.test")
+            .values(last_slowdown_at=DomainRate.last_slowdown_at - FORGET_SECONDS)
+        )
+    items = {d["domain"]: d for d in _domains(client, acme.viewer)["items"]}
+    assert list(items) == ["api.test", "calm.test", "outlook.com", "slow.test"]
+    outlook = items["outlook.com"]
+    assert (outlook["per_minute"], outlook["per_hour"], outlook["ceiling"]) == (120, None, 2.0)
+    assert (outlook["adaptive_rate"], outlook["state"], outlook["paused_until"]) == (
+        1.0,  # halved from its ceiling
+        "backing_off",
+        None,
+    )
+    assert datetime.fromisoformat(outlook["last_slowdown_at"]) == pytest.approx(
+        slowed_at, abs=timedelta(milliseconds=1)
+    )
+    slow = items["slow.test"]
+    assert (slow["per_minute"], slow["ceiling"], slow["adaptive_rate"], slow["state"]) == (
+        None,
+        None,
+        START_RATE,
+        "backing_off",
+    )
+    paused = datetime.fromisoformat(items["api.test"]["paused_until"])
+    assert timedelta(seconds=590) < paused - slowed_at <= timedelta(seconds=610)
+    calm = items["calm.test"]
+    assert (calm["adaptive_rate"], calm["state"], calm["ceiling"], calm["last_slowdown_at"]) == (
+        None,
+        "steady",
+        1.0,
+        None,
+    )
+
+
+def test_the_domain_list_never_shows_another_tenants_domains(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    client.put(
+        "/v1/throttle/domains/outlook.com", json={"per_minute": 5}, headers=acme.auth(acme.admin)
+    )
+    slow_domain(runtime, acme.tenant_id, "slow.test")
+    slow_domain(runtime, acme.tenant_id, "outlook.com")
+    slow_domain(runtime, globex.tenant_id, "globex-only.test")
+    for key in (globex.viewer, globex.sender, globex.admin):
+        assert [d["domain"] for d in _domains(client, key)["items"]] == ["globex-only.test"]
+    assert [d["domain"] for d in _domains(client, acme.viewer)["items"]] == [
+        "outlook.com",
+        "slow.test",
+    ]
+    assert client.get("/v1/throttle/domains").status_code == 401
+
+
+def test_the_domain_list_pages_through_limits_and_rates_alike(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    auth = acme.auth(acme.admin)
+    for name in ("a.test", "c.test", "e.test"):
+        client.put(f"/v1/throttle/domains/{name}", json={"per_minute": 60}, headers=auth)
+    for name in ("b.test", "d.test", "e.test", "bücher.de"):
+        slow_domain(runtime, acme.tenant_id, name)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = _domains(client, acme.viewer, limit=2, **({"cursor": cursor} if cursor else {}))
+        assert len(page["items"]) <= 2
+        seen += [d["domain"] for d in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ["a.test", "b.test", "bücher.de", "c.test", "d.test", "e.test"]
+    for bad in ("zz", "ff", "x" * 3000):
+        answer = client.get(
+            "/v1/throttle/domains", params={"cursor": bad}, headers=acme.auth(acme.viewer)
+        )
+        assert answer.status_code == 422, bad
+        assert answer.json()["error"]["field"] == "cursor"

@@ -5,23 +5,26 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
+from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide, domain_feedback
 from tidings.delivery.retry import RetryPolicy
 from tidings.domain import EventType, MessageStatus
 from tidings.domain.message import Permanent, Sent, Transient
-from tidings.queue.claimed import ClaimedMessage
+from tidings.queue.claimed import Claim, ClaimedMessage
+from tidings.queue.domain_rates import DomainFeedback
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 POLICY = RetryPolicy(60, 600, rng=random.Random(0))
 
 
-def message(*, attempts: int = 0, ttl: float = 86400) -> ClaimedMessage:
+def message(
+    *, attempts: int = 0, ttl: float = 86400, to: str = "ann@example.test", tenant_id: int = 2
+) -> ClaimedMessage:
     return ClaimedMessage(
         id=1,
-        tenant_id=2,
+        tenant_id=tenant_id,
         campaign_id=3,
         contact_id=4,
-        to_address="ann@example.test",
+        to_address=to,
         template_id=None,
         subject="s",
         html=None,
@@ -103,7 +106,26 @@ def test_provider_throttling_waits_without_spending_an_attempt() -> None:
         and d.event == EventType.throttled
         and not d.counts_as_attempt
     )
-    assert d.not_before == NOW + timedelta(seconds=PROVIDER_THROTTLE_PAUSE)
+    assert d.not_before == NOW + timedelta(seconds=PROVIDER_THROTTLE_PAUSE)  # no slot known
+    slot = NOW + timedelta(seconds=0.25)
+    at_the_domains_slot = decide(
+        message(),
+        Transient("421 4.7.0 slow down", throttled=True),
+        now=NOW,
+        policy=POLICY,
+        message_id_header="<m>",
+        domain_slot=slot,
+    )
+    assert at_the_domains_slot.not_before == slot and not at_the_domains_slot.counts_as_attempt
+    too_late = decide(
+        message(ttl=0.1),
+        Transient("421 4.7.0 slow down", throttled=True),
+        now=NOW,
+        policy=POLICY,
+        message_id_header="<m>",
+        domain_slot=slot,
+    )
+    assert too_late.status == MessageStatus.dead and not too_late.counts_as_attempt
     honoured = decide(
         message(),
         Transient("429", retry_after=7, throttled=True),
@@ -112,3 +134,29 @@ def test_provider_throttling_waits_without_spending_an_attempt() -> None:
         message_id_header="<m>",
     )
     assert honoured.not_before == NOW + timedelta(seconds=7)
+
+
+def test_a_batch_tells_each_domain_its_slow_downs_and_counts_successes_only_where_held_to_a_rate() -> (
+    None
+):
+    claim = Claim(token="t", now=NOW, messages=[], adaptive=frozenset({(2, "slow.test")}))
+    slow_down = Transient("421 4.7.0 slow down", throttled=True)
+    results = [
+        (message(to="a@Slow.Test"), Sent()),
+        (message(to="b@slow.test"), Sent()),
+        (message(to="c@slow.test", tenant_id=9), slow_down),  # another tenant's domain state
+        (message(to="d@fast.test"), Sent()),  # not held to a rate: nothing to count
+        (message(to="e@busy.test"), slow_down),
+        (message(to="f@busy.test"), Transient("429", retry_after=7, throttled=True)),
+        (message(to="g@busy.test"), Transient("429", retry_after=3, throttled=True)),
+        (message(to="h@busy.test"), Transient("451 4.3.0 try later")),  # not a slow-down
+        (message(to="i@slow.test"), Permanent("550 5.1.1 no such user")),
+    ]
+    admitted_at = NOW.timestamp()
+    assert domain_feedback(claim, results) == [
+        DomainFeedback(
+            2, "busy.test", slowdowns=3, successes=0, admitted_at=admitted_at, retry_after=7
+        ),
+        DomainFeedback(2, "slow.test", slowdowns=0, successes=2, admitted_at=admitted_at),
+        DomainFeedback(9, "slow.test", slowdowns=1, successes=0, admitted_at=admitted_at),
+    ]

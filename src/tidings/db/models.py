@@ -321,7 +321,7 @@ class Throttle(Base):
     tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
     tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
     tat_day: Mapped[float] = mapped_column(Float, default=0.0)
-    # Until when the claim skips this tenant (limit reached, or the provider asked us to slow down).
+    # Until when the claim skips this tenant (a limit was reached).
     blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -342,6 +342,31 @@ class DomainThrottle(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "domain", name="uq_domain_throttles_tenant_domain"),
     )
+
+
+class DomainRate(Base):
+    """A tenant's adaptive rate for one recipient domain that told us to slow down (421, 4.7.x,
+    429): lowered by slow-down replies, raised by streaks of successes (``delivery/adaptive.py``).
+    A domain that never slowed us down has no row, and costs the claim nothing."""
+
+    __tablename__ = "domain_rates"
+
+    tenant_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    rate: Mapped[float] = mapped_column(Float)  # messages per second
+    state: Mapped[str] = mapped_column(String(16))  # backing_off | probing | steady
+    successes: Mapped[int] = mapped_column(Integer, default=0)  # the streak so far
+    slowed_from: Mapped[float] = mapped_column(Float)  # the rate that last drew a slow-down
+    # Seconds since the epoch on the database's clock, like the GCRA state of ``throttles``.
+    last_slowdown_at: Mapped[float] = mapped_column(Float)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)  # GCRA state for spacing 1 / rate
+    paused_until: Mapped[float] = mapped_column(Float, default=0.0)  # Retry-After
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    # Rows quiet for long are forgotten (deleted) by the workers' maintenance pass.
+    __table_args__ = (Index("ix_domain_rates_last_slowdown_at", "last_slowdown_at"),)
 
 
 class Suppression(Base):

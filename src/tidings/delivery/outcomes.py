@@ -1,17 +1,22 @@
-"""What an attempt's outcome means for its message: a pure function, so every rule is testable alone."""
+"""What an attempt's outcome means for its message, and what a batch's outcomes say about each
+recipient domain: pure functions, so every rule is testable alone."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from tidings.delivery.retry import RetryPolicy
 from tidings.domain import EventType, MessageStatus
+from tidings.domain.addresses import domain_of
 from tidings.domain.message import Outcome, Permanent, Sent, Transient
-from tidings.queue.claimed import ClaimedMessage
+from tidings.queue.claimed import Claim, ClaimedMessage
+from tidings.queue.domain_rates import DomainFeedback
 from tidings.queue.outcomes import Decision
 
-#: How long a tenant is held back when the provider says "slow down" without a Retry-After.
+#: How long a slow-down reply holds its message back when its domain's next slot is not known.
 PROVIDER_THROTTLE_PAUSE = 30.0  # seconds
 
 
@@ -22,7 +27,11 @@ def decide(
     now: datetime,
     policy: RetryPolicy,
     message_id_header: str,
+    domain_slot: datetime | None = None,
 ) -> Decision:
+    """``domain_slot``: for a slow-down reply, when the recipient's domain admits its next message
+    (its adaptive rate, just lowered, and any Retry-After)."""
+
     def decision(status: MessageStatus, event: EventType, **fields: Any) -> Decision:
         return Decision(
             message_id=message.id,
@@ -42,7 +51,7 @@ def decide(
         return decision(
             MessageStatus.failed, EventType.failed, detail=outcome.reason, suppress_email=suppress
         )
-    retry_at = _retry_at(message, outcome, now=now, policy=policy)
+    retry_at = _retry_at(message, outcome, now=now, policy=policy, domain_slot=domain_slot)
     # A provider rate limiting *us* is not the message's fault: that wait spends no attempt.
     counts = not outcome.throttled
     if retry_at is None:
@@ -60,10 +69,17 @@ def decide(
 
 
 def _retry_at(
-    message: ClaimedMessage, outcome: Transient, *, now: datetime, policy: RetryPolicy
+    message: ClaimedMessage,
+    outcome: Transient,
+    *,
+    now: datetime,
+    policy: RetryPolicy,
+    domain_slot: datetime | None,
 ) -> datetime | None:
     if outcome.throttled:
-        retry_at = now + timedelta(seconds=outcome.retry_after or PROVIDER_THROTTLE_PAUSE)
+        if domain_slot is None:
+            domain_slot = now + timedelta(seconds=outcome.retry_after or PROVIDER_THROTTLE_PAUSE)
+        retry_at = max(domain_slot, now)
         return None if retry_at > message.expires_at else retry_at
     return policy.next_attempt_at(
         attempt=message.attempts + 1,
@@ -71,3 +87,32 @@ def _retry_at(
         expires_at=message.expires_at,
         retry_after=outcome.retry_after,
     )
+
+
+def domain_feedback(
+    claim: Claim, results: Sequence[tuple[ClaimedMessage, Outcome]]
+) -> list[DomainFeedback]:
+    """What the batch's replies say about each recipient domain's adaptive rate: its slow-down
+    replies, and its successes when the domain was being held to a rate (only those climb)."""
+    slowdowns: defaultdict[tuple[int, str], int] = defaultdict(int)
+    successes: defaultdict[tuple[int, str], int] = defaultdict(int)
+    retry_after: dict[tuple[int, str], float] = {}
+    for message, outcome in results:
+        key = (message.tenant_id, domain_of(message.to_address))
+        if isinstance(outcome, Transient) and outcome.throttled:
+            slowdowns[key] += 1
+            if outcome.retry_after is not None:
+                retry_after[key] = max(outcome.retry_after, retry_after.get(key, 0.0))
+        elif isinstance(outcome, Sent) and key in claim.adaptive:
+            successes[key] += 1
+    return [
+        DomainFeedback(
+            tenant_id=tenant_id,
+            domain=domain,
+            slowdowns=slowdowns.get((tenant_id, domain), 0),
+            successes=successes.get((tenant_id, domain), 0),
+            admitted_at=claim.now.timestamp(),
+            retry_after=retry_after.get((tenant_id, domain)),
+        )
+        for tenant_id, domain in sorted(slowdowns.keys() | successes.keys())
+    ]

@@ -39,18 +39,20 @@ from tidings import metrics
 from tidings.db.engine import transaction
 from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
-from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
+from tidings.delivery.outcomes import decide, domain_feedback
 from tidings.delivery.retry import RetryPolicy
+from tidings.domain.addresses import domain_of
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
 from tidings.errors import TidingsError
 from tidings.queue import maintenance
 from tidings.queue.claim import claim_batch
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
+from tidings.queue.domain_rates import forget_quiet_domains, record_feedback
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
-from tidings.queue.outcomes import record_outcomes
+from tidings.queue.outcomes import lock_leased, record_outcomes
 from tidings.runtime import Runtime
 from tidings.transports.base import Transport
 
@@ -252,7 +254,7 @@ class Worker:
     ) -> None:
         for attempt in range(RECORD_RETRIES):
             try:
-                recorded = await self._db(self._record, claim.token, results)
+                recorded = await self._db(self._record, claim, results)
             except Exception:
                 log.exception(
                     "recording outcomes failed (try %d of %d)", attempt + 1, RECORD_RETRIES
@@ -266,9 +268,10 @@ class Worker:
             "gave up recording batch %s; its leases will expire and it will be retried", claim.token
         )
 
-    def _record(self, token: str, results: list[tuple[ClaimedMessage, Outcome]]) -> int:
+    def _record(self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]) -> int:
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
+            slots = _adapt_domain_rates(session, claim, results, now=now)
             decisions = [
                 decide(
                     m,
@@ -276,22 +279,16 @@ class Worker:
                     now=now,
                     policy=self.policy,
                     message_id_header=self.composer.message_id_header(m.id),
+                    domain_slot=slots.get((m.tenant_id, domain_of(m.to_address))),
                 )
                 for m, o in results
             ]
             for name, count in Counter(type(o).__name__.lower() for _, o in results).items():
                 metrics.ATTEMPTS.labels(outcome=name).inc(count)
-            pauses = {
-                m.tenant_id: now.timestamp() + (o.retry_after or PROVIDER_THROTTLE_PAUSE)
-                for m, o in results
-                if isinstance(o, Transient) and o.throttled
-            }
-            if pauses:
-                metrics.THROTTLE_WAITS.inc(len(pauses))
+            if slots:
+                metrics.THROTTLE_WAITS.inc(len(slots))
             return len(
-                record_outcomes(
-                    session=session, token=token, decisions=decisions, now=now, tenant_pauses=pauses
-                )
+                record_outcomes(session=session, token=claim.token, decisions=decisions, now=now)
             )
 
     # -- background duties -----------------------------------------------------------------------
@@ -347,6 +344,7 @@ class Worker:
                 complaint_rate=settings.guardrail_complaint_rate,
             )
             maintenance.complete_finished_campaigns(session=session, now=now)
+            forget_quiet_domains(session=session, now=now)
             self._upsert_row(session, now)
         return bool(requeued or started)
 
@@ -397,6 +395,22 @@ class Worker:
     async def _sleep(stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _adapt_domain_rates(
+    session: Session, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]], *, now: datetime
+) -> dict[tuple[int, str], datetime]:
+    """A slow-down reply lowers its domain's rate, and only that domain's, in the transaction that
+    records the outcome; successes while held to a rate raise it. Returns each slowed domain's
+    next slot, where its refused mail goes back. A batch with nothing to say costs nothing."""
+    if not domain_feedback(claim, results):
+        return {}
+    # This batch's rows first, as every outcome write takes them, then the rates: a claim that
+    # took a message whose lease this batch lost (it holds the row, then locks rates) never waits
+    # on us while we wait on it.
+    live = lock_leased(session, token=claim.token, ids=[m.id for m, _ in results])
+    feedback = domain_feedback(claim, [(m, o) for m, o in results if m.id in live])
+    return record_feedback(session=session, feedback=feedback, now=now)
 
 
 def _unrenderable(exc: TidingsError) -> Permanent:

@@ -62,6 +62,11 @@ def fast_normalize(address: str) -> str | None:
     return f"{local}@{domain}"
 
 
+def domain_of(address: str) -> str:
+    """A stored address's domain, as the domain throttles and adaptive rates name it."""
+    return address.rpartition("@")[2].lower()
+
+
 def normalize_address(address: str) -> str:
     """The form we store and compare: email-validator's ``normalized`` (domain lower-cased, IDNA
     decoded, local part NFC), for an address given with or without surrounding spaces.

@@ -42,8 +42,8 @@ class Transient:
 
     reason: str
     retry_after: float | None = None  # seconds, when the server said (Retry-After)
-    #: The server asked us to slow down (SMTP 421 / 4.7.x, HTTP 429): throttle the tenant and do
-    #: not count the attempt against the message.
+    #: The server asked us to slow down (SMTP 421 / 4.7.x, HTTP 429): lower the recipient domain's
+    #: adaptive rate, and do not count the attempt against the message.
     throttled: bool = False
 
 

@@ -14,6 +14,8 @@ The claim is the only place where workers compete, so its guarantees are written
   tenants are locked (``FOR UPDATE``, in tenant order, so two claims cannot deadlock), the GCRA
   state is advanced on the database's clock, and messages over the limit go straight back to the
   queue with ``not_before`` at the next free slot. Nothing over the limit ever becomes ``sending``.
+  A recipient domain that asked us to slow down adds its adaptive rate (``queue/domain_rates.py``)
+  as one more window, locked after the domain limits; other domains have no row and cost nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from tidings.db.models import DomainThrottle, Message, Throttle, table
+from tidings.db.models import DomainRate, DomainThrottle, Message, Throttle, table
 from tidings.db.types import UTCDateTime
 from tidings.delivery.throttle import admit, windows_of
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
+from tidings.domain.addresses import domain_of
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
+from tidings.queue.domain_rates import adaptive_window, lock_limiting_rates
 from tidings.queue.enqueue import requeue_status
 
 MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
@@ -163,15 +167,23 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     claimed = [ClaimedMessage(*row) for row in rows]
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
-    admitted = _apply_throttles(session, allowed, now=now)
+    admitted, adaptive = _apply_throttles(session, allowed, now=now)
     admitted.sort(key=lambda m: (-m.priority, m.id))
-    return Claim(token=token, now=now, messages=admitted, held_back=len(allowed) - len(admitted))
+    return Claim(
+        token=token,
+        now=now,
+        messages=admitted,
+        held_back=len(allowed) - len(admitted),
+        adaptive=adaptive,
+    )
 
 
 def _apply_throttles(
     session: Session, claimed: list[ClaimedMessage], *, now: datetime
-) -> list[ClaimedMessage]:
-    """Keep what the tenants' and domains' limits allow now; requeue the rest at their next free slot."""
+) -> tuple[list[ClaimedMessage], frozenset[tuple[int, str]]]:
+    """Keep what the tenants' and domains' limits and the domains' adaptive rates allow now;
+    requeue the rest at their next free slot. Also returns the (tenant, domain) pairs whose mail
+    was admitted under an adaptive rate."""
     by_tenant: dict[int, list[ClaimedMessage]] = defaultdict(list)
     for message in claimed:
         by_tenant[message.tenant_id].append(message)
@@ -201,6 +213,10 @@ def _apply_throttles(
         .execution_options(populate_existing=True)
     ):
         domain_limits[limit.tenant_id].append(limit)
+    # Then the adaptive rates of domains that asked to slow down, in the same order.
+    rates = lock_limiting_rates(
+        session, tenant_ids=by_tenant, domains={_domain_of(m) for m in claimed}, now=now
+    )
     epoch = now.timestamp()
     kept: list[ClaimedMessage] = []
     deferred: dict[float, list[int]] = defaultdict(list)
@@ -208,13 +224,14 @@ def _apply_throttles(
         throttle = throttles.get(tenant_id)
         if throttle is not None:
             messages = _admit_tenant(throttle, messages, epoch, deferred)
-        kept.extend(_admit_domains(domain_limits[tenant_id], messages, epoch, deferred))
+        kept.extend(_admit_domains(domain_limits[tenant_id], rates, messages, epoch, deferred))
     for free_at, ids in deferred.items():
         if ids:
             _requeue_unstarted(
                 session, ids, not_before=datetime.fromtimestamp(free_at, UTC), now=now
             )
-    return kept
+    adaptive = {(m.tenant_id, _domain_of(m)) for m in kept} & rates.keys() if rates else set()
+    return kept, frozenset(adaptive)
 
 
 def _admit_tenant(
@@ -259,38 +276,54 @@ def _admit_tenant(
 
 
 def _domain_of(message: ClaimedMessage) -> str:
-    return message.to_address.rpartition("@")[2].lower()
+    return domain_of(message.to_address)
 
 
 def _admit_domains(
     limits: list[DomainThrottle],
+    rates: dict[tuple[int, str], DomainRate],
     messages: list[ClaimedMessage],
     epoch: float,
     deferred: dict[float, list[int]],
 ) -> list[ClaimedMessage]:
-    """Keep what one tenant's per-domain limits allow; ``limits`` are its locked rows."""
-    if not limits:
+    """Keep what one tenant's per-domain limits and adaptive rates allow; ``limits`` are its
+    locked rows, ``rates`` every claimed tenant's."""
+    if not limits and not rates:
         return messages
     by_domain: dict[str, list[ClaimedMessage]] = defaultdict(list)
     for message in messages:
         by_domain[_domain_of(message)].append(message)
-    for limit in limits:
-        if limit.domain not in by_domain:
-            continue  # the superset: a domain only another tenant is sending to
-        windows = windows_of([(limit.per_minute, 60.0), (limit.per_hour, 3600.0)])
-        columns = [
-            c
-            for c, v in (("tat_minute", limit.per_minute), ("tat_hour", limit.per_hour))
-            if v is not None
-        ]
+    limit_of = {limit.domain: limit for limit in limits}
+    for domain, group in by_domain.items():
+        limit = limit_of.get(domain)
+        configured = (
+            [
+                (column, value, seconds)
+                for column, value, seconds in (
+                    ("tat_minute", limit.per_minute, 60.0),
+                    ("tat_hour", limit.per_hour, 3600.0),
+                )
+                if value is not None
+            ]
+            if limit is not None
+            else []
+        )
+        windows = windows_of([(value, seconds) for _, value, seconds in configured])
+        tats = [getattr(limit, column) for column, _, _ in configured]
+        # The domain's adaptive rate, when it asked us to slow down: one more window.
+        rate = rates.get((group[0].tenant_id, domain))
+        if rate is not None:
+            windows.append(adaptive_window(rate))
+            tats.append(rate.tat)
         if not windows:
             continue
-        group = by_domain[limit.domain]
-        result = admit(windows, [getattr(limit, c) for c in columns], now=epoch, wanted=len(group))
-        for column, tat in zip(columns, result.tats, strict=True):
+        result = admit(windows, tats, now=epoch, wanted=len(group))
+        for (column, _, _), tat in zip(configured, result.tats, strict=False):
             setattr(limit, column, tat)
+        if rate is not None:
+            rate.tat = result.tats[-1]
         deferred[result.next_free_at].extend(m.id for m in group[result.count :])
-        by_domain[limit.domain] = group[: result.count]
+        by_domain[domain] = group[: result.count]
     return [m for group in by_domain.values() for m in group]
 
 

@@ -34,3 +34,5 @@ class Claim:
     now: datetime  # the database's time of the claim
     messages: list[ClaimedMessage]
     held_back: int = 0  # claimed but returned to the queue by a throttle
+    #: (tenant, domain) pairs admitted under an adaptive rate: their successes raise it again.
+    adaptive: frozenset[tuple[int, str]] = frozenset()

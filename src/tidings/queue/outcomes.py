@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from tidings.db.models import Contact, Event, Message, Suppression, Throttle, table
+from tidings.db.models import Contact, Event, Message, Suppression, table
 from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
 from tidings.queue.enqueue import requeue_status
 
@@ -50,11 +50,21 @@ def record_outcomes(
     token: str,
     decisions: Sequence[Decision],
     now: datetime,
-    tenant_pauses: dict[int, float] | None = None,
 ) -> list[int]:
     """Write ``decisions`` for messages still leased under ``token``; returns the ids written."""
-    ids = [d.message_id for d in decisions]
-    live = set(
+    live = lock_leased(session, token=token, ids=[d.message_id for d in decisions])
+    current = [d for d in decisions if d.message_id in live]
+    if current:
+        _write_messages(session, token, current, now)
+        _write_events(session, current, now)
+        _suppress(session, [d for d in current if d.suppress_email], now)
+    return [d.message_id for d in current]
+
+
+def lock_leased(session: Session, *, token: str, ids: Sequence[int]) -> set[int]:
+    """Lock the messages of ``ids`` still leased under ``token``; returns their ids. A transaction
+    that records outcomes takes these rows before any other (``domain_rates`` after them)."""
+    return set(
         session.scalars(
             select(Message.id)
             .where(
@@ -65,19 +75,6 @@ def record_outcomes(
             .with_for_update()
         )
     )
-    current = [d for d in decisions if d.message_id in live]
-    if current:
-        _write_messages(session, token, current, now)
-        _write_events(session, current, now)
-        _suppress(session, [d for d in current if d.suppress_email], now)
-    for tenant_id, until in (tenant_pauses or {}).items():
-        # The provider asked us to slow down: no claim looks at this tenant until then.
-        session.execute(
-            update(Throttle)
-            .where(Throttle.tenant_id == tenant_id, Throttle.blocked_until < until)
-            .values(blocked_until=until)
-        )
-    return [d.message_id for d in current]
 
 
 _UPDATE = (

@@ -1,24 +1,28 @@
-"""A tenant's sending limits, overall and per recipient domain.
+"""A tenant's sending limits, overall and per recipient domain, and the domains' adaptive rates.
 
 Only the limit columns are written here. The GCRA state in the same rows (``tat_*``,
 ``blocked_until``) belongs to the workers, which update it in single statements on the database's
 clock; writing it from here would race with them, so every change is a column-wise ``UPDATE``, never
-a read-modify-write of the whole row.
+a read-modify-write of the whole row. The adaptive rates (``domain_rates``) are the workers' alone:
+they are only read here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import ColumnElement, delete, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from tidings.db.models import DomainThrottle, Throttle
+from tidings.db.models import DomainRate, DomainThrottle, Throttle
+from tidings.delivery.adaptive import FORGET_SECONDS, RateState, is_limiting
 from tidings.errors import InvalidInput, NotFound
-from tidings.services.pagination import Page, paginate
+from tidings.queue import domain_rates
+from tidings.services.pagination import Page, check_limit
 
 #: The largest limit accepted for any window: far beyond any real sender, well inside a 32-bit column.
 MAX_RATE = 1_000_000_000  # messages per window
@@ -106,11 +110,109 @@ def normalise_domain(domain: str) -> str:
     return unicode_form
 
 
-def list_domain_throttles(
-    *, session: Session, tenant_id: int, limit: int, cursor: str | None
-) -> Page[DomainThrottle]:
-    query = select(DomainThrottle).where(DomainThrottle.tenant_id == tenant_id)
-    return paginate(session, query, DomainThrottle.id, limit=limit, cursor=cursor)
+@dataclass(frozen=True, slots=True)
+class DomainState:
+    """One recipient domain as the tenant sees it: its configured limits and its adaptive rate."""
+
+    domain: str
+    per_minute: int | None  # configured; None: no limit
+    per_hour: int | None
+    adaptive_rate: float | None  # messages per second while the domain holds us to one, else None
+    ceiling: float | None  # the configured limits as a rate per second; None: no limit at all
+    state: str  # backing_off | probing | steady (steady: only the configured limits apply)
+    last_slowdown_at: datetime | None
+    paused_until: datetime | None  # a Retry-After still running
+
+
+def list_domains(
+    *, session: Session, tenant_id: int, limit: int, cursor: str | None, now: datetime
+) -> Page[DomainState]:
+    """Every domain with configured limits or an adaptive rate, in byte order of the name.
+
+    The cursor is the last name shown, hex-encoded, so a page never shifts when a domain is
+    added or forgotten meanwhile."""
+    check_limit(limit)
+    after = _decode_domain_cursor(cursor)
+    recent = now.timestamp() - FORGET_SECONDS
+    names = union(
+        select(DomainThrottle.domain.label("domain")).where(DomainThrottle.tenant_id == tenant_id),
+        select(DomainRate.domain.label("domain")).where(
+            DomainRate.tenant_id == tenant_id, DomainRate.last_slowdown_at > recent
+        ),
+    ).subquery()
+    # Byte order on both databases: SQLite compares text as bytes; PostgreSQL's "C" collation does.
+    name: ColumnElement[str] = names.c.domain
+    if session.get_bind().dialect.name == "postgresql":
+        name = name.collate("C")
+    query = select(names.c.domain).order_by(name).limit(limit + 1)
+    if after is not None:
+        query = query.where(name > after)
+    page = list(session.scalars(query))
+    more = len(page) > limit
+    page = page[:limit]
+    if not page:
+        return Page(items=[], next_cursor=None)
+    limits = {
+        row.domain: row
+        for row in session.scalars(
+            select(DomainThrottle).where(
+                DomainThrottle.tenant_id == tenant_id, DomainThrottle.domain.in_(page)
+            )
+        )
+    }
+    rates = {
+        row.domain: row
+        for row in session.scalars(
+            select(DomainRate).where(
+                DomainRate.tenant_id == tenant_id,
+                DomainRate.domain.in_(page),
+                DomainRate.last_slowdown_at > recent,
+            )
+        )
+    }
+    ceilings = domain_rates.ceilings(session, [(tenant_id, domain) for domain in page])
+    items = [
+        _domain_state(
+            domain, limits.get(domain), rates.get(domain), ceilings[(tenant_id, domain)], now
+        )
+        for domain in page
+    ]
+    return Page(items=items, next_cursor=page[-1].encode().hex() if more else None)
+
+
+def _domain_state(
+    domain: str,
+    limits: DomainThrottle | None,
+    rate: DomainRate | None,
+    ceiling: float | None,
+    now: datetime,
+) -> DomainState:
+    adaptive = None if rate is None else domain_rates.state_of(rate)
+    limiting = adaptive is not None and is_limiting(adaptive, now=now.timestamp())
+    paused = adaptive is not None and adaptive.paused_until > now.timestamp()
+    return DomainState(
+        domain=domain,
+        per_minute=None if limits is None else limits.per_minute,
+        per_hour=None if limits is None else limits.per_hour,
+        adaptive_rate=adaptive.rate if adaptive is not None and limiting else None,
+        ceiling=ceiling,
+        state=adaptive.state.value if adaptive is not None else RateState.steady.value,
+        last_slowdown_at=None
+        if adaptive is None
+        else datetime.fromtimestamp(adaptive.last_slowdown_at, UTC),
+        paused_until=datetime.fromtimestamp(adaptive.paused_until, UTC)
+        if adaptive is not None and paused
+        else None,
+    )
+
+
+def _decode_domain_cursor(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        return bytes.fromhex(cursor).decode()
+    except ValueError:
+        raise InvalidInput("cursor is not one this server returned", field="cursor") from None
 
 
 def set_domain_throttle(

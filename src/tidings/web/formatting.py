@@ -47,6 +47,11 @@ def percent(value: float) -> str:
     return f"{value:.0f}\u202f%" if value == int(value) else f"{value:.1f}\u202f%"
 
 
+def rate(value: float | None) -> str:
+    """Messages per second, to three significant figures (``12.5/s``, ``0.0167/s``); a dash for none."""
+    return "—" if value is None else f"{value:.3g}/s"
+
+
 def status_symbol(status: str) -> str:
     return STATUS_SYMBOLS.get(status, "•")
 
@@ -64,6 +69,7 @@ FILTERS: Mapping[str, Callable[..., Any]] = {
     "iso": iso,
     "count": count,
     "percent": percent,
+    "rate": rate,
     "status_symbol": status_symbol,
     "full_name": full_name,
 }

@@ -1,4 +1,5 @@
-"""``/v1/throttle``: the tenant's sending limits, overall and per recipient domain (admins change them)."""
+"""``/v1/throttle``: the tenant's sending limits, overall and per recipient domain (admins change
+them), and each domain's adaptive rate (the workers set it; everyone may read it)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from tidings.api.schemas import ERROR_RESPONSES, PageOut, StrictModel
 from tidings.db.models import DomainThrottle, Throttle
 from tidings.services import throttles
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from tidings.services.throttles import DomainState
 
 router = APIRouter(
     prefix="/v1/throttle", tags=["throttle"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
@@ -68,6 +70,32 @@ class DomainThrottleOut(BaseModel):
         return cls(domain=row.domain, per_minute=row.per_minute, per_hour=row.per_hour)
 
 
+class DomainStateOut(BaseModel):
+    """A domain's configured limits (null: none) and its adaptive rate (null: not holding it back)."""
+
+    domain: str
+    per_minute: int | None
+    per_hour: int | None
+    adaptive_rate: float | None = Field(description="messages per second while slowed down")
+    ceiling: float | None = Field(description="the configured limits as messages per second")
+    state: str = Field(description="backing_off, probing or steady")
+    last_slowdown_at: datetime | None
+    paused_until: datetime | None = Field(description="a Retry-After still running")
+
+    @classmethod
+    def of(cls, item: DomainState) -> DomainStateOut:
+        return cls(
+            domain=item.domain,
+            per_minute=item.per_minute,
+            per_hour=item.per_hour,
+            adaptive_rate=item.adaptive_rate,
+            ceiling=item.ceiling,
+            state=item.state,
+            last_slowdown_at=item.last_slowdown_at,
+            paused_until=item.paused_until,
+        )
+
+
 @router.get("")
 def get_throttle(principal: ViewerDep, session: SessionDep, now: NowDep) -> ThrottleOut:
     return ThrottleOut.of(
@@ -89,19 +117,23 @@ def update_throttle(
 
 
 @router.get("/domains")
-def list_domain_throttles(
+def list_domains(
     principal: ViewerDep,
     session: SessionDep,
+    now: NowDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(
-        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
+        None,
+        pattern=r"^(?:[0-9a-f]{2}){0,1020}$",
+        description="next_cursor of the previous page",
     ),
-) -> PageOut[DomainThrottleOut]:
-    page = throttles.list_domain_throttles(
-        session=session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor
+) -> PageOut[DomainStateOut]:
+    """Every domain with configured limits or an adaptive rate (a domain that told us to slow down)."""
+    page = throttles.list_domains(
+        session=session, tenant_id=principal.tenant_id, limit=limit, cursor=cursor, now=now
     )
     return PageOut(
-        items=[DomainThrottleOut.of(row) for row in page.items], next_cursor=page.next_cursor
+        items=[DomainStateOut.of(item) for item in page.items], next_cursor=page.next_cursor
     )
 
 
