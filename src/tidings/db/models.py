@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tidings.db.types import BigId, Json, UTCDateTime
+from tidings.db.types import BigId, Json, NullableJson, UTCDateTime
 
 # Stable constraint names, so that Alembic batch migrations on SQLite can find them again.
 NAMING = {
@@ -182,7 +182,7 @@ class Campaign(Base):
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The local hours its messages may start in (scheduling.windows.SendWindow.to_json), or null.
-    send_window: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -221,7 +221,7 @@ class Message(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # Its sending window as given (``timezone`` may be "contact"), and the zone it is read in,
     # resolved when queued: the contact's, else the tenant's, else UTC. Both null: any time.
-    send_window: Mapped[dict[str, Any] | None] = mapped_column(Json, nullable=True)
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
     window_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_expiries: Mapped[int] = mapped_column(Integer, default=0)

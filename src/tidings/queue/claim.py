@@ -34,6 +34,7 @@ from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
 from tidings.queue.enqueue import requeue_status
+from tidings.queue.windows import defer_outside_windows
 
 MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
 
@@ -162,6 +163,7 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     claimed = [ClaimedMessage(*row) for row in rows]
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
+    allowed = defer_outside_windows(session, allowed, now)  # outside: back at its next opening
     admitted = _apply_throttles(session, allowed, now=now)
     admitted.sort(key=lambda m: (-m.priority, m.id))
     return Claim(token=token, now=now, messages=admitted, held_back=len(allowed) - len(admitted))

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from tidings.db.types import BigId, Json, UTCDateTime
+from tidings.db.types import BigId, NullableJson, UTCDateTime
 
 revision: str = "0012_send_windows"
 # The revision id of 0009_ids_never_reused.py is "0009"; the coordinator re-chains 0010-0013.
@@ -39,9 +39,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_tenant_settings")),
     )
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("send_window", Json, nullable=True))
+        batch_op.add_column(sa.Column("send_window", NullableJson, nullable=True))
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("send_window", Json, nullable=True))
+        batch_op.add_column(sa.Column("send_window", NullableJson, nullable=True))
         batch_op.add_column(sa.Column("window_timezone", sa.String(length=64), nullable=True))
 
 
