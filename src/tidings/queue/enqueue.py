@@ -46,6 +46,10 @@ class NewMessage:
     reference: str | None  # a group, e.g. one meeting's reminders
     #: When set, the message is stored ``suppressed`` with this reason and never sent.
     suppressed_reason: str | None = None
+    #: Its sending window (``SendWindow.to_json``) and the zone it is read in; ``not_before`` is
+    #: already at an opening, and the claim keeps later attempts inside it.
+    send_window: dict[str, Any] | None = None
+    window_timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,8 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "last_error": new.suppressed_reason,
         "idempotency_key": new.idempotency_key,
         "reference": new.reference,
+        "send_window": new.send_window,
+        "window_timezone": new.window_timezone,
         "created_at": now,
         "updated_at": now,
     }

@@ -34,8 +34,10 @@ from tidings.queue.enqueue import (
     enqueue_message,
     find_by_idempotency_key,
 )
+from tidings.queue.windows import tenant_timezone
 from tidings.rendering import Recipient, ResourceExhausted
 from tidings.rendering.pool import RenderPool, TemplateSource
+from tidings.scheduling.windows import CONTACT, SendWindow, next_opening, resolve_timezone
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -66,6 +68,9 @@ class MessageRequest:
     ttl_seconds: float | None = None  # None: the settings' message_ttl_seconds
     from_address: str | None = None
     idempotency_key: str | None = None
+    #: Local hours it may start in; it waits for the next opening (after ``send_at``), read in
+    #: the window's zone or, for "contact", the contact's, else the tenant's, else UTC.
+    send_window: SendWindow | None = None
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -198,6 +203,16 @@ def send_message(
         category=category,
     )
     not_before = max(send_at or now, now)
+    window_timezone = None
+    if request.send_window is not None:
+        window_timezone = resolve_timezone(
+            request.send_window,
+            contact_timezone=contact.timezone if contact is not None else None,
+            tenant_timezone=tenant_timezone(session=session, tenant_id=tenant_id)
+            if request.send_window.timezone == CONTACT
+            else None,
+        )
+        not_before = next_opening(request.send_window, window_timezone, not_before)
     new = NewMessage(
         tenant_id=tenant_id,
         to_address=to_address,
@@ -215,6 +230,8 @@ def send_message(
         idempotency_key=key,
         reference=reference,
         suppressed_reason=suppressed_reason,
+        send_window=request.send_window.to_json() if request.send_window is not None else None,
+        window_timezone=window_timezone,
     )
     return enqueue_message(session=session, new=new, now=now)
 

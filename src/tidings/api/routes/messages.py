@@ -10,7 +10,16 @@ from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
-from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
+from tidings.api.schemas import (
+    ERROR_RESPONSES,
+    Id,
+    IdPath,
+    PageOut,
+    SendWindowIn,
+    SendWindowOut,
+    StrictModel,
+    send_window_of,
+)
 from tidings.db.models import Event, Message
 from tidings.domain import (
     DEFAULT_PRIORITY,
@@ -52,6 +61,9 @@ class MessageIn(StrictModel):
         description="Give up (dead) when not delivered within this time.",
     )
     from_address: str | None = Field(None, min_length=3, max_length=400)
+    send_window: SendWindowIn | None = Field(
+        None, description="Local hours it may start in; it waits for the next opening."
+    )
 
 
 class EventOut(BaseModel):
@@ -79,6 +91,7 @@ class MessageOut(BaseModel):
     last_error: str | None
     not_before: datetime
     expires_at: datetime
+    send_window: SendWindowOut | None
     sent_at: datetime | None
     provider_message_id: str | None
     created_at: datetime
@@ -102,6 +115,7 @@ class MessageOut(BaseModel):
             "last_error": message.last_error,
             "not_before": message.not_before,
             "expires_at": message.expires_at,
+            "send_window": SendWindowOut.of(message.send_window, message.window_timezone),
             "sent_at": message.sent_at,
             "provider_message_id": message.provider_message_id,
             "created_at": message.created_at,
@@ -141,7 +155,11 @@ def send_message(
         description="A repeat with the same key returns the first message (200) instead of sending again.",
     ),
 ) -> MessageDetailOut:
-    request = messages.MessageRequest(**body.model_dump(), idempotency_key=idempotency_key)
+    request = messages.MessageRequest(
+        **body.model_dump(exclude={"send_window"}),
+        send_window=send_window_of(body.send_window),
+        idempotency_key=idempotency_key,
+    )
     enqueued = messages.send_message(
         session=session,
         tenant_id=principal.tenant_id,
