@@ -164,6 +164,8 @@ class _Simulation:
                 heapq.heappush(self.queue, (window.opening_at_or_after(start), order, g))
                 continue
             size = min(self.chunk, self.remaining[g])
+            if window is not None:  # no chunk runs past the close
+                size = min(size, max(1, int((window.closes - start) * self.pace)))
             allowed = self.throttle.earliest(start, size)
             if allowed > start:
                 # The throttle is shared: nothing starts before then (its window may close meanwhile).
