@@ -9,16 +9,21 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, distinct, func, literal, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Message, Throttle
+from tidings.db.types import UTCDateTime
 from tidings.domain import MessageStatus
 from tidings.scheduling.estimate import PendingGroup, RollingLimit, Send, estimate_finish
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, is_open, window_from_json
 
 RATE_WINDOW = timedelta(seconds=60)  # "the last minute"
+#: The pace is measured over the latest half of the run, from this long up to RATE_WINDOW: the
+#: first moments (a throttle's initial burst, the workers filling their slots) are not the pace.
+MIN_PACE_WINDOW = timedelta(seconds=2)
 #: Fewer sends than this in the last minute say too little about the pace.
 MIN_SENDS_FOR_PACE = 10
 MIN_SPAN_FOR_PACE = 1.0  # seconds between the first and the last of them
@@ -40,13 +45,21 @@ class SendsIn:
     count: int = 0
     first: datetime | None = None
     last: datetime | None = None
+    instants: int = 0  # distinct sent_at values: a worker records a batch's outcomes at once
 
     def pace(self) -> float | None:
-        """Messages a second between the first and the last, when there are enough to tell."""
+        """Messages a second, when there are enough sends to tell.
+
+        The sends fall on ``instants`` batch timestamps, ``span`` apart from first to last: each
+        batch stands for the stretch since the one before, so the sends cover ``span`` plus one
+        mean gap (for one send a batch, that is ``(count - 1) / span``).
+        """
         if self.count < MIN_SENDS_FOR_PACE or self.first is None or self.last is None:
             return None
         span = (self.last - self.first).total_seconds()
-        return (self.count - 1) / span if span >= MIN_SPAN_FOR_PACE else None
+        if span < MIN_SPAN_FOR_PACE or self.instants < 2:
+            return None
+        return self.count / (span * self.instants / (self.instants - 1))
 
     def spread(self) -> list[Send]:
         """The sends as a few instants evenly between the first and the last."""
@@ -56,6 +69,56 @@ class SendsIn:
         step = (self.last - self.first) / max(points - 1, 1)
         share, extra = divmod(self.count, points)
         return [Send(self.first + step * i, share + (1 if i < extra else 0)) for i in range(points)]
+
+
+@dataclass(frozen=True, slots=True)
+class SendFigures:
+    """A campaign's sent messages, as three stretches up to now."""
+
+    last_minute: int = 0  # sent in the last RATE_WINDOW
+    latest: SendsIn = SendsIn()  # sent in the latest half of its run (at most a minute): the pace
+    history: SendsIn = SendsIn()  # sent within its tenant's longest coarse throttle window
+
+    @classmethod
+    def of(cls, values: Sequence[Any]) -> SendFigures:
+        """From the values of ``send_columns`` on the ``sent`` row."""
+        return cls(values[0], SendsIn(*values[1:5]), SendsIn(*values[5:9]))
+
+
+def send_columns(
+    campaigns: Iterable[Campaign], *, now: datetime, lookback: timedelta
+) -> list[ColumnElement[Any]]:
+    """Aggregates to add to the campaigns' count grouped by (campaign, status): no extra scan."""
+    cutoffs = {c.id: _stamp(now - _pace_window(c, now)) for c in campaigns}
+    latest = Message.sent_at > case(cutoffs, value=Message.campaign_id, else_=_stamp(now))
+    return [
+        func.count(case((_sent(Message.sent_at >= now - RATE_WINDOW), 1))),
+        *_stretch(_sent(latest)),
+        *_stretch(_sent(Message.sent_at > now - lookback)),
+    ]
+
+
+def _pace_window(campaign: Campaign, now: datetime) -> timedelta:
+    half = (now - (campaign.started_at or now)) / 2
+    return min(max(half, MIN_PACE_WINDOW), RATE_WINDOW)
+
+
+def _sent(condition: ColumnElement[bool]) -> ColumnElement[bool]:
+    return (Message.status == MessageStatus.sent.value) & condition
+
+
+def _stretch(sent: ColumnElement[bool]) -> list[ColumnElement[Any]]:
+    return [
+        func.count(case((sent, 1))),
+        func.min(case((sent, Message.sent_at))),
+        func.max(case((sent, Message.sent_at))),
+        # A worker records a batch's outcomes with one sent_at: the instants the sends fall on.
+        func.count(distinct(Message.sent_at)).filter(sent),
+    ]
+
+
+def _stamp(value: datetime) -> ColumnElement[datetime]:
+    return literal(value, UTCDateTime())
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,30 +200,29 @@ def estimate_completion(
     pending: int,
     waiting: Waiting | None,
     limits: Sequence[RollingLimit],
-    last_minute: SendsIn,
-    history: SendsIn,
+    sends: SendFigures,
     now: datetime,
 ) -> datetime | None:
     """When a running campaign's last pending message will have started, or None when it cannot
     be told: no throttle and nothing sent in the last minute.
 
-    The pace is the lower of the finest throttle limit and the pace measured over the last
-    minute's sends (a slow server, per-domain limits); with too few sends to measure, the
-    throttle's, else the last minute's count over a minute.
+    The pace is the lower of the finest throttle limit and the pace measured over the latest
+    sends (a slow server, per-domain limits); with too few sends to measure, the throttle's,
+    else the last minute's count over a minute.
     """
-    measured = last_minute.pace()
+    measured = sends.latest.pace()
     throttled = limits[0].count / limits[0].seconds if limits else None
     if measured is not None:
         pace: float | None = min(measured, throttled or measured)
     elif throttled is not None:
         pace = throttled
     else:
-        pace = last_minute.count / RATE_WINDOW.total_seconds() if last_minute.count else None
+        pace = sends.last_minute / RATE_WINDOW.total_seconds() if sends.last_minute else None
     groups = waiting.groups if waiting is not None else [PendingGroup(pending, now)]
     return estimate_finish(
         groups=groups,
         pace=pace,
         limits=limits[1:],
-        history=history.spread(),
+        history=sends.history.spread(),
         now=now,
     )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, ContactList, Event, Message
@@ -241,36 +241,28 @@ def campaign_progress(
     limits = campaign_eta.tenant_limits(session=session, tenant_ids={c.tenant_id for c in running})
     lookback = campaign_eta.longest_window(limits.values())
     counts: dict[int, dict[str, int]] = {campaign_id: {} for campaign_id in by_id}
-    last_minute: dict[int, campaign_eta.SendsIn] = {}
-    history: dict[int, campaign_eta.SendsIn] = {}
+    sends: dict[int, campaign_eta.SendFigures] = {}
     if by_id:
-        recent = Message.sent_at >= now - campaign_eta.RATE_WINDOW
-        counted = Message.sent_at > now - lookback
-
-        def sent_when(condition: ColumnElement[bool]) -> list[Any]:
-            sent = (Message.status == MessageStatus.sent.value) & condition
-            return [
-                func.count(case((sent, 1))),
-                func.min(case((sent, Message.sent_at))),
-                func.max(case((sent, Message.sent_at))),
-            ]
-
         rows = session.execute(
-            select(Message.campaign_id, Message.status, func.count(), *sent_when(recent))
-            .add_columns(*sent_when(counted))
+            select(
+                Message.campaign_id,
+                Message.status,
+                func.count(),
+                *campaign_eta.send_columns(by_id.values(), now=now, lookback=lookback),
+            )
             .where(Message.campaign_id.in_(list(by_id)))
             .group_by(Message.campaign_id, Message.status)
         )
-        for campaign_id, status, count, *sends in rows:
+        for campaign_id, status, count, *sent_figures in rows:
             assert campaign_id is not None  # the query filters on it
             counts[campaign_id][status] = count
             if status == MessageStatus.sent.value:
-                last_minute[campaign_id] = campaign_eta.SendsIn(*sends[:3])
-                history[campaign_id] = campaign_eta.SendsIn(*sends[3:])
+                sends[campaign_id] = campaign_eta.SendFigures.of(sent_figures)
     waiting = campaign_eta.waiting_by_zone(session=session, campaigns=running, now=now)
     progress: dict[int, CampaignProgress] = {}
     for campaign_id, campaign in by_id.items():
-        figures = _progress(campaign, counts[campaign_id], last_minute.get(campaign_id))
+        sent = sends.get(campaign_id, campaign_eta.SendFigures())
+        figures = _progress(campaign, counts[campaign_id], sent.last_minute)
         if campaign.status == CampaignStatus.running.value:
             found = waiting.get(campaign_id)
             figures = replace(
@@ -283,8 +275,7 @@ def campaign_progress(
                     ),
                     waiting=found,
                     limits=limits.get(campaign.tenant_id, []),
-                    last_minute=last_minute.get(campaign_id, campaign_eta.SendsIn()),
-                    history=history.get(campaign_id, campaign_eta.SendsIn()),
+                    sends=sent,
                     now=now,
                 ),
             )
@@ -296,7 +287,7 @@ def campaign_progress(
 
 
 def _progress(
-    campaign: Campaign, counts: dict[str, int], last_minute: campaign_eta.SendsIn | None
+    campaign: Campaign, counts: dict[str, int], sent_last_minute: int
 ) -> CampaignProgress:
     def n(*statuses: MessageStatus) -> int:
         return sum(counts.get(status.value, 0) for status in statuses)
@@ -318,7 +309,7 @@ def _progress(
         pending=pending,
         pending_until_window=0,
         progress_percentage=percentage,
-        send_rate_per_minute=last_minute.count if last_minute is not None else 0,
+        send_rate_per_minute=sent_last_minute,
         estimated_completion=campaign.completed_at if completed else None,
     )
 
