@@ -165,10 +165,16 @@ def known_time_zone(name: str) -> bool:
     return name in _time_zones()
 
 
+def time_zone_names() -> list[str]:
+    """Every known IANA zone, sorted (for a form's choice)."""
+    return sorted(_time_zones())
+
+
 @cache
 def _time_zones() -> frozenset[str]:
     # The set, not ZoneInfo(name): a look-up never touches the file system and accepts no paths.
-    return frozenset(zoneinfo.available_timezones())
+    # "localtime" is the server's own zone file, not a name of the IANA database.
+    return frozenset(zoneinfo.available_timezones()) - {"localtime", "posixrules"}
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:

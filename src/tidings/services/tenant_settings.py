@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import TenantSettings
 from tidings.errors import InvalidInput
+from tidings.queue.windows import tenant_timezone
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, known_time_zone
 
 #: The settings a caller may change (issue 13 adds track_opens and track_clicks).
@@ -35,6 +36,11 @@ def get_settings(*, session: Session, tenant_id: int, now: datetime) -> TenantSe
     if row is None:
         return TenantSettings(tenant_id=tenant_id, timezone=FALLBACK_TIMEZONE, updated_at=now)
     return row
+
+
+def timezone_of(*, session: Session, tenant_id: int) -> str:
+    """The tenant's time zone (UTC unless set)."""
+    return tenant_timezone(session=session, tenant_id=tenant_id)
 
 
 def update_settings(
