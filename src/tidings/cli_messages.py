@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +13,14 @@ from rich.table import Table
 from tidings.cli_common import (
     DataOption,
     KeyOption,
+    SendWindowOption,
     TenantOption,
     UrlOption,
     choose_target,
     console,
     open_runtime,
     parse_data,
+    parse_send_window_option,
     remote_errors,
     tenant_id_of,
     unit_of_work,
@@ -75,11 +77,13 @@ def send(
         None, help="Repeat-safe: the same key never sends twice.", show_default=False
     ),
     priority: int = typer.Option(DEFAULT_PRIORITY, min=MIN_PRIORITY, max=MAX_PRIORITY),
+    send_window: SendWindowOption = None,
     tenant: TenantOption = None,
     url: UrlOption = None,
     key: KeyOption = None,
 ) -> None:
     """Send one transactional message (it outranks campaign mail in the queue)."""
+    window = parse_send_window_option(send_window)
     fields: dict[str, Any] = {
         "to": to,
         "template_id": template,
@@ -93,11 +97,14 @@ def send(
     }
     target = choose_target(tenant, url, key)
     if target.remote is not None:
+        remote_fields = {**fields, "send_window": window.to_json() if window else None}
         with target.remote as api, remote_errors():
             body, created = api.send_message(
-                {k: v for k, v in fields.items() if v is not None}, idempotency_key=idempotency_key
+                {k: v for k, v in remote_fields.items() if v is not None},
+                idempotency_key=idempotency_key,
             )
-        _print_sent(body["id"], body["status"], body.get("last_error"), created)
+        not_before = datetime.fromisoformat(body["not_before"])
+        _print_sent(body["id"], body["status"], body.get("last_error"), created, not_before)
         return
     assert target.tenant is not None
     with open_runtime() as runtime:
@@ -105,21 +112,35 @@ def send(
             enqueued = messages.send_message(
                 session=session,
                 tenant_id=tenant_id_of(session, target.tenant),
-                request=messages.MessageRequest(**fields, idempotency_key=idempotency_key),
+                request=messages.MessageRequest(
+                    **fields, send_window=window, idempotency_key=idempotency_key
+                ),
                 renderer=runtime.renderer,
                 default_ttl_seconds=runtime.settings.message_ttl_seconds,
                 now=runtime.clock.now(),
             )
             message = enqueued.message
-        _print_sent(message.id, message.status, message.last_error, enqueued.created)
+        _print_sent(
+            message.id, message.status, message.last_error, enqueued.created, message.not_before
+        )
 
 
-def _print_sent(message_id: int, status: str, reason: str | None, created: bool) -> None:
+#: A message held this much past now is said to wait (its sending window is closed).
+WAIT_WORTH_SAYING = timedelta(seconds=1)
+
+
+def _print_sent(
+    message_id: int, status: str, reason: str | None, created: bool, not_before: datetime
+) -> None:
     if not created:
         console.print(f"message {message_id} was already accepted with this key: {status}")
     elif status == MessageStatus.suppressed.value:
         console.print(
             f"message {message_id} suppressed, it will not be sent: {escape(reason or '')}"
+        )
+    elif not_before > datetime.now(UTC) + WAIT_WORTH_SAYING:
+        console.print(
+            f"message {message_id} {status}, not before {not_before:%Y-%m-%d %H:%M:%S} UTC"
         )
     else:
         console.print(f"message {message_id} {status}")
