@@ -21,9 +21,9 @@ from tidings.scheduling.estimate import PendingGroup, RollingLimit, Send, estima
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, is_open, window_from_json
 
 RATE_WINDOW = timedelta(seconds=60)  # "the last minute"
-#: The pace is measured over the latest half of the run, from this long up to RATE_WINDOW: the
-#: first moments (a throttle's initial burst, the workers filling their slots) are not the pace.
-MIN_PACE_WINDOW = timedelta(seconds=2)
+#: The pace is measured over the latest half of the run, at most RATE_WINDOW: the first moments
+#: (a throttle's initial burst, the workers filling their slots) are not the pace. Until that half
+#: holds MIN_SPAN_FOR_PACE of sends, the throttle's limit stands in for it.
 #: Fewer sends than this in the last minute say too little about the pace.
 MIN_SENDS_FOR_PACE = 10
 MIN_SPAN_FOR_PACE = 1.0  # seconds between the first and the last of them
@@ -99,8 +99,7 @@ def send_columns(
 
 
 def _pace_window(campaign: Campaign, now: datetime) -> timedelta:
-    half = (now - (campaign.started_at or now)) / 2
-    return min(max(half, MIN_PACE_WINDOW), RATE_WINDOW)
+    return min((now - (campaign.started_at or now)) / 2, RATE_WINDOW)
 
 
 def _sent(condition: ColumnElement[bool]) -> ColumnElement[bool]:

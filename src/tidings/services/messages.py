@@ -193,16 +193,8 @@ def send_message(
         contact=contact,
         category=category,
     )
-    _render_once(
-        session=session,
-        renderer=renderer,
-        request=request,
-        template=template,
-        tenant_id=tenant_id,
-        recipient=_as_recipient(contact, to_address),
-        category=category,
-    )
     not_before = max(send_at or now, now)
+    # Read before rendering, which may end this transaction's reads (see _render_once).
     window_timezone = None
     if request.send_window is not None:
         window_timezone = resolve_timezone(
@@ -213,6 +205,15 @@ def send_message(
             else None,
         )
         not_before = next_opening(request.send_window, window_timezone, not_before)
+    _render_once(
+        session=session,
+        renderer=renderer,
+        request=request,
+        template=template,
+        tenant_id=tenant_id,
+        recipient=_as_recipient(contact, to_address),
+        category=category,
+    )
     new = NewMessage(
         tenant_id=tenant_id,
         to_address=to_address,
