@@ -26,7 +26,7 @@ RATE_WINDOW = timedelta(seconds=60)  # "the last minute"
 #: holds MIN_SPAN_FOR_PACE of sends, the throttle's limit stands in for it.
 #: Fewer sends than this in the last minute say too little about the pace.
 MIN_SENDS_FOR_PACE = 10
-MIN_SPAN_FOR_PACE = 1.0  # seconds between the first and the last of them
+MIN_SPAN_FOR_PACE = 0.5  # seconds between the first and the last of them
 #: Past sends in a throttle window are spread over this many instants between the first and last.
 HISTORY_POINTS = 60
 #: The throttle's limits: (column, window in seconds).
