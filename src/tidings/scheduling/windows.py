@@ -226,6 +226,8 @@ def first_instant(local: datetime, tz: zoneinfo.ZoneInfo) -> datetime:
 def openings(window: SendWindow, tz: str, at: datetime) -> Iterator[tuple[datetime, datetime]]:
     """The window's open intervals ``[opens, closes)`` in UTC, in order, starting with the one that
     contains ``at`` or else the next one; endless."""
+    if not window.days:
+        raise ValueError("a window without days never opens")
     local_zone = zone(tz)
     # An overnight window that opened yesterday may still be open.
     day = at.astimezone(local_zone).date() - timedelta(days=1)
