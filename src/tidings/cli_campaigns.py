@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from tidings.cli_common import (
     DataOption,
     KeyOption,
+    SendWindowOption,
     TenantOption,
     UrlOption,
     choose_target,
@@ -25,6 +26,7 @@ from tidings.cli_common import (
     fail,
     open_runtime,
     parse_data,
+    parse_send_window_option,
     parse_time,
     remote_errors,
     tenant_id_of,
@@ -82,11 +84,13 @@ def create(
     category: str | None = typer.Option(
         None, help="Category (default: the template's).", show_default=False
     ),
+    send_window: SendWindowOption = None,
     start: bool = typer.Option(False, "--start", help="Start it at once (or at --schedule)."),
 ) -> None:
     """Create a draft campaign (from a template, to lists and/or contacts)."""
     draft_data = parse_data(data)
     scheduled_at = parse_time(schedule, option="--schedule")
+    window = parse_send_window_option(send_window)
     with open_runtime() as runtime:
         with unit_of_work(runtime) as session:
             owner = tenant_id_of(session, tenant)
@@ -99,6 +103,7 @@ def create(
                 priority=priority,
                 scheduled_at=scheduled_at,
                 category=category,
+                send_window=window,
             )
             now = runtime.clock.now()
             campaign = campaigns.create_campaign(

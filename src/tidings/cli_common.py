@@ -27,8 +27,9 @@ from sqlalchemy.orm import Session
 from tidings.cli_remote import RemoteApi, RemoteError
 from tidings.config import Settings
 from tidings.db.engine import pending_migrations, transaction
-from tidings.errors import TidingsError
+from tidings.errors import InvalidInput, TidingsError
 from tidings.runtime import Runtime, build_runtime
+from tidings.scheduling.windows import SendWindow, parse_send_window_text
 from tidings.services import tenants
 
 console = Console(highlight=False)
@@ -52,6 +53,18 @@ UrlOption = Annotated[
 KeyOption = Annotated[
     str | None,
     typer.Option("--key", envvar="TIDINGS_API_KEY", help="API key for --url.", show_default=False),
+]
+SendWindowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--send-window",
+        help="Only start sending in these local hours: 'HH:MM-HH:MM [DAYS] [ZONE]', e.g. "
+        "'09:00-17:00 mon-fri contact' or '22:00-06:00 sat,sun Europe/Berlin'. DAYS: days the "
+        "window opens on (mon … sun, ranges and commas; every day when left out); an end before "
+        "the start closes the next day. ZONE: an IANA name, or 'contact' (the default): each "
+        "contact's own zone, else the tenant's, else UTC. Or the API's JSON object.",
+        show_default=False,
+    ),
 ]
 DataOption = Annotated[
     list[str] | None,
@@ -155,6 +168,16 @@ def parse_data(items: list[str] | None) -> dict[str, Any]:
     if "" in data:
         raise typer.BadParameter("a key is empty", param_hint="--data")
     return data
+
+
+def parse_send_window_option(value: str | None) -> SendWindow | None:
+    """``--send-window`` as ``scheduling.windows.parse_send_window_text`` reads it."""
+    if value is None:
+        return None
+    try:
+        return parse_send_window_text(value, field="--send-window")
+    except InvalidInput as exc:
+        raise typer.BadParameter(exc.message, param_hint="--send-window") from None
 
 
 def parse_time(value: str | None, *, option: str) -> datetime | None:

@@ -13,6 +13,7 @@ from rich.table import Table
 from tidings.cli_common import (
     DataOption,
     KeyOption,
+    SendWindowOption,
     Target,
     TenantOption,
     UrlOption,
@@ -20,6 +21,7 @@ from tidings.cli_common import (
     console,
     open_runtime,
     parse_data,
+    parse_send_window_option,
     parse_time,
     remote_errors,
     tenant_id_of,
@@ -27,7 +29,9 @@ from tidings.cli_common import (
 )
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, MessageStatus
 from tidings.queue.clock import db_now
+from tidings.scheduling.windows import SendWindow
 from tidings.services import messages, queue_status, reminders
+from tidings.services.reminders import PASSED
 
 #: Columns of ``tidings queue``, in the order a message moves through them.
 QUEUE_COLUMNS = (
@@ -91,6 +95,7 @@ def send(
         " (24h, 2h, 30m, 1d12h).",
         show_default=False,
     ),
+    send_window: SendWindowOption = None,
     tenant: TenantOption = None,
     url: UrlOption = None,
     key: KeyOption = None,
@@ -98,6 +103,7 @@ def send(
     """Send one transactional message (it outranks campaign mail in the queue), or reminders
     before an event (--event-at, --offset)."""
     event_time = _reminder_options(event_at, offsets, reference, idempotency_key)
+    window = parse_send_window_option(send_window)
     fields: dict[str, Any] = {
         "to": to,
         "template_id": template,
@@ -112,14 +118,17 @@ def send(
     target = choose_target(tenant, url, key)
     if event_time is not None:
         assert offsets is not None and reference is not None
-        _remind(target, fields, event_time, offsets)
+        _remind(target, fields, event_time, offsets, window)
         return
     if target.remote is not None:
+        remote_fields = {**fields, "send_window": window.to_json() if window else None}
         with target.remote as api, remote_errors():
             body, created = api.send_message(
-                {k: v for k, v in fields.items() if v is not None}, idempotency_key=idempotency_key
+                {k: v for k, v in remote_fields.items() if v is not None},
+                idempotency_key=idempotency_key,
             )
-        _print_sent(body["id"], body["status"], body.get("last_error"), created)
+        not_before = datetime.fromisoformat(body["not_before"])
+        _print_sent(body["id"], body["status"], body.get("last_error"), created, not_before)
         return
     assert target.tenant is not None
     with open_runtime() as runtime:
@@ -127,13 +136,17 @@ def send(
             enqueued = messages.send_message(
                 session=session,
                 tenant_id=tenant_id_of(session, target.tenant),
-                request=messages.MessageRequest(**fields, idempotency_key=idempotency_key),
+                request=messages.MessageRequest(
+                    **fields, send_window=window, idempotency_key=idempotency_key
+                ),
                 renderer=runtime.renderer,
                 default_ttl_seconds=runtime.settings.message_ttl_seconds,
                 now=runtime.clock.now(),
             )
             message = enqueued.message
-        _print_sent(message.id, message.status, message.last_error, enqueued.created)
+        _print_sent(
+            message.id, message.status, message.last_error, enqueued.created, message.not_before
+        )
 
 
 def _reminder_options(
@@ -164,24 +177,38 @@ def _reminder_options(
 
 
 #: One line of ``send --event-at``: what happened to an offset ("created", "existing" or
-#: "skipped"), the offset as given, its message and status (none when skipped), its time.
+#: "skipped"), the offset as given, its message, its status (why, when skipped), its time.
 ReminderLine = tuple[str, str, int | None, str | None, datetime]
 
 
-def _remind(target: Target, fields: dict[str, Any], event_at: datetime, offsets: list[str]) -> None:
+def _remind(
+    target: Target,
+    fields: dict[str, Any],
+    event_at: datetime,
+    offsets: list[str],
+    window: SendWindow | None,
+) -> None:
     """Reminders before ``event_at``, one line per offset."""
     reference = fields.pop("reference")
     lines: list[ReminderLine] = []
     if target.remote is not None:
         body = {k: v for k, v in fields.items() if v is not None}
         body.update(reference=reference, event_at=event_at.isoformat(), offsets=offsets)
+        if window is not None:
+            body["send_window"] = window.to_json()
         with target.remote as api, remote_errors():
             answer = api.create_reminders(body)
         for word in ("created", "existing", "skipped"):
             for item in answer[word]:
                 send_at = datetime.fromisoformat(item["send_at"])
                 lines.append(
-                    (word, item["offset"], item["message_id"], item.get("status"), send_at)
+                    (
+                        word,
+                        item["offset"],
+                        item["message_id"],
+                        item.get("status") or item.get("reason"),
+                        send_at,
+                    )
                 )
     else:
         assert target.tenant is not None
@@ -193,7 +220,7 @@ def _remind(target: Target, fields: dict[str, Any], event_at: datetime, offsets:
                     reference=reference,
                     event_at=event_at,
                     offsets=offsets,
-                    message=messages.MessageRequest(**fields),
+                    message=messages.MessageRequest(**fields, send_window=window),
                 ),
                 renderer=runtime.renderer,
                 default_ttl_seconds=runtime.settings.message_ttl_seconds,
@@ -203,11 +230,12 @@ def _remind(target: Target, fields: dict[str, Any], event_at: datetime, offsets:
             for p in placed:
                 r = p.reminder
                 lines.append((word, p.offset, r.message_id, r.status.value, r.send_at))
-        lines += [("skipped", s.offset, None, None, s.send_at) for s in done.skipped]
+        lines += [("skipped", s.offset, None, s.reason, s.send_at) for s in done.skipped]
     for word, offset, message_id, status, send_at in lines:
         when = send_at.astimezone(UTC).isoformat(sep=" ", timespec="seconds")
         if word == "skipped":
-            console.print(f"reminder {escape(offset)}: skipped, its time ({when}) has passed")
+            why = f"its time ({when}) has passed" if status == PASSED else f"{status} ({when})"
+            console.print(f"reminder {escape(offset)}: skipped, {escape(why)}")
         elif word == "existing":
             console.print(
                 f"reminder {escape(offset)}: message {message_id} was already made:"
@@ -217,12 +245,22 @@ def _remind(target: Target, fields: dict[str, Any], event_at: datetime, offsets:
             console.print(f"reminder {escape(offset)}: message {message_id} {status} for {when}")
 
 
-def _print_sent(message_id: int, status: str, reason: str | None, created: bool) -> None:
+#: A message held this much past now is said to wait (its sending window is closed).
+WAIT_WORTH_SAYING = timedelta(seconds=1)
+
+
+def _print_sent(
+    message_id: int, status: str, reason: str | None, created: bool, not_before: datetime
+) -> None:
     if not created:
         console.print(f"message {message_id} was already accepted with this key: {status}")
     elif status == MessageStatus.suppressed.value:
         console.print(
             f"message {message_id} suppressed, it will not be sent: {escape(reason or '')}"
+        )
+    elif not_before > datetime.now(UTC) + WAIT_WORTH_SAYING:
+        console.print(
+            f"message {message_id} {status}, not before {not_before:%Y-%m-%d %H:%M:%S} UTC"
         )
     else:
         console.print(f"message {message_id} {status}")

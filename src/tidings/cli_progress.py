@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from rich.console import Console
@@ -51,9 +51,10 @@ class CampaignSnapshot:
     suppressed: int
     cancelled: int
     pending: int
+    pending_until_window: int  # of which waiting for their sending window to open
     progress_percentage: float
     send_rate_per_minute: int
-    estimated_completion_at: datetime | None
+    estimated_completion: datetime | None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -102,9 +103,10 @@ class CampaignSnapshot:
             suppressed=int(body["suppressed"]),
             cancelled=int(body.get("cancelled", 0)),
             pending=int(body["pending"]),
+            pending_until_window=int(body.get("pending_until_window", 0)),
             progress_percentage=float(body["progress_percentage"]),
             send_rate_per_minute=int(body.get("send_rate_per_minute", 0)),
-            estimated_completion_at=when("estimated_completion_at"),
+            estimated_completion=when("estimated_completion"),
             created_at=created,
             started_at=when("started_at"),
             completed_at=when("completed_at"),
@@ -129,12 +131,20 @@ def status_table(snapshot: CampaignSnapshot) -> Table:
         ),
         ("suppressed", f"{snapshot.suppressed:,}"),
         ("cancelled", f"{snapshot.cancelled:,}"),
-        ("pending", f"{snapshot.pending:,}"),
+        (
+            "pending",
+            f"{snapshot.pending:,}"
+            + (
+                f" ({snapshot.pending_until_window:,} waiting for their window)"
+                if snapshot.pending_until_window
+                else ""
+            ),
+        ),
         ("progress", f"{snapshot.progress_percentage:.1f} %"),
         ("rate", f"{snapshot.send_rate_per_minute:,} / minute"),
     ]
-    if snapshot.estimated_completion_at and not snapshot.ended:
-        rows.append(("done by", _clock(snapshot.estimated_completion_at)))
+    if snapshot.estimated_completion and not snapshot.ended:
+        rows.append(("done by", _clock(snapshot.estimated_completion)))
     rows.append(("created", _clock(snapshot.created_at)))
     if snapshot.started_at:
         rows.append(("started", _clock(snapshot.started_at)))
@@ -214,6 +224,9 @@ def _bar_fields(snapshot: CampaignSnapshot, rate: float | None) -> dict[str, Any
         rate = snapshot.send_rate_per_minute / 60
     if snapshot.status is not CampaignStatus.running or not snapshot.pending:
         eta = ""
+    elif snapshot.estimated_completion is not None:  # knows the throttle and sending windows
+        left = (snapshot.estimated_completion - datetime.now(UTC)).total_seconds()
+        eta = f"ETA {_duration(max(left, 0.0))}"
     elif rate:
         eta = f"ETA {_duration(snapshot.pending / rate)}"
     else:

@@ -112,7 +112,7 @@ def test_starting_fans_out_once_per_contact_and_the_counts_add_up(
     assert (body["sent"], body["failed"], body["dead"], body["pending"]) == (2, 2, 1, 1)
     assert body["progress_percentage"] == pytest.approx(83.33, abs=0.01)
     assert body["send_rate_per_minute"] == 2
-    assert body["estimated_completion_at"] is not None and _adds_up(body)
+    assert body["estimated_completion"] is not None and _adds_up(body)
 
 
 def test_a_future_start_is_scheduled_and_a_past_one_runs_now(

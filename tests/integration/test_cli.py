@@ -478,6 +478,65 @@ def test_reminder_options_that_do_not_fit_are_refused_with_the_reason(
         assert session.scalar(select(func.count()).select_from(Message)) == 0
 
 
+# -- sending windows -----------------------------------------------------------------------------
+
+
+def _window_opening_in_two_minutes() -> tuple[str, datetime]:
+    """``--send-window`` text for a one-hour UTC window that opens in a little over two minutes."""
+    start = (datetime.now(UTC) + timedelta(minutes=3)).replace(second=0, microsecond=0)
+    end = start + timedelta(hours=1)
+    return f"{start:%H:%M}-{end:%H:%M} UTC", start
+
+
+def test_campaign_create_takes_a_send_window_and_names_a_wrong_one(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime, tmp_path: Path
+) -> None:
+    _import_people(cli, tmp_path, 2)
+    template_id = str(_template(runtime, acme.tenant_id))
+    created = cli("campaign", "create", "--tenant", "acme", "--name", "Office hours",
+                  "--template", template_id, "--list", "staff",
+                  "--send-window", "09:00-17:00 mon-fri contact")  # fmt: skip
+    assert created.exit_code == 0, created.output
+    campaign = _campaign(runtime, int(created.stdout.split()[1]))
+    assert campaign.send_window == {
+        "start": "09:00",
+        "end": "17:00",
+        "days": ["mon", "tue", "wed", "thu", "fri"],
+        "timezone": "contact",
+    }
+    for wrong, says in (
+        ("25:00-17:00", "--send-window.start"),
+        ("09:00-17:00 mon-fri Moon/Base", "--send-window.timezone"),
+        ("office hours", "'09:00-17:00 mon-fri contact'"),
+    ):
+        refused = cli("campaign", "create", "--tenant", "acme", "--name", "x",
+                      "--template", template_id, "--list", "staff", "--send-window", wrong)  # fmt: skip
+        assert refused.exit_code == 2, refused.output
+        assert says in refused.stderr
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Campaign)) == 1
+
+
+def test_send_with_a_send_window_waits_for_the_opening_here_and_through_the_api(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime
+) -> None:
+    window, opening = _window_opening_in_two_minutes()
+    sent = cli("send", "--to", "ann@example.edu", "--subject", "Hi", "--text", "Hello",
+               "--send-window", window, "--tenant", "acme")  # fmt: skip
+    assert sent.exit_code == 0, sent.output
+    message_id = int(sent.stdout.split()[1])
+    assert f"not before {opening:%Y-%m-%d %H:%M:%S} UTC" in sent.stdout
+    with serving(runtime) as url:
+        remote = cli("send", "--to", "bo@example.edu", "--subject", "Hi", "--text", "Hello",
+                     "--send-window", window, "--url", url, "--key", acme.sender)  # fmt: skip
+    assert remote.exit_code == 0, remote.output
+    assert f"not before {opening:%Y-%m-%d %H:%M:%S} UTC" in remote.stdout
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Message).order_by(Message.id)).all()
+    assert len(rows) == 2 and rows[0].id == message_id
+    assert {(m.not_before, m.window_timezone) for m in rows} == {(opening, "UTC")}
+
+
 # -- through a remote API ------------------------------------------------------------------------
 
 

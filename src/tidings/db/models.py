@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tidings.db.types import BigId, Json, UTCDateTime
+from tidings.db.types import BigId, Json, NullableJson, UTCDateTime
 
 # Stable constraint names, so that Alembic batch migrations on SQLite can find them again.
 NAMING = {
@@ -64,6 +64,20 @@ class Tenant(Base):
     id: Mapped[int] = _id()
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TenantSettings(Base):
+    """A tenant's preferences that are not limits: one row per tenant, a column per setting, so
+    that a new setting is a new column with a default (no row means every default)."""
+
+    __tablename__ = "tenant_settings"
+
+    tenant_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    # IANA name: sending windows in "contact" time fall back to it, the dashboard shows times in it.
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class ApiKey(Base):
@@ -167,6 +181,8 @@ class Campaign(Base):
     status_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The local hours its messages may start in (scheduling.windows.SendWindow.to_json), or null.
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -203,6 +219,10 @@ class Message(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     not_before: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Its sending window as given (``timezone`` may be "contact"), and the zone it is read in,
+    # resolved when queued: the contact's, else the tenant's, else UTC. Both null: any time.
+    send_window: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
+    window_timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_expiries: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

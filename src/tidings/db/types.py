@@ -14,6 +14,9 @@ from sqlalchemy.types import TypeDecorator
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 #: JSONB on PostgreSQL (indexable, compact), JSON text on SQLite.
 Json = JSON().with_variant(JSONB(), "postgresql")
+#: The same, for a nullable column: Python None is SQL NULL (``Json`` writes the JSON text null,
+#: which ``IS NULL`` does not find).
+NullableJson = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

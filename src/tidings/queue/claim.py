@@ -38,6 +38,7 @@ from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
 from tidings.queue.domain_rates import adaptive_window, lock_limiting_rates
 from tidings.queue.enqueue import requeue_status
+from tidings.queue.windows import defer_outside_windows
 
 MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
 
@@ -167,6 +168,7 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     claimed = [ClaimedMessage(*row) for row in rows]
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
+    allowed = defer_outside_windows(session, allowed, now)  # outside: back at its next opening
     admitted, adaptive = _apply_throttles(session, allowed, now=now)
     admitted.sort(key=lambda m: (-m.priority, m.id))
     return Claim(

@@ -49,6 +49,10 @@ class NewMessage:
     event_at: datetime | None = None  # a reminder's event, which its template may show
     #: A reminder: seconds before ``event_at``; at most one per (tenant, reference, offset).
     reminder_offset: int | None = None
+    #: Its sending window (``SendWindow.to_json``) and the zone it is read in; ``not_before`` is
+    #: already at an opening, and the claim keeps later attempts inside it.
+    send_window: dict[str, Any] | None = None
+    window_timezone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,8 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "reference": new.reference,
         "event_at": new.event_at,
         "reminder_offset": new.reminder_offset,
+        "send_window": new.send_window,
+        "window_timezone": new.window_timezone,
         "created_at": now,
         "updated_at": now,
     }

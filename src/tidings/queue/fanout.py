@@ -11,6 +11,7 @@ with the reason in ``last_error``, so they count in the campaign's figures and a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from tidings.db.models import Campaign, Contact, ListMember, Message, Preference
 from tidings.db.types import UTCDateTime
 from tidings.domain import ContactStatus, MessageStatus
 from tidings.queue.notify import notify_new_work
+from tidings.queue.windows import fan_out_timing
 
 #: Contacts written per INSERT … SELECT: big enough that statement overhead vanishes, small enough
 #: that one statement never holds a huge sort or a long lock burst.
@@ -63,13 +65,21 @@ def fan_out_campaign(
     """
     audience = audience_condition(campaign)
     expires_at = now + timedelta(seconds=ttl_seconds)
+    timing = fan_out_timing(
+        session=session, campaign=campaign, audience=audience, now=now, ttl_seconds=ttl_seconds
+    )
     last_id = 0
     while True:
         upper = _chunk_upper_bound(session, audience, after=last_id, size=chunk_size)
         in_chunk = Contact.id > last_id if upper is None else Contact.id.between(last_id + 1, upper)
         session.execute(
             chunk_insert(
-                session, campaign, and_(audience, in_chunk), now=now, expires_at=expires_at
+                session,
+                campaign,
+                and_(audience, in_chunk),
+                now=now,
+                expires_at=expires_at,
+                timing=timing,
             )
         )
         if upper is None:
@@ -125,8 +135,13 @@ def chunk_insert(
     *,
     now: datetime,
     expires_at: datetime,
+    timing: Mapping[str, ColumnElement[Any]] | None = None,
 ) -> Insert:
-    """The ``INSERT … SELECT`` of the audience's contacts matching ``where`` (one chunk)."""
+    """The ``INSERT … SELECT`` of the audience's contacts matching ``where`` (one chunk).
+
+    ``timing``: a send window's columns (``queue.windows.fan_out_timing``), replacing
+    ``not_before`` and ``expires_at``.
+    """
     source: FromClause = Contact.__table__.outerjoin(
         Suppression,
         and_(Suppression.tenant_id == Contact.tenant_id, Suppression.email == Contact.email),
@@ -171,6 +186,7 @@ def chunk_insert(
         "last_error": case(*reasons, else_=null()),
         "created_at": stamp,
         "updated_at": stamp,
+        **(timing or {}),
     }
     rows = select(*columns.values()).select_from(source).where(where)
     dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -9,11 +9,11 @@ campaign's messages change in the same transaction as the campaign.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, ContactList, Event, Message
@@ -21,6 +21,8 @@ from tidings.domain import DEFAULT_PRIORITY, CampaignStatus, EventType, MessageS
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign
+from tidings.scheduling.windows import SendWindow
+from tidings.services import campaign_eta
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
     check_header_text,
@@ -34,7 +36,6 @@ from tidings.services.pagination import Page, paginate
 MAX_NAME_LENGTH = 200
 MAX_LIST_IDS = 100
 MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
-RATE_WINDOW = timedelta(seconds=60)
 
 FAILED_STATUSES = (MessageStatus.failed.value, MessageStatus.dead.value)
 
@@ -50,6 +51,7 @@ class CampaignDraft:
     scheduled_at: datetime | None = None
     category: str | None = None  # None: the template's category
     from_address: str | None = None  # None: the settings' default sender
+    send_window: SendWindow | None = None  # local hours its messages may start in
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +65,12 @@ class CampaignProgress:
     suppressed: int
     cancelled: int
     pending: int  # queued, paused or being sent
+    pending_until_window: int  # of which queued and waiting for their sending window to open
     progress_percentage: float
     send_rate_per_minute: int  # sent in the last 60 seconds
-    estimated_completion_at: datetime | None  # from that rate; None when it cannot be told
+    #: When the last message will have gone: the completion time once completed; for a running
+    #: campaign, simulated against its throttle, windows and pace (campaign_eta); else None.
+    estimated_completion: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,7 @@ def create_campaign(
         status=CampaignStatus.draft.value,
         recipient_count=0,
         scheduled_at=check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
+        send_window=draft.send_window.to_json() if draft.send_window is not None else None,
         created_at=now,
     )
     session.add(campaign)
@@ -228,44 +234,60 @@ def list_failed_recipients(
 def campaign_progress(
     *, session: Session, campaigns: Iterable[Campaign], now: datetime
 ) -> dict[int, CampaignProgress]:
-    """Progress of each campaign from ONE grouped count over ``messages`` (index campaign_id, status)."""
+    """Progress of each campaign from ONE grouped count over ``messages`` (index campaign_id, status);
+    running campaigns with a sending window add one grouped read of their pending rows."""
     by_id = {c.id: c for c in campaigns}
+    running = [c for c in by_id.values() if c.status == CampaignStatus.running.value]
+    limits = campaign_eta.tenant_limits(session=session, tenant_ids={c.tenant_id for c in running})
+    lookback = campaign_eta.longest_window(limits.values())
     counts: dict[int, dict[str, int]] = {campaign_id: {} for campaign_id in by_id}
-    recent: dict[int, int] = dict.fromkeys(by_id, 0)
+    sends: dict[int, campaign_eta.SendFigures] = {}
     if by_id:
         rows = session.execute(
             select(
                 Message.campaign_id,
                 Message.status,
                 func.count(),
-                func.count(
-                    case(
-                        (
-                            (Message.status == MessageStatus.sent.value)
-                            & (Message.sent_at >= now - RATE_WINDOW),
-                            1,
-                        )
-                    )
-                ),
+                *campaign_eta.send_columns(by_id.values(), now=now, lookback=lookback),
             )
             .where(Message.campaign_id.in_(list(by_id)))
             .group_by(Message.campaign_id, Message.status)
         )
-        for campaign_id, status, count, sent_recently in rows:
+        for campaign_id, status, count, *sent_figures in rows:
             assert campaign_id is not None  # the query filters on it
             counts[campaign_id][status] = count
-            recent[campaign_id] += sent_recently
-    return {
-        campaign_id: _progress(by_id[campaign_id], counts[campaign_id], recent[campaign_id], now)
-        for campaign_id in by_id
-    }
+            if status == MessageStatus.sent.value:
+                sends[campaign_id] = campaign_eta.SendFigures.of(sent_figures)
+    waiting = campaign_eta.waiting_by_zone(session=session, campaigns=running, now=now)
+    progress: dict[int, CampaignProgress] = {}
+    for campaign_id, campaign in by_id.items():
+        sent = sends.get(campaign_id, campaign_eta.SendFigures())
+        figures = _progress(campaign, counts[campaign_id], sent.last_minute)
+        if campaign.status == CampaignStatus.running.value:
+            found = waiting.get(campaign_id)
+            figures = replace(
+                figures,
+                pending_until_window=found.until_window if found is not None else 0,
+                estimated_completion=campaign_eta.estimate_completion(
+                    pending=sum(
+                        counts[campaign_id].get(status.value, 0)
+                        for status in (MessageStatus.queued, MessageStatus.sending)
+                    ),
+                    waiting=found,
+                    limits=limits.get(campaign.tenant_id, []),
+                    sends=sent,
+                    now=now,
+                ),
+            )
+        progress[campaign_id] = figures
+    return progress
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
 def _progress(
-    campaign: Campaign, counts: dict[str, int], sent_last_minute: int, now: datetime
+    campaign: Campaign, counts: dict[str, int], sent_last_minute: int
 ) -> CampaignProgress:
     def n(*statuses: MessageStatus) -> int:
         return sum(counts.get(status.value, 0) for status in statuses)
@@ -277,11 +299,6 @@ def _progress(
         percentage = round((total - pending) * 100 / total, 2)
     else:
         percentage = 100.0 if completed else 0.0
-    eta: datetime | None = None
-    if pending == 0 and completed:
-        eta = campaign.completed_at
-    elif campaign.status == CampaignStatus.running.value and sent_last_minute > 0:
-        eta = now + timedelta(minutes=pending / sent_last_minute)
     return CampaignProgress(
         recipient_count=total,
         sent=n(MessageStatus.sent),
@@ -290,9 +307,10 @@ def _progress(
         suppressed=n(MessageStatus.suppressed),
         cancelled=n(MessageStatus.cancelled),
         pending=pending,
+        pending_until_window=0,
         progress_percentage=percentage,
         send_rate_per_minute=sent_last_minute,
-        estimated_completion_at=eta,
+        estimated_completion=campaign.completed_at if completed else None,
     )
 
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-import zoneinfo
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from sqlalchemy import select, update
@@ -30,6 +28,7 @@ from tidings.db.models import Contact, ListMember, Message
 from tidings.domain import ContactStatus
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
+from tidings.scheduling.windows import known_time_zone
 from tidings.services import lists
 from tidings.services.pagination import Page, paginate
 
@@ -48,12 +47,6 @@ _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
 # Built once: json.dumps with options builds an encoder per call, which shows in a 100k-row import.
 _ATTRIBUTES_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 _quote = json.encoder.encode_basestring  # the encoder's own string quoting (C), for the same text
-
-
-@cache
-def _time_zones() -> frozenset[str]:
-    # The set, not ZoneInfo(name): a look-up never touches the file system and accepts no paths.
-    return frozenset(zoneinfo.available_timezones())
 
 
 def clean_email(value: object) -> str:
@@ -87,7 +80,7 @@ def clean_text(value: object, *, field: str) -> str | None:
 def clean_timezone(value: object) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or value.strip() not in _time_zones():
+    if not isinstance(value, str) or not known_time_zone(value.strip()):
         raise InvalidInput(
             f"timezone {value!r} is not an IANA time zone name such as 'Europe/Paris'",
             field="timezone",

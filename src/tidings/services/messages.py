@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.engine import end_reads
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Template
-from tidings.db.timezones import tenant_timezones
+from tidings.db.timezones import tenant_timezone
 from tidings.domain import (
     DEFAULT_PRIORITY,
     MAX_PRIORITY,
@@ -38,6 +38,7 @@ from tidings.queue.enqueue import (
 from tidings.rendering import Recipient, ResourceExhausted
 from tidings.rendering.pool import RenderPool, TemplateSource
 from tidings.rendering.renderer import with_event
+from tidings.scheduling.windows import SendWindow, next_opening, resolve_timezone
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -70,8 +71,9 @@ class MessageRequest:
     idempotency_key: str | None = None
     #: A reminder's event (``services/reminders.py``): templates see it as ``event_at``.
     event_at: datetime | None = None
-    #: Sending window (``start``, ``end``, ``days``, ``timezone``); checked by ``check_send_window``.
-    send_window: dict[str, Any] | None = None
+    #: Local hours it may start in; it waits for the next opening (after ``send_at``), read in
+    #: the window's zone or, for "contact", the contact's, else the tenant's, else UTC.
+    send_window: SendWindow | None = None
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -143,13 +145,6 @@ def check_schedule(when: datetime | None, *, field: str, now: datetime) -> datet
     return when
 
 
-def check_send_window(window: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A sending window as the caller gave it; only its shape (an object) is checked here."""
-    if window is not None and not isinstance(window, dict):
-        raise InvalidInput("send_window must be an object", field="send_window")
-    return window
-
-
 def tenant_template(*, session: Session, tenant_id: int, template_id: int) -> Template:
     template = session.scalar(
         select(Template).where(Template.tenant_id == tenant_id, Template.id == template_id)
@@ -208,7 +203,6 @@ def prepare_message(
     key = check_header_text(
         request.idempotency_key, field="Idempotency-Key", max_length=MAX_IDEMPOTENCY_KEY_LENGTH
     )
-    check_send_window(request.send_window)
     priority = check_priority(request.priority)
     category = check_header_text(request.category, field="category", max_length=MAX_CATEGORY_LENGTH)
     reference = check_header_text(
@@ -231,7 +225,17 @@ def prepare_message(
         contact=contact,
         category=category,
     )
-    zone = tenant_timezones(session, [tenant_id])[tenant_id]
+    zone = tenant_timezone(session, tenant_id)
+    not_before = max(send_at or now, now)
+    # Read before rendering, which may end this transaction's reads (see _render_once).
+    window_timezone = None
+    if request.send_window is not None:
+        window_timezone = resolve_timezone(
+            request.send_window,
+            contact_timezone=contact.timezone if contact is not None else None,
+            tenant_timezone=zone,
+        )
+        not_before = next_opening(request.send_window, window_timezone, not_before)
     _render_once(
         session=session,
         renderer=renderer,
@@ -241,7 +245,6 @@ def prepare_message(
         recipient=_as_recipient(contact, to_address, zone),
         category=category,
     )
-    not_before = max(send_at or now, now)
     return NewMessage(
         tenant_id=tenant_id,
         to_address=to_address,
@@ -260,6 +263,8 @@ def prepare_message(
         reference=reference,
         suppressed_reason=suppressed_reason,
         event_at=request.event_at,
+        send_window=request.send_window.to_json() if request.send_window is not None else None,
+        window_timezone=window_timezone,
     )
 
 

@@ -40,6 +40,7 @@ from tidings.queue.reminders import (
     reminders_of,
 )
 from tidings.rendering.pool import RenderPool
+from tidings.scheduling.windows import next_opening
 from tidings.services.messages import (
     MAX_REFERENCE_LENGTH,
     MAX_SCHEDULE_AHEAD,
@@ -63,6 +64,7 @@ OFFSET_UNITS: tuple[tuple[str, int], ...] = (
 )
 _OFFSET = re.compile("".join(rf"(?:(\d{{1,9}}){unit})?" for unit, _ in OFFSET_UNITS))
 PASSED = "its time has passed"
+NO_OPENING = "its send_window does not open before the event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,8 +209,16 @@ def create_reminders(
         )
         # The earliest first, in every request: two requests insert in the same order, so neither
         # waits for a row the other holds while holding one it needs (no deadlock on PostgreSQL).
-        for _, seconds in sorted(due, key=lambda item: -item[1]):
+        for text, seconds in sorted(due, key=lambda item: -item[1]):
             send_at, expires_at = reminder_times(event_at, seconds, default_ttl_seconds)
+            window = request.message.send_window
+            if window is not None and message.window_timezone is not None:
+                # The window moves a reminder later, to its next opening, never past the event.
+                send_at = next_opening(window, message.window_timezone, send_at)
+                if send_at >= event_at:
+                    skipped.append(Skipped(text, seconds, send_at, NO_OPENING))
+                    continue
+                expires_at = max(expires_at, send_at + REMINDER_GRACE)
             enqueued = enqueue_message(
                 session=session,
                 new=replace(

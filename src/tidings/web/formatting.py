@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from tidings.scheduling.windows import zone
+
 #: Each status is told by a word and a symbol, never by colour alone.
 STATUS_SYMBOLS: Mapping[str, str] = {
     "draft": "✎",
@@ -32,6 +34,13 @@ def when(value: datetime | None) -> str:
     if value is None:
         return "—"
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def when_in(value: datetime | None, timezone: str) -> str:
+    """A time in the tenant's zone, as ``2025-01-31 15:05 Europe/Berlin``; a dash for none."""
+    if value is None:
+        return "—"
+    return f"{value.astimezone(zone(timezone)):%Y-%m-%d %H:%M} {timezone}"
 
 
 def iso(value: datetime | None) -> str:
@@ -66,6 +75,7 @@ def full_name(contact: Any) -> str:
 
 FILTERS: Mapping[str, Callable[..., Any]] = {
     "when": when,
+    "when_in": when_in,
     "iso": iso,
     "count": count,
     "percent": percent,

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 from starlette.datastructures import FormData
 
+from tidings.scheduling.windows import first_instant, zone
+
 MAX_IDS = 10_000  # ids one form may carry (the campaign service's own cap)
 
 
@@ -51,8 +53,12 @@ def optional_int(form: FormData, name: str, errors: FieldErrors) -> int | None:
     return int(raw)
 
 
-def utc_datetime(raw: str, name: str, errors: FieldErrors) -> datetime | None:
-    """A ``datetime-local`` value (``2025-01-31T14:30``), read as UTC."""
+def local_datetime(raw: str, timezone: str, name: str, errors: FieldErrors) -> datetime | None:
+    """A ``datetime-local`` value (``2025-01-31T14:30``), read in ``timezone`` (the tenant's).
+
+    A time the clock skips (a spring-forward hour) is the moment it jumps past it; a time it
+    shows twice (autumn) is the first, as sending windows read them.
+    """
     if not raw:
         return None
     try:
@@ -60,4 +66,6 @@ def utc_datetime(raw: str, name: str, errors: FieldErrors) -> datetime | None:
     except ValueError:
         errors.add(name, "Enter a date and time, such as 2025-01-31 14:30.")
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if value.tzinfo is not None:
+        return value.astimezone(UTC)
+    return first_instant(value, zone(timezone))

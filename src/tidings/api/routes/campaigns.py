@@ -11,7 +11,16 @@ from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
-from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
+from tidings.api.schemas import (
+    ERROR_RESPONSES,
+    Id,
+    IdPath,
+    PageOut,
+    SendWindowIn,
+    SendWindowOut,
+    StrictModel,
+    send_window_of,
+)
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
 from tidings.services import campaigns
@@ -40,6 +49,11 @@ class CampaignIn(StrictModel):
     )
     category: str | None = Field(None, min_length=1, max_length=64)
     from_address: str | None = Field(None, min_length=3, max_length=400)
+    send_window: SendWindowIn | None = Field(
+        None,
+        description="Local hours its messages may start in, e.g. office hours in each "
+        "recipient's own time zone ('contact'); outside them they wait for the next opening.",
+    )
 
 
 class CampaignOut(BaseModel):
@@ -53,6 +67,7 @@ class CampaignOut(BaseModel):
     from_address: str | None
     priority: int
     scheduled_at: datetime | None
+    send_window: SendWindowOut | None
     status: CampaignStatus
     status_reason: str | None
     recipient_count: int
@@ -62,9 +77,16 @@ class CampaignOut(BaseModel):
     suppressed: int
     cancelled: int
     pending: int = Field(description="Queued, paused or being sent.")
+    pending_until_window: int = Field(
+        description="Of the pending, those queued for a sending window that is closed now."
+    )
     progress_percentage: float
     send_rate_per_minute: int = Field(description="Messages sent in the last 60 seconds.")
-    estimated_completion_at: datetime | None
+    estimated_completion: datetime | None = Field(
+        description="When the last message will have gone: simulated against the throttle, the "
+        "sending windows and the pace measured; the completion time once completed; null when "
+        "it cannot be told (not running, or no throttle and nothing sent in the last minute)."
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -82,6 +104,7 @@ class CampaignOut(BaseModel):
             from_address=campaign.from_address,
             priority=campaign.priority,
             scheduled_at=campaign.scheduled_at,
+            send_window=SendWindowOut.of(campaign.send_window),
             status=CampaignStatus(campaign.status),
             status_reason=campaign.status_reason,
             **asdict(progress),
@@ -132,7 +155,9 @@ def _out(session: Session, campaign: Campaign, now: datetime) -> CampaignOut:
 def create_campaign(
     body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep
 ) -> CampaignOut:
-    draft = campaigns.CampaignDraft(**body.model_dump())
+    draft = campaigns.CampaignDraft(
+        **body.model_dump(exclude={"send_window"}), send_window=send_window_of(body.send_window)
+    )
     campaign = campaigns.create_campaign(
         session=session, tenant_id=principal.tenant_id, draft=draft, now=now
     )

@@ -10,7 +10,16 @@ from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
-from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
+from tidings.api.schemas import (
+    ERROR_RESPONSES,
+    Id,
+    IdPath,
+    PageOut,
+    SendWindowIn,
+    SendWindowOut,
+    StrictModel,
+    send_window_of,
+)
 from tidings.db.models import Event, Message
 from tidings.domain import (
     DEFAULT_PRIORITY,
@@ -40,6 +49,11 @@ class MessageFields(StrictModel):
     category: str | None = Field(None, min_length=1, max_length=messages.MAX_CATEGORY_LENGTH)
     priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
     from_address: str | None = Field(None, min_length=3, max_length=400)
+    send_window: SendWindowIn | None = Field(
+        None,
+        description="Local hours it may start in; it waits for the next opening (a reminder with"
+        " no opening before its event is skipped).",
+    )
 
 
 class MessageIn(MessageFields):
@@ -84,6 +98,7 @@ class MessageOut(BaseModel):
     last_error: str | None
     not_before: datetime
     expires_at: datetime
+    send_window: SendWindowOut | None
     sent_at: datetime | None
     provider_message_id: str | None
     created_at: datetime
@@ -107,6 +122,7 @@ class MessageOut(BaseModel):
             "last_error": message.last_error,
             "not_before": message.not_before,
             "expires_at": message.expires_at,
+            "send_window": SendWindowOut.of(message.send_window, message.window_timezone),
             "sent_at": message.sent_at,
             "provider_message_id": message.provider_message_id,
             "created_at": message.created_at,
@@ -146,7 +162,11 @@ def send_message(
         description="A repeat with the same key returns the first message (200) instead of sending again.",
     ),
 ) -> MessageDetailOut:
-    request = messages.MessageRequest(**body.model_dump(), idempotency_key=idempotency_key)
+    request = messages.MessageRequest(
+        **body.model_dump(exclude={"send_window"}),
+        send_window=send_window_of(body.send_window),
+        idempotency_key=idempotency_key,
+    )
     enqueued = messages.send_message(
         session=session,
         tenant_id=principal.tenant_id,

@@ -7,14 +7,13 @@ cancels a reference's unsent ones); these routes make and move them by their eve
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from fastapi import APIRouter, Path, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.routes.messages import MessageFields
-from tidings.api.schemas import ERROR_RESPONSES, StrictModel
+from tidings.api.schemas import ERROR_RESPONSES, StrictModel, send_window_of
 from tidings.domain import MessageStatus
 from tidings.queue.reminders import Reminder
 from tidings.services import messages, reminders
@@ -44,9 +43,6 @@ class ReminderIn(MessageFields):
         description="How long before the event each reminder goes: 1w, 1d, 24h, 2h, 30m, 90s,"
         " 1d12h. An offset whose time has passed is skipped.",
         examples=[["24h", "2h"]],
-    )
-    send_window: dict[str, Any] | None = Field(
-        None, description="Sending window: start, end (HH:MM), days, timezone (IANA or contact)."
     )
 
 
@@ -129,7 +125,8 @@ def create_reminders(
 ) -> CreatedOut:
     """One message per offset; a repeat answers 200 with the same messages, never new ones."""
     message = messages.MessageRequest(
-        **body.model_dump(exclude={"reference", "event_at", "offsets"})
+        **body.model_dump(exclude={"reference", "event_at", "offsets", "send_window"}),
+        send_window=send_window_of(body.send_window),
     )
     done = reminders.create_reminders(
         session=session,

@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import CampaignStatus
-from tidings.services import campaigns, templates
+from tidings.scheduling.windows import window_from_json
+from tidings.services import campaigns, templates, tenant_settings
 from tidings.web import actions
 from tidings.web.auth import SenderAction, UserDep, show
 from tidings.web.chart import sends_per_minute_chart
@@ -96,6 +97,8 @@ def campaign_detail(
         chart=chart,
         actions_by_status=ACTIONS_BY_STATUS,
         final=campaign.status in FINAL,
+        timezone=tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id),
+        send_window=window_from_json(campaign.send_window) if campaign.send_window else None,
     )
 
 

@@ -1,5 +1,6 @@
 """The new-campaign form: a template with a live preview, recipients by list and by ticking contacts
-in a searchable table, the personal message and deadline, and start now, schedule or save a draft.
+in a searchable table, the personal message and deadline, start now, schedule (in the tenant's time
+zone) or save a draft, and an optional sending window.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.errors import InvalidInput, NotFound, RenderError
-from tidings.services import campaigns, contacts, lists, templates
+from tidings.scheduling.windows import (
+    CONTACT,
+    DAY_NAMES,
+    SendWindow,
+    parse_send_window,
+    time_zone_names,
+)
+from tidings.services import campaigns, contacts, lists, templates, tenant_settings
 from tidings.services.contacts import MAX_QUERY_LENGTH
 from tidings.web import forms
 from tidings.web.auth import SenderAction, UserDep, WebUser, show
@@ -37,8 +45,28 @@ class CampaignForm:
     personal_message: str = ""
     deadline: str = ""
     when: str = "now"
-    scheduled_at: str = ""
+    scheduled_at: str = ""  # datetime-local, in the tenant's time zone
     preview_contact_id: int | None = None
+    # The sending window: no hours, no window.
+    window_start: str = ""
+    window_end: str = ""
+    window_days: list[str] = field(default_factory=lambda: list(DAY_NAMES))
+    window_timezone: str = CONTACT
+
+
+#: Form fields of the window, by the field a window's error names.
+WINDOW_FIELDS = {
+    "send_window.start": "window_start",
+    "send_window.end": "window_end",
+    "send_window.days": "window_days",
+    "send_window.timezone": "window_timezone",
+}
+WINDOW_MESSAGES = {
+    "window_start": "Enter when sending may start, such as 09:00.",
+    "window_end": "Enter when sending stops, such as 17:00 (not the same as the start).",
+    "window_days": "Tick at least one day.",
+    "window_timezone": "Choose a time zone from the list.",
+}
 
 
 def _contact_rows(session: Session, tenant_id: int, q: str, selected: list[int]) -> dict[str, Any]:
@@ -75,6 +103,7 @@ def _form_page(
     )
     counts = lists.member_counts(session=session, list_ids=[x.id for x in list_page.items])
     table = _contact_rows(session, user.tenant_id, "", form.contact_ids)
+    timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     return show(
         request,
         user,
@@ -87,7 +116,15 @@ def _form_page(
         member_counts=counts,
         table=table,
         preview_contacts=table["rows"],
+        timezone=timezone,
+        zones=_zone_choices(timezone),
+        day_names=DAY_NAMES,
     )
+
+
+def _zone_choices(tenant_zone: str) -> list[str]:
+    """Every zone, the tenant's and UTC first."""
+    return list(dict.fromkeys([tenant_zone, "UTC", *time_zone_names()]))
 
 
 @router.get("/campaigns/new", response_class=HTMLResponse)
@@ -151,6 +188,7 @@ def preview(
 
 
 def _read_form(
+    *,
     name: str,
     template_id: str,
     list_ids: list[str],
@@ -160,6 +198,10 @@ def _read_form(
     when: str,
     scheduled_at: str,
     preview_contact_id: str,
+    window_start: str,
+    window_end: str,
+    window_days: list[str],
+    window_timezone: str,
 ) -> CampaignForm:
     template = forms.ids([template_id])
     preview_contact = forms.ids([preview_contact_id])
@@ -173,10 +215,16 @@ def _read_form(
         when=when if when in WHEN_CHOICES else "now",
         scheduled_at=scheduled_at.strip(),
         preview_contact_id=preview_contact[0] if preview_contact else None,
+        window_start=window_start.strip(),
+        window_end=window_end.strip(),
+        window_days=[day for day in DAY_NAMES if day in window_days],
+        window_timezone=window_timezone.strip() or CONTACT,
     )
 
 
-def _check(form: CampaignForm, errors: forms.FieldErrors) -> campaigns.CampaignDraft | None:
+def _check(
+    form: CampaignForm, errors: forms.FieldErrors, timezone: str
+) -> campaigns.CampaignDraft | None:
     if not form.name:
         errors.add("name", "Give the campaign a name.")
     if form.template_id is None:
@@ -185,9 +233,10 @@ def _check(form: CampaignForm, errors: forms.FieldErrors) -> campaigns.CampaignD
         errors.add("recipients", "Choose at least one list or tick at least one contact.")
     scheduled_at = None
     if form.when == "schedule":
-        scheduled_at = forms.utc_datetime(form.scheduled_at, "scheduled_at", errors)
+        scheduled_at = forms.local_datetime(form.scheduled_at, timezone, "scheduled_at", errors)
         if scheduled_at is None and "scheduled_at" not in errors.by_field:
             errors.add("scheduled_at", "Choose when to start, or choose “Start now”.")
+    window = _window(form, errors)
     if errors or form.template_id is None:
         return None
     return campaigns.CampaignDraft(
@@ -197,7 +246,29 @@ def _check(form: CampaignForm, errors: forms.FieldErrors) -> campaigns.CampaignD
         contact_ids=form.contact_ids,
         data={"personal_message": form.personal_message, "deadline": form.deadline},
         scheduled_at=scheduled_at,
+        send_window=window,
     )
+
+
+def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
+    """The sending window, when hours are given; a time field shows midnight as 00:00, which as
+    an end means the end of the day."""
+    if not form.window_start and not form.window_end:
+        return None
+    end = "24:00" if form.window_end == "00:00" else form.window_end
+    try:
+        return parse_send_window(
+            {
+                "start": form.window_start or None,
+                "end": end or None,
+                "days": form.window_days,
+                "timezone": form.window_timezone,
+            }
+        )
+    except InvalidInput as exc:
+        name = WINDOW_FIELDS.get(exc.field or "", "window_start")
+        errors.add(name, WINDOW_MESSAGES[name])
+        return None
 
 
 _DONE = {"running": "started", "scheduled": "scheduled"}
@@ -221,20 +292,29 @@ def create(
     when: Annotated[str, Form(max_length=20)] = "now",
     scheduled_at: Annotated[str, Form(max_length=40)] = "",
     preview_contact_id: Annotated[str, Form(max_length=20)] = "",
+    window_start: Annotated[str, Form(max_length=10)] = "",
+    window_end: Annotated[str, Form(max_length=10)] = "",
+    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
+    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
 ) -> Response:
     form = _read_form(
-        name,
-        template_id,
-        list_ids,
-        contact_ids,
-        personal_message,
-        deadline,
-        when,
-        scheduled_at,
-        preview_contact_id,
+        name=name,
+        template_id=template_id,
+        list_ids=list_ids,
+        contact_ids=contact_ids,
+        personal_message=personal_message,
+        deadline=deadline,
+        when=when,
+        scheduled_at=scheduled_at,
+        preview_contact_id=preview_contact_id,
+        window_start=window_start,
+        window_end=window_end,
+        window_days=window_days,
+        window_timezone=window_timezone,
     )
     errors = forms.FieldErrors()
-    draft = _check(form, errors)
+    timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
+    draft = _check(form, errors, timezone)
     if draft is None:
         return _form_page(request, user, session, form, errors)
     try:

@@ -61,7 +61,7 @@ def _snapshot(
 
 
 def _figures(campaign: Campaign, progress: campaigns.CampaignProgress) -> dict[str, Any]:
-    eta: datetime | None = progress.estimated_completion_at
+    eta: datetime | None = progress.estimated_completion
     return {
         "id": campaign.id,
         "status": campaign.status,
@@ -73,6 +73,7 @@ def _figures(campaign: Campaign, progress: campaigns.CampaignProgress) -> dict[s
         "suppressed": progress.suppressed,
         "cancelled": progress.cancelled,
         "pending": progress.pending,
+        "until_window": progress.pending_until_window,
         "percentage": progress.progress_percentage,
         "percentage_text": percent(progress.progress_percentage),
         "rate": progress.send_rate_per_minute,

@@ -19,7 +19,7 @@ from alembic import op
 from tidings.db.types import UTCDateTime
 
 revision: str = "0013_reminders"
-down_revision: str | None = "0011_adaptive_domain_rates"
+down_revision: str | None = "0012_send_windows"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,55 @@
+"""``/v1/settings``: the tenant's settings (its time zone); admins change them, every key reads them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, SessionDep, ViewerDep
+from tidings.api.schemas import ERROR_RESPONSES, StrictModel
+from tidings.db.models import TenantSettings
+from tidings.services import tenant_settings
+
+router = APIRouter(
+    prefix="/v1/settings", tags=["settings"], responses=ERROR_RESPONSES, route_class=KeyFirstRoute
+)
+
+
+class SettingsIn(StrictModel):
+    """Fields left out keep their value."""
+
+    timezone: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="IANA time zone, e.g. Europe/Berlin: sending windows in 'contact' time fall "
+        "back to it for contacts without one, and the dashboard shows times in it.",
+    )
+
+
+class SettingsOut(BaseModel):
+    timezone: str = Field(description="IANA time zone; UTC unless set.")
+
+    @classmethod
+    def of(cls, row: TenantSettings) -> SettingsOut:
+        return cls(timezone=row.timezone)
+
+
+@router.get("")
+def get_settings(principal: ViewerDep, session: SessionDep, now: NowDep) -> SettingsOut:
+    return SettingsOut.of(
+        tenant_settings.get_settings(session=session, tenant_id=principal.tenant_id, now=now)
+    )
+
+
+@router.put("")
+def update_settings(
+    body: SettingsIn, principal: AdminDep, session: SessionDep, now: NowDep
+) -> SettingsOut:
+    row = tenant_settings.update_settings(
+        session=session,
+        tenant_id=principal.tenant_id,
+        changes=body.model_dump(include=body.model_fields_set),
+        now=now,
+    )
+    return SettingsOut.of(row)

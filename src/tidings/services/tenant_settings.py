@@ -1,0 +1,71 @@
+"""A tenant's settings that are not limits: its time zone (sending windows in ``"contact"`` time fall
+back to it, the dashboard shows times in it). One row per tenant; no row means every default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from tidings.db.models import TenantSettings
+from tidings.db.timezones import tenant_timezone
+from tidings.errors import InvalidInput
+from tidings.scheduling.windows import FALLBACK_TIMEZONE, known_time_zone
+
+#: The settings a caller may change (issue 13 adds track_opens and track_clicks).
+SETTING_FIELDS = ("timezone",)
+
+
+def check_timezone(value: object, *, field: str = "timezone") -> str:
+    if not isinstance(value, str) or not known_time_zone(value.strip()):
+        raise InvalidInput(
+            f"{field} must be an IANA time zone name such as 'Europe/Berlin' (the default is UTC)",
+            field=field,
+        )
+    return value.strip()
+
+
+def get_settings(*, session: Session, tenant_id: int, now: datetime) -> TenantSettings:
+    """The tenant's settings; a tenant without a row has the defaults (a detached, unsaved row)."""
+    row = session.get(TenantSettings, tenant_id)
+    if row is None:
+        return TenantSettings(tenant_id=tenant_id, timezone=FALLBACK_TIMEZONE, updated_at=now)
+    return row
+
+
+def timezone_of(*, session: Session, tenant_id: int) -> str:
+    """The tenant's time zone (UTC unless set)."""
+    return tenant_timezone(session, tenant_id)
+
+
+def update_settings(
+    *, session: Session, tenant_id: int, changes: Mapping[str, object], now: datetime
+) -> TenantSettings:
+    """Change the given settings and nothing else; the first change creates the row."""
+    values: dict[str, object] = {}
+    for name, value in changes.items():
+        if name == "timezone":
+            values[name] = check_timezone(value)
+        else:
+            raise InvalidInput(f"unknown setting {name}", field=name)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(TenantSettings).values(tenant_id=tenant_id, updated_at=now, **values)
+    # One statement: two first writers cannot both insert, and a concurrent change of another
+    # setting is not overwritten with what this request read.
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[TenantSettings.tenant_id], set_={**values, "updated_at": now}
+        )
+    )
+    row = session.scalar(
+        select(TenantSettings)
+        .where(TenantSettings.tenant_id == tenant_id)
+        .execution_options(populate_existing=True)
+    )
+    assert row is not None
+    return row
