@@ -4,7 +4,7 @@ offset), moved with the event without touching what a worker has claimed; tenant
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -106,6 +106,38 @@ def test_each_offset_is_one_message_at_the_event_time_minus_the_offset(
     shown = client.get(f"/v1/messages/{made['2h']['message_id']}", headers=acme.auth(acme.viewer))
     assert shown.json()["reference"] == "meeting-42"
     assert [e["type"] for e in shown.json()["events"]] == ["queued"]
+
+
+def test_a_send_window_moves_each_reminder_to_its_next_opening_and_never_past_the_event(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    berlin = timezone(timedelta(hours=1))  # winter time in Europe/Berlin
+    event = datetime(2027, 3, 3, 10, 0, tzinfo=berlin)  # a Wednesday, 10:00 in Berlin
+    window = {"start": "09:00", "end": "17:00", "timezone": "Europe/Berlin"}
+    answer = _remind(
+        client, acme, event_at=event.isoformat(), offsets=["24h", "2h", "12h"], send_window=window
+    )
+    assert answer.status_code == 201, answer.text
+    made = _by_offset(answer.json()["created"])
+    sends = {offset: _row(runtime, item["message_id"]).not_before for offset, item in made.items()}
+    assert sends == {
+        "24h": datetime(2027, 3, 2, 9, 0, tzinfo=berlin).astimezone(UTC) + HOUR,  # inside: as is
+        "2h": datetime(2027, 3, 3, 9, 0, tzinfo=berlin).astimezone(UTC),  # 08:00 waits for 09:00
+        "12h": datetime(2027, 3, 3, 9, 0, tzinfo=berlin).astimezone(UTC),  # 22:00 the night before
+    }
+    # Open on Tuesdays only: the 2h reminder (Wednesday 08:00) has no opening before the event.
+    answer = _remind(
+        client,
+        acme,
+        reference="meeting-43",
+        event_at=event.isoformat(),
+        offsets=["24h", "2h"],
+        send_window={**window, "days": ["tue"]},
+    )
+    assert answer.status_code == 201, answer.text
+    assert list(_by_offset(answer.json()["created"])) == ["24h"]
+    [skipped] = answer.json()["skipped"]
+    assert (skipped["offset"], skipped["reason"]) == ("2h", reminders.NO_OPENING)
 
 
 def test_the_same_request_again_returns_the_same_messages_and_makes_none(
