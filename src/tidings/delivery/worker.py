@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -44,8 +45,8 @@ from tidings.delivery.retry import RetryPolicy
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
 from tidings.errors import TidingsError
 from tidings.queue import maintenance
-from tidings.queue.claim import claim_batch
-from tidings.queue.claimed import Claim, ClaimedMessage
+from tidings.queue.claim import claim_batch, release_unsent
+from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
 from tidings.queue.clock import db_now
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
@@ -71,6 +72,8 @@ COALESCE_SECONDS = 0.025
 #: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
+#: Throttled messages whose slots fall within one tick go out in one transport call, at its end.
+SEND_TICK = 0.001  # seconds
 
 T = TypeVar("T")
 
@@ -97,6 +100,7 @@ class Worker:
         self._busy = 0  # messages in flight
         self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
         self._wake = asyncio.Event()
+        self._wake_at = math.inf  # monotonic: held-back throttled work may be claimed again
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
 
@@ -149,6 +153,8 @@ class Worker:
             if pause > 0:
                 await self._sleep(stop, pause)
             self._wake.clear()  # before the claim: a wake-up during it is not lost
+            if time.monotonic() >= self._wake_at:
+                self._wake_at = math.inf  # this claim is the one the timer was for
             free = self.concurrency - self._busy
             if free > 0:
                 limit = min(free, self.batch_size)
@@ -161,12 +167,16 @@ class Worker:
                     continue
                 if claim.held_back:
                     metrics.THROTTLE_WAITS.inc()
+                if claim.wake_at is not None and claim.clock is not None:
+                    self._wake_at = min(self._wake_at, claim.clock.local_time(claim.wake_at))
                 full = len(claim.messages) + claim.held_back >= limit
                 not_before = 0.0 if full else started + COALESCE_SECONDS
                 if context is not None:
                     self._start(claim, context)
                     continue
-            await self._wait(stop, self.runtime.settings.poll_seconds)
+            # Throttled work held back wakes us at its next slot, not at the next poll.
+            until_slot = max(0.0, self._wake_at - time.monotonic())
+            await self._wait(stop, min(self.runtime.settings.poll_seconds, until_slot))
 
     def _start(self, claim: Claim, context: BatchContext) -> None:
         self._busy += len(claim.messages)
@@ -196,23 +206,80 @@ class Worker:
 
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
+        missed: list[ClaimedMessage] = []  # throttled messages that would have started too late
         try:
             ready = await self._render(claim, context, results)
-            if ready:
-                started = time.perf_counter()
-                outcomes = await self.transport.send([outgoing for _, outgoing in ready])
-                metrics.SEND_LATENCY.observe(time.perf_counter() - started)
-                results.extend(
-                    (message, outcome)
-                    for (message, _), outcome in zip(ready, outcomes, strict=True)
-                )
+            if claim.clock is None or all(m.send_at is None for m, _ in ready):
+                await self._send(ready, results)
+            else:
+                await self._send_in_slots(claim.clock, ready, results, missed)
         except Exception as exc:  # a bug or an outage: retry these later rather than lose them
             log.exception("batch %s failed before its outcomes were known", claim.token)
-            done = {m.id for m, _ in results}
+            done = {m.id for m, _ in results} | {m.id for m in missed}
             results.extend(
                 (m, Transient(f"internal error: {exc}")) for m in claim.messages if m.id not in done
             )
+        if missed:
+            await self._release_with_retries(claim, missed)
         await self._record_with_retries(claim, results)
+
+    async def _send(
+        self,
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
+        results: list[tuple[ClaimedMessage, Outcome]],
+    ) -> None:
+        if not ready:
+            return
+        started = time.perf_counter()
+        outcomes = await self.transport.send([outgoing for _, outgoing in ready])
+        metrics.SEND_LATENCY.observe(time.perf_counter() - started)
+        results.extend(
+            (message, outcome) for (message, _), outcome in zip(ready, outcomes, strict=True)
+        )
+
+    async def _send_in_slots(
+        self,
+        clock: ClockReading,
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
+        results: list[tuple[ClaimedMessage, Outcome]],
+        missed: list[ClaimedMessage],
+    ) -> None:
+        """Unthrottled mail at once; each throttled message at its slot, with those whose slots
+        fall in the same ``SEND_TICK`` (sent at the tick's end: late by less than a tick, never
+        early). A message whose start would be later than its ``send_by`` is not sent at all: it
+        goes back to the queue, because the window's bound only allows for so much lateness."""
+        groups: dict[float, list[tuple[ClaimedMessage, OutgoingMessage]]] = defaultdict(list)
+        at_once: list[tuple[ClaimedMessage, OutgoingMessage]] = []
+        for message, outgoing in ready:
+            if message.send_at is None:
+                at_once.append((message, outgoing))
+            else:
+                tick = math.ceil(clock.local_time(message.send_at) / SEND_TICK) * SEND_TICK
+                groups[tick].append((message, outgoing))
+
+        async def at_slot(tick: float, group: list[tuple[ClaimedMessage, OutgoingMessage]]) -> None:
+            while (wait := tick - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            started = time.monotonic()
+            on_time = []
+            for message, outgoing in group:
+                assert message.send_by is not None
+                if started <= clock.local_time(message.send_by):
+                    on_time.append((message, outgoing))
+                else:
+                    missed.append(message)
+            await self._send(on_time, results)
+
+        # Every send finishes before an error surfaces: none may still be running on its way to
+        # the server when the batch's outcomes are written.
+        done = await asyncio.gather(
+            self._send(at_once, results),
+            *(at_slot(t, g) for t, g in sorted(groups.items())),
+            return_exceptions=True,
+        )
+        for error in done:
+            if isinstance(error, BaseException):
+                raise error
 
     async def _render(
         self,
@@ -241,6 +308,23 @@ class Worker:
                     (message, self.composer.finish(message, ready_to_render, content, claim.now))
                 )
         return ready
+
+    async def _release_with_retries(self, claim: Claim, missed: list[ClaimedMessage]) -> None:
+        """Give late messages back to the queue, unsent and without spending an attempt."""
+        log.info("%d throttled messages missed their slot; back to the queue", len(missed))
+        metrics.THROTTLE_WAITS.inc()
+        for attempt in range(RECORD_RETRIES):
+            try:
+                await self._db(self._release, claim.token, [m.id for m in missed])
+                return
+            except Exception:
+                log.exception("releasing missed slots failed (try %d of %d)", attempt + 1, RECORD_RETRIES)
+                await asyncio.sleep(min(2**attempt, 10))
+        # Their leases expire and the reaper requeues them, as for any batch that cannot record.
+
+    def _release(self, token: str, ids: list[int]) -> None:
+        with transaction(self.runtime.sessions) as session:
+            release_unsent(session=session, token=token, ids=ids, now=db_now(session))
 
     async def _record_with_retries(
         self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]

@@ -11,16 +11,23 @@ The claim is the only place where workers compete, so its guarantees are written
   message, then every tenant's second… Transactional messages come before all campaign mail.
   Tenants whose throttle is closed (``blocked_until``) are not even looked at.
 * **Throttles hold across every worker.** In the same transaction the throttle rows of the claimed
-  tenants are locked (``FOR UPDATE``, in tenant order, so two claims cannot deadlock), the GCRA
-  state is advanced on the database's clock, and messages over the limit go straight back to the
-  queue with ``not_before`` at the next free slot. Nothing over the limit ever becomes ``sending``.
+  tenants are locked (``FOR UPDATE``, in tenant order, so two claims cannot deadlock), and each
+  throttled message gets a slot on the database's clock, read after the locks, at most
+  ``HORIZON`` ahead (``delivery/throttle.py`` explains the bound). Messages without a slot that
+  soon go straight back to the queue, no attempt spent: a closed tenant keeps its queue order
+  and is skipped (``blocked_until``) until shortly before its next slot; mail held by its
+  recipient domain waits (``not_before``) for that domain's next slot. The claim says when that
+  is (``Claim.wake_at``), so a worker wakes for the slot instead of at its next poll.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
@@ -28,14 +35,21 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import DomainThrottle, Message, Throttle, table
 from tidings.db.types import UTCDateTime
-from tidings.delivery.throttle import admit, windows_of
+from tidings.delivery.throttle import Slot, Window, admit_tenant, window_for
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
-from tidings.queue.claimed import Claim, ClaimedMessage
+from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
 from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
 from tidings.queue.enqueue import requeue_status
 
-MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
+#: Limits by the window name their state is stored under, the column, and the window's length.
+TENANT_WINDOWS = (
+    ("second", "per_second", 1.0),
+    ("minute", "per_minute", 60.0),
+    ("hour", "per_hour", 3600.0),
+    ("day", "per_day", 86400.0),
+)
+DOMAIN_WINDOWS = (("minute", "per_minute", 60.0), ("hour", "per_hour", 3600.0))
 
 _CLAIMED_COLUMNS = (
     Message.id,
@@ -162,15 +176,28 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     claimed = [ClaimedMessage(*row) for row in rows]
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
-    admitted = _apply_throttles(session, allowed, now=now)
-    admitted.sort(key=lambda m: (-m.priority, m.id))
-    return Claim(token=token, now=now, messages=admitted, held_back=len(allowed) - len(admitted))
+    admission = _apply_throttles(session, allowed)
+    admitted = sorted(admission.messages, key=lambda m: (-m.priority, m.id))
+    return Claim(
+        token=token,
+        now=now,
+        messages=admitted,
+        held_back=len(allowed) - len(admitted),
+        clock=admission.clock,
+        wake_at=admission.wake_at,
+    )
 
 
-def _apply_throttles(
-    session: Session, claimed: list[ClaimedMessage], *, now: datetime
-) -> list[ClaimedMessage]:
-    """Keep what the tenants' and domains' limits allow now; requeue the rest at their next free slot."""
+@dataclass(slots=True)
+class _Admission:
+    messages: list[ClaimedMessage]  # admitted, throttled ones with their slots
+    clock: ClockReading | None = None  # the clock the slots were given on
+    wake_at: float | None = None  # when something held back may be claimed again (epoch)
+
+
+def _apply_throttles(session: Session, claimed: list[ClaimedMessage]) -> _Admission:
+    """Give what the tenants' and domains' limits admit a slot within the horizon; requeue the
+    rest untouched, to be claimed again shortly before its slot."""
     by_tenant: dict[int, list[ClaimedMessage]] = defaultdict(list)
     for message in claimed:
         by_tenant[message.tenant_id].append(message)
@@ -188,7 +215,7 @@ def _apply_throttles(
     # interleave dozens), locked after the tenant rows and in (tenant, domain) order, as every
     # claim does, so two claims cannot deadlock. The IN lists select a superset; extra rows are
     # only locked for the length of this transaction.
-    domain_limits: dict[int, list[DomainThrottle]] = defaultdict(list)
+    domain_limits: dict[int, dict[str, DomainThrottle]] = defaultdict(dict)
     for limit in session.scalars(
         select(DomainThrottle)
         .where(
@@ -199,110 +226,118 @@ def _apply_throttles(
         .with_for_update()
         .execution_options(populate_existing=True)
     ):
-        domain_limits[limit.tenant_id].append(limit)
-    epoch = now.timestamp()
-    kept: list[ClaimedMessage] = []
-    deferred: dict[float, list[int]] = defaultdict(list)
+        domain_limits[limit.tenant_id][limit.domain] = limit
+    if not throttles and not domain_limits:
+        return _Admission(claimed)
+    # Read after the locks: claims of the same tenant see the clock in the order they hold them.
+    clock = ClockReading(db=db_now(session).timestamp(), local=time.monotonic())
+    admission = _Admission([], clock)
+    held: dict[float | None, list[int]] = defaultdict(list)  # by new not_before; None: as it was
     for tenant_id, messages in by_tenant.items():
-        throttle = throttles.get(tenant_id)
-        if throttle is not None:
-            messages = _admit_tenant(throttle, messages, epoch, deferred)
-        kept.extend(_admit_domains(domain_limits[tenant_id], messages, epoch, deferred))
-    for free_at, ids in deferred.items():
-        if ids:
-            _requeue_unstarted(
-                session, ids, not_before=datetime.fromtimestamp(free_at, UTC), now=now
-            )
-    return kept
+        _admit_tenant(
+            throttles.get(tenant_id), domain_limits[tenant_id], messages, clock.db, admission, held
+        )
+    for not_before, ids in held.items():
+        _requeue_unstarted(
+            session,
+            ids,
+            not_before=None if not_before is None else datetime.fromtimestamp(not_before, UTC),
+            now=datetime.fromtimestamp(clock.db, UTC),
+        )
+    return admission
 
 
 def _admit_tenant(
-    throttle: Throttle,
+    throttle: Throttle | None,
+    domain_rows: dict[str, DomainThrottle],
     messages: list[ClaimedMessage],
-    epoch: float,
-    deferred: dict[float, list[int]],
-) -> list[ClaimedMessage]:
-    windows = windows_of(
-        [
-            (throttle.per_second, 1.0),
-            (throttle.per_minute, 60.0),
-            (throttle.per_hour, 3600.0),
-            (throttle.per_day, 86400.0),
-        ]
-    )
-    if not windows:
-        return messages
-    columns = [
-        name
-        for name, limit in (
-            ("tat_second", throttle.per_second),
-            ("tat_minute", throttle.per_minute),
-            ("tat_hour", throttle.per_hour),
-            ("tat_day", throttle.per_day),
-        )
-        if limit is not None
-    ]
+    now: float,
+    admission: _Admission,
+    held: dict[float | None, list[int]],
+) -> None:
+    """Schedule one tenant's claimed messages against its windows and its domains' windows."""
+    tenant_windows = _load_windows(throttle, TENANT_WINDOWS, now) if throttle else {}
+    domain_windows = {
+        domain: _load_windows(row, DOMAIN_WINDOWS, now) for domain, row in domain_rows.items()
+    }
+    throttled: list[ClaimedMessage] = []
     # Transactional mail first: within a tenant's own budget it still outranks campaigns.
-    messages = sorted(messages, key=lambda m: (-m.priority, m.id))
-    result = admit(
-        windows, [getattr(throttle, c) for c in columns], now=epoch, wanted=len(messages)
+    for message in sorted(messages, key=lambda m: (-m.priority, m.id)):
+        if tenant_windows or domain_windows.get(_domain_of(message)):
+            throttled.append(message)
+        else:
+            admission.messages.append(message)
+    if not throttled:
+        return
+    result = admit_tenant(
+        list(tenant_windows.values()),
+        [list(domain_windows.get(_domain_of(m), {}).values()) for m in throttled],
+        now=now,
     )
-    for column, tat in zip(columns, result.tats, strict=True):
-        setattr(throttle, column, tat)
-    if result.count < len(messages):
-        # Closed until the next slot: claims skip this tenant entirely until then. Capped, so that
-        # a raised limit is seen within seconds rather than after the old slot.
-        throttle.blocked_until = min(result.next_free_at, epoch + MAX_BLOCK_SECONDS)
-        deferred[result.next_free_at].extend(m.id for m in messages[result.count :])
-    return messages[: result.count]
+    if throttle is not None:
+        throttle.window_state = {name: w.state() for name, w in tenant_windows.items()}
+        if result.blocked_until is not None:
+            throttle.blocked_until = result.blocked_until
+    sent_to = {_domain_of(m) for m in throttled}
+    for domain, row in domain_rows.items():
+        if domain in sent_to:
+            row.window_state = {name: w.state() for name, w in domain_windows[domain].items()}
+    for message, decision in zip(throttled, result.decisions, strict=True):
+        if isinstance(decision, Slot):
+            admission.messages.append(replace(message, send_at=decision.at, send_by=decision.latest))
+        else:
+            held[decision.not_before].append(message.id)
+    if result.wake_at is not None:
+        earlier = admission.wake_at if admission.wake_at is not None else math.inf
+        admission.wake_at = min(earlier, result.wake_at)
+
+
+def _load_windows(
+    row: Throttle | DomainThrottle, spec: tuple[tuple[str, str, float], ...], now: float
+) -> dict[str, Window]:
+    """The windows of the limits ``row`` sets, with their stored state."""
+    stored = row.window_state or {}
+    windows: dict[str, Window] = {}
+    for name, column, seconds in spec:
+        limit = getattr(row, column)
+        if limit is not None:
+            windows[name] = window_for(limit, seconds, stored.get(name), now=now)
+    return windows
 
 
 def _domain_of(message: ClaimedMessage) -> str:
     return message.to_address.rpartition("@")[2].lower()
 
 
-def _admit_domains(
-    limits: list[DomainThrottle],
-    messages: list[ClaimedMessage],
-    epoch: float,
-    deferred: dict[float, list[int]],
-) -> list[ClaimedMessage]:
-    """Keep what one tenant's per-domain limits allow; ``limits`` are its locked rows."""
-    if not limits:
-        return messages
-    by_domain: dict[str, list[ClaimedMessage]] = defaultdict(list)
-    for message in messages:
-        by_domain[_domain_of(message)].append(message)
-    for limit in limits:
-        if limit.domain not in by_domain:
-            continue  # the superset: a domain only another tenant is sending to
-        windows = windows_of([(limit.per_minute, 60.0), (limit.per_hour, 3600.0)])
-        columns = [
-            c
-            for c, v in (("tat_minute", limit.per_minute), ("tat_hour", limit.per_hour))
-            if v is not None
-        ]
-        if not windows:
-            continue
-        group = by_domain[limit.domain]
-        result = admit(windows, [getattr(limit, c) for c in columns], now=epoch, wanted=len(group))
-        for column, tat in zip(columns, result.tats, strict=True):
-            setattr(limit, column, tat)
-        deferred[result.next_free_at].extend(m.id for m in group[result.count :])
-        by_domain[limit.domain] = group[: result.count]
-    return [m for group in by_domain.values() for m in group]
-
-
 def _requeue_unstarted(
-    session: Session, ids: Sequence[int], *, not_before: datetime, now: datetime
+    session: Session, ids: Sequence[int], *, not_before: datetime | None, now: datetime
 ) -> None:
     """Back to the queue untouched: a message held back by a throttle has not used an attempt."""
+    values: dict[str, object] = {
+        "status": requeue_status(),
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if not_before is not None:
+        values["not_before"] = not_before
+    session.execute(update(Message).where(Message.id.in_(ids)).values(**values))
+
+
+def release_unsent(*, session: Session, token: str, ids: Sequence[int], now: datetime) -> None:
+    """Back to the queue, unsent, what the worker leased under ``token`` but did not start: a
+    throttled message that would have started after its slot allowed. No attempt is spent, and
+    its place in the queue is kept."""
     session.execute(
         update(Message)
-        .where(Message.id.in_(ids))
+        .where(
+            Message.id.in_(ids),
+            Message.lease_token == token,
+            Message.status == MessageStatus.sending.value,
+        )
         .values(
             status=requeue_status(),
-            not_before=not_before,
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,

@@ -25,6 +25,27 @@ class ClaimedMessage:
     attempts: int  # tries already made before this one
     expires_at: datetime
     idempotency_key: str | None
+    # A throttled message's slot (epoch seconds, the database's clock): its send starts no sooner
+    # than ``send_at`` and no later than ``send_by``, or it goes back to the queue unsent. None:
+    # no limit applies, send at once.
+    send_at: float | None = None
+    send_by: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """The database's clock against this process's ``time.monotonic()``.
+
+    ``local`` is read right after the statement that read ``db`` returned, so the database's
+    clock was at least ``db`` at local time ``local``: a slot converted with ``local_time`` is
+    never reached early, only late by that statement's latency.
+    """
+
+    db: float  # epoch seconds, the database's clock
+    local: float  # time.monotonic() just after
+
+    def local_time(self, db_time: float) -> float:
+        return self.local + (db_time - self.db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,3 +54,6 @@ class Claim:
     now: datetime  # the database's time of the claim
     messages: list[ClaimedMessage]
     held_back: int = 0  # claimed but returned to the queue by a throttle
+    clock: ClockReading | None = None  # read when a throttle applied: converts the slots
+    # The earliest time (database's clock) a message this claim held back may be claimed again.
+    wake_at: float | None = None
