@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
@@ -42,11 +42,12 @@ from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
 from tidings.delivery.outcomes import PROVIDER_THROTTLE_PAUSE, decide
 from tidings.delivery.retry import RetryPolicy
+from tidings.delivery.slots import send_in_slots
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
 from tidings.errors import TidingsError
 from tidings.queue import maintenance
 from tidings.queue.claim import claim_batch, release_unsent
-from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
+from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
@@ -72,8 +73,6 @@ COALESCE_SECONDS = 0.025
 #: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
-#: Throttled messages whose slots fall within one tick go out in one transport call, at its end.
-SEND_TICK = 0.001  # seconds
 
 T = TypeVar("T")
 
@@ -212,7 +211,9 @@ class Worker:
             if claim.clock is None or all(m.send_at is None for m, _ in ready):
                 await self._send(ready, results)
             else:
-                await self._send_in_slots(claim.clock, ready, results, missed)
+                missed = await send_in_slots(
+                    ready, claim.clock, lambda batch: self._send(batch, results)
+                )
         except Exception as exc:  # a bug or an outage: retry these later rather than lose them
             log.exception("batch %s failed before its outcomes were known", claim.token)
             done = {m.id for m, _ in results} | {m.id for m in missed}
@@ -236,50 +237,6 @@ class Worker:
         results.extend(
             (message, outcome) for (message, _), outcome in zip(ready, outcomes, strict=True)
         )
-
-    async def _send_in_slots(
-        self,
-        clock: ClockReading,
-        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
-        results: list[tuple[ClaimedMessage, Outcome]],
-        missed: list[ClaimedMessage],
-    ) -> None:
-        """Unthrottled mail at once; each throttled message at its slot, with those whose slots
-        fall in the same ``SEND_TICK`` (sent at the tick's end: late by less than a tick, never
-        early). A message whose start would be later than its ``send_by`` is not sent at all: it
-        goes back to the queue, because the window's bound only allows for so much lateness."""
-        groups: dict[float, list[tuple[ClaimedMessage, OutgoingMessage]]] = defaultdict(list)
-        at_once: list[tuple[ClaimedMessage, OutgoingMessage]] = []
-        for message, outgoing in ready:
-            if message.send_at is None:
-                at_once.append((message, outgoing))
-            else:
-                tick = math.ceil(clock.local_time(message.send_at) / SEND_TICK) * SEND_TICK
-                groups[tick].append((message, outgoing))
-
-        async def at_slot(tick: float, group: list[tuple[ClaimedMessage, OutgoingMessage]]) -> None:
-            while (wait := tick - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            started = time.monotonic()
-            on_time = []
-            for message, outgoing in group:
-                assert message.send_by is not None
-                if started <= clock.local_time(message.send_by):
-                    on_time.append((message, outgoing))
-                else:
-                    missed.append(message)
-            await self._send(on_time, results)
-
-        # Every send finishes before an error surfaces: none may still be running on its way to
-        # the server when the batch's outcomes are written.
-        done = await asyncio.gather(
-            self._send(at_once, results),
-            *(at_slot(t, g) for t, g in sorted(groups.items())),
-            return_exceptions=True,
-        )
-        for error in done:
-            if isinstance(error, BaseException):
-                raise error
 
     async def _render(
         self,
