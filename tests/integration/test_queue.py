@@ -102,8 +102,8 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
     held = enqueue(runtime, acme.tenant_id, 10, prefix="a")
     free = enqueue(runtime, globex.tenant_id, 10, prefix="g")
     with runtime.sessions() as session:
-        rows = session.execute(select(Message.id, Message.not_before).where(Message.id.in_(held)))
-        queued_at = {message_id: not_before for message_id, not_before in rows}
+        query = select(Message.id, Message.not_before).where(Message.id.in_(held))
+        queued_at = dict(session.execute(query).all())
     got = claim(runtime, 100)
     slotted = [m for m in got.messages if m.tenant_id == acme.tenant_id]
     # 2 a second are 0.51 s apart: one slot within the claim's half-second horizon.

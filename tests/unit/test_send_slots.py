@@ -49,7 +49,12 @@ class Recorder:
 
 async def test_each_message_starts_at_its_slot_never_before_and_unthrottled_mail_at_once() -> None:
     clock = ClockReading(db=DB_NOW, local=time.monotonic())
-    batch = [message(1, DB_NOW + 0.05), message(2, DB_NOW + 0.1), message(3), message(4, DB_NOW + 0.1)]
+    batch = [
+        message(1, DB_NOW + 0.05),
+        message(2, DB_NOW + 0.1),
+        message(3),
+        message(4, DB_NOW + 0.1),
+    ]
     recorder = Recorder()
     missed = await send_in_slots([(m, "x") for m in batch], clock, recorder.send)
     assert missed == []
@@ -82,7 +87,5 @@ async def test_a_failed_send_surfaces_only_after_every_other_send_finished() -> 
         finished.extend(m.id for m, _ in batch)
 
     with pytest.raises(RuntimeError):
-        await send_in_slots(
-            [(message(1), "x"), (message(2, DB_NOW + 0.05), "x")], clock, send
-        )
+        await send_in_slots([(message(1), "x"), (message(2, DB_NOW + 0.05), "x")], clock, send)
     assert finished == [2]

@@ -4,6 +4,7 @@ itself on simulated workers."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -35,7 +36,7 @@ def slots(placements: list[Slot | Hold]) -> list[float]:
 def test_a_per_second_limit_spaces_slots_by_the_window_plus_jitter_over_the_limit() -> None:
     window = Spacing(5, 1.0)
     placed = slots(schedule([[window]] * 20, start=NOW, horizon=NOW + 10))
-    gaps = [b - a for a, b in zip(placed, placed[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(placed)]
     assert gaps == pytest.approx([(1.0 + JITTER) / 5] * 19, abs=1e-6)
     # N + 1 slots span W + J: arrivals spread by at most J never put N + 1 into one second.
     assert placed[5] - placed[0] == pytest.approx(1.0 + JITTER)
@@ -110,9 +111,11 @@ def test_mail_to_an_open_domain_takes_the_slots_a_closed_domain_left() -> None:
     assert isinstance(first, Slot) and first.at == pytest.approx(NOW + 0.06)
     assert tenant.holes == pytest.approx([NOW, NOW + spacing])
     later = schedule([[tenant]] * 4, start=NOW, horizon=NOW + HORIZON)
-    assert slots(later) == pytest.approx([NOW, NOW + spacing, first.at + spacing, first.at + 2 * spacing])
+    assert slots(later) == pytest.approx(
+        [NOW, NOW + spacing, first.at + spacing, first.at + 2 * spacing]
+    )
     taken = sorted([*slots(later), first.at])
-    assert all(b - a >= spacing - 1e-6 for a, b in zip(taken, taken[1:], strict=False))
+    assert all(b - a >= spacing - 1e-6 for a, b in itertools.pairwise(taken))
 
 
 def test_a_message_waiting_for_its_domain_does_not_take_tenant_slots_first() -> None:

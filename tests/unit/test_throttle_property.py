@@ -63,18 +63,7 @@ class Simulation:
 
     def claim(self, now: float, limit: int) -> tuple[int, bool, float | None]:
         """One claim at ``now``: (messages it sent off, whether it was full, its ``wake_at``)."""
-        if self.blocked_until > now:
-            return 0, False, None
-        ready: list[Mail] = []
-        later: list[tuple[tuple[int, float, int], Mail]] = []
-        while self.queue and len(ready) < limit:
-            key, mail = heapq.heappop(self.queue)
-            if mail.not_before <= now:
-                ready.append(mail)
-            else:
-                later.append((key, mail))
-        for item in later:
-            heapq.heappush(self.queue, item)
+        ready = [] if self.blocked_until > now else self._take_ready(now, limit)
         if not ready:
             return 0, False, None
         tenant = self._load(self.tenant_limits, self.tenant_state, now)
@@ -84,10 +73,7 @@ class Simulation:
         }
         ready.sort(key=lambda m: (-m.priority, m.id))
         throttled = [m for m in ready if tenant or domains.get(m.domain)]
-        sent = 0
-        for m in ready:
-            if not (tenant or domains.get(m.domain)):
-                sent += self._deliver(now, None, m)
+        sent = sum(self._deliver(now, None, m) for m in ready if m not in throttled)
         if not throttled:
             return sent, len(ready) >= limit, None
         result = admit_tenant(
@@ -103,13 +89,27 @@ class Simulation:
         for mail, decision in zip(throttled, result.decisions, strict=True):
             if isinstance(decision, Slot):
                 sent += self._deliver(now, decision, mail)
-            else:
-                assert isinstance(decision, Requeue)
-                if decision.not_before is not None:
-                    assert decision.not_before > now  # never claimed again at once
-                    mail.not_before = decision.not_before
-                self.enqueue(mail)
+                continue
+            assert isinstance(decision, Requeue)
+            if decision.not_before is not None:
+                assert decision.not_before > now  # never claimed again at once
+                mail.not_before = decision.not_before
+            self.enqueue(mail)
         return sent, len(ready) >= limit, result.wake_at
+
+    def _take_ready(self, now: float, limit: int) -> list[Mail]:
+        """The first ``limit`` messages due by ``now``, in queue order, out of the queue."""
+        ready: list[Mail] = []
+        later: list[tuple[tuple[int, float, int], Mail]] = []
+        while self.queue and len(ready) < limit:
+            key, mail = heapq.heappop(self.queue)
+            if mail.not_before <= now:
+                ready.append(mail)
+            else:
+                later.append((key, mail))
+        for item in later:
+            heapq.heappush(self.queue, item)
+        return ready
 
     def enqueue(self, mail: Mail) -> None:
         heapq.heappush(self.queue, ((-mail.priority, mail.not_before, mail.id), mail))
@@ -250,7 +250,8 @@ def scenarios(draw: st.DrawFn) -> tuple[Simulation, dict[str, object]]:
         mail = Mail(i, rng.choice(domains), rng.choice((5, 5, 5, 100)), at)
         incoming.append((at, mail))
     longest = max(
-        [s for s, _ in tenant.values()] + [s for d in domain_limits.values() for s, _ in d.values()],
+        [s for s, _ in tenant.values()]
+        + [s for d in domain_limits.values() for s, _ in d.values()],
         default=1.0,
     )
     run_args = {

@@ -59,7 +59,7 @@ MAX_HOLES = 64
 EPSILON = 1e-6  # seconds; slot times are sums of floats, and rounding must not cost a slot
 #: No slot is sooner than this after the claim read the clock: the claim commits and the batch
 #: renders first. Only the first slot after an idle spell meets it; under a backlog slots lie ahead.
-SLOT_LEAD = 0.05  # seconds
+SLOT_LEAD = 0.1  # seconds
 HORIZON = 0.5  # seconds: slots are given at most this far ahead, the rest goes back to the queue
 #: Held-back work is claimed again this long before its next slot (less than HORIZON, so that
 #: claim gives it the slot): long enough for a claim to finish first on a busy machine.
@@ -267,7 +267,7 @@ def schedule(
     queues: dict[tuple[int, ...], list[int]] = {}
     for index, windows in enumerate(requests):
         queues.setdefault(tuple(id(w) for w in windows), []).append(index)
-    heads = {key: 0 for key in queues}  # the next request of each group
+    heads = dict.fromkeys(queues, 0)  # the next request of each group
     placed: list[Slot | Hold | None] = [None] * len(requests)
     while heads:
         best: tuple[float, int, tuple[int, ...]] | None = None

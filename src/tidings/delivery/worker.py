@@ -275,7 +275,9 @@ class Worker:
                 await self._db(self._release, claim.token, [m.id for m in missed])
                 return
             except Exception:
-                log.exception("releasing missed slots failed (try %d of %d)", attempt + 1, RECORD_RETRIES)
+                log.exception(
+                    "releasing missed slots failed (try %d of %d)", attempt + 1, RECORD_RETRIES
+                )
                 await asyncio.sleep(min(2**attempt, 10))
         # Their leases expire and the reaper requeues them, as for any batch that cannot record.
 

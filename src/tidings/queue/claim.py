@@ -284,7 +284,9 @@ def _admit_tenant(
             row.window_state = {name: w.state() for name, w in domain_windows[domain].items()}
     for message, decision in zip(throttled, result.decisions, strict=True):
         if isinstance(decision, Slot):
-            admission.messages.append(replace(message, send_at=decision.at, send_by=decision.latest))
+            admission.messages.append(
+                replace(message, send_at=decision.at, send_by=decision.latest)
+            )
         else:
             held[decision.not_before].append(message.id)
     if result.wake_at is not None:

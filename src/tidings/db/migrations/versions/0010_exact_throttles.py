@@ -57,7 +57,11 @@ def upgrade() -> None:
         if row.per_second is not None:
             # Spacing 0 matches no spacing: no holes are carried over, only the next slot.
             state["second"] = {"tat": row.tat_second, "spacing": 0.0, "holes": []}
-        for name, limit in (("minute", row.per_minute), ("hour", row.per_hour), ("day", row.per_day)):
+        for name, limit in (
+            ("minute", row.per_minute),
+            ("hour", row.per_hour),
+            ("day", row.per_day),
+        ):
             if limit is not None:
                 state[name] = _counted(
                     connection,
