@@ -267,6 +267,29 @@ async def test_a_long_idle_connection_is_checked_with_noop_before_reuse(
     assert server.noops == 1 and server.connections == 1
 
 
+async def test_prepare_opens_and_checks_connections_before_sends_that_have_a_slot(
+    server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Throttled mail must start at its slot, not connect then: ``prepare`` does it ahead."""
+    transport = smtp(server, concurrency=4)
+    try:
+        await transport.prepare(3)
+        assert server.connections == 3 and transport.stats.connections_opened == 3
+        outcomes = await transport.send([message(i) for i in range(3)])
+        assert transport.stats.connections_opened == 3  # the sends found them open
+        monkeypatch.setattr(smtp_module, "IDLE_CHECK_SECONDS", 0.0)
+        await transport.prepare(1)  # an idle connection is checked now, not at the send
+        assert server.noops == 1
+        monkeypatch.setattr(smtp_module, "IDLE_CHECK_SECONDS", 60.0)
+        await transport.send([message(3)])
+        assert server.noops == 1
+        await transport.prepare(9)  # never more than the transport's concurrency
+        assert server.connections == 4
+    finally:
+        await transport.close()
+    assert all(isinstance(o, Sent) for o in outcomes)
+
+
 async def test_an_old_connection_is_retired_and_replaced(
     server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

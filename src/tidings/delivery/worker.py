@@ -100,6 +100,7 @@ class Worker:
         self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
         self._wake = asyncio.Event()
         self._wake_at = math.inf  # monotonic: held-back throttled work may be claimed again
+        self._preparing: set[asyncio.Task[None]] = set()  # transport.prepare() calls running
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
 
@@ -134,8 +135,10 @@ class Worker:
         try:
             await self._claim_loop(stop)
         finally:
-            if self._batches:
-                await asyncio.gather(*self._batches.values(), return_exceptions=True)
+            if self._batches or self._preparing:
+                await asyncio.gather(
+                    *self._batches.values(), *self._preparing, return_exceptions=True
+                )
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -206,6 +209,7 @@ class Worker:
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
         missed: list[ClaimedMessage] = []  # throttled messages that would have started too late
+        self._prepare(claim)
         try:
             ready = await self._render(claim, context, results)
             if claim.clock is None or all(m.send_at is None for m, _ in ready):
@@ -223,6 +227,23 @@ class Worker:
         if missed:
             await self._release_with_retries(claim, missed)
         await self._record_with_retries(claim, results)
+
+    def _prepare(self, claim: Claim) -> None:
+        """Open connections for the sends that have slots while the batch renders, so that none
+        spends its slot connecting: as many as there are sends due at one moment."""
+        at_once = Counter(m.send_at for m in claim.messages if m.send_at is not None)
+        if not at_once:
+            return
+
+        async def prepare(count: int) -> None:
+            try:
+                await self.transport.prepare(count)
+            except Exception:  # the sends will connect themselves, and report what fails
+                log.warning("preparing the transport failed", exc_info=True)
+
+        task = asyncio.create_task(prepare(max(at_once.values())))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
 
     async def _send(
         self,

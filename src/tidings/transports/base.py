@@ -44,6 +44,12 @@ class Transport(Protocol):
         """One outcome per message, same order. Never raises for a per-message problem."""
         ...
 
+    async def prepare(self, count: int) -> None:
+        """Get ready for ``count`` sends that must start at a given moment (throttled mail has a
+        slot): open or check connections now, so that a send does not spend the moment on them.
+        Never raises; a transport with nothing to open does nothing."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the transport is not used afterwards."""
         ...

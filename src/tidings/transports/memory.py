@@ -64,6 +64,9 @@ class MemoryTransport:
             await asyncio.sleep(self.delay)
         return [self._attempt(message) for message in batch]
 
+    async def prepare(self, count: int) -> None:
+        """Nothing to open."""
+
     async def close(self) -> None:
         self.closed = True
 

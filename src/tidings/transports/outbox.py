@@ -56,6 +56,9 @@ class OutboxTransport:
         results = await asyncio.gather(*(asyncio.to_thread(self._deliver, c) for c in chunks))
         return [outcome for chunk in results for outcome in chunk]
 
+    async def prepare(self, count: int) -> None:
+        """Nothing to open: a file is written when its message is sent."""
+
     async def close(self) -> None:
         """Nothing to release: every write is complete when ``send`` returns."""
 

@@ -58,6 +58,9 @@ class ResendTransport:
             transport=transport,
         )
 
+    async def prepare(self, count: int) -> None:
+        """Nothing to open ahead: httpx keeps the connections of earlier requests."""
+
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         ready: list[tuple[int, OutgoingMessage, Payload]] = []

@@ -118,6 +118,7 @@ class SmtpTransport:
     def __init__(self, settings: SmtpSettings, *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.settings = settings
         self.stats = PoolStats()
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._idle: list[_Connection] = []  # LIFO: the warmest connection goes first
         self._tls_context: ssl.SSLContext | None = None
@@ -129,6 +130,33 @@ class SmtpTransport:
             raise RuntimeError("send() on a closed SmtpTransport")
         state = _BatchState()
         return list(await asyncio.gather(*(self._send_one(m, state) for m in batch)))
+
+    async def prepare(self, count: int) -> None:
+        """Have up to ``count`` connections open and recently checked: a new connection costs
+        several round trips (and a TLS handshake), an idle one a NOOP, which a send that must
+        start at its slot should not spend then. Each is held out of the pool (and counts against
+        the concurrency) until all are ready, so that one is not checked ``count`` times."""
+        count = min(count, self._concurrency)
+        if self._closed or count < 1:
+            return
+        remaining = count
+        all_out = asyncio.Event()
+
+        async def ready_one() -> None:
+            nonlocal remaining
+            async with self._slots:
+                conn: _Connection | Transient | None = None
+                try:
+                    conn = await self._checkout(_BatchState(), reuse=True)
+                finally:
+                    remaining -= 1
+                    if not remaining:
+                        all_out.set()
+                await all_out.wait()
+                if isinstance(conn, _Connection):
+                    self._checkin(conn, keep=True)  # checked (NOOP) or new: fresh for a while
+
+        await asyncio.gather(*(ready_one() for _ in range(count)))
 
     async def close(self) -> None:
         """QUIT every idle connection (politely, briefly); later sends are refused."""
