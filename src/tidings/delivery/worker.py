@@ -73,6 +73,7 @@ COALESCE_SECONDS = 0.025
 #: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
+TIMER_PAD = 0.002  # seconds a wake-up for held-back throttled work comes after its time
 
 T = TypeVar("T")
 
@@ -176,8 +177,10 @@ class Worker:
                 if context is not None:
                     self._start(claim, context)
                     continue
-            # Throttled work held back wakes us at its next slot, not at the next poll.
-            until_slot = max(0.0, self._wake_at - time.monotonic())
+            # Throttled work held back wakes us at its next slot, not at the next poll (a little
+            # after it: asyncio may fire a timer a millisecond early, and a claim that comes
+            # before the tenant reopens learns nothing and would leave us waiting for the poll).
+            until_slot = max(0.0, self._wake_at + TIMER_PAD - time.monotonic())
             await self._wait(stop, min(self.runtime.settings.poll_seconds, until_slot))
 
     def _start(self, claim: Claim, context: BatchContext) -> None:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import DomainThrottle, Message, Throttle, table
 from tidings.db.types import UTCDateTime
-from tidings.delivery.throttle import Slot, Window, admit_tenant, window_for
+from tidings.delivery.throttle import HORIZON, REFILL, Slot, Window, admit_tenant, window_for
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
 from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
 from tidings.queue.clock import db_now
@@ -71,6 +71,15 @@ _CLAIMED_COLUMNS = (
 )
 
 
+#: A tenant with a per-second limit is given at most what its spacing can admit in one claim:
+#: a slot every (1 + J) / N seconds, over the horizon a claim made REFILL before the next slot
+#: still has. The rest would only be locked, marked and put back.
+_CAP = (
+    "CASE WHEN th.enabled AND th.per_second IS NOT NULL"
+    " THEN LEAST(:limit, CAST(th.per_second * :cap_seconds AS INTEGER) + 2) ELSE :limit END"
+)
+CAP_SECONDS = HORIZON - REFILL  # of slots a claim made on its timer still finds within reach
+
 _PG_CANDIDATES = text(
     """
     SELECT picked.id, picked.tenant_id FROM (
@@ -78,7 +87,7 @@ _PG_CANDIDATES = text(
                row_number() OVER (PARTITION BY ready.tenant_id
                                   ORDER BY ready.priority DESC, ready.not_before, ready.id) AS turn
         FROM (
-            SELECT t.id AS tenant_id FROM tenants t
+            SELECT t.id AS tenant_id, {cap} AS cap FROM tenants t
             LEFT JOIN throttles th ON th.tenant_id = t.id
             WHERE COALESCE(th.blocked_until, 0) <= :now_epoch
         ) AS open_tenants
@@ -86,13 +95,13 @@ _PG_CANDIDATES = text(
             SELECT m.id, m.tenant_id, m.priority, m.not_before FROM messages m
             WHERE m.tenant_id = open_tenants.tenant_id AND m.status = 'queued' AND m.not_before <= :now
             ORDER BY m.priority DESC, m.not_before, m.id
-            LIMIT :limit
+            LIMIT open_tenants.cap
             FOR UPDATE OF m SKIP LOCKED
         ) AS ready
     ) AS picked
     ORDER BY (picked.priority >= :boost) DESC, picked.turn, picked.priority DESC, picked.not_before, picked.id
     LIMIT :limit
-    """
+    """.replace("{cap}", _CAP)
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
@@ -104,6 +113,7 @@ def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
             "now_epoch": now.timestamp(),
             "limit": limit,
             "boost": TRANSACTIONAL_PRIORITY_BOOST,
+            "cap_seconds": CAP_SECONDS,
         },
     )
     return [row.id for row in rows]
@@ -111,15 +121,16 @@ def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
 
 def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
     """The same choice as PostgreSQL's; the write lock taken at BEGIN IMMEDIATE makes it exclusive."""
-    open_tenants = session.scalars(
+    open_tenants = session.execute(
         text(
-            "SELECT t.id FROM tenants t LEFT JOIN throttles th ON th.tenant_id = t.id "
-            "WHERE COALESCE(th.blocked_until, 0) <= :now_epoch"
+            f"SELECT t.id, {_CAP.replace('LEAST', 'MIN')} AS cap FROM tenants t"
+            " LEFT JOIN throttles th ON th.tenant_id = t.id"
+            " WHERE COALESCE(th.blocked_until, 0) <= :now_epoch"
         ),
-        {"now_epoch": now.timestamp()},
+        {"now_epoch": now.timestamp(), "limit": limit, "cap_seconds": CAP_SECONDS},
     ).all()
     ranked: list[tuple[bool, int, int, datetime, int]] = []
-    for tenant_id in open_tenants:
+    for tenant_id, cap in open_tenants:
         rows = session.execute(
             select(Message.id, Message.priority, Message.not_before)
             .where(
@@ -128,7 +139,7 @@ def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[i
                 Message.not_before <= now,
             )
             .order_by(Message.priority.desc(), Message.not_before, Message.id)
-            .limit(limit)
+            .limit(cap)
         ).all()
         for turn, row in enumerate(rows):
             ranked.append(
