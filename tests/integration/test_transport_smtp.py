@@ -290,6 +290,37 @@ async def test_prepare_opens_and_checks_connections_before_sends_that_have_a_slo
     assert all(isinstance(o, Sent) for o in outcomes)
 
 
+async def test_send_at_connects_first_and_starts_at_the_moment_asked_never_before(
+    server: SmtpTestServer,
+) -> None:
+    transport = smtp(server, concurrency=4)
+    try:
+        at = time.monotonic() + 0.2
+        outcomes = await transport.send_at([message(1), message(2)], at=at, by=at + 0.05)
+    finally:
+        await transport.close()
+    assert all(isinstance(o, Sent) for o in outcomes)
+    arrived = [server.attempt_times(f"user{i}@example.com")[0] for i in (1, 2)]
+    # Connecting (and EHLO) happened before: the RCPTs come right after the moment.
+    assert all(at <= t < at + 0.03 for t in arrived), [t - at for t in arrived]
+    assert server.connections == 2
+
+
+async def test_send_at_leaves_unsent_what_cannot_start_by_its_deadline(
+    server: SmtpTestServer,
+) -> None:
+    transport = smtp(server, concurrency=2)
+    try:
+        past = time.monotonic() - 1.0
+        outcomes = await transport.send_at([message(1)], at=past, by=past + 0.5)
+        (later,) = await transport.send([message(2)])
+    finally:
+        await transport.close()
+    assert outcomes == [None]
+    assert server.attempts("user1@example.com") == 0
+    assert isinstance(later, Sent) and server.connections == 1  # the connection went back
+
+
 async def test_an_old_connection_is_retired_and_replaced(
     server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

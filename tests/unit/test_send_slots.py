@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
 
 from tidings.delivery.slots import SEND_TICK, send_in_slots
 from tidings.queue.claimed import ClaimedMessage, ClockReading
+from tidings.transports.base import send_on_time
 
 DB_NOW = 1_800_000_000.0
 
@@ -38,13 +40,28 @@ def message(number: int, send_at: float | None = None, late: float = 0.012) -> C
 
 
 class Recorder:
-    def __init__(self) -> None:
-        self.sent: dict[int, float] = {}  # message id -> time.monotonic() at the send
+    """A transport's two ways to send, noting when each message started (monotonic)."""
 
-    async def send(self, batch: list[tuple[ClaimedMessage, str]]) -> None:
+    def __init__(self) -> None:
+        self.started: dict[int, float] = {}
+        self.calls = 0
+
+    async def send(self, batch: Sequence[ClaimedMessage]) -> list[str]:
+        self.calls += 1
         now = time.monotonic()
-        for m, _ in batch:
-            self.sent[m.id] = now
+        for m in batch:
+            self.started[m.id] = now
+        return ["sent"] * len(batch)
+
+    async def send_now(self, batch: list[tuple[ClaimedMessage, str]]) -> None:
+        await self.send([m for m, _ in batch])
+
+    async def send_at(
+        self, batch: list[tuple[ClaimedMessage, str]], at: float, by: float
+    ) -> list[ClaimedMessage]:
+        messages = [m for m, _ in batch]
+        outcomes = await send_on_time(self, messages, at=at, by=by)  # type: ignore[arg-type]
+        return [m for m, o in zip(messages, outcomes, strict=True) if o is None]
 
 
 async def test_each_message_starts_at_its_slot_never_before_and_unthrottled_mail_at_once() -> None:
@@ -56,36 +73,47 @@ async def test_each_message_starts_at_its_slot_never_before_and_unthrottled_mail
         message(4, DB_NOW + 0.1),
     ]
     recorder = Recorder()
-    missed = await send_in_slots([(m, "x") for m in batch], clock, recorder.send)
+    missed = await send_in_slots(
+        [(m, "x") for m in batch], clock, recorder.send_now, recorder.send_at
+    )
     assert missed == []
-    assert recorder.sent[3] - clock.local < 0.02
+    assert recorder.started[3] - clock.local < 0.02
     for m in batch:
         if m.send_at is not None:
             slot = clock.local_time(m.send_at)
-            assert slot <= recorder.sent[m.id] < slot + SEND_TICK + 0.02, m.id
-    assert recorder.sent[2] == recorder.sent[4]  # one slot, one transport call
+            assert slot <= recorder.started[m.id] < slot + SEND_TICK + 0.02, m.id
+    assert recorder.started[2] == recorder.started[4]  # one slot, one transport call
+    assert recorder.calls == 3
 
 
-async def test_a_message_that_would_start_after_its_send_by_is_handed_back_unsent() -> None:
+async def test_a_message_that_cannot_start_by_its_send_by_is_handed_back_unsent() -> None:
     # The claim's clock reading is a second old: these slots passed long ago.
     clock = ClockReading(db=DB_NOW, local=time.monotonic() - 1.0)
     batch = [message(1, DB_NOW + 0.05), message(2, DB_NOW + 0.9, late=0.5), message(3)]
     recorder = Recorder()
-    missed = await send_in_slots([(m, "x") for m in batch], clock, recorder.send)
+    missed = await send_in_slots(
+        [(m, "x") for m in batch], clock, recorder.send_now, recorder.send_at
+    )
     assert [m.id for m in missed] == [1]
-    assert set(recorder.sent) == {2, 3}
+    assert set(recorder.started) == {2, 3}
 
 
 async def test_a_failed_send_surfaces_only_after_every_other_send_finished() -> None:
     clock = ClockReading(db=DB_NOW, local=time.monotonic())
     finished: list[int] = []
 
-    async def send(batch: list[tuple[ClaimedMessage, str]]) -> None:
-        if batch[0][0].id == 1:
-            raise RuntimeError("transport bug")
+    async def send_now(batch: list[tuple[ClaimedMessage, str]]) -> None:
+        raise RuntimeError("transport bug")
+
+    async def send_at(
+        batch: list[tuple[ClaimedMessage, str]], at: float, by: float
+    ) -> list[ClaimedMessage]:
         await asyncio.sleep(0.05)
         finished.extend(m.id for m, _ in batch)
+        return []
 
     with pytest.raises(RuntimeError):
-        await send_in_slots([(message(1), "x"), (message(2, DB_NOW + 0.05), "x")], clock, send)
+        await send_in_slots(
+            [(message(1), "x"), (message(2, DB_NOW + 0.05), "x")], clock, send_now, send_at
+        )
     assert finished == [2]

@@ -219,7 +219,10 @@ class Worker:
                 await self._send(ready, results)
             else:
                 missed = await send_in_slots(
-                    ready, claim.clock, lambda batch: self._send(batch, results)
+                    ready,
+                    claim.clock,
+                    lambda batch: self._send(batch, results),
+                    lambda batch, at, by: self._send_at(batch, at, by, results),
                 )
         except Exception as exc:  # a bug or an outage: retry these later rather than lose them
             log.exception("batch %s failed before its outcomes were known", claim.token)
@@ -230,6 +233,24 @@ class Worker:
         if missed:
             await self._release_with_retries(claim, missed)
         await self._record_with_retries(claim, results)
+
+    async def _send_at(
+        self,
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
+        at: float,
+        by: float,
+        results: list[tuple[ClaimedMessage, Outcome]],
+    ) -> list[ClaimedMessage]:
+        """Send at a slot; the messages that could not start by ``by``."""
+        outcomes = await self.transport.send_at([outgoing for _, outgoing in ready], at=at, by=by)
+        metrics.SEND_LATENCY.observe(max(0.0, time.monotonic() - at))
+        missed = []
+        for (message, _), outcome in zip(ready, outcomes, strict=True):
+            if outcome is None:
+                missed.append(message)
+            else:
+                results.append((message, outcome))
+        return missed
 
     def _prepare(self, claim: Claim) -> None:
         """Open connections for the sends that have slots while the batch renders, so that none

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import DEFAULT_CONCURRENCY, SmtpSettings
+from tidings.transports.base import DEFAULT_CONCURRENCY, SmtpSettings, wait_until
 from tidings.transports.mime import build_message_bytes, envelope_sender, header_address
 from tidings.transports.smtp_session import ProtocolViolation, Reply, SmtpSession
 
@@ -129,7 +129,19 @@ class SmtpTransport:
         if self._closed:
             raise RuntimeError("send() on a closed SmtpTransport")
         state = _BatchState()
-        return list(await asyncio.gather(*(self._send_one(m, state) for m in batch)))
+        outcomes = await asyncio.gather(*(self._send_one(m, state, None) for m in batch))
+        return [o for o in outcomes if o is not None]  # all of them: no start time to miss
+
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        """Each message's bytes are built and a connection checked out first; at ``at`` the
+        check against ``by`` and the first write are one step of the event loop, so nothing
+        the loop does meanwhile can make a start later than it was checked to be."""
+        if self._closed:
+            raise RuntimeError("send_at() on a closed SmtpTransport")
+        state = _BatchState()
+        return list(await asyncio.gather(*(self._send_one(m, state, (at, by)) for m in batch)))
 
     async def prepare(self, count: int) -> None:
         """Have up to ``count`` connections open and recently checked: a new connection costs
@@ -164,7 +176,11 @@ class SmtpTransport:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_quit(conn) for conn in idle))
 
-    async def _send_one(self, message: OutgoingMessage, state: _BatchState) -> Outcome:
+    async def _send_one(
+        self, message: OutgoingMessage, state: _BatchState, start: tuple[float, float] | None
+    ) -> Outcome | None:
+        """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all (None)
+        when it could not start by ``by``."""
         try:
             raw = build_message_bytes(message)
             sender = _envelope_address(envelope_sender(message.from_address))
@@ -180,6 +196,11 @@ class SmtpTransport:
                 if isinstance(conn, Transient):
                     return conn
                 reused = conn.messages > 0
+                if start is not None and attempt == 0:
+                    await wait_until(start[0])
+                    if time.monotonic() > start[1]:
+                        self._checkin(conn, keep=True)
+                        return None
                 try:
                     result = await self._transaction(conn, sender, recipient, data, len(raw))
                 except BaseException:  # cancelled mid-transaction: the session state is unknown
