@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import TenantKeys
@@ -100,18 +101,30 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
         )
     held = enqueue(runtime, acme.tenant_id, 10, prefix="a")
     free = enqueue(runtime, globex.tenant_id, 10, prefix="g")
+    with runtime.sessions() as session:
+        query = select(Message.id, Message.not_before).where(Message.id.in_(held))
+        queued_at = dict(session.execute(query).all())
     got = claim(runtime, 100)
-    by_tenant = [m.tenant_id for m in got.messages]
-    assert by_tenant.count(acme.tenant_id) == 1  # burst of 1 for a per-second limit of 2
-    assert by_tenant.count(globex.tenant_id) == 10
+    slotted = [m for m in got.messages if m.tenant_id == acme.tenant_id]
+    # 2 a second are 0.51 s apart: one slot within the claim's half-second horizon.
+    assert len(slotted) == 1 and slotted[0].id == held[0]
+    assert got.clock is not None and slotted[0].send_at is not None
+    assert got.clock.db < slotted[0].send_at <= got.clock.db + 0.5
+    unthrottled = [m for m in got.messages if m.tenant_id == globex.tenant_id]
+    assert len(unthrottled) == 10 and all(m.send_at is None for m in unthrottled)
     with runtime.sessions() as session:
         waiting = session.scalars(
             select(Message).where(Message.id.in_(held), Message.status == "queued")
         ).all()
         assert len(waiting) == 9
-        assert all(m.not_before > got.now for m in waiting)
-        assert all(m.lease_token is None for m in waiting)
-    assert claim(runtime, 100).messages == []  # closed until its next slot
+        # Untouched: no attempt spent, and their place in the queue kept.
+        assert all(m.not_before == queued_at[m.id] for m in waiting)
+        assert all(m.lease_token is None and m.attempts == 0 for m in waiting)
+        blocked_until = session.get_one(Throttle, acme.tenant_id).blocked_until
+    # Closed until shortly before the next slot, which the claim names for the worker's timer.
+    assert got.wake_at == blocked_until
+    assert got.clock.db < blocked_until < slotted[0].send_at + 0.51
+    assert claim(runtime, 100).messages == []
     assert set(statuses(runtime, free)) == {"sending"}
 
 
@@ -125,14 +138,20 @@ def test_a_domain_limit_holds_back_only_that_tenants_mail_to_that_domain(
     other_tenant = enqueue(runtime, globex.tenant_id, 10, prefix="g", domain="outlook.test")
     got = claim(runtime, 100)
     claimed = {m.id for m in got.messages}
-    assert 1 <= len(claimed & set(limited)) <= 3  # at most the limit within the minute
+    assert claimed & set(limited) == set(limited[:3])  # a minute's limit may go at once
     assert set(elsewhere) <= claimed and set(other_tenant) <= claimed
+    assert all(m.send_at is None for m in got.messages if m.id not in limited)
     with runtime.sessions() as session:
         waiting = session.scalars(
             select(Message).where(Message.id.in_(limited), Message.status == "queued")
         ).all()
-    assert len(waiting) == 10 - len(claimed & set(limited))
-    assert all(m.not_before > got.now and m.attempts == 0 for m in waiting)
+    assert len(waiting) == 7
+    # They come back shortly before the domain's window has room again, a minute on.
+    assert all(m.attempts == 0 for m in waiting)
+    assert all(
+        timedelta(seconds=59) < m.not_before - got.now < timedelta(seconds=62) for m in waiting
+    )
+    assert got.wake_at == pytest.approx(min(m.not_before for m in waiting).timestamp(), abs=1e-5)
 
 
 def test_an_outcome_from_a_stale_lease_is_ignored(runtime: Runtime, acme: TenantKeys) -> None:

@@ -267,6 +267,60 @@ async def test_a_long_idle_connection_is_checked_with_noop_before_reuse(
     assert server.noops == 1 and server.connections == 1
 
 
+async def test_prepare_opens_and_checks_connections_before_sends_that_have_a_slot(
+    server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Throttled mail must start at its slot, not connect then: ``prepare`` does it ahead."""
+    transport = smtp(server, concurrency=4)
+    try:
+        await transport.prepare(3)
+        assert server.connections == 3 and transport.stats.connections_opened == 3
+        outcomes = await transport.send([message(i) for i in range(3)])
+        assert transport.stats.connections_opened == 3  # the sends found them open
+        monkeypatch.setattr(smtp_module, "IDLE_CHECK_SECONDS", 0.0)
+        await transport.prepare(1)  # an idle connection is checked now, not at the send
+        assert server.noops == 1
+        monkeypatch.setattr(smtp_module, "IDLE_CHECK_SECONDS", 60.0)
+        await transport.send([message(3)])
+        assert server.noops == 1
+        await transport.prepare(9)  # never more than the transport's concurrency
+        assert server.connections == 4
+    finally:
+        await transport.close()
+    assert all(isinstance(o, Sent) for o in outcomes)
+
+
+async def test_send_at_connects_first_and_starts_at_the_moment_asked_never_before(
+    server: SmtpTestServer,
+) -> None:
+    transport = smtp(server, concurrency=4)
+    try:
+        at = time.monotonic() + 0.2
+        outcomes = await transport.send_at([message(1), message(2)], at=at, by=at + 0.05)
+    finally:
+        await transport.close()
+    assert all(isinstance(o, Sent) for o in outcomes)
+    arrived = [server.attempt_times(f"user{i}@example.com")[0] for i in (1, 2)]
+    # Connecting (and EHLO) happened before: the RCPTs come right after the moment.
+    assert all(at <= t < at + 0.03 for t in arrived), [t - at for t in arrived]
+    assert server.connections == 2
+
+
+async def test_send_at_leaves_unsent_what_cannot_start_by_its_deadline(
+    server: SmtpTestServer,
+) -> None:
+    transport = smtp(server, concurrency=2)
+    try:
+        past = time.monotonic() - 1.0
+        outcomes = await transport.send_at([message(1)], at=past, by=past + 0.5)
+        (later,) = await transport.send([message(2)])
+    finally:
+        await transport.close()
+    assert outcomes == [None]
+    assert server.attempts("user1@example.com") == 0
+    assert isinstance(later, Sent) and server.connections == 1  # the connection went back
+
+
 async def test_an_old_connection_is_retired_and_replaced(
     server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

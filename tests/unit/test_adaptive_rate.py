@@ -22,7 +22,6 @@ from tidings.delivery.adaptive import (
     speed_up,
     window_of,
 )
-from tidings.delivery.throttle import admit
 
 NOW = 1_000_000.0
 
@@ -173,11 +172,12 @@ def test_a_rate_limits_until_it_recovers_or_is_forgotten(
 
 
 def test_the_window_spaces_starts_by_one_over_the_rate_with_no_burst() -> None:
-    window = window_of(state(rate=4.0))
-    first = admit([window], [NOW], now=NOW, wanted=10)
-    assert first.count == 1
-    assert first.next_free_at == pytest.approx(NOW + window.spacing)
-    assert 0.25 <= window.spacing <= 0.25 * 1.06  # 1 / rate, with the engine's margin at most
+    window = window_of(replace(state(rate=4.0), tat=NOW))
+    assert window.earliest(NOW) == NOW
+    window.take(NOW)
+    assert window.earliest(NOW) == pytest.approx(NOW + 0.25)  # 1 / rate: no second start now
+    window.take(window.earliest(NOW))
+    assert window.earliest(NOW) == pytest.approx(NOW + 0.5)
 
 
 def _simulate(limit: float, seconds: float, delay: float) -> tuple[list[float], list[float]]:

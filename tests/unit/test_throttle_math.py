@@ -1,52 +1,161 @@
-"""GCRA admission: the promise "at most N in any rolling window" holds for any arrival pattern."""
+"""The admission engine's arithmetic: slot spacing, sliding counts, holes, and what a claim does
+with a tenant it cannot serve within the horizon. ``test_throttle_property`` checks the promise
+itself on simulated workers."""
 
 from __future__ import annotations
 
-import random
+import itertools
+import math
 
-from tidings.delivery.throttle import Window, admit
+import pytest
 
+from tidings.delivery.throttle import (
+    HORIZON,
+    JITTER,
+    MAX_BLOCK_SECONDS,
+    REFILL,
+    SLOT_LEAD,
+    TRANSPORT_SPREAD,
+    Hold,
+    Requeue,
+    SlidingCount,
+    Slot,
+    Spacing,
+    admit_tenant,
+    schedule,
+    window_for,
+)
 
-def _simulate(windows: list[Window], arrivals: list[float]) -> list[float]:
-    tats = [0.0] * len(windows)
-    starts: list[float] = []
-    for now in arrivals:
-        result = admit(windows, tats, now=now, wanted=random.randint(1, 50))
-        tats = list(result.tats)
-        starts.extend([now] * result.count)
-    return starts
-
-
-def _max_in_window(starts: list[float], seconds: float) -> int:
-    best, left = 0, 0
-    for right, t in enumerate(starts):
-        while t - starts[left] >= seconds:
-            left += 1
-        best = max(best, right - left + 1)
-    return best
-
-
-def test_no_rolling_window_ever_holds_more_than_its_limit() -> None:
-    random.seed(7)
-    windows = [Window(10, 1.0), Window(120, 60.0)]
-    arrivals = sorted(random.uniform(0, 300) for _ in range(20_000))
-    starts = _simulate(windows, arrivals)
-    assert _max_in_window(starts, 1.0) <= 10
-    assert _max_in_window(starts, 60.0) <= 120
-    assert len(starts) > 500  # and it does let traffic through
+NOW = 1_800_000_000.0  # epoch seconds: slot arithmetic must hold at today's magnitudes
 
 
-def test_a_day_limit_allows_a_burst_then_spreads_the_rest() -> None:
-    result = admit([Window(1000, 86400.0)], [0.0], now=1_000.0, wanted=5000)
-    assert result.count == 100
-    assert result.next_free_at > 1_000.0
+def slots(placements: list[Slot | Hold]) -> list[float]:
+    return [p.at for p in placements if isinstance(p, Slot)]
 
 
-def test_next_free_at_is_when_one_more_start_fits() -> None:
-    window = Window(1, 1.0)
-    first = admit([window], [0.0], now=100.0, wanted=2)
-    assert first.count == 1
-    again = admit([window], list(first.tats), now=first.next_free_at, wanted=1)
-    assert again.count == 1
-    too_soon = admit([window], list(first.tats), now=first.next_free_at - 0.01, wanted=1)
-    assert too_soon.count == 0
+def test_a_per_second_limit_spaces_slots_by_the_window_plus_jitter_over_the_limit() -> None:
+    window = Spacing(5, 1.0)
+    placed = slots(schedule([[window]] * 20, start=NOW, horizon=NOW + 10))
+    gaps = [b - a for a, b in itertools.pairwise(placed)]
+    assert gaps == pytest.approx([(1.0 + JITTER) / 5] * 19, abs=1e-6)
+    # N + 1 slots span W + J: arrivals spread by at most J never put N + 1 into one second.
+    assert placed[5] - placed[0] == pytest.approx(1.0 + JITTER)
+
+
+def test_each_slot_may_start_late_by_the_jitter_left_after_the_transport() -> None:
+    (placement,) = schedule([[Spacing(5, 1.0)]], start=NOW, horizon=NOW + 1)
+    assert isinstance(placement, Slot)
+    assert placement.latest - placement.at == pytest.approx(JITTER - TRANSPORT_SPREAD, abs=1e-6)
+    (daily,) = schedule([[SlidingCount(500, 86400.0)]], start=NOW, horizon=NOW + 1)
+    assert isinstance(daily, Slot) and daily.latest - daily.at == pytest.approx(86.4 - 0.008)
+
+
+def test_a_day_limit_lets_fifty_reminders_go_at_once_and_not_one_more_than_the_limit() -> None:
+    window = SlidingCount(500, 86400.0)
+    placed = schedule([[window]] * 550, start=NOW, horizon=NOW + 0.5)
+    assert slots(placed) == [NOW] * 500
+    held = placed[500:]
+    assert all(isinstance(h, Hold) for h in held)
+    # Room again once the bucket of those 500 has left the window (and its jitter).
+    assert isinstance(held[0], Hold)
+    assert NOW + 86400 < held[0].until <= NOW + 86400 + 86.4 + 864 + 1e-6
+
+
+def test_a_sliding_window_admits_again_as_its_oldest_bucket_expires() -> None:
+    window = SlidingCount(3, 60.0)
+    for at in (NOW, NOW + 10, NOW + 20):
+        window.take(at)
+    free = window.earliest(NOW + 30)
+    bucket_end = (math.floor(NOW / 0.6) + 1) * 0.6
+    assert free == pytest.approx(bucket_end + 60 + 0.06)
+    reloaded = SlidingCount.load(3, 60.0, window.state(), now=NOW + 30)
+    assert reloaded.earliest(NOW + 30) == free
+
+
+def test_buckets_stored_with_another_width_never_expire_sooner() -> None:
+    """A stored bucket says its sends happened before its end, no more: read with another
+    width, they must stay counted at least until that end leaves the window."""
+    for width in (0.6, 7.0, 0.25):
+        first = math.floor((NOW + 0.3) / width)
+        stored = {"width": width, "first": first, "counts": [2]}
+        window = SlidingCount.load(2, 60.0, stored, now=NOW)
+        assert window.earliest(NOW) >= (first + 1) * width + 60.0 + 0.06 - 1e-6, width
+
+
+def test_a_changed_per_second_limit_drops_holes_cut_for_the_old_spacing() -> None:
+    window = Spacing(10, 1.0, now=NOW)
+    window.take(NOW + 0.45)  # skips the grid from NOW on: holes at NOW, NOW + 0.102 ...
+    assert window.holes
+    same = Spacing.load(10, 1.0, window.state(), now=NOW)
+    assert same.holes == window.holes
+    slower = Spacing.load(3, 1.0, window.state(), now=NOW)
+    assert slower.holes == [] and slower.tat == window.tat
+
+
+def slow_domain_opening_soon() -> SlidingCount:
+    """A domain allowed 1 a minute that used it 60.3 s ago: open again in 60 ms (its jitter),
+    the bucket of that send ending exactly a minute ago."""
+    domain = SlidingCount(1, 60.0)
+    domain.take(NOW - 60.3)
+    assert domain.earliest(NOW) == pytest.approx(NOW + 0.06)
+    return domain
+
+
+def test_mail_to_an_open_domain_takes_the_slots_a_closed_domain_left() -> None:
+    tenant = Spacing(50, 1.0, now=NOW)
+    spacing = tenant.spacing  # 20.4 ms
+    slow_domain = slow_domain_opening_soon()
+    # The first claim only has mail for the slow domain: it waits for the domain, past two
+    # grid slots of the tenant's, which stay free.
+    (first,) = schedule([[tenant, slow_domain]], start=NOW, horizon=NOW + HORIZON)
+    assert isinstance(first, Slot) and first.at == pytest.approx(NOW + 0.06)
+    assert tenant.holes == pytest.approx([NOW, NOW + spacing])
+    later = schedule([[tenant]] * 4, start=NOW, horizon=NOW + HORIZON)
+    assert slots(later) == pytest.approx(
+        [NOW, NOW + spacing, first.at + spacing, first.at + 2 * spacing]
+    )
+    taken = sorted([*slots(later), first.at])
+    assert all(b - a >= spacing - 1e-6 for a, b in itertools.pairwise(taken))
+
+
+def test_a_message_waiting_for_its_domain_does_not_take_tenant_slots_first() -> None:
+    tenant = Spacing(50, 1.0, now=NOW)
+    slow_domain = slow_domain_opening_soon()
+    opens = slow_domain.earliest(NOW)
+    # In priority order the slow-domain message comes first, yet the others go before it.
+    placed = schedule(
+        [[tenant, slow_domain], [tenant], [tenant], [tenant]], start=NOW, horizon=NOW + HORIZON
+    )
+    assert slots(placed) == pytest.approx(
+        [NOW + 3 * tenant.spacing, NOW, NOW + tenant.spacing, NOW + 2 * tenant.spacing]
+    )
+    assert slots(placed)[0] >= opens
+
+
+def test_a_tenant_closed_beyond_the_horizon_keeps_its_queue_order_and_is_blocked() -> None:
+    tenant = [window_for(2, 1.0, None, now=NOW)]
+    result = admit_tenant(tenant, [[], [], []], now=NOW)
+    first, *rest = result.decisions
+    assert isinstance(first, Slot) and first.at == NOW + SLOT_LEAD
+    assert rest == [Requeue(None), Requeue(None)]
+    next_slot = first.at + (1.0 + JITTER) / 2
+    assert result.blocked_until == pytest.approx(next_slot - REFILL)
+    assert result.wake_at == result.blocked_until
+
+
+def test_a_closed_domain_sends_its_mail_back_until_shortly_before_it_opens() -> None:
+    domain = SlidingCount(1, 60.0)
+    domain.take(NOW - 1)
+    result = admit_tenant([], [[domain]], now=NOW)
+    (decision,) = result.decisions
+    assert result.blocked_until is None
+    assert isinstance(decision, Requeue) and decision.not_before is not None
+    assert decision.not_before == pytest.approx(domain.earliest(NOW) - REFILL)
+
+
+def test_a_tenant_closed_for_a_day_is_looked_at_again_within_seconds() -> None:
+    day = SlidingCount(1, 86400.0)
+    day.take(NOW - 60)
+    result = admit_tenant([day], [[]], now=NOW)
+    assert result.blocked_until == NOW + MAX_BLOCK_SECONDS
+    assert result.decisions == [Requeue(None)]

@@ -336,12 +336,10 @@ class Throttle(Base):
     per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
     per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # GCRA theoretical arrival times, seconds since the epoch on the database's clock.
-    tat_second: Mapped[float] = mapped_column(Float, default=0.0)
-    tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
-    tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
-    tat_day: Mapped[float] = mapped_column(Float, default=0.0)
-    # Until when the claim skips this tenant (a limit was reached).
+    # Admission state of each limit by name ("second", "minute" ...; delivery/throttle.py), on
+    # the database's clock: the per-second spacing's next slot, the longer windows' bucket counts.
+    window_state: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
+    # Until when the claim skips this tenant (limit reached, or the provider asked us to slow down).
     blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -356,8 +354,8 @@ class DomainThrottle(Base):
     domain: Mapped[str] = mapped_column(String(255))
     per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True)
     per_hour: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    tat_minute: Mapped[float] = mapped_column(Float, default=0.0)
-    tat_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    # Admission state of each limit by name ("minute", "hour"), as ``Throttle.window_state``.
+    window_state: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
 
     __table_args__ = (
         UniqueConstraint("tenant_id", "domain", name="uq_domain_throttles_tenant_domain"),

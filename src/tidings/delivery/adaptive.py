@@ -50,8 +50,9 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Any
 
-from tidings.delivery.throttle import Window
+from tidings.delivery.throttle import JITTER
 
 DECREASE_FACTOR = 0.5  # a slow-down halves the rate, as TCP halves its window
 INCREASE_FRACTION = 0.1  # of ``slowed_from`` per streak: 5 streaks from half back to the limit
@@ -95,9 +96,30 @@ def is_limiting(current: AdaptiveRate, *, now: float) -> bool:
     return current.state != RateState.steady and now - current.last_slowdown_at < FORGET_SECONDS
 
 
-def window_of(current: AdaptiveRate) -> Window:
-    """The GCRA window of the rate: one start per ``1 / rate`` seconds, no burst."""
-    return Window(limit=1, seconds=1.0 / current.rate)
+@dataclass(slots=True)
+class Paced:
+    """The rate as one more admission window (``delivery/throttle.py``'s ``Window`` protocol): one
+    start per ``spacing`` seconds, no burst. The rate is what the domain told us it takes, not a
+    promise measured at its server, so it keeps no holes and needs no jitter allowance of its own
+    beyond the engine's usual one."""
+
+    spacing: float
+    tat: float  # the next start is not before it (a Retry-After pause included)
+    jitter: float = JITTER
+
+    def earliest(self, t: float) -> float:
+        return max(t, self.tat)
+
+    def take(self, t: float) -> None:
+        self.tat = max(t, self.tat) + self.spacing
+
+    def state(self) -> dict[str, Any]:
+        return {"tat": self.tat}
+
+
+def window_of(current: AdaptiveRate) -> Paced:
+    """The window of the rate: one start per ``1 / rate`` seconds, no burst."""
+    return Paced(spacing=1.0 / current.rate, tat=current.tat)
 
 
 def next_slot(current: AdaptiveRate, *, now: float) -> float:

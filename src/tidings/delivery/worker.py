@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -41,11 +42,12 @@ from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
 from tidings.delivery.outcomes import decide, domain_feedback
 from tidings.delivery.retry import RetryPolicy
+from tidings.delivery.slots import send_in_slots
 from tidings.domain.addresses import domain_of
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
 from tidings.errors import TidingsError
 from tidings.queue import maintenance
-from tidings.queue.claim import claim_batch
+from tidings.queue.claim import claim_batch, release_unsent
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
 from tidings.queue.domain_rates import forget_quiet_domains, record_feedback
@@ -78,6 +80,7 @@ DEFAULT_CONCURRENCY = 400
 #: Connections (or HTTP requests) to the mail service at once, however many messages are in flight:
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
+TIMER_PAD = 0.002  # seconds a wake-up for held-back throttled work comes after its time
 
 T = TypeVar("T")
 
@@ -104,6 +107,8 @@ class Worker:
         self._busy = 0  # messages in flight
         self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
         self._wake = asyncio.Event()
+        self._wake_at = math.inf  # monotonic: held-back throttled work may be claimed again
+        self._preparing: set[asyncio.Task[None]] = set()  # transport.prepare() calls running
         self._loop: asyncio.AbstractEventLoop | None = None
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
 
@@ -138,8 +143,10 @@ class Worker:
         try:
             await self._claim_loop(stop)
         finally:
-            if self._batches:
-                await asyncio.gather(*self._batches.values(), return_exceptions=True)
+            if self._batches or self._preparing:
+                await asyncio.gather(
+                    *self._batches.values(), *self._preparing, return_exceptions=True
+                )
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -156,6 +163,8 @@ class Worker:
             if pause > 0:
                 await self._sleep(stop, pause)
             self._wake.clear()  # before the claim: a wake-up during it is not lost
+            if time.monotonic() >= self._wake_at:
+                self._wake_at = math.inf  # this claim is the one the timer was for
             free = self.concurrency - self._busy
             if free > 0:
                 limit = min(free, self.batch_size)
@@ -168,12 +177,18 @@ class Worker:
                     continue
                 if claim.held_back:
                     metrics.THROTTLE_WAITS.inc()
+                if claim.wake_at is not None and claim.clock is not None:
+                    self._wake_at = min(self._wake_at, claim.clock.local_time(claim.wake_at))
                 full = len(claim.messages) + claim.held_back >= limit
                 not_before = 0.0 if full else started + COALESCE_SECONDS
                 if context is not None:
                     self._start(claim, context)
                     continue
-            await self._wait(stop, self.runtime.settings.poll_seconds)
+            # Throttled work held back wakes us at its next slot, not at the next poll (a little
+            # after it: asyncio may fire a timer a millisecond early, and a claim that comes
+            # before the tenant reopens learns nothing and would leave us waiting for the poll).
+            until_slot = max(0.0, self._wake_at + TIMER_PAD - time.monotonic())
+            await self._wait(stop, min(self.runtime.settings.poll_seconds, until_slot))
 
     def _start(self, claim: Claim, context: BatchContext) -> None:
         self._busy += len(claim.messages)
@@ -203,23 +218,77 @@ class Worker:
 
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
+        missed: list[ClaimedMessage] = []  # throttled messages that would have started too late
+        self._prepare(claim)
         try:
             ready = await self._render(claim, context, results)
-            if ready:
-                started = time.perf_counter()
-                outcomes = await self.transport.send([outgoing for _, outgoing in ready])
-                metrics.SEND_LATENCY.observe(time.perf_counter() - started)
-                results.extend(
-                    (message, outcome)
-                    for (message, _), outcome in zip(ready, outcomes, strict=True)
+            if claim.clock is None or all(m.send_at is None for m, _ in ready):
+                await self._send(ready, results)
+            else:
+                missed = await send_in_slots(
+                    ready,
+                    claim.clock,
+                    lambda batch: self._send(batch, results),
+                    lambda batch, at, by: self._send_at(batch, at, by, results),
                 )
         except Exception as exc:  # a bug or an outage: retry these later rather than lose them
             log.exception("batch %s failed before its outcomes were known", claim.token)
-            done = {m.id for m, _ in results}
+            done = {m.id for m, _ in results} | {m.id for m in missed}
             results.extend(
                 (m, Transient(f"internal error: {exc}")) for m in claim.messages if m.id not in done
             )
+        if missed:
+            await self._release_with_retries(claim, missed)
         await self._record_with_retries(claim, results)
+
+    async def _send_at(
+        self,
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
+        at: float,
+        by: float,
+        results: list[tuple[ClaimedMessage, Outcome]],
+    ) -> list[ClaimedMessage]:
+        """Send at a slot; the messages that could not start by ``by``."""
+        outcomes = await self.transport.send_at([outgoing for _, outgoing in ready], at=at, by=by)
+        metrics.SEND_LATENCY.observe(max(0.0, time.monotonic() - at))
+        missed = []
+        for (message, _), outcome in zip(ready, outcomes, strict=True):
+            if outcome is None:
+                missed.append(message)
+            else:
+                results.append((message, outcome))
+        return missed
+
+    def _prepare(self, claim: Claim) -> None:
+        """Open connections for the sends that have slots while the batch renders, so that none
+        spends its slot connecting: as many as there are sends due at one moment."""
+        at_once = Counter(m.send_at for m in claim.messages if m.send_at is not None)
+        if not at_once:
+            return
+
+        async def prepare(count: int) -> None:
+            try:
+                await self.transport.prepare(count)
+            except Exception:  # the sends will connect themselves, and report what fails
+                log.warning("preparing the transport failed", exc_info=True)
+
+        task = asyncio.create_task(prepare(max(at_once.values())))
+        self._preparing.add(task)
+        task.add_done_callback(self._preparing.discard)
+
+    async def _send(
+        self,
+        ready: list[tuple[ClaimedMessage, OutgoingMessage]],
+        results: list[tuple[ClaimedMessage, Outcome]],
+    ) -> None:
+        if not ready:
+            return
+        started = time.perf_counter()
+        outcomes = await self.transport.send([outgoing for _, outgoing in ready])
+        metrics.SEND_LATENCY.observe(time.perf_counter() - started)
+        results.extend(
+            (message, outcome) for (message, _), outcome in zip(ready, outcomes, strict=True)
+        )
 
     async def _render(
         self,
@@ -248,6 +317,25 @@ class Worker:
                     (message, self.composer.finish(message, ready_to_render, content, claim.now))
                 )
         return ready
+
+    async def _release_with_retries(self, claim: Claim, missed: list[ClaimedMessage]) -> None:
+        """Give late messages back to the queue, unsent and without spending an attempt."""
+        log.info("%d throttled messages missed their slot; back to the queue", len(missed))
+        metrics.THROTTLE_WAITS.inc()
+        for attempt in range(RECORD_RETRIES):
+            try:
+                await self._db(self._release, claim.token, [m.id for m in missed])
+                return
+            except Exception:
+                log.exception(
+                    "releasing missed slots failed (try %d of %d)", attempt + 1, RECORD_RETRIES
+                )
+                await asyncio.sleep(min(2**attempt, 10))
+        # Their leases expire and the reaper requeues them, as for any batch that cannot record.
+
+    def _release(self, token: str, ids: list[int]) -> None:
+        with transaction(self.runtime.sessions) as session:
+            release_unsent(session=session, token=token, ids=ids, now=db_now(session))
 
     async def _record_with_retries(
         self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]

@@ -11,18 +11,26 @@ The claim is the only place where workers compete, so its guarantees are written
   message, then every tenant's second… Transactional messages come before all campaign mail.
   Tenants whose throttle is closed (``blocked_until``) are not even looked at.
 * **Throttles hold across every worker.** In the same transaction the throttle rows of the claimed
-  tenants are locked (``FOR UPDATE``, in tenant order, so two claims cannot deadlock), the GCRA
-  state is advanced on the database's clock, and messages over the limit go straight back to the
-  queue with ``not_before`` at the next free slot. Nothing over the limit ever becomes ``sending``.
+  tenants are locked (``FOR UPDATE``, in tenant order, so two claims cannot deadlock), and each
+  throttled message gets a slot on the database's clock, read after the locks, at most
+  ``HORIZON`` ahead (``delivery/throttle.py`` explains the bound). Messages without a slot that
+  soon go straight back to the queue, no attempt spent: a closed tenant keeps its queue order
+  and is skipped (``blocked_until``) until shortly before its next slot; mail held by its
+  recipient domain waits (``not_before``) for that domain's next slot. The claim says when that
+  is (``Claim.wake_at``), so a worker wakes for the slot instead of at its next poll.
   A recipient domain that asked us to slow down adds its adaptive rate (``queue/domain_rates.py``)
-  as one more window, locked after the domain limits; other domains have no row and cost nothing.
+  as one more window for that domain, locked after the domain limits; other domains have no row
+  and cost one unlocked look-up.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
@@ -30,17 +38,24 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import DomainRate, DomainThrottle, Message, Throttle, table
 from tidings.db.types import UTCDateTime
-from tidings.delivery.throttle import admit, windows_of
+from tidings.delivery.throttle import HORIZON, REFILL, Slot, Window, admit_tenant, window_for
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
 from tidings.domain.addresses import domain_of
-from tidings.queue.claimed import Claim, ClaimedMessage
+from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
 from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
-from tidings.queue.domain_rates import adaptive_window, lock_limiting_rates
+from tidings.queue.domain_rates import ADAPTIVE, adaptive_window, lock_limiting_rates
 from tidings.queue.enqueue import requeue_status
 from tidings.queue.windows import defer_outside_windows
 
-MAX_BLOCK_SECONDS = 5.0  # a throttled tenant is looked at again at least this often
+#: Limits by the window name their state is stored under, the column, and the window's length.
+TENANT_WINDOWS = (
+    ("second", "per_second", 1.0),
+    ("minute", "per_minute", 60.0),
+    ("hour", "per_hour", 3600.0),
+    ("day", "per_day", 86400.0),
+)
+DOMAIN_WINDOWS = (("minute", "per_minute", 60.0), ("hour", "per_hour", 3600.0))
 
 _CLAIMED_COLUMNS = (
     Message.id,
@@ -63,6 +78,15 @@ _CLAIMED_COLUMNS = (
 )
 
 
+#: A tenant with a per-second limit is given at most what its spacing can admit in one claim:
+#: a slot every (1 + J) / N seconds, over the horizon a claim made REFILL before the next slot
+#: still has. The rest would only be locked, marked and put back.
+_CAP = (
+    "CASE WHEN th.enabled AND th.per_second IS NOT NULL"
+    " THEN LEAST(:limit, CAST(th.per_second * :cap_seconds AS INTEGER) + 2) ELSE :limit END"
+)
+CAP_SECONDS = HORIZON - REFILL  # of slots a claim made on its timer still finds within reach
+
 _PG_CANDIDATES = text(
     """
     SELECT picked.id, picked.tenant_id FROM (
@@ -70,7 +94,7 @@ _PG_CANDIDATES = text(
                row_number() OVER (PARTITION BY ready.tenant_id
                                   ORDER BY ready.priority DESC, ready.not_before, ready.id) AS turn
         FROM (
-            SELECT t.id AS tenant_id FROM tenants t
+            SELECT t.id AS tenant_id, {cap} AS cap FROM tenants t
             LEFT JOIN throttles th ON th.tenant_id = t.id
             WHERE COALESCE(th.blocked_until, 0) <= :now_epoch
         ) AS open_tenants
@@ -78,13 +102,13 @@ _PG_CANDIDATES = text(
             SELECT m.id, m.tenant_id, m.priority, m.not_before FROM messages m
             WHERE m.tenant_id = open_tenants.tenant_id AND m.status = 'queued' AND m.not_before <= :now
             ORDER BY m.priority DESC, m.not_before, m.id
-            LIMIT :limit
+            LIMIT open_tenants.cap
             FOR UPDATE OF m SKIP LOCKED
         ) AS ready
     ) AS picked
     ORDER BY (picked.priority >= :boost) DESC, picked.turn, picked.priority DESC, picked.not_before, picked.id
     LIMIT :limit
-    """
+    """.replace("{cap}", _CAP)
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
@@ -96,6 +120,7 @@ def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
             "now_epoch": now.timestamp(),
             "limit": limit,
             "boost": TRANSACTIONAL_PRIORITY_BOOST,
+            "cap_seconds": CAP_SECONDS,
         },
     )
     return [row.id for row in rows]
@@ -103,15 +128,16 @@ def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
 
 def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
     """The same choice as PostgreSQL's; the write lock taken at BEGIN IMMEDIATE makes it exclusive."""
-    open_tenants = session.scalars(
+    open_tenants = session.execute(
         text(
-            "SELECT t.id FROM tenants t LEFT JOIN throttles th ON th.tenant_id = t.id "
-            "WHERE COALESCE(th.blocked_until, 0) <= :now_epoch"
+            f"SELECT t.id, {_CAP.replace('LEAST', 'MIN')} AS cap FROM tenants t"
+            " LEFT JOIN throttles th ON th.tenant_id = t.id"
+            " WHERE COALESCE(th.blocked_until, 0) <= :now_epoch"
         ),
-        {"now_epoch": now.timestamp()},
+        {"now_epoch": now.timestamp(), "limit": limit, "cap_seconds": CAP_SECONDS},
     ).all()
     ranked: list[tuple[bool, int, int, datetime, int]] = []
-    for tenant_id in open_tenants:
+    for tenant_id, cap in open_tenants:
         rows = session.execute(
             select(Message.id, Message.priority, Message.not_before)
             .where(
@@ -120,7 +146,7 @@ def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[i
                 Message.not_before <= now,
             )
             .order_by(Message.priority.desc(), Message.not_before, Message.id)
-            .limit(limit)
+            .limit(cap)
         ).all()
         for turn, row in enumerate(rows):
             ranked.append(
@@ -169,23 +195,33 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
     allowed = defer_outside_windows(session, allowed, now)  # outside: back at its next opening
-    admitted, adaptive = _apply_throttles(session, allowed, now=now)
-    admitted.sort(key=lambda m: (-m.priority, m.id))
+    admission = _apply_throttles(session, allowed, now=now)
+    admitted = sorted(admission.messages, key=lambda m: (-m.priority, m.id))
     return Claim(
         token=token,
         now=now,
         messages=admitted,
         held_back=len(allowed) - len(admitted),
-        adaptive=adaptive,
+        clock=admission.clock,
+        wake_at=admission.wake_at,
+        adaptive=frozenset(admission.adaptive),
     )
+
+
+@dataclass(slots=True)
+class _Admission:
+    messages: list[ClaimedMessage]  # admitted, throttled ones with their slots
+    clock: ClockReading | None = None  # the clock the slots were given on
+    wake_at: float | None = None  # when something held back may be claimed again (epoch)
+    #: (tenant, domain) pairs admitted under an adaptive rate: their successes raise it again.
+    adaptive: set[tuple[int, str]] = field(default_factory=set)
 
 
 def _apply_throttles(
     session: Session, claimed: list[ClaimedMessage], *, now: datetime
-) -> tuple[list[ClaimedMessage], frozenset[tuple[int, str]]]:
-    """Keep what the tenants' and domains' limits and the domains' adaptive rates allow now;
-    requeue the rest at their next free slot. Also returns the (tenant, domain) pairs whose mail
-    was admitted under an adaptive rate."""
+) -> _Admission:
+    """Give what the tenants' and domains' limits admit a slot within the horizon; requeue the
+    rest untouched, to be claimed again shortly before its slot."""
     by_tenant: dict[int, list[ClaimedMessage]] = defaultdict(list)
     for message in claimed:
         by_tenant[message.tenant_id].append(message)
@@ -203,7 +239,7 @@ def _apply_throttles(
     # interleave dozens), locked after the tenant rows and in (tenant, domain) order, as every
     # claim does, so two claims cannot deadlock. The IN lists select a superset; extra rows are
     # only locked for the length of this transaction.
-    domain_limits: dict[int, list[DomainThrottle]] = defaultdict(list)
+    domain_limits: dict[int, dict[str, DomainThrottle]] = defaultdict(dict)
     for limit in session.scalars(
         select(DomainThrottle)
         .where(
@@ -214,131 +250,149 @@ def _apply_throttles(
         .with_for_update()
         .execution_options(populate_existing=True)
     ):
-        domain_limits[limit.tenant_id].append(limit)
+        domain_limits[limit.tenant_id][limit.domain] = limit
     # Then the adaptive rates of domains that asked to slow down, in the same order.
     rates = lock_limiting_rates(
         session, tenant_ids=by_tenant, domains={_domain_of(m) for m in claimed}, now=now
     )
-    epoch = now.timestamp()
-    kept: list[ClaimedMessage] = []
-    deferred: dict[float, list[int]] = defaultdict(list)
+    if not throttles and not domain_limits and not rates:
+        return _Admission(claimed)
+    # Read after the locks: claims of the same tenant see the clock in the order they hold them.
+    clock = ClockReading(db=db_now(session).timestamp(), local=time.monotonic())
+    admission = _Admission([], clock)
+    held: dict[float | None, list[int]] = defaultdict(list)  # by new not_before; None: as it was
     for tenant_id, messages in by_tenant.items():
-        throttle = throttles.get(tenant_id)
-        if throttle is not None:
-            messages = _admit_tenant(throttle, messages, epoch, deferred)
-        kept.extend(_admit_domains(domain_limits[tenant_id], rates, messages, epoch, deferred))
-    for free_at, ids in deferred.items():
-        if ids:
-            _requeue_unstarted(
-                session, ids, not_before=datetime.fromtimestamp(free_at, UTC), now=now
-            )
-    adaptive = {(m.tenant_id, _domain_of(m)) for m in kept} & rates.keys() if rates else set()
-    return kept, frozenset(adaptive)
+        tenant_rates = {domain: row for (t, domain), row in rates.items() if t == tenant_id}
+        _admit_tenant(
+            throttles.get(tenant_id),
+            domain_limits[tenant_id],
+            tenant_rates,
+            messages,
+            clock.db,
+            admission,
+            held,
+        )
+    for not_before, ids in held.items():
+        _requeue_unstarted(
+            session,
+            ids,
+            not_before=None if not_before is None else datetime.fromtimestamp(not_before, UTC),
+            now=datetime.fromtimestamp(clock.db, UTC),
+        )
+    return admission
 
 
 def _admit_tenant(
-    throttle: Throttle,
+    throttle: Throttle | None,
+    domain_rows: dict[str, DomainThrottle],
+    rates: dict[str, DomainRate],
     messages: list[ClaimedMessage],
-    epoch: float,
-    deferred: dict[float, list[int]],
-) -> list[ClaimedMessage]:
-    windows = windows_of(
-        [
-            (throttle.per_second, 1.0),
-            (throttle.per_minute, 60.0),
-            (throttle.per_hour, 3600.0),
-            (throttle.per_day, 86400.0),
-        ]
-    )
-    if not windows:
-        return messages
-    columns = [
-        name
-        for name, limit in (
-            ("tat_second", throttle.per_second),
-            ("tat_minute", throttle.per_minute),
-            ("tat_hour", throttle.per_hour),
-            ("tat_day", throttle.per_day),
-        )
-        if limit is not None
-    ]
+    now: float,
+    admission: _Admission,
+    held: dict[float | None, list[int]],
+) -> None:
+    """Schedule one tenant's claimed messages against its windows and its domains' windows."""
+    tenant_windows = _load_windows(throttle, TENANT_WINDOWS, now) if throttle else {}
+    domain_windows = {
+        domain: _load_windows(row, DOMAIN_WINDOWS, now) for domain, row in domain_rows.items()
+    }
+    for domain, row in rates.items():
+        domain_windows.setdefault(domain, {})[ADAPTIVE] = adaptive_window(row)
+    throttled: list[ClaimedMessage] = []
     # Transactional mail first: within a tenant's own budget it still outranks campaigns.
-    messages = sorted(messages, key=lambda m: (-m.priority, m.id))
-    result = admit(
-        windows, [getattr(throttle, c) for c in columns], now=epoch, wanted=len(messages)
+    for message in sorted(messages, key=lambda m: (-m.priority, m.id)):
+        if tenant_windows or domain_windows.get(_domain_of(message)):
+            throttled.append(message)
+        else:
+            admission.messages.append(message)
+    if not throttled:
+        return
+    result = admit_tenant(
+        list(tenant_windows.values()),
+        [list(domain_windows.get(_domain_of(m), {}).values()) for m in throttled],
+        now=now,
     )
-    for column, tat in zip(columns, result.tats, strict=True):
-        setattr(throttle, column, tat)
-    if result.count < len(messages):
-        # Closed until the next slot: claims skip this tenant entirely until then. Capped, so that
-        # a raised limit is seen within seconds rather than after the old slot.
-        throttle.blocked_until = min(result.next_free_at, epoch + MAX_BLOCK_SECONDS)
-        deferred[result.next_free_at].extend(m.id for m in messages[result.count :])
-    return messages[: result.count]
+    if throttle is not None:
+        throttle.window_state = {name: w.state() for name, w in tenant_windows.items()}
+        if result.blocked_until is not None:
+            throttle.blocked_until = result.blocked_until
+    _store_domains(domain_rows, rates, domain_windows, {_domain_of(m) for m in throttled})
+    for message, decision in zip(throttled, result.decisions, strict=True):
+        if isinstance(decision, Slot):
+            admission.messages.append(
+                replace(message, send_at=decision.at, send_by=decision.latest)
+            )
+            if _domain_of(message) in rates:
+                admission.adaptive.add((message.tenant_id, _domain_of(message)))
+        else:
+            held[decision.not_before].append(message.id)
+    if result.wake_at is not None:
+        earlier = admission.wake_at if admission.wake_at is not None else math.inf
+        admission.wake_at = min(earlier, result.wake_at)
+
+
+def _store_domains(
+    rows: dict[str, DomainThrottle],
+    rates: dict[str, DomainRate],
+    windows: dict[str, dict[str, Window]],
+    sent_to: set[str],
+) -> None:
+    """Write back the state of the domains this claim scheduled mail to: the configured limits'
+    to their row, an adaptive rate's next start to its own row."""
+    for domain in sent_to:
+        named = windows.get(domain, {})
+        if domain in rows:
+            rows[domain].window_state = {n: w.state() for n, w in named.items() if n != ADAPTIVE}
+        if domain in rates:
+            rates[domain].tat = named[ADAPTIVE].state()["tat"]
+
+
+def _load_windows(
+    row: Throttle | DomainThrottle, spec: tuple[tuple[str, str, float], ...], now: float
+) -> dict[str, Window]:
+    """The windows of the limits ``row`` sets, with their stored state."""
+    stored = row.window_state or {}
+    windows: dict[str, Window] = {}
+    for name, column, seconds in spec:
+        limit = getattr(row, column)
+        if limit is not None:
+            windows[name] = window_for(limit, seconds, stored.get(name), now=now)
+    return windows
 
 
 def _domain_of(message: ClaimedMessage) -> str:
     return domain_of(message.to_address)
 
 
-def _admit_domains(
-    limits: list[DomainThrottle],
-    rates: dict[tuple[int, str], DomainRate],
-    messages: list[ClaimedMessage],
-    epoch: float,
-    deferred: dict[float, list[int]],
-) -> list[ClaimedMessage]:
-    """Keep what one tenant's per-domain limits and adaptive rates allow; ``limits`` are its
-    locked rows, ``rates`` every claimed tenant's."""
-    if not limits and not rates:
-        return messages
-    by_domain: dict[str, list[ClaimedMessage]] = defaultdict(list)
-    for message in messages:
-        by_domain[_domain_of(message)].append(message)
-    limit_of = {limit.domain: limit for limit in limits}
-    for domain, group in by_domain.items():
-        limit = limit_of.get(domain)
-        configured = (
-            [
-                (column, value, seconds)
-                for column, value, seconds in (
-                    ("tat_minute", limit.per_minute, 60.0),
-                    ("tat_hour", limit.per_hour, 3600.0),
-                )
-                if value is not None
-            ]
-            if limit is not None
-            else []
-        )
-        windows = windows_of([(value, seconds) for _, value, seconds in configured])
-        tats = [getattr(limit, column) for column, _, _ in configured]
-        # The domain's adaptive rate, when it asked us to slow down: one more window.
-        rate = rates.get((group[0].tenant_id, domain))
-        if rate is not None:
-            windows.append(adaptive_window(rate))
-            tats.append(rate.tat)
-        if not windows:
-            continue
-        result = admit(windows, tats, now=epoch, wanted=len(group))
-        for (column, _, _), tat in zip(configured, result.tats, strict=False):
-            setattr(limit, column, tat)
-        if rate is not None:
-            rate.tat = result.tats[-1]
-        deferred[result.next_free_at].extend(m.id for m in group[result.count :])
-        by_domain[domain] = group[: result.count]
-    return [m for group in by_domain.values() for m in group]
-
-
 def _requeue_unstarted(
-    session: Session, ids: Sequence[int], *, not_before: datetime, now: datetime
+    session: Session, ids: Sequence[int], *, not_before: datetime | None, now: datetime
 ) -> None:
     """Back to the queue untouched: a message held back by a throttle has not used an attempt."""
+    values: dict[str, object] = {
+        "status": requeue_status(),
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+    if not_before is not None:
+        values["not_before"] = not_before
+    session.execute(update(Message).where(Message.id.in_(ids)).values(**values))
+
+
+def release_unsent(*, session: Session, token: str, ids: Sequence[int], now: datetime) -> None:
+    """Back to the queue, unsent, what the worker leased under ``token`` but did not start: a
+    throttled message that would have started after its slot allowed. No attempt is spent, and
+    its place in the queue is kept."""
     session.execute(
         update(Message)
-        .where(Message.id.in_(ids))
+        .where(
+            Message.id.in_(ids),
+            Message.lease_token == token,
+            Message.status == MessageStatus.sending.value,
+        )
         .values(
             status=requeue_status(),
-            not_before=not_before,
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,

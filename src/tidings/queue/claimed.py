@@ -26,6 +26,27 @@ class ClaimedMessage:
     expires_at: datetime
     idempotency_key: str | None
     event_at: datetime | None = None  # a reminder's event, which its template may show
+    # A throttled message's slot (epoch seconds, the database's clock): its send starts no sooner
+    # than ``send_at`` and no later than ``send_by``, or it goes back to the queue unsent. None:
+    # no limit applies, send at once.
+    send_at: float | None = None
+    send_by: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """The database's clock against this process's ``time.monotonic()``.
+
+    ``local`` is read right after the statement that read ``db`` returned, so the database's
+    clock was at least ``db`` at local time ``local``: a slot converted with ``local_time`` is
+    never reached early, only late by that statement's latency.
+    """
+
+    db: float  # epoch seconds, the database's clock
+    local: float  # time.monotonic() just after
+
+    def local_time(self, db_time: float) -> float:
+        return self.local + (db_time - self.db)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +57,6 @@ class Claim:
     held_back: int = 0  # claimed but returned to the queue by a throttle
     #: (tenant, domain) pairs admitted under an adaptive rate: their successes raise it again.
     adaptive: frozenset[tuple[int, str]] = frozenset()
+    clock: ClockReading | None = None  # read when a throttle applied: converts the slots
+    # The earliest time (database's clock) a message this claim held back may be claimed again.
+    wake_at: float | None = None

@@ -25,6 +25,7 @@ from tidings.delivery.adaptive import (
     FORGET_SECONDS,
     START_RATE,
     AdaptiveRate,
+    Paced,
     RateState,
     ceiling_of,
     is_limiting,
@@ -33,7 +34,6 @@ from tidings.delivery.adaptive import (
     speed_up,
     window_of,
 )
-from tidings.delivery.throttle import Window
 
 Key = tuple[int, str]  # (tenant_id, recipient domain)
 
@@ -121,7 +121,11 @@ def lock_limiting_rates(
     return {(row.tenant_id, row.domain): row for row in rows}
 
 
-def adaptive_window(row: DomainRate) -> Window:
+#: The name of the adaptive window among a domain's windows in the claim.
+ADAPTIVE = "adaptive"
+
+
+def adaptive_window(row: DomainRate) -> Paced:
     """The window a locked, limiting rate adds to the mail for its domain, on top of the domain's
     and the tenant's configured ones. Its GCRA state is ``row.tat``: read it, and store the TAT the
     admission leaves back into it. A Retry-After pause is already in it."""

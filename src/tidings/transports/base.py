@@ -16,6 +16,8 @@ does not silently fall back to a default)::
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +46,42 @@ class Transport(Protocol):
         """One outcome per message, same order. Never raises for a per-message problem."""
         ...
 
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        """Send ``batch`` starting at ``at`` and not after ``by`` (``time.monotonic()``), with
+        whatever a send needs first (its bytes, a connection) done before ``at``, so that the
+        start is the moment asked for. None, unsent, for a message that could not start by
+        ``by``: the caller gives it back to the queue (a throttle's bound allows only so much
+        lateness)."""
+        ...
+
+    async def prepare(self, count: int) -> None:
+        """Get ready for ``count`` sends that must start at a given moment (throttled mail has a
+        slot): open or check connections now, so that a send does not spend the moment on them.
+        Never raises; a transport with nothing to open does nothing."""
+        ...
+
     async def close(self) -> None:
         """Release connections; the transport is not used afterwards."""
         ...
+
+
+async def wait_until(moment: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``moment``; never wake before it (asyncio may fire
+    a timer up to a clock tick early)."""
+    while (wait := moment - time.monotonic()) > 0:  # noqa: ASYNC110
+        await asyncio.sleep(wait)
+
+
+async def send_on_time(
+    transport: Transport, batch: Sequence[OutgoingMessage], *, at: float, by: float
+) -> list[Outcome | None]:
+    """``send_at`` for a transport with nothing to do ahead of a send: wait, check, send."""
+    await wait_until(at)
+    if time.monotonic() > by:
+        return [None] * len(batch)
+    return list(await transport.send(batch))
 
 
 @dataclass(frozen=True, slots=True)

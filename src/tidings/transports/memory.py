@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent
+from tidings.transports.base import send_on_time
 from tidings.transports.mime import build_message_bytes
 
 Responder = Callable[[OutgoingMessage], Outcome | None]
@@ -63,6 +64,14 @@ class MemoryTransport:
         if self.delay:
             await asyncio.sleep(self.delay)
         return [self._attempt(message) for message in batch]
+
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        return await send_on_time(self, batch, at=at, by=by)
+
+    async def prepare(self, count: int) -> None:
+        """Nothing to open."""
 
     async def close(self) -> None:
         self.closed = True

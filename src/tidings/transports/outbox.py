@@ -20,7 +20,7 @@ from pathlib import Path
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
 from tidings.errors import ConfigurationError
 from tidings.private_files import create_private_file, make_private_dir
-from tidings.transports.base import DEFAULT_CONCURRENCY, ENV_NAME
+from tidings.transports.base import DEFAULT_CONCURRENCY, ENV_NAME, send_on_time
 from tidings.transports.mime import build_message_bytes
 
 
@@ -55,6 +55,14 @@ class OutboxTransport:
         chunks = [batch[i : i + size] for i in range(0, len(batch), size)]
         results = await asyncio.gather(*(asyncio.to_thread(self._deliver, c) for c in chunks))
         return [outcome for chunk in results for outcome in chunk]
+
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        return await send_on_time(self, batch, at=at, by=by)
+
+    async def prepare(self, count: int) -> None:
+        """Nothing to open: a file is written when its message is sent."""
 
     async def close(self) -> None:
         """Nothing to release: every write is complete when ``send`` returns."""

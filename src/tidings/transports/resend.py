@@ -29,7 +29,7 @@ import httpx
 
 from tidings import __version__
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import DEFAULT_CONCURRENCY, ResendSettings
+from tidings.transports.base import DEFAULT_CONCURRENCY, ResendSettings, send_on_time
 
 BATCH_LIMIT = 100  # messages per POST /emails/batch (Resend's documented maximum)
 _SPECIALS = set('()<>[]:;@\\,."')
@@ -57,6 +57,14 @@ class ResendTransport:
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
             transport=transport,
         )
+
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        return await send_on_time(self, batch, at=at, by=by)
+
+    async def prepare(self, count: int) -> None:
+        """Nothing to open ahead: httpx keeps the connections of earlier requests."""
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import DEFAULT_CONCURRENCY, SmtpSettings
+from tidings.transports.base import DEFAULT_CONCURRENCY, SmtpSettings, wait_until
 from tidings.transports.mime import build_message_bytes, envelope_sender, header_address
 from tidings.transports.smtp_session import ProtocolViolation, Reply, SmtpSession
 
@@ -118,6 +118,7 @@ class SmtpTransport:
     def __init__(self, settings: SmtpSettings, *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.settings = settings
         self.stats = PoolStats()
+        self._concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._idle: list[_Connection] = []  # LIFO: the warmest connection goes first
         self._tls_context: ssl.SSLContext | None = None
@@ -128,7 +129,46 @@ class SmtpTransport:
         if self._closed:
             raise RuntimeError("send() on a closed SmtpTransport")
         state = _BatchState()
-        return list(await asyncio.gather(*(self._send_one(m, state) for m in batch)))
+        outcomes = await asyncio.gather(*(self._send_one(m, state, None) for m in batch))
+        return [o for o in outcomes if o is not None]  # all of them: no start time to miss
+
+    async def send_at(
+        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+    ) -> list[Outcome | None]:
+        """Each message's bytes are built and a connection checked out first; at ``at`` the
+        check against ``by`` and the first write are one step of the event loop, so nothing
+        the loop does meanwhile can make a start later than it was checked to be."""
+        if self._closed:
+            raise RuntimeError("send_at() on a closed SmtpTransport")
+        state = _BatchState()
+        return list(await asyncio.gather(*(self._send_one(m, state, (at, by)) for m in batch)))
+
+    async def prepare(self, count: int) -> None:
+        """Have up to ``count`` connections open and recently checked: a new connection costs
+        several round trips (and a TLS handshake), an idle one a NOOP, which a send that must
+        start at its slot should not spend then. Each is held out of the pool (and counts against
+        the concurrency) until all are ready, so that one is not checked ``count`` times."""
+        count = min(count, self._concurrency)
+        if self._closed or count < 1:
+            return
+        remaining = count
+        all_out = asyncio.Event()
+
+        async def ready_one() -> None:
+            nonlocal remaining
+            async with self._slots:
+                conn: _Connection | Transient | None = None
+                try:
+                    conn = await self._checkout(_BatchState(), reuse=True)
+                finally:
+                    remaining -= 1
+                    if not remaining:
+                        all_out.set()
+                await all_out.wait()
+                if isinstance(conn, _Connection):
+                    self._checkin(conn, keep=True)  # checked (NOOP) or new: fresh for a while
+
+        await asyncio.gather(*(ready_one() for _ in range(count)))
 
     async def close(self) -> None:
         """QUIT every idle connection (politely, briefly); later sends are refused."""
@@ -136,7 +176,11 @@ class SmtpTransport:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(_quit(conn) for conn in idle))
 
-    async def _send_one(self, message: OutgoingMessage, state: _BatchState) -> Outcome:
+    async def _send_one(
+        self, message: OutgoingMessage, state: _BatchState, start: tuple[float, float] | None
+    ) -> Outcome | None:
+        """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all (None)
+        when it could not start by ``by``."""
         try:
             raw = build_message_bytes(message)
             sender = _envelope_address(envelope_sender(message.from_address))
@@ -152,6 +196,11 @@ class SmtpTransport:
                 if isinstance(conn, Transient):
                     return conn
                 reused = conn.messages > 0
+                if start is not None and attempt == 0:
+                    await wait_until(start[0])
+                    if time.monotonic() > start[1]:
+                        self._checkin(conn, keep=True)
+                        return None
                 try:
                     result = await self._transaction(conn, sender, recipient, data, len(raw))
                 except BaseException:  # cancelled mid-transaction: the session state is unknown

@@ -16,7 +16,7 @@ from tidings.db.types import BigId, UTCDateTime
 revision: str = "0011_adaptive_domain_rates"
 # The revision before is "0009" (the file 0009_ids_never_reused.py names itself so); the
 # coordinator re-chains 0010-0013 at merge.
-down_revision: str | None = "0009"
+down_revision: str | None = "0010_exact_throttles"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
