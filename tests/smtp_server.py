@@ -262,6 +262,11 @@ class SmtpTestServer:
                 t for r, times in self._attempts.items() if r.endswith(suffix) for t in times
             )
 
+    def all_attempt_times(self) -> dict[str, list[float]]:
+        """``attempt_times`` of every recipient, by recipient (lower case)."""
+        with self._lock:
+            return {r: list(times) for r, times in self._attempts.items()}
+
     def to(self, recipient: str) -> list[ReceivedMessage]:
         return [m for m in self.messages if recipient.lower() in (r.lower() for r in m.rcpt_tos)]
 

@@ -12,16 +12,16 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.acceptance.conftest import WorkerProcess
+from tests.acceptance.conftest import WorkerProcess, wait_until
 from tests.acceptance.throttled import (
     arrivals,
     busiest,
-    collector_paused,
+    delivered,
     share_of_limit,
+    smtp_server_process,
     throttle_backlog,
 )
 from tests.conftest import TenantKeys
-from tests.smtp_server import SmtpTestServer
 from tidings.runtime import Runtime
 
 MEASURED_SECONDS = 10.0  # at least 5 windows of a second, long enough for 97 % to mean something
@@ -32,16 +32,16 @@ MEASURED_SECONDS = 10.0  # at least 5 windows of a second, long enough for 97 % 
 def test_a_per_second_limit_is_used_and_never_exceeded_at_the_server(
     runtime: Runtime,
     acme: TenantKeys,
-    smtp_server: SmtpTestServer,
     worker_process: Callable[..., WorkerProcess],
     per_second: int,
 ) -> None:
     count = int(per_second * (MEASURED_SECONDS + 1))
     recipients = throttle_backlog(runtime, acme.tenant_id, per_second, count)
-    with collector_paused():
-        worker_process(concurrency=50)
-        smtp_server.wait_for(count, timeout=MEASURED_SECONDS + 30)
-    times = arrivals(smtp_server, recipients)
+    with smtp_server_process() as server:
+        worker_process(concurrency=50, TIDINGS_TRANSPORT_URL=server.url)
+        wait_until(lambda: delivered(runtime, acme.tenant_id) == count, MEASURED_SECONDS + 30)
+    times = arrivals(server, recipients)
+    assert len(times) == count
     import sys
 
     sys.path.insert(0, "/tmp")

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from tests.conftest import TenantKeys
 from tidings.db.engine import transaction
 from tidings.db.models import DomainThrottle, Event, Message, Throttle
+from tidings.delivery.throttle import HORIZON
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, EventType, MessageStatus
 from tidings.queue.claim import claim_batch
 from tidings.queue.leases import reap_expired_leases, renew_leases
@@ -97,7 +98,7 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
         session.execute(
             update(Throttle)
             .where(Throttle.tenant_id == acme.tenant_id)
-            .values(enabled=True, per_second=2)
+            .values(enabled=True, per_second=1)
         )
     held = enqueue(runtime, acme.tenant_id, 10, prefix="a")
     free = enqueue(runtime, globex.tenant_id, 10, prefix="g")
@@ -106,10 +107,10 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
         queued_at = dict(session.execute(query).all())
     got = claim(runtime, 100)
     slotted = [m for m in got.messages if m.tenant_id == acme.tenant_id]
-    # 2 a second are 0.51 s apart: one slot within the claim's half-second horizon.
+    # 1 a second is 1.02 s apart: one slot within the claim's horizon of a second.
     assert len(slotted) == 1 and slotted[0].id == held[0]
     assert got.clock is not None and slotted[0].send_at is not None
-    assert got.clock.db < slotted[0].send_at <= got.clock.db + 0.5
+    assert got.clock.db < slotted[0].send_at <= got.clock.db + HORIZON
     unthrottled = [m for m in got.messages if m.tenant_id == globex.tenant_id]
     assert len(unthrottled) == 10 and all(m.send_at is None for m in unthrottled)
     with runtime.sessions() as session:
@@ -123,7 +124,7 @@ def test_a_throttled_tenant_gets_its_limit_and_does_not_block_others(
         blocked_until = session.get_one(Throttle, acme.tenant_id).blocked_until
     # Closed until shortly before the next slot, which the claim names for the worker's timer.
     assert got.wake_at == blocked_until
-    assert got.clock.db < blocked_until < slotted[0].send_at + 0.51
+    assert got.clock.db < blocked_until < slotted[0].send_at + 1.02
     assert claim(runtime, 100).messages == []
     assert set(statuses(runtime, free)) == {"sending"}
 

@@ -133,12 +133,12 @@ def test_a_message_waiting_for_its_domain_does_not_take_tenant_slots_first() -> 
 
 
 def test_a_tenant_closed_beyond_the_horizon_keeps_its_queue_order_and_is_blocked() -> None:
-    tenant = [window_for(2, 1.0, None, now=NOW)]
+    tenant = [window_for(1, 1.0, None, now=NOW)]
     result = admit_tenant(tenant, [[], [], []], now=NOW)
     first, *rest = result.decisions
     assert isinstance(first, Slot) and first.at == NOW + SLOT_LEAD
     assert rest == [Requeue(None), Requeue(None)]
-    next_slot = first.at + (1.0 + JITTER) / 2
+    next_slot = first.at + 1.0 + JITTER  # beyond the horizon
     assert result.blocked_until == pytest.approx(next_slot - REFILL)
     assert result.wake_at == result.blocked_until
 

@@ -50,7 +50,7 @@ async def send_in_slots(
             at_once.append((message, payload))
         else:
             tick = math.ceil(clock.local_time(message.send_at) / SEND_TICK) * SEND_TICK
-            groups[tick, clock.local_time(message.send_by)].append((message, payload))
+            groups[tick, clock.local_deadline(message.send_by)].append((message, payload))
     missed: list[ClaimedMessage] = []
 
     async def at_slot(tick: float, by: float, group: Batch[T]) -> None:

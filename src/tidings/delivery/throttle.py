@@ -60,10 +60,10 @@ EPSILON = 1e-6  # seconds; slot times are sums of floats, and rounding must not 
 #: No slot is sooner than this after the claim read the clock: the claim commits and the batch
 #: renders first. Only the first slot after an idle spell meets it; under a backlog slots lie ahead.
 SLOT_LEAD = 0.1  # seconds
-HORIZON = 0.5  # seconds: slots are given at most this far ahead, the rest goes back to the queue
+HORIZON = 1.0  # seconds: slots are given at most this far ahead, the rest goes back to the queue
 #: Held-back work is claimed again this long before its next slot (less than HORIZON, so that
 #: claim gives it the slot): long enough for a claim to finish first on a busy machine.
-REFILL = 0.25  # seconds
+REFILL = 0.5  # seconds
 MAX_BLOCK_SECONDS = 5.0  # a closed tenant is looked at again at least this often
 
 

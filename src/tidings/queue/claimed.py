@@ -37,16 +37,24 @@ class ClaimedMessage:
 class ClockReading:
     """The database's clock against this process's ``time.monotonic()``.
 
-    ``local`` is read right after the statement that read ``db`` returned, so the database's
-    clock was at least ``db`` at local time ``local``: a slot converted with ``local_time`` is
-    never reached early, only late by that statement's latency.
+    The database read ``db`` at some moment between ``before`` and ``after`` (local time, just
+    before the statement was sent and just after its answer came back). So a time converted with
+    ``local_time`` is never reached early, only late by at most the round trip; and one
+    converted with ``local_deadline`` is never passed: a start checked against it is on time
+    however slow the round trip was.
     """
 
     db: float  # epoch seconds, the database's clock
-    local: float  # time.monotonic() just after
+    before: float  # time.monotonic() before the statement that read it
+    after: float  # and after its answer
 
     def local_time(self, db_time: float) -> float:
-        return self.local + (db_time - self.db)
+        """The first local moment the database's clock is surely at ``db_time`` or later."""
+        return self.after + (db_time - self.db)
+
+    def local_deadline(self, db_time: float) -> float:
+        """The last local moment the database's clock is surely not yet past ``db_time``."""
+        return self.before + (db_time - self.db)
 
 
 @dataclass(frozen=True, slots=True)
