@@ -44,6 +44,7 @@ from sqlalchemy import insert, update
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Message, Throttle
+from tidings.delivery.throttle import busiest
 from tidings.delivery.worker import Worker
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.runtime import build_runtime
@@ -164,17 +165,6 @@ def prepare(runtime: Any, limit_name: str, limit: int, messages: int, label: str
         for start in range(0, len(rows), 5000):
             session.execute(insert(Message), rows[start : start + 5000])
     return tenant_id
-
-
-def busiest(times: list[float], seconds: float) -> int:
-    """The most arrivals in any window ``[t, t + seconds)``."""
-    times = sorted(times)
-    worst, left = 0, 0
-    for right, moment in enumerate(times):
-        while moment - times[left] >= seconds:
-            left += 1
-        worst = max(worst, right - left + 1)
-    return worst
 
 
 def run_case(

@@ -15,13 +15,13 @@ import pytest
 from tests.acceptance.conftest import WorkerProcess, wait_until
 from tests.acceptance.throttled import (
     arrivals,
-    busiest,
     delivered,
     share_of_limit,
     smtp_server_process,
     throttle_backlog,
 )
 from tests.conftest import TenantKeys
+from tidings.delivery.throttle import busiest
 from tidings.runtime import Runtime
 
 MEASURED_SECONDS = 10.0  # at least 5 windows of a second, long enough for 97 % to mean something

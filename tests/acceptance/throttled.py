@@ -106,17 +106,6 @@ def arrivals(server: ServerProcess, recipients: list[str]) -> list[float]:
     return sorted(times[0] for r in recipients if (times := server.attempt_times.get(r.lower())))
 
 
-def busiest(times: list[float], seconds: float) -> int:
-    """The most arrivals in any window ``[t, t + seconds)``."""
-    times = sorted(times)
-    worst, left = 0, 0
-    for right, moment in enumerate(times):
-        while moment - times[left] >= seconds:
-            left += 1
-        worst = max(worst, right - left + 1)
-    return worst
-
-
 def delivered(runtime: Runtime, tenant_id: int) -> int:
     """How many of the tenant's messages are recorded as sent."""
     with runtime.sessions() as session:

@@ -29,6 +29,7 @@ from tidings.delivery.throttle import (
     Slot,
     Window,
     admit_tenant,
+    busiest,
     window_for,
 )
 
@@ -191,17 +192,6 @@ def run(
             polls = max(1, math.ceil((ready - now) / POLL)) if ready < math.inf else math.inf
             following = min(now + POLL * polls, wake_at[worker], until + 1) + duration
         heapq.heappush(timers, (following, worker))
-
-
-def busiest(times: list[float], seconds: float) -> int:
-    """The most arrivals in any window ``[t, t + seconds)``."""
-    times = sorted(times)
-    worst, left = 0, 0
-    for right, moment in enumerate(times):
-        while moment - times[left] >= seconds:
-            left += 1
-        worst = max(worst, right - left + 1)
-    return worst
 
 
 def check_no_window_exceeded(sim: Simulation) -> None:

@@ -346,3 +346,15 @@ def admit_tenant(
         else:
             decisions.append(Requeue(placement.until - REFILL))
     return TenantAdmission(decisions, blocked_until)
+
+
+def busiest(times: list[float], seconds: float) -> int:
+    """The most arrivals in any window ``[t, t + seconds)``: what the promise is measured by, at
+    the receiving server (the tests and ``bench/bench_throttle.py``)."""
+    times = sorted(times)
+    worst, left = 0, 0
+    for right, moment in enumerate(times):
+        while moment - times[left] >= seconds:
+            left += 1
+        worst = max(worst, right - left + 1)
+    return worst
