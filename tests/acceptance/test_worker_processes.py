@@ -32,7 +32,6 @@ from tests.acceptance.conftest import (
 )
 from tests.acceptance.throttled import (
     arrivals,
-    busiest,
     delivered,
     share_of_limit,
     smtp_server_process,
@@ -43,6 +42,7 @@ from tests.smtp_server import TRY_LATER, SmtpTestServer, hold, slow
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ContactList, Event, ListMember, Message
+from tidings.delivery.throttle import busiest
 from tidings.runtime import Runtime
 
 postgres_only = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
