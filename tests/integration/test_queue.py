@@ -12,7 +12,7 @@ from tidings.db.engine import transaction
 from tidings.db.models import DomainThrottle, Event, Message, Throttle
 from tidings.delivery.throttle import HORIZON
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, EventType, MessageStatus
-from tidings.queue.claim import claim_batch
+from tidings.queue.claim import claim_batch, release_unsent
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.outcomes import Decision, record_outcomes
 from tidings.runtime import Runtime
@@ -265,3 +265,29 @@ def test_a_retry_follows_a_campaign_paused_while_it_was_in_flight(
             session=session, token=got.token, decisions=[retry], now=got.now
         ) == [message_id]
     assert statuses(runtime, [message_id]) == ["paused"]
+
+
+def test_a_slot_that_was_not_used_stops_counting_against_the_windows(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    """A worker that could not start a burst in time hands the late sends back: their slots
+    must free the tenant's and the domain's room at once, not a window later."""
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(Throttle)
+            .where(Throttle.tenant_id == acme.tenant_id)
+            .values(enabled=True, per_minute=3)
+        )
+        session.add(DomainThrottle(tenant_id=acme.tenant_id, domain="outlook.test", per_minute=3))
+    ids = enqueue(runtime, acme.tenant_id, 6, domain="outlook.test")
+    first = claim(runtime, 100)
+    assert [m.id for m in first.messages] == ids[:3]
+    assert claim(runtime, 100).messages == []  # a minute's limit is spent
+    with transaction(runtime.sessions) as session:
+        release_unsent(
+            session=session, token=first.token, messages=first.messages[1:], now=first.now
+        )
+    again = claim(runtime, 100)
+    assert [m.id for m in again.messages] == ids[1:3]  # back in their place, with new slots
+    assert all(m.send_at is not None for m in again.messages)
+    assert claim(runtime, 100).messages == []

@@ -15,6 +15,7 @@ from tests.smtp_server import (
     THROTTLED,
     TRY_LATER,
     SmtpTestServer,
+    Stage,
     drop,
     make_self_signed_cert,
     reply,
@@ -319,6 +320,31 @@ async def test_send_at_leaves_unsent_what_cannot_start_by_its_deadline(
     assert outcomes == [None]
     assert server.attempts("user1@example.com") == 0
     assert isinstance(later, Sent) and server.connections == 1  # the connection went back
+
+
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT", "DATA"])
+async def test_send_at_abandons_a_message_whose_conversation_runs_past_its_deadline(
+    server: SmtpTestServer, stage: Stage
+) -> None:
+    """A slot bounds when the server sees every part of the message, not only its start: a reply
+    that comes too late means no further command (RSET) or, once in DATA, no message (hang up)."""
+    server.fail(None, slow(0.2, at=stage))
+    transport = smtp(server, concurrency=2)
+    try:
+        at = time.monotonic() + 0.05
+        outcomes = await transport.send_at([message(1)], at=at, by=at + 0.05)
+        server.clear_faults()
+        (later,) = await transport.send([message(2)])
+    finally:
+        await transport.close()
+    assert outcomes == [None]
+    assert server.to("user1@example.com") == []
+    assert isinstance(later, Sent)
+    # Before DATA was sent the connection is reset and reused; after 354 it had to be dropped.
+    kept = stage in ("MAIL", "RCPT") and not server.pipelining
+    assert server.connections == (1 if kept else 2)
+    if stage == "MAIL" and not server.pipelining:  # nor was a late RCPT TO sent
+        assert server.attempts("user1@example.com") == 0
 
 
 async def test_an_old_connection_is_retired_and_replaced(

@@ -159,3 +159,32 @@ def test_a_tenant_closed_for_a_day_is_looked_at_again_within_seconds() -> None:
     result = admit_tenant([day], [[]], now=NOW)
     assert result.blocked_until == NOW + MAX_BLOCK_SECONDS
     assert result.decisions == [Requeue(None)]
+
+
+def test_a_slot_given_back_is_free_again_unless_its_bucket_is_no_longer_known() -> None:
+    window = SlidingCount(2, 60.0)
+    window.take(NOW)
+    window.take(NOW)
+    assert window.earliest(NOW) > NOW + 60
+    window.give_back(NOW)
+    assert window.earliest(NOW) == NOW
+    window.give_back(NOW + 30)  # never taken: nothing to give
+    assert window.state()["counts"] == [1]
+    # Stored with another width, a bucket was moved to where its sends surely ended: which of
+    # them held the slot is lost, so nothing may be taken out.
+    moved = SlidingCount.load(
+        2, 60.0, {"width": 0.25, "first": NOW // 0.25, "counts": [2]}, now=NOW
+    )
+    moved.give_back(NOW)
+    assert moved.earliest(NOW) > NOW + 60
+
+
+def test_a_per_second_slot_given_back_while_ahead_becomes_a_hole() -> None:
+    window = Spacing(10, 1.0, now=NOW)
+    window.take(NOW)
+    window.take(NOW + 0.102)
+    window.give_back(NOW + 0.102)
+    assert window.earliest(NOW + 0.05) == pytest.approx(NOW + 0.102)
+    passed = Spacing(10, 1.0, now=NOW + 1)
+    passed.give_back(NOW)  # a slot already behind the clock is of no use to anyone
+    assert passed.holes == []

@@ -27,10 +27,12 @@ come from N + 1 slots within ``W + J``. Two kinds of window make that true:
   than N of them.
 
 ``J`` is 20 ms for a per-second window and ``W / 1000`` for longer ones (60 ms a minute, 86 s a
-day: 0.1 % of the rate). A send may start late by ``J - TRANSPORT_SPREAD`` at most; a message
-that would start later than that is not sent but goes back to the queue (the worker's guard), so
-a stalled worker cannot bunch messages. ``TRANSPORT_SPREAD`` is what the transport itself adds
-between the start of a send and its arrival, spread across messages.
+day: 0.1 % of the rate). Each write of a message's conversation (MAIL, RCPT, DATA, the message
+itself) happens within ``[slot, slot + J - TRANSPORT_SPREAD]`` or the message is abandoned before
+its final dot and goes back to the queue, its slot given back (the transport's and the worker's
+guard): whatever moment the server counts a message at, a stalled worker or a slow round trip
+cannot bunch messages there. ``TRANSPORT_SPREAD`` is what the wire and the server add after a
+write, spread across messages.
 
 Measured (``bench/bench_throttle.py --measure-jitter``, PostgreSQL, aiosmtpd in another process
 on this machine, 2 busy cores): a send started 0.10 ms after its slot at the median and 1.6 ms
@@ -50,7 +52,7 @@ from typing import Any, Protocol, cast
 JITTER = 0.020  # seconds
 #: Longer windows tolerate a share of their length instead: a minute 60 ms, a day 86 s.
 JITTER_SHARE = 0.001
-#: Of a window's jitter, what the transport adds between the start of a send and its arrival.
+#: Of a window's jitter, what the wire and the server add between a write and its arrival.
 TRANSPORT_SPREAD = 0.008  # seconds
 #: Buckets per sliding window: its count may be high by one bucket, W / 100 of rate at worst.
 BUCKETS = 100
@@ -145,6 +147,13 @@ class Spacing:
         self.holes.sort()
         self.tat = max(t, self.tat) + step
 
+    def give_back(self, t: float) -> None:
+        """Slot ``t`` was not used (its send could not start in time): a later message may take
+        it while it is still ahead, the spacing holding between it and every other slot."""
+        if self.now <= t < self.tat and t not in self.holes and len(self.holes) < MAX_HOLES:
+            self.holes.append(t)
+            self.holes.sort()
+
     def state(self) -> dict[str, Any]:
         return {"tat": self.tat, "spacing": self.spacing, "holes": list(self.holes)}
 
@@ -158,6 +167,9 @@ class SlidingCount:
     first: int = 0  # the bucket index of ``counts[0]``; bucket i covers [i * width, (i+1) * width)
     counts: list[int] = field(default_factory=list)
     _free_at: float = -math.inf
+    #: False when the stored buckets had another width: they were moved to the buckets holding
+    #: their ends, so a slot's own bucket is no longer known and nothing can be given back.
+    _exact: bool = True
 
     @property
     def jitter(self) -> float:
@@ -174,6 +186,7 @@ class SlidingCount:
         window = cls(limit, seconds)
         if state and state.get("counts"):
             old_width, first = float(state["width"]), int(state["first"])
+            window._exact = math.isclose(old_width, window.width)
             for offset, count in enumerate(state["counts"]):
                 if count:
                     # A bucket of another width moves to the new bucket holding its end: it
@@ -190,6 +203,14 @@ class SlidingCount:
     def take(self, t: float) -> None:
         self._add(math.floor(t / self.width), 1)
         self._free_at = self._compute_free_at()
+
+    def give_back(self, t: float) -> None:
+        """Slot ``t`` was not used (its send could not start in time): it stops counting. Without
+        this a worker that falls behind a burst would cost a whole window its missed slots."""
+        offset = math.floor(t / self.width) - self.first
+        if self._exact and 0 <= offset < len(self.counts) and self.counts[offset] > 0:
+            self.counts[offset] -= 1
+            self._free_at = self._compute_free_at()
 
     def state(self) -> dict[str, Any]:
         return {"width": self.width, "first": self.first, "counts": list(self.counts)}

@@ -324,7 +324,7 @@ class Worker:
         metrics.THROTTLE_WAITS.inc()
         for attempt in range(RECORD_RETRIES):
             try:
-                await self._db(self._release, claim.token, [m.id for m in missed])
+                await self._db(self._release, claim.token, missed)
                 return
             except Exception:
                 log.exception(
@@ -333,9 +333,9 @@ class Worker:
                 await asyncio.sleep(min(2**attempt, 10))
         # Their leases expire and the reaper requeues them, as for any batch that cannot record.
 
-    def _release(self, token: str, ids: list[int]) -> None:
+    def _release(self, token: str, missed: list[ClaimedMessage]) -> None:
         with transaction(self.runtime.sessions) as session:
-            release_unsent(session=session, token=token, ids=ids, now=db_now(session))
+            release_unsent(session=session, token=token, messages=missed, now=db_now(session))
 
     async def _record_with_retries(
         self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]

@@ -29,16 +29,26 @@ import math
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from tidings.db.models import DomainRate, DomainThrottle, Message, Throttle, table
 from tidings.db.types import UTCDateTime
-from tidings.delivery.throttle import HORIZON, REFILL, Slot, Window, admit_tenant, window_for
+from tidings.delivery.throttle import (
+    HORIZON,
+    REFILL,
+    SlidingCount,
+    Slot,
+    Spacing,
+    Window,
+    admit_tenant,
+    window_for,
+)
 from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, MessageStatus
 from tidings.domain.addresses import domain_of
 from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
@@ -227,32 +237,9 @@ def _apply_throttles(
     by_tenant: dict[int, list[ClaimedMessage]] = defaultdict(list)
     for message in claimed:
         by_tenant[message.tenant_id].append(message)
-    throttles = {
-        t.tenant_id: t
-        for t in session.scalars(
-            select(Throttle)
-            .where(Throttle.tenant_id.in_(sorted(by_tenant)), Throttle.enabled.is_(True))
-            .order_by(Throttle.tenant_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-    }
-    # Every claimed tenant's domain limits in one statement (not one per tenant: a claim may
-    # interleave dozens), locked after the tenant rows and in (tenant, domain) order, as every
-    # claim does, so two claims cannot deadlock. The IN lists select a superset; extra rows are
-    # only locked for the length of this transaction.
-    domain_limits: dict[int, dict[str, DomainThrottle]] = defaultdict(dict)
-    for limit in session.scalars(
-        select(DomainThrottle)
-        .where(
-            DomainThrottle.tenant_id.in_(sorted(by_tenant)),
-            DomainThrottle.domain.in_(sorted({_domain_of(m) for m in claimed})),
-        )
-        .order_by(DomainThrottle.tenant_id, DomainThrottle.domain)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ):
-        domain_limits[limit.tenant_id][limit.domain] = limit
+    throttles, domain_limits = _lock_limits(
+        session, tenant_ids=by_tenant, domains={_domain_of(m) for m in claimed}
+    )
     # Then the adaptive rates of domains that asked to slow down, in the same order.
     rates = lock_limiting_rates(
         session, tenant_ids=by_tenant, domains={_domain_of(m) for m in claimed}, now=now
@@ -284,6 +271,39 @@ def _apply_throttles(
     return admission
 
 
+def _lock_limits(
+    session: Session, *, tenant_ids: Iterable[int], domains: Iterable[str]
+) -> tuple[dict[int, Throttle], dict[int, dict[str, DomainThrottle]]]:
+    """Lock the enabled throttles of these tenants, then their limits for these domains.
+
+    Every claim and release locks in this order, tenant rows by tenant, then domain rows by
+    (tenant, domain), so two of them cannot deadlock. The domains of all tenants are locked in one
+    statement (not one per tenant: a claim may interleave dozens); the IN lists select a superset,
+    whose extra rows are only locked for the length of the transaction.
+    """
+    tenants = sorted(set(tenant_ids))
+    throttles = {
+        t.tenant_id: t
+        for t in session.scalars(
+            select(Throttle)
+            .where(Throttle.tenant_id.in_(tenants), Throttle.enabled.is_(True))
+            .order_by(Throttle.tenant_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    domain_limits: dict[int, dict[str, DomainThrottle]] = defaultdict(dict)
+    for limit in session.scalars(
+        select(DomainThrottle)
+        .where(DomainThrottle.tenant_id.in_(tenants), DomainThrottle.domain.in_(sorted(domains)))
+        .order_by(DomainThrottle.tenant_id, DomainThrottle.domain)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ):
+        domain_limits[limit.tenant_id][limit.domain] = limit
+    return throttles, domain_limits
+
+
 def _read_clock(session: Session) -> ClockReading:
     """The database's clock with the shortest round trip of a few tries: a slow answer (a busy
     server, this thread waiting for the GIL) makes every slot of the claim start that much later
@@ -312,8 +332,8 @@ def _admit_tenant(
 ) -> None:
     """Schedule one tenant's claimed messages against its windows and its domains' windows."""
     tenant_windows = _load_windows(throttle, TENANT_WINDOWS, now) if throttle else {}
-    domain_windows = {
-        domain: _load_windows(row, DOMAIN_WINDOWS, now) for domain, row in domain_rows.items()
+    domain_windows: dict[str, dict[str, Window]] = {
+        domain: dict(_load_windows(row, DOMAIN_WINDOWS, now)) for domain, row in domain_rows.items()
     }
     for domain, row in rates.items():
         domain_windows.setdefault(domain, {})[ADAPTIVE] = adaptive_window(row)
@@ -368,10 +388,10 @@ def _store_domains(
 
 def _load_windows(
     row: Throttle | DomainThrottle, spec: tuple[tuple[str, str, float], ...], now: float
-) -> dict[str, Window]:
+) -> dict[str, Spacing | SlidingCount]:
     """The windows of the limits ``row`` sets, with their stored state."""
     stored = row.window_state or {}
-    windows: dict[str, Window] = {}
+    windows: dict[str, Spacing | SlidingCount] = {}
     for name, column, seconds in spec:
         limit = getattr(row, column)
         if limit is not None:
@@ -399,22 +419,58 @@ def _requeue_unstarted(
     session.execute(update(Message).where(Message.id.in_(ids)).values(**values))
 
 
-def release_unsent(*, session: Session, token: str, ids: Sequence[int], now: datetime) -> None:
+def release_unsent(
+    *, session: Session, token: str, messages: Sequence[ClaimedMessage], now: datetime
+) -> None:
     """Back to the queue, unsent, what the worker leased under ``token`` but did not start: a
-    throttled message that would have started after its slot allowed. No attempt is spent, and
-    its place in the queue is kept."""
-    session.execute(
-        update(Message)
-        .where(
-            Message.id.in_(ids),
-            Message.lease_token == token,
-            Message.status == MessageStatus.sending.value,
-        )
-        .values(
-            status=requeue_status(),
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            updated_at=now,
+    throttled message that would have started after its slot allowed. No attempt is spent, its
+    place in the queue is kept, and its slot stops counting against the windows that gave it:
+    after a burst a worker could not start in time, the window's room is not lost for its length.
+    """
+    released = set(
+        session.scalars(
+            update(Message)
+            .where(
+                Message.id.in_([m.id for m in messages]),
+                Message.lease_token == token,
+                Message.status == MessageStatus.sending.value,
+            )
+            .values(
+                status=requeue_status(),
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(Message.id)
         )
     )
+    unused = [m for m in messages if m.id in released and m.send_at is not None]
+    if not unused:
+        return
+    throttles, domain_limits = _lock_limits(
+        session, tenant_ids={m.tenant_id for m in unused}, domains={_domain_of(m) for m in unused}
+    )
+    epoch = now.timestamp()
+    for throttle in throttles.values():
+        mine = [m for m in unused if m.tenant_id == throttle.tenant_id]
+        _give_back(throttle, TENANT_WINDOWS, mine, epoch)
+    for tenant_id, rows in domain_limits.items():
+        for domain, row in rows.items():
+            mine = [m for m in unused if m.tenant_id == tenant_id and _domain_of(m) == domain]
+            _give_back(row, DOMAIN_WINDOWS, mine, epoch)
+
+
+def _give_back(
+    row: Throttle | DomainThrottle,
+    spec: tuple[tuple[str, str, float], ...],
+    unused: list[ClaimedMessage],
+    now: float,
+) -> None:
+    windows = _load_windows(row, spec, now)
+    for message in unused:
+        for window in windows.values():
+            window.give_back(cast(float, message.send_at))
+    row.window_state = {name: w.state() for name, w in windows.items()}
+    if isinstance(row, Throttle):
+        row.blocked_until = 0.0  # the next claim looks again, and closes it again if need be

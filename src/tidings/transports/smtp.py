@@ -96,7 +96,7 @@ class _BatchState:
 
 @dataclass(frozen=True, slots=True)
 class _Result:
-    outcome: Outcome
+    outcome: Outcome | None  # None: not sent, its deadline came first; the server has nothing
     keep: bool  # the connection is clean and may carry the next message
     #: Failed before the server saw anything of this message on a reused connection: a stale
     #: connection, worth one retry on a fresh one.
@@ -135,9 +135,11 @@ class SmtpTransport:
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
     ) -> list[Outcome | None]:
-        """Each message's bytes are built and a connection checked out first; at ``at`` the
-        check against ``by`` and the first write are one step of the event loop, so nothing
-        the loop does meanwhile can make a start later than it was checked to be."""
+        """Each message's bytes are built and a connection checked out first; from ``at`` on,
+        every write of the conversation (MAIL, RCPT, DATA and the message) is checked against
+        ``by`` in the same step of the event loop that makes it. So whatever the server counts a
+        message by, it sees it within ``[at, by]`` plus the wire's delay, or not at all: a late
+        message is abandoned before its final dot (RSET, or a dropped connection after DATA)."""
         if self._closed:
             raise RuntimeError("send_at() on a closed SmtpTransport")
         state = _BatchState()
@@ -180,7 +182,7 @@ class SmtpTransport:
         self, message: OutgoingMessage, state: _BatchState, start: tuple[float, float] | None
     ) -> Outcome | None:
         """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all (None)
-        when it could not start by ``by``."""
+        when a write of its conversation would come after ``by``."""
         try:
             raw = build_message_bytes(message)
             sender = _envelope_address(envelope_sender(message.from_address))
@@ -196,13 +198,13 @@ class SmtpTransport:
                 if isinstance(conn, Transient):
                     return conn
                 reused = conn.messages > 0
-                if start is not None and attempt == 0:
+                if start is not None:
                     await wait_until(start[0])
-                    if time.monotonic() > start[1]:
-                        self._checkin(conn, keep=True)
-                        return None
+                deadline = None if start is None else start[1]
                 try:
-                    result = await self._transaction(conn, sender, recipient, data, len(raw))
+                    result = await self._transaction(
+                        conn, sender, recipient, data, len(raw), deadline
+                    )
                 except BaseException:  # cancelled mid-transaction: the session state is unknown
                     conn.session.close()
                     raise
@@ -278,30 +280,32 @@ class SmtpTransport:
         return _Connection(session=session, opened=now, last_used=now)
 
     async def _transaction(
-        self, conn: _Connection, sender: str, recipient: str, data: bytes, size: int
+        self,
+        conn: _Connection,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        size: int,
+        deadline: float | None,
     ) -> _Result:
-        """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message."""
+        """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message; with a
+        ``deadline`` (monotonic), each write only if it is not yet past."""
         session = conn.session
+        if _late(deadline):
+            return _Result(None, keep=True)
         conn.messages += 1
         self.stats.messages += 1
-        utf8 = not (sender.isascii() and recipient.isascii())
-        if utf8 and not session.supports("smtputf8"):
-            reason = "the address needs SMTPUTF8, which the server does not offer"
-            return _Result(Permanent(reason), keep=True)
-        encoding = "utf-8" if utf8 else "ascii"
-        mail = b"MAIL FROM:<" + sender.encode(encoding) + b">"
-        if session.supports("size"):
-            mail += b" SIZE=%d" % size
-        if utf8:
-            mail += b" SMTPUTF8"
-        if not data.isascii() and session.supports("8bitmime"):
-            mail += b" BODY=8BITMIME"
-        rcpt = b"RCPT TO:<" + recipient.encode(encoding) + b">"
+        commands = _envelope_commands(session, sender, recipient, data, size)
+        if isinstance(commands, Permanent):
+            return _Result(commands, keep=True)
+        mail, rcpt = commands
         replies: list[Reply] = []
         stage = "MAIL"
         try:
             async with asyncio.timeout(self.settings.timeout):
-                await _envelope(session, mail, rcpt, replies)
+                on_time = await _envelope(session, mail, rcpt, replies, deadline)
+            if not on_time:  # the server has an envelope and no message: clear it
+                return _Result(None, keep=await self._reset(session, replies[-1]))
             failed = _first_failure(replies)
             if failed is not None:
                 stage, reply = failed
@@ -310,6 +314,9 @@ class SmtpTransport:
                         await session.command(b".")
                 outcome = classify_reply(reply.code, reply.text, stage=stage)
                 return _Result(outcome, keep=await self._reset(session, reply))
+            if _late(deadline):  # after 354 only hanging up keeps the message from counting
+                session.close()
+                return _Result(None, keep=False)
             stage = "DATA"
             # The duplicate window: wait long for the reply to the final '.' (RFC 1047).
             async with asyncio.timeout(self.settings.data_timeout):
@@ -354,19 +361,49 @@ class SmtpTransport:
         return True
 
 
-async def _envelope(session: SmtpSession, mail: bytes, rcpt: bytes, replies: list[Reply]) -> None:
+async def _envelope(
+    session: SmtpSession, mail: bytes, rcpt: bytes, replies: list[Reply], deadline: float | None
+) -> bool:
     """Collect the replies to MAIL, RCPT and DATA into ``replies``: one write when the server
-    offers PIPELINING (RFC 2920), else one command at a time, stopping at the first refusal."""
+    offers PIPELINING (RFC 2920), else one command at a time, stopping at the first refusal.
+    False: a command was not sent because ``deadline`` had passed (the caller checked the first)."""
     if session.pipelining:
         session.write(mail + b"\r\n" + rcpt + b"\r\nDATA\r\n")
         for _ in range(3):
             replies.append(await session.read_reply())
-        return
+        return True
     replies.append(await session.command(mail))
     if replies[0].code == 250:
+        if _late(deadline):
+            return False
         replies.append(await session.command(rcpt))
         if replies[1].code in (250, 251):
+            if _late(deadline):
+                return False
             replies.append(await session.command(b"DATA"))
+    return True
+
+
+def _envelope_commands(
+    session: SmtpSession, sender: str, recipient: str, data: bytes, size: int
+) -> tuple[bytes, bytes] | Permanent:
+    """MAIL FROM and RCPT TO with the extensions this message needs and the server offers."""
+    utf8 = not (sender.isascii() and recipient.isascii())
+    if utf8 and not session.supports("smtputf8"):
+        return Permanent("the address needs SMTPUTF8, which the server does not offer")
+    encoding = "utf-8" if utf8 else "ascii"
+    mail = b"MAIL FROM:<" + sender.encode(encoding) + b">"
+    if session.supports("size"):
+        mail += b" SIZE=%d" % size
+    if utf8:
+        mail += b" SMTPUTF8"
+    if not data.isascii() and session.supports("8bitmime"):
+        mail += b" BODY=8BITMIME"
+    return mail, b"RCPT TO:<" + recipient.encode(encoding) + b">"
+
+
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
 
 
 def _stage(replies: list[Reply]) -> str:
