@@ -1,5 +1,5 @@
 # Convenience targets; the README's two commands (scripts/serve, scripts/test) need no make.
-.PHONY: serve test bench bench-import bench-delivery
+.PHONY: serve test bench bench-import bench-delivery bench-throttle
 
 serve:
 	scripts/serve
@@ -7,7 +7,7 @@ serve:
 test:
 	scripts/test
 
-bench: bench-import bench-delivery
+bench: bench-import bench-delivery bench-throttle
 
 bench-import:
 	scripts/bootstrap dev && .venv/bin/python bench/bench_import.py
@@ -16,3 +16,9 @@ bench-import:
 bench-delivery:
 	scripts/bootstrap dev && bash bench/setup.sh && .venv/bin/python bench/bench_fanout.py && \
 	.venv/bin/python bench/bench_smtp_clients.py && .venv/bin/python bench/bench_delivery.py
+
+# Throttle utilisation and worst windows at the receiving server (PostgreSQL, then SQLite), and
+# the campaign completion estimate's error on throttled campaigns.
+bench-throttle:
+	scripts/bootstrap dev && .venv/bin/python bench/bench_throttle.py --workers 1 3 8 && \
+	.venv/bin/python bench/bench_throttle.py --sqlite --workers 1 3 && .venv/bin/python bench/bench_eta.py
