@@ -5,9 +5,11 @@
 
 For each limit and number of ``tidings worker`` processes: a backlog of mail to one tenant, and
 an aiosmtpd server in its own process that notes ``time.monotonic()`` (one clock for every process
-on the machine) at each RCPT TO. It prints the share of the limit delivered over ``--seconds``
-(per-second limits) or ``--minute-windows`` minutes (per_minute=600), counted from the first
-arrival, and the busiest rolling window of the whole run, which must never exceed the limit.
+on the machine) at each RCPT TO and at each message's end of DATA. It prints the share of the
+limit received (end of DATA) over ``--seconds`` (per-second limits) or ``--minute-windows``
+minutes (per_minute=600), counted from the first message, and the busiest rolling window of the
+whole run at either moment, which must never exceed the limit (every RCPT counts, an attempt
+abandoned before its final dot too).
 
 ``--measure-jitter`` runs one worker in this process instead, to see each message's slot next
 to its arrival: how late sends start after their slots, and the spread of arrival minus slot,
@@ -65,10 +67,11 @@ def free_port() -> int:
 
 
 def record(port: int) -> None:
-    """Serve SMTP on ``port`` until SIGTERM, then print {recipient: [rcpt time, data time]}."""
+    """Serve SMTP on ``port`` until SIGTERM, then print {recipient: [[RCPT times], [end of DATA
+    times]]}: every attempt's RCPT counts, a transaction abandoned before its final dot too."""
     from aiosmtpd.controller import Controller
 
-    arrivals: dict[str, list[float]] = {}
+    arrivals: dict[str, list[list[float]]] = {}
 
     class Recorder:
         async def handle_EHLO(
@@ -82,14 +85,14 @@ def record(port: int) -> None:
         async def handle_RCPT(
             self, _server: Any, _session: Any, envelope: Any, address: str, _options: Any
         ) -> str:
-            arrivals[address] = [time.monotonic()]
+            arrivals.setdefault(address, [[], []])[0].append(time.monotonic())
             envelope.rcpt_tos.append(address)
             return "250 OK"
 
         async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
             now = time.monotonic()
             for address in envelope.rcpt_tos:
-                arrivals[address].append(now)
+                arrivals[address][1].append(now)
             return "250 OK"
 
     controller = Controller(Recorder(), hostname="127.0.0.1", port=port)
@@ -113,7 +116,7 @@ def record(port: int) -> None:
 
 
 @contextmanager
-def smtp_recorder() -> Iterator[tuple[int, dict[str, list[float]]]]:
+def smtp_recorder() -> Iterator[tuple[int, dict[str, list[list[float]]]]]:
     """A recording server in a child process; the dict fills when the block ends."""
     port = free_port()
     child = subprocess.Popen(
@@ -121,7 +124,7 @@ def smtp_recorder() -> Iterator[tuple[int, dict[str, list[float]]]]:
     )
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
-    arrivals: dict[str, list[float]] = {}
+    arrivals: dict[str, list[list[float]]] = {}
     try:
         yield port, arrivals
     finally:
@@ -217,13 +220,13 @@ def run_case(
             .values(status="cancelled")
         )
     runtime.close()
-    mine = {a: at for a, at in arrivals.items() if a.startswith(f"{label}-")}
-    times = sorted(at[0] for at in mine.values())
-    first = times[0]
-    delivered = sum(1 for t in times if t < first + period)
+    mine = [at for a, at in arrivals.items() if a.startswith(f"{label}-")]
+    received = sorted(t for _, data in mine for t in data)
+    first = received[0]
+    delivered = sum(1 for t in received if t < first + period)
     share = delivered / (limit * period / window)
-    worst_rcpt = busiest(times, window)
-    worst_data = busiest([at[-1] for at in mine.values()], window)
+    worst_rcpt = busiest([t for rcpt, _ in mine for t in rcpt], window)
+    worst_data = busiest(received, window)
     verdict = "ok" if max(worst_rcpt, worst_data) <= limit else "OVER THE LIMIT"
     return (
         f"{limit_name}={limit:<4} {workers} worker{'s' if workers > 1 else ' '}: "
@@ -285,9 +288,9 @@ def measure_jitter(url: str, data_dir: str, limit: int, seconds: float) -> None:
     runtime.close()
     sent = [a for a in worker.starts if a in worker.slots and a in arrivals]
     late = [worker.starts[a] - worker.slots[a] for a in sent]
-    rcpt = [arrivals[a][0] - worker.starts[a] for a in sent]
-    delay = [arrivals[a][0] - worker.slots[a] for a in sent]
-    data = [arrivals[a][-1] - worker.slots[a] for a in sent]
+    rcpt = [arrivals[a][0][0] - worker.starts[a] for a in sent]
+    delay = [arrivals[a][0][0] - worker.slots[a] for a in sent]
+    data = [arrivals[a][1][0] - worker.slots[a] for a in sent if arrivals[a][1]]
     print(f"per_second={limit}, one worker in this process, {len(sent)} messages:")
     print(f"  send start after its slot:          {quantiles(late)}")
     print(f"  RCPT at the server after the start: {quantiles(rcpt)}")
