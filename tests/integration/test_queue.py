@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -283,11 +284,14 @@ def test_a_slot_that_was_not_used_stops_counting_against_the_windows(
     first = claim(runtime, 100)
     assert [m.id for m in first.messages] == ids[:3]
     assert claim(runtime, 100).messages == []  # a minute's limit is spent
+    # The second never reached the server; the third's envelope did (the worker hands it back
+    # with no slot), and a server may count it: its slot stays used.
+    unseen, abandoned = first.messages[1], replace(first.messages[2], send_at=None, send_by=None)
     with transaction(runtime.sessions) as session:
         release_unsent(
-            session=session, token=first.token, messages=first.messages[1:], now=first.now
+            session=session, token=first.token, messages=[unseen, abandoned], now=first.now
         )
     again = claim(runtime, 100)
-    assert [m.id for m in again.messages] == ids[1:3]  # back in their place, with new slots
-    assert all(m.send_at is not None for m in again.messages)
-    assert claim(runtime, 100).messages == []
+    assert [m.id for m in again.messages] == [ids[1]]  # back in its place, with a new slot
+    assert again.messages[0].send_at is not None
+    assert statuses(runtime, ids[2:]) == ["queued"] * 4  # queued, no attempt spent, no room

@@ -24,8 +24,8 @@ from tests.smtp_server import (
 )
 from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
 from tidings.transports import smtp as smtp_module
-from tidings.transports.base import open_transport
-from tidings.transports.smtp import SmtpTransport
+from tidings.transports.base import ABANDONED, open_transport
+from tidings.transports.smtp import ENVELOPE_LEAD, SmtpTransport
 
 
 def message(i: int, to: str | None = None, **changes: object) -> OutgoingMessage:
@@ -301,9 +301,12 @@ async def test_send_at_connects_first_and_starts_at_the_moment_asked_never_befor
     finally:
         await transport.close()
     assert all(isinstance(o, Sent) for o in outcomes)
-    arrived = [server.attempt_times(f"user{i}@example.com")[0] for i in (1, 2)]
-    # Connecting (and EHLO) happened before: the RCPTs come right after the moment.
-    assert all(at <= t < at + 0.03 for t in arrived), [t - at for t in arrived]
+    # Connecting (and EHLO) happened before, the envelope just before: the messages themselves
+    # arrive right after the moment, never before it.
+    received = [m.received_monotonic for m in server.messages]
+    assert len(received) == 2 and all(at <= t < at + 0.03 for t in received), received
+    envelopes = [server.attempt_times(f"user{i}@example.com")[0] for i in (1, 2)]
+    assert all(at - ENVELOPE_LEAD <= t < at + 0.03 for t in envelopes), [t - at for t in envelopes]
     assert server.connections == 2
 
 
@@ -337,7 +340,7 @@ async def test_send_at_abandons_a_message_whose_conversation_runs_past_its_deadl
         (later,) = await transport.send([message(2)])
     finally:
         await transport.close()
-    assert outcomes == [None]
+    assert outcomes == [ABANDONED]  # not None: the server saw its envelope, its slot is used
     assert server.to("user1@example.com") == []
     assert isinstance(later, Sent)
     # Before DATA was sent the connection is reset and reused; after 354 it had to be dropped.

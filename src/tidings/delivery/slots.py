@@ -23,9 +23,10 @@ from tidings.transports.base import wait_until
 
 #: Throttled messages whose slots fall within one tick go out in one transport call, at its end.
 SEND_TICK = 0.001  # seconds
-#: A group goes to the transport this long before its slot: enough to build its messages and
-#: check out connections, short enough that few connections wait idle for their slot.
-SEND_LEAD = 0.010  # seconds
+#: A group goes to the transport this long before its slot: enough to build its messages, check
+#: out connections and write their envelopes (``transports.smtp.ENVELOPE_LEAD`` before the slot),
+#: short enough that few connections wait idle for their slot.
+SEND_LEAD = 0.020  # seconds
 
 T = TypeVar("T")
 Batch = list[tuple[ClaimedMessage, T]]

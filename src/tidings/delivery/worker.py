@@ -28,6 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TypeVar
 
@@ -56,7 +57,7 @@ from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
 from tidings.queue.outcomes import lock_leased, record_outcomes
 from tidings.runtime import Runtime
-from tidings.transports.base import Transport
+from tidings.transports.base import ABANDONED, Transport
 
 log = logging.getLogger("tidings.worker")
 
@@ -81,6 +82,7 @@ DEFAULT_CONCURRENCY = 400
 #: providers cap concurrent connections per client, and 20 already saturate a local smtp-sink.
 MAX_TRANSPORT_CONNECTIONS = 20
 TIMER_PAD = 0.002  # seconds a wake-up for held-back throttled work comes after its time
+LOOP_SLICE = 0.002  # seconds of batch work between turns of the event loop
 
 T = TypeVar("T")
 
@@ -248,13 +250,16 @@ class Worker:
         by: float,
         results: list[tuple[ClaimedMessage, Outcome]],
     ) -> list[ClaimedMessage]:
-        """Send at a slot; the messages that could not start by ``by``."""
+        """Send at a slot; the messages that could not be sent on time. One the server saw part
+        of keeps its slot used: it comes back with no slot to give back (``send_at`` None)."""
         outcomes = await self.transport.send_at([outgoing for _, outgoing in ready], at=at, by=by)
         metrics.SEND_LATENCY.observe(max(0.0, time.monotonic() - at))
         missed = []
         for (message, _), outcome in zip(ready, outcomes, strict=True):
             if outcome is None:
                 missed.append(message)
+            elif outcome is ABANDONED:
+                missed.append(replace(message, send_at=None, send_by=None))
             else:
                 results.append((message, outcome))
         return missed
@@ -300,11 +305,13 @@ class Worker:
         included); a message that cannot be rendered, or breaks a render limit, goes to ``failed``
         as a permanent failure, alone."""
         prepared: list[tuple[ClaimedMessage, Prepared]] = []
+        turn = _Turn()
         for message in claim.messages:
             try:
                 prepared.append((message, self.composer.prepare(message, context)))
             except TidingsError as exc:
                 failed.append((message, _unrenderable(exc)))
+            await turn.share()
         if not prepared:
             return []
         rendered = await self.runtime.renderer.render_many_async([p.job for _, p in prepared])
@@ -316,6 +323,7 @@ class Worker:
                 ready.append(
                     (message, self.composer.finish(message, ready_to_render, content, claim.now))
                 )
+            await turn.share()
         return ready
 
     async def _release_with_retries(self, claim: Claim, missed: list[ClaimedMessage]) -> None:
@@ -499,6 +507,20 @@ def _adapt_domain_rates(
     live = lock_leased(session, token=claim.token, ids=[m.id for m, _ in results])
     feedback = domain_feedback(claim, [(m, o) for m, o in results if m.id in live])
     return record_feedback(session=session, feedback=feedback, now=now)
+
+
+class _Turn:
+    """Hands the event loop back every ``LOOP_SLICE`` of work in a long loop over a batch: a
+    throttled send waiting for its slot must not wait for a hundred other messages' MIME to be
+    built first (measured: 20-30 ms at a time, which made throttled sends miss their slots)."""
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    async def share(self) -> None:
+        if time.perf_counter() - self._since >= LOOP_SLICE:
+            await asyncio.sleep(0)
+            self._since = time.perf_counter()
 
 
 def _unrenderable(exc: TidingsError) -> Permanent:

@@ -422,10 +422,12 @@ def _requeue_unstarted(
 def release_unsent(
     *, session: Session, token: str, messages: Sequence[ClaimedMessage], now: datetime
 ) -> None:
-    """Back to the queue, unsent, what the worker leased under ``token`` but did not start: a
-    throttled message that would have started after its slot allowed. No attempt is spent, its
-    place in the queue is kept, and its slot stops counting against the windows that gave it:
-    after a burst a worker could not start in time, the window's room is not lost for its length.
+    """Back to the queue, unsent, what the worker leased under ``token`` but did not send: a
+    throttled message that would have reached the server later than its slot allowed. No attempt
+    is spent, and its place in the queue is kept. A slot the server saw nothing of (``send_at``
+    still set) stops counting against the windows that gave it: after a burst a worker could not
+    start in time, the window's room is not lost for its length. One whose envelope went out
+    (``send_at`` None) stays counted, as the server may count it.
     """
     released = set(
         session.scalars(

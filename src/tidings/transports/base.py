@@ -17,6 +17,7 @@ does not silently fall back to a default)::
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,12 +49,13 @@ class Transport(Protocol):
 
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
-    ) -> list[Outcome | None]:
+    ) -> list[Outcome | Abandoned | None]:
         """Send ``batch`` starting at ``at`` and not after ``by`` (``time.monotonic()``), with
         whatever a send needs first (its bytes, a connection) done before ``at``, so that the
         start is the moment asked for. None, unsent, for a message that could not start by
-        ``by``: the caller gives it back to the queue (a throttle's bound allows only so much
-        lateness)."""
+        ``by``: the caller gives it back to the queue, and its slot to the throttle (a
+        throttle's bound allows only so much lateness); ``ABANDONED`` for one given up after the
+        server saw part of it: back to the queue too, but its slot stays used."""
         ...
 
     async def prepare(self, count: int) -> None:
@@ -67,6 +69,15 @@ class Transport(Protocol):
         ...
 
 
+class Abandoned(enum.Enum):
+    """A throttled send given up after its envelope went out, before its final dot."""
+
+    ABANDONED = "abandoned"
+
+
+ABANDONED = Abandoned.ABANDONED
+
+
 async def wait_until(moment: float) -> None:
     """Sleep until ``time.monotonic()`` reaches ``moment``; never wake before it (asyncio may fire
     a timer up to a clock tick early)."""
@@ -76,7 +87,7 @@ async def wait_until(moment: float) -> None:
 
 async def send_on_time(
     transport: Transport, batch: Sequence[OutgoingMessage], *, at: float, by: float
-) -> list[Outcome | None]:
+) -> list[Outcome | Abandoned | None]:
     """``send_at`` for a transport with nothing to do ahead of a send: wait, check, send."""
     await wait_until(at)
     if time.monotonic() > by:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent
-from tidings.transports.base import send_on_time
+from tidings.transports.base import Abandoned, send_on_time
 from tidings.transports.mime import build_message_bytes
 
 Responder = Callable[[OutgoingMessage], Outcome | None]
@@ -67,7 +67,7 @@ class MemoryTransport:
 
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
-    ) -> list[Outcome | None]:
+    ) -> list[Outcome | Abandoned | None]:
         return await send_on_time(self, batch, at=at, by=by)
 
     async def prepare(self, count: int) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
 from tidings.errors import ConfigurationError
 from tidings.private_files import create_private_file, make_private_dir
-from tidings.transports.base import DEFAULT_CONCURRENCY, ENV_NAME, send_on_time
+from tidings.transports.base import DEFAULT_CONCURRENCY, ENV_NAME, Abandoned, send_on_time
 from tidings.transports.mime import build_message_bytes
 
 
@@ -58,7 +58,7 @@ class OutboxTransport:
 
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
-    ) -> list[Outcome | None]:
+    ) -> list[Outcome | Abandoned | None]:
         return await send_on_time(self, batch, at=at, by=by)
 
     async def prepare(self, count: int) -> None:

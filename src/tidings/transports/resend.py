@@ -29,7 +29,7 @@ import httpx
 
 from tidings import __version__
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import DEFAULT_CONCURRENCY, ResendSettings, send_on_time
+from tidings.transports.base import DEFAULT_CONCURRENCY, Abandoned, ResendSettings, send_on_time
 
 BATCH_LIMIT = 100  # messages per POST /emails/batch (Resend's documented maximum)
 _SPECIALS = set('()<>[]:;@\\,."')
@@ -60,7 +60,7 @@ class ResendTransport:
 
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
-    ) -> list[Outcome | None]:
+    ) -> list[Outcome | Abandoned | None]:
         return await send_on_time(self, batch, at=at, by=by)
 
     async def prepare(self, count: int) -> None:

@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import DEFAULT_CONCURRENCY, SmtpSettings, wait_until
+from tidings.transports.base import (
+    ABANDONED,
+    DEFAULT_CONCURRENCY,
+    Abandoned,
+    SmtpSettings,
+    wait_until,
+)
 from tidings.transports.mime import build_message_bytes, envelope_sender, header_address
 from tidings.transports.smtp_session import ProtocolViolation, Reply, SmtpSession
 
@@ -32,6 +38,11 @@ IDLE_CHECK_SECONDS = 30.0
 #: it spreads load over a pool of servers behind one name and bounds per-connection state.
 MAX_CONNECTION_AGE = 300.0  # seconds
 QUIT_TIMEOUT = 5.0  # seconds; closing must not hang a shutdown
+#: A send at a slot writes its envelope (MAIL, RCPT, DATA) this long before the slot, so that only
+#: the message itself is left for the slot: no round trip between the slot and the server's receipt.
+#: Every write keeps the same offset from the slot (the envelope's band is the message's, shifted),
+#: so arrivals at RCPT and at the final dot are spread no more than the slot's tolerance either way.
+ENVELOPE_LEAD = 0.010  # seconds
 
 # "250 2.0.0 Ok: queued as 4Bc9xyz" (Postfix), "250 OK id=1abcde-000123-AB" (Exim).
 _QUEUE_ID = re.compile(r"queued as ([!-~]+)|\bid=([!-~]+)", re.IGNORECASE)
@@ -96,7 +107,9 @@ class _BatchState:
 
 @dataclass(frozen=True, slots=True)
 class _Result:
-    outcome: Outcome | None  # None: not sent, its deadline came first; the server has nothing
+    #: None: not sent, its deadline came first and the server saw nothing; ABANDONED: given up
+    #: after the envelope went out, before the final dot.
+    outcome: Outcome | Abandoned | None
     keep: bool  # the connection is clean and may carry the next message
     #: Failed before the server saw anything of this message on a reused connection: a stale
     #: connection, worth one retry on a fresh one.
@@ -130,16 +143,18 @@ class SmtpTransport:
             raise RuntimeError("send() on a closed SmtpTransport")
         state = _BatchState()
         outcomes = await asyncio.gather(*(self._send_one(m, state, None) for m in batch))
-        return [o for o in outcomes if o is not None]  # all of them: no start time to miss
+        # All of them: with no start time there is nothing to miss or abandon.
+        return [o for o in outcomes if o is not None and o is not ABANDONED]
 
     async def send_at(
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
-    ) -> list[Outcome | None]:
-        """Each message's bytes are built and a connection checked out first; from ``at`` on,
-        every write of the conversation (MAIL, RCPT, DATA and the message) is checked against
-        ``by`` in the same step of the event loop that makes it. So whatever the server counts a
-        message by, it sees it within ``[at, by]`` plus the wire's delay, or not at all: a late
-        message is abandoned before its final dot (RSET, or a dropped connection after DATA)."""
+    ) -> list[Outcome | Abandoned | None]:
+        """Each message's bytes are built and a connection checked out first. Its envelope is
+        written within ``[at, by]`` shifted ``ENVELOPE_LEAD`` earlier, the message itself within
+        ``[at, by]``; each write is checked against its deadline in the same step of the event
+        loop that makes it. So whatever the server counts a message by (RCPT or the final dot), it
+        sees the messages with the spacing of their slots, or not at all: a late message is
+        abandoned before its final dot (RSET, or a dropped connection after DATA)."""
         if self._closed:
             raise RuntimeError("send_at() on a closed SmtpTransport")
         state = _BatchState()
@@ -180,9 +195,9 @@ class SmtpTransport:
 
     async def _send_one(
         self, message: OutgoingMessage, state: _BatchState, start: tuple[float, float] | None
-    ) -> Outcome | None:
-        """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all (None)
-        when a write of its conversation would come after ``by``."""
+    ) -> Outcome | Abandoned | None:
+        """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all when a
+        write of its conversation would come too late (see ``send_at``)."""
         try:
             raw = build_message_bytes(message)
             sender = _envelope_address(envelope_sender(message.from_address))
@@ -199,12 +214,9 @@ class SmtpTransport:
                     return conn
                 reused = conn.messages > 0
                 if start is not None:
-                    await wait_until(start[0])
-                deadline = None if start is None else start[1]
+                    await wait_until(start[0] - ENVELOPE_LEAD)
                 try:
-                    result = await self._transaction(
-                        conn, sender, recipient, data, len(raw), deadline
-                    )
+                    result = await self._transaction(conn, sender, recipient, data, len(raw), start)
                 except BaseException:  # cancelled mid-transaction: the session state is unknown
                     conn.session.close()
                     raise
@@ -286,12 +298,14 @@ class SmtpTransport:
         recipient: str,
         data: bytes,
         size: int,
-        deadline: float | None,
+        start: tuple[float, float] | None,
     ) -> _Result:
-        """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message; with a
-        ``deadline`` (monotonic), each write only if it is not yet past."""
+        """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message; with ``start``
+        = (at, by) (monotonic), the envelope's writes by ``by - ENVELOPE_LEAD`` and the message's
+        from ``at`` to ``by``, or none of them."""
         session = conn.session
-        if _late(deadline):
+        envelope_by = None if start is None else start[1] - ENVELOPE_LEAD
+        if _late(envelope_by):
             return _Result(None, keep=True)
         conn.messages += 1
         self.stats.messages += 1
@@ -303,9 +317,9 @@ class SmtpTransport:
         stage = "MAIL"
         try:
             async with asyncio.timeout(self.settings.timeout):
-                on_time = await _envelope(session, mail, rcpt, replies, deadline)
+                on_time = await _envelope(session, mail, rcpt, replies, envelope_by)
             if not on_time:  # the server has an envelope and no message: clear it
-                return _Result(None, keep=await self._reset(session, replies[-1]))
+                return _Result(ABANDONED, keep=await self._reset(session, replies[-1]))
             failed = _first_failure(replies)
             if failed is not None:
                 stage, reply = failed
@@ -314,9 +328,11 @@ class SmtpTransport:
                         await session.command(b".")
                 outcome = classify_reply(reply.code, reply.text, stage=stage)
                 return _Result(outcome, keep=await self._reset(session, reply))
-            if _late(deadline):  # after 354 only hanging up keeps the message from counting
-                session.close()
-                return _Result(None, keep=False)
+            if start is not None:
+                await wait_until(start[0])
+                if _late(start[1]):  # after 354 only hanging up keeps the message from counting
+                    session.close()
+                    return _Result(ABANDONED, keep=False)
             stage = "DATA"
             # The duplicate window: wait long for the reply to the final '.' (RFC 1047).
             async with asyncio.timeout(self.settings.data_timeout):
