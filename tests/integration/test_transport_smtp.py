@@ -350,6 +350,27 @@ async def test_send_at_abandons_a_message_whose_conversation_runs_past_its_deadl
         assert server.attempts("user1@example.com") == 0
 
 
+async def test_send_at_learns_a_distant_servers_round_trip_and_writes_the_envelope_earlier(
+    server: SmtpTestServer,
+) -> None:
+    """A server across the internet answers the envelope in tens of milliseconds: written at
+    the slot's own tolerance, every throttled send would be given up. The transport measures the
+    round trip and writes the envelope that much ahead, so the message itself still goes at the
+    slot."""
+    server.fail(None, slow(0.06, at="DATA"))
+    transport = smtp(server, concurrency=2)
+    try:
+        (first,) = await transport.send([message(1)])  # any envelope is measured
+        assert transport.lead >= 0.12
+        at = time.monotonic() + transport.lead + 0.05
+        outcomes = await transport.send_at([message(2)], at=at, by=at + 0.012)
+    finally:
+        await transport.close()
+    assert isinstance(first, Sent) and isinstance(outcomes[0], Sent)
+    (received,) = server.to("user2@example.com")
+    assert at <= received.received_monotonic < at + 0.03
+
+
 async def test_an_old_connection_is_retired_and_replaced(
     server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

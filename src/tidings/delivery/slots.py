@@ -23,9 +23,9 @@ from tidings.transports.base import wait_until
 
 #: Throttled messages whose slots fall within one tick go out in one transport call, at its end.
 SEND_TICK = 0.001  # seconds
-#: A group goes to the transport this long before its slot: enough to build its messages, check
-#: out connections and write their envelopes (``transports.smtp.ENVELOPE_LEAD`` before the slot),
-#: short enough that few connections wait idle for their slot.
+#: A group goes to the transport this long before the transport starts writing it (its ``lead``
+#: before the slot): enough to build its messages and check out connections, short enough that
+#: few connections wait idle for their slot.
 SEND_LEAD = 0.020  # seconds
 
 T = TypeVar("T")
@@ -41,9 +41,11 @@ async def send_in_slots(
     clock: ClockReading,
     send_now: SendNow[T],
     send_at: SendAt[T],
+    lead: float = 0.0,
 ) -> list[ClaimedMessage]:
     """Send unthrottled messages at once and the others at their slots; the messages that were
-    not sent because they could not start by their ``send_by``."""
+    not sent because they could not start by their ``send_by``. ``lead``: how long before its
+    slot the transport starts writing (``Transport.lead``), on top of ``SEND_LEAD``."""
     groups: dict[tuple[float, float], Batch[T]] = defaultdict(list)
     at_once: Batch[T] = []
     for message, payload in ready:
@@ -55,7 +57,7 @@ async def send_in_slots(
     missed: list[ClaimedMessage] = []
 
     async def at_slot(tick: float, by: float, group: Batch[T]) -> None:
-        await wait_until(tick - SEND_LEAD)
+        await wait_until(tick - SEND_LEAD - lead)
         missed.extend(await send_at(group, tick, by))
 
     async def now(batch: Batch[T]) -> None:

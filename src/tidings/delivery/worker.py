@@ -232,6 +232,7 @@ class Worker:
                     claim.clock,
                     lambda batch: self._send(batch, results),
                     lambda batch, at, by: self._send_at(batch, at, by, results),
+                    self.transport.lead,
                 )
         except Exception as exc:  # a bug or an outage: retry these later rather than lose them
             log.exception("batch %s failed before its outcomes were known", claim.token)

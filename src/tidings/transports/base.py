@@ -43,6 +43,12 @@ TlsMode = Literal["starttls", "tls", "none"]
 class Transport(Protocol):
     """Sends rendered messages; the worker speaks only this."""
 
+    @property
+    def lead(self) -> float:
+        """How long before its ``at`` a ``send_at`` starts writing (0: at ``at``): the caller
+        hands the batch over at least this much earlier."""
+        ...
+
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         """One outcome per message, same order. Never raises for a per-message problem."""
         ...

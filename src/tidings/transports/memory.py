@@ -36,6 +36,8 @@ class MemoryTransport:
     ``Sent``. ``delay`` (seconds) makes each ``send`` call take that long, to test leases.
     """
 
+    lead = 0.0  # nothing is written before the moment of a send_at
+
     def __init__(self, *, responder: Responder | None = None, delay: float = 0.0) -> None:
         self.responder = responder
         self.delay = delay

@@ -27,6 +27,8 @@ from tidings.transports.mime import build_message_bytes
 class OutboxTransport:
     """Writes messages into the maildir at ``path`` (created with tmp/, new/, cur/ if missing)."""
 
+    lead = 0.0  # nothing is written before the moment of a send_at
+
     def __init__(self, path: Path, *, concurrency: int = DEFAULT_CONCURRENCY) -> None:
         self.path = path
         self._tmp, self._new = path / "tmp", path / "new"

@@ -66,6 +66,8 @@ class ResendTransport:
     async def prepare(self, count: int) -> None:
         """Nothing to open ahead: httpx keeps the connections of earlier requests."""
 
+    lead = 0.0  # nothing is written before the moment of a send_at
+
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         ready: list[tuple[int, OutgoingMessage, Payload]] = []

@@ -38,11 +38,17 @@ IDLE_CHECK_SECONDS = 30.0
 #: it spreads load over a pool of servers behind one name and bounds per-connection state.
 MAX_CONNECTION_AGE = 300.0  # seconds
 QUIT_TIMEOUT = 5.0  # seconds; closing must not hang a shutdown
-#: A send at a slot writes its envelope (MAIL, RCPT, DATA) this long before the slot, so that only
-#: the message itself is left for the slot: no round trip between the slot and the server's receipt.
-#: Every write keeps the same offset from the slot (the envelope's band is the message's, shifted),
-#: so arrivals at RCPT and at the final dot are spread no more than the slot's tolerance either way.
+#: A send at a slot writes its envelope (MAIL, RCPT, DATA) ahead of the slot, so that only the
+#: message itself is left for the slot: no round trip between the slot and the server's receipt.
+#: How far ahead follows the server's measured envelope round trip (twice its moving average, at
+#: least this): a server across the internet answers in tens of milliseconds, and an envelope
+#: written at the slot would make every throttled send late. The lead changes slowly, so the
+#: envelopes keep their slots' spacing, and arrivals at RCPT are spread like those at the final dot.
 ENVELOPE_LEAD = 0.010  # seconds
+MAX_ENVELOPE_LEAD = (
+    1.0  # seconds; a server slower than this gets its throttled mail late or not at all
+)
+ROUND_TRIP_WEIGHT = 0.2  # of each new envelope round trip in the moving average
 
 # "250 2.0.0 Ok: queued as 4Bc9xyz" (Postfix), "250 OK id=1abcde-000123-AB" (Exim).
 _QUEUE_ID = re.compile(r"queued as ([!-~]+)|\bid=([!-~]+)", re.IGNORECASE)
@@ -137,6 +143,14 @@ class SmtpTransport:
         self._tls_context: ssl.SSLContext | None = None
         self._local_hostname = settings.helo
         self._closed = False
+        self._round_trip: float | None = None  # moving average of envelope round trips (seconds)
+
+    @property
+    def lead(self) -> float:
+        """How long before its slot a throttled send writes its envelope."""
+        if self._round_trip is None:
+            return ENVELOPE_LEAD
+        return min(MAX_ENVELOPE_LEAD, max(ENVELOPE_LEAD, 2 * self._round_trip + 0.002))
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         if self._closed:
@@ -150,7 +164,7 @@ class SmtpTransport:
         self, batch: Sequence[OutgoingMessage], *, at: float, by: float
     ) -> list[Outcome | Abandoned | None]:
         """Each message's bytes are built and a connection checked out first. Its envelope is
-        written within ``[at, by]`` shifted ``ENVELOPE_LEAD`` earlier, the message itself within
+        written within ``[at, by]`` shifted ``lead`` earlier, the message itself within
         ``[at, by]``; each write is checked against its deadline in the same step of the event
         loop that makes it. So whatever the server counts a message by (RCPT or the final dot), it
         sees the messages with the spacing of their slots, or not at all: a late message is
@@ -214,7 +228,7 @@ class SmtpTransport:
                     return conn
                 reused = conn.messages > 0
                 if start is not None:
-                    await wait_until(start[0] - ENVELOPE_LEAD)
+                    await wait_until(start[0] - self.lead)
                 try:
                     result = await self._transaction(conn, sender, recipient, data, len(raw), start)
                 except BaseException:  # cancelled mid-transaction: the session state is unknown
@@ -301,10 +315,10 @@ class SmtpTransport:
         start: tuple[float, float] | None,
     ) -> _Result:
         """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message; with ``start``
-        = (at, by) (monotonic), the envelope's writes by ``by - ENVELOPE_LEAD`` and the message's
-        from ``at`` to ``by``, or none of them."""
+        = (at, by) (monotonic), the envelope's writes by ``by - lead`` and the message's from
+        ``at`` to ``by``, or none of them."""
         session = conn.session
-        envelope_by = None if start is None else start[1] - ENVELOPE_LEAD
+        envelope_by = None if start is None else start[1] - self.lead
         if _late(envelope_by):
             return _Result(None, keep=True)
         conn.messages += 1
@@ -317,7 +331,7 @@ class SmtpTransport:
         stage = "MAIL"
         try:
             async with asyncio.timeout(self.settings.timeout):
-                on_time = await _envelope(session, mail, rcpt, replies, envelope_by)
+                on_time = await self._envelope(session, mail, rcpt, replies, envelope_by)
             if not on_time:  # the server has an envelope and no message: clear it
                 return _Result(ABANDONED, keep=await self._reset(session, replies[-1]))
             failed = _first_failure(replies)
@@ -357,6 +371,22 @@ class SmtpTransport:
         if isinstance(outcome, Sent):
             return _Result(outcome, keep=True)
         return _Result(outcome, keep=await self._reset(session, reply))
+
+    async def _envelope(
+        self,
+        session: SmtpSession,
+        mail: bytes,
+        rcpt: bytes,
+        replies: list[Reply],
+        deadline: float | None,
+    ) -> bool:
+        """``_envelope``, timed: an accepted envelope's round trip feeds ``lead``."""
+        written = time.monotonic()
+        on_time = await _envelope(session, mail, rcpt, replies, deadline)
+        if len(replies) == 3 and replies[2].code == 354:
+            seconds, old = time.monotonic() - written, self._round_trip
+            self._round_trip = seconds if old is None else old + ROUND_TRIP_WEIGHT * (seconds - old)
+        return on_time
 
     async def _reset(self, session: SmtpSession, refusal: Reply) -> bool:
         """RSET after a refusal so the next message starts clean; False: drop the connection.
