@@ -37,8 +37,10 @@ write, spread across messages.
 Measured (``bench/bench_throttle.py --measure-jitter``, PostgreSQL, aiosmtpd in another process
 on this machine, 2 busy cores): a send started 0.10 ms after its slot at the median and 1.6 ms
 at p99.9 (the asyncio timer and the clock offset, read right after the claim's clock statement);
-arrival after the start of the send, spread p50 0.8 ms, p99.9 3.9 ms. So 20 ms leaves room for a
-loaded machine; 12 ms of it may go to a late start.
+arrival after the start of the send, spread p50 0.8 ms, p99.9 3.9 ms, for a whole conversation
+(three round trips). Since a send writes only its message at the slot (its envelope goes ahead,
+``transports/smtp.py``), what follows a write is one trip on the wire: 4 ms covers that p99.9 of
+three, and the other 16 ms of J may go to a late write on a loaded machine.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ JITTER = 0.020  # seconds
 #: Longer windows tolerate a share of their length instead: a minute 60 ms, a day 86 s.
 JITTER_SHARE = 0.001
 #: Of a window's jitter, what the wire and the server add between a write and its arrival.
-TRANSPORT_SPREAD = 0.008  # seconds
+TRANSPORT_SPREAD = 0.004  # seconds
 #: Buckets per sliding window: its count may be high by one bucket, W / 100 of rate at worst.
 BUCKETS = 100
 #: Unused slots remembered by a ``Spacing`` window; more are dropped (which only costs rate).
