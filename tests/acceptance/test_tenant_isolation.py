@@ -158,6 +158,17 @@ def test_an_old_unsubscribe_link_of_a_deleted_contact_never_touches_a_new_contac
     [mail] = smtp_server.wait_for(1, timeout=20)
     header = str(mail.message["List-Unsubscribe"]).strip("<>")
     path = header.removeprefix(runtime.settings.public_url)
+
+    def recorded_as_sent() -> bool:  # a link works once its message is recorded as sent
+        with runtime.sessions() as session:
+            return (
+                session.scalar(
+                    select(Message.sent_at).where(Message.to_address == "ann@example.edu")
+                )
+                is not None
+            )
+
+    wait_until(recorded_as_sent, 10)
     assert path.startswith("/u/") and client.get(path).status_code == 200  # Ann's link works
     with runtime.sessions() as session:
         ann = session.scalar(select(Contact.id).where(Contact.email == "ann@example.edu"))
