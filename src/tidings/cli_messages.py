@@ -28,9 +28,10 @@ from tidings.cli_common import (
     unit_of_work,
 )
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, MessageStatus
+from tidings.queue import status as queue_status
 from tidings.queue.clock import db_now
 from tidings.scheduling.windows import SendWindow
-from tidings.services import messages, queue_status, reminders
+from tidings.services import messages, reminders
 from tidings.services.reminders import PASSED
 
 #: Columns of ``tidings queue``, in the order a message moves through them.

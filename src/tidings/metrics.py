@@ -5,7 +5,7 @@ The counters and the histogram live in this process (``prometheus_client``'s def
 ``/metrics`` of ``tidings serve`` shows those of its embedded workers; a separate ``tidings
 worker`` exposes its own with ``--metrics-port``. What the queue holds is the same for every
 process, so it is not counted in memory at all: ``DatabaseCollector`` reads it with one grouped
-query per scrape (``services.queue_status``), and the answer cannot drift from the database.
+query per scrape (``queue.status``), and the answer cannot drift from the database.
 
 Metric names (a contract with dashboards and alerts; add, never rename):
 
@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 from tidings.db.engine import transaction
 from tidings.domain import MessageStatus
 from tidings.queue.clock import db_now
-from tidings.services.queue_status import QueueOverview, queue_overview
+from tidings.queue.status import QueueOverview, queue_overview
 
 if TYPE_CHECKING:
     from tidings.runtime import Runtime

@@ -288,6 +288,18 @@ Index(
 )
 
 
+class MessageCount(Base):
+    """How many messages a tenant has in a status: one row per shard, kept by database triggers
+    (migration 0014), summed by readers (``queue.status``)."""
+
+    __tablename__ = "message_counts"
+
+    tenant_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """Append-only history of a message (and campaign-level happenings when ``message_id`` is null)."""
 

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -56,12 +56,16 @@ from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
 from tidings.queue.outcomes import lock_leased, record_outcomes
-from tidings.runtime import Runtime
+from tidings.queue.status import fold_counts
 from tidings.transports.base import ABANDONED, Transport
+
+if TYPE_CHECKING:  # the worker must not load the service layer (tests/unit/test_layering.py)
+    from tidings.runtime import Runtime
 
 log = logging.getLogger("tidings.worker")
 
 MAINTENANCE_SECONDS = 1.0  # reaper, scheduled starts and completions run this often
+FOLD_SECONDS = 60.0  # closed connections' message count shards are folded this often
 DEFAULT_BATCH_SIZE = 100  # messages per claim at most
 #: Batches in flight at once: while one waits on the SMTP server, the next is claimed and rendered,
 #: so the database round trips of one batch overlap the network time of the others.
@@ -112,6 +116,7 @@ class Worker:
         self._wake_at = math.inf  # monotonic: held-back throttled work may be claimed again
         self._preparing: set[asyncio.Task[None]] = set()  # transport.prepare() calls running
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._fold_at = 0.0  # monotonic: when to fold message count shards next
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
 
     # -- waking up -------------------------------------------------------------------------------
@@ -443,6 +448,10 @@ class Worker:
             maintenance.complete_finished_campaigns(session=session, now=now)
             forget_quiet_domains(session=session, now=now)
             self._upsert_row(session, now)
+        if time.monotonic() >= self._fold_at:
+            self._fold_at = time.monotonic() + FOLD_SECONDS
+            with transaction(self.runtime.sessions) as session:
+                fold_counts(session=session)
         return bool(requeued or started)
 
     def _register(self) -> None:

@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import MessageStatus
-from tidings.services import campaigns, queue_status
+from tidings.queue import status as queue_status
+from tidings.services import campaigns
 from tidings.web import actions
 from tidings.web.auth import SenderAction, UserDep, show
 from tidings.web.pages import DashboardRoute
