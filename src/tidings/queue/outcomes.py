@@ -14,7 +14,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    insert,
+    select,
+    update,
+    values,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -52,10 +66,17 @@ def record_outcomes(
     now: datetime,
 ) -> list[int]:
     """Write ``decisions`` for messages still leased under ``token``; returns the ids written."""
-    live = lock_leased(session, token=token, ids=[d.message_id for d in decisions])
-    current = [d for d in decisions if d.message_id in live]
+    if not decisions:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        live = _write_batch(session, token, decisions, now)
+        current = [d for d in decisions if d.message_id in live]
+    else:
+        live = lock_leased(session, token=token, ids=[d.message_id for d in decisions])
+        current = [d for d in decisions if d.message_id in live]
+        if current:
+            _write_messages(session, token, current, now)
     if current:
-        _write_messages(session, token, current, now)
         _write_events(session, current, now)
         _suppress(session, [d for d in current if d.suppress_email], now)
     return [d.message_id for d in current]
@@ -113,25 +134,89 @@ _UPDATE = (
 def _write_messages(
     session: Session, token: str, decisions: Sequence[Decision], now: datetime
 ) -> None:
+    names = (
+        "mid",
+        "new_status",
+        "new_not_before",
+        "attempt_increment",
+        "new_error",
+        "new_provider_id",
+        "new_header",
+        "new_sent_at",
+    )
     session.connection().execute(
         _UPDATE,
         [
-            {
-                "mid": d.message_id,
-                "token": token,
-                "new_status": d.status.value,
-                "new_not_before": d.not_before,
-                "attempt_increment": 1 if d.counts_as_attempt else 0,
-                "new_error": d.detail[:MAX_ERROR_LENGTH]
-                if d.detail and d.status != MessageStatus.sent
-                else None,
-                "new_provider_id": d.provider_id,
-                "new_header": d.message_id_header,
-                "new_sent_at": now if d.status == MessageStatus.sent else None,
-                "now": now,
-            }
+            {**dict(zip(names, _row(d, now), strict=True)), "token": token, "now": now}
             for d in decisions
         ],
+    )
+
+
+def _write_batch(
+    session: Session, token: str, decisions: Sequence[Decision], now: datetime
+) -> set[int]:
+    """PostgreSQL: the whole batch in one ``UPDATE … FROM (VALUES …) RETURNING``, fenced in its
+    ``WHERE`` (the row lock the update takes makes the check and the write one step, so no
+    ``FOR UPDATE`` read goes first). One statement instead of one per message: one round trip,
+    and one run of the count triggers (migration 0014) for the batch. SQLite cannot name the
+    columns of a ``VALUES`` list, and has no round trips to save: it keeps ``_write_messages``."""
+    messages = table(Message)
+    rows = values(
+        column("mid", BigInteger),
+        column("new_status", String),
+        column("new_not_before", messages.c.not_before.type),
+        column("attempt_increment", Integer),
+        column("new_error", Text),
+        column("new_provider_id", String),
+        column("new_header", String),
+        column("new_sent_at", messages.c.sent_at.type),
+        name="outcome",
+    ).data([_row(d, now) for d in decisions])
+    statement = (
+        update(messages)
+        .where(
+            messages.c.id == rows.c.mid,
+            messages.c.lease_token == token,
+            messages.c.status == MessageStatus.sending.value,
+        )
+        .values(
+            status=case(
+                (rows.c.new_status == MessageStatus.queued.value, requeue_status()),
+                else_=rows.c.new_status,
+            ),
+            # A column of NULLs only is typed text by PostgreSQL: the times are cast back.
+            not_before=func.coalesce(
+                cast(rows.c.new_not_before, messages.c.not_before.type), messages.c.not_before
+            ),
+            attempts=messages.c.attempts + rows.c.attempt_increment,
+            last_error=rows.c.new_error,
+            provider_message_id=func.coalesce(
+                rows.c.new_provider_id, messages.c.provider_message_id
+            ),
+            message_id_header=func.coalesce(rows.c.new_header, messages.c.message_id_header),
+            sent_at=cast(rows.c.new_sent_at, messages.c.sent_at.type),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        .returning(messages.c.id)
+    )
+    return set(session.scalars(statement))
+
+
+def _row(d: Decision, now: datetime) -> tuple[object, ...]:
+    """A decision as the values ``_write_batch`` and ``_write_messages`` set."""
+    return (
+        d.message_id,
+        d.status.value,
+        d.not_before,
+        1 if d.counts_as_attempt else 0,
+        d.detail[:MAX_ERROR_LENGTH] if d.detail and d.status != MessageStatus.sent else None,
+        d.provider_id,
+        d.message_id_header,
+        now if d.status == MessageStatus.sent else None,
     )
 
 
