@@ -64,7 +64,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
     timezones = tenant_timezones(session, {m.tenant_id for m in messages})
     contacts: dict[RowKey, Recipient] = {}
     if contact_keys:
-        for row in session.execute(
+        for row in session.connection().execute(
             select(
                 Contact.id,
                 Contact.tenant_id,
@@ -94,7 +94,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
     campaigns = (
         {
             (row.tenant_id, row.id): (row.data or {}, row.from_address, row.category)
-            for row in session.execute(
+            for row in session.connection().execute(
                 select(
                     Campaign.id,
                     Campaign.tenant_id,
@@ -111,7 +111,7 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
     templates = (
         {
             (row.tenant_id, row.id): (row.updated_at, row.subject, row.html, row.text)
-            for row in session.execute(
+            for row in session.connection().execute(
                 select(
                     Template.id,
                     Template.tenant_id,

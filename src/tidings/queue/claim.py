@@ -125,7 +125,7 @@ _PG_CANDIDATES = text(
 
 
 def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
-    rows = session.execute(
+    rows = session.connection().execute(
         _PG_CANDIDATES,
         {
             "now": now,

@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 def db_now(session: Session) -> datetime:
     """Now, by the database server (PostgreSQL); SQLite lives on this machine, so its clock is ours."""
     if session.get_bind().dialect.name == "postgresql":
-        value: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        value: datetime = (
+            session.connection().execute(text("SELECT clock_timestamp()")).scalar_one()
+        )
         return value.astimezone(UTC)
     return datetime.now(UTC)

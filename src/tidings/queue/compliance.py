@@ -139,7 +139,7 @@ def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[in
     if missing:
         by_campaign = {
             (tenant_id, campaign_id): category
-            for tenant_id, campaign_id, category in session.execute(
+            for tenant_id, campaign_id, category in session.connection().execute(
                 select(Campaign.tenant_id, Campaign.id, Campaign.category).where(
                     Campaign.id.in_(ids(missing))
                 )
@@ -165,7 +165,7 @@ def _blocked(
         # Kept under its (tenant, id): a message can only ever see its own tenant's contact.
         statuses = {
             (tenant_id, contact_id): status
-            for tenant_id, contact_id, status in session.execute(
+            for tenant_id, contact_id, status in session.connection().execute(
                 select(Contact.tenant_id, Contact.id, Contact.status).where(
                     Contact.id.in_(ids(contact_keys))
                 )
@@ -176,7 +176,7 @@ def _blocked(
         if wanted:
             opted_out = {
                 (contact_id, category)
-                for tenant_id, contact_id, category in session.execute(
+                for tenant_id, contact_id, category in session.connection().execute(
                     select(Preference.tenant_id, Preference.contact_id, Preference.category).where(
                         Preference.contact_id.in_(ids(contact_keys)),
                         Preference.category.in_(wanted),
@@ -187,7 +187,7 @@ def _blocked(
             }
     listed = {
         (tenant_id, email): reason
-        for tenant_id, email, reason in session.execute(
+        for tenant_id, email, reason in session.connection().execute(
             select(Suppression.tenant_id, Suppression.email, Suppression.reason).where(
                 Suppression.tenant_id.in_(sorted({m.tenant_id for m in messages})),
                 Suppression.email.in_(sorted({m.to_address for m in messages})),
