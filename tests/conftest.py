@@ -8,6 +8,11 @@ PostgreSQL tests share one freshly created database per test session, emptied be
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from tidings.api.app import create_app
 from tidings.config import Settings
@@ -74,13 +80,87 @@ def _truncate_pg(url: str) -> None:
     engine.dispose()
 
 
+#: PgBouncer in transaction mode, in front of the PostgreSQL test database: its URL -> the
+#: server's own (for LISTEN, which a transaction pooler cannot carry).
+POOLED: dict[str, str] = {}
+PGBOUNCER = "/usr/sbin/pgbouncer"
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(pg_database_url: str) -> Iterator[str]:
+    """The PostgreSQL test database through a PgBouncer of our own, in transaction mode (as a
+    site running many workers on many hosts would deploy it). PgBouncer refuses to run as root:
+    under root it runs as ``postgres``, from a directory that user can read."""
+    if not os.path.exists(PGBOUNCER):
+        reason = f"PgBouncer is not installed at {PGBOUNCER} (scripts/install-pgbouncer)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires PgBouncer: {reason}")
+        pytest.skip(reason)
+    directory = Path(tempfile.mkdtemp(prefix="tidings-pgbouncer-"))
+    directory.chmod(0o755)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = make_url(pg_database_url)
+    (directory / "users.txt").write_text(f'"{server.username}" ""\n')
+    (directory / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host={server.host} port={server.port or 5432}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory}/users.txt
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = 40
+ignore_startup_parameters = extra_float_digits
+"""
+    )
+    for each in directory.iterdir():
+        each.chmod(0o644)
+    command = [PGBOUNCER, str(directory / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        command = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", "postgres", "--", *command]
+    log = (directory / "pgbouncer.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = server.set(port=port).render_as_string(hide_password=False)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                probe_engine = create_engine(url, connect_args={"prepare_threshold": None})
+                with probe_engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                probe_engine.dispose()
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        "PgBouncer did not start: " + (directory / "pgbouncer.log").read_text()
+                    )
+                time.sleep(0.1)
+        POOLED[url] = pg_database_url
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL, empty and migrated: a new SQLite file, or the emptied PostgreSQL test database."""
+    """A database URL, empty and migrated: a new SQLite file, or the emptied PostgreSQL test
+    database; ``pgbouncer`` (asked for by name) is that database through PgBouncer."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tidings.db'}"
     url: str = request.getfixturevalue("pg_database_url")
     _truncate_pg(url)
+    if request.param == "pgbouncer":
+        pooled: str = request.getfixturevalue("pgbouncer_url")
+        return pooled
     return url
 
 
@@ -92,6 +172,9 @@ def make_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
         "transport_url": f"outbox://{tmp_path / 'outbox'}",
         "public_url": "http://tidings.test",
     }
+    if db_url in POOLED:
+        values["database_pooling"] = "transaction"
+        values["database_listen_url"] = POOLED[db_url]
     values.update(overrides)
     return Settings(**values)
 

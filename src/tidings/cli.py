@@ -229,7 +229,10 @@ def db_upgrade() -> None:
     """Apply the database migrations (safe to run again)."""
     settings = load_settings()
     try:
-        engine = make_engine(settings.resolved_database_url())
+        engine = make_engine(
+            settings.resolved_database_url(),
+            transaction_pooling=settings.database_pooling == "transaction",
+        )
         upgrade(engine)
     except TidingsError as exc:
         raise fail(exc.message) from None

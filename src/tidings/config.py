@@ -29,6 +29,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".tidings")
     database_url: str | None = None  # default: sqlite file in data_dir
+    #: ``transaction`` when ``database_url`` points at a pooler in transaction mode (PgBouncer):
+    #: consecutive transactions may run on different server connections, so nothing may rely on
+    #: a server session (no server-side prepared statements, no LISTEN through it).
+    database_pooling: Literal["session", "transaction"] = "session"
+    #: A direct PostgreSQL URL for the workers' LISTEN (default: ``database_url``). Behind a
+    #: transaction pooler without one, workers find new work by polling only.
+    database_listen_url: str | None = None
     transport_url: str | None = None  # default: outbox maildir in data_dir
     secret_key: str | None = None  # default: generated once, kept in data_dir
     public_url: str = "http://127.0.0.1:8000"
@@ -77,16 +84,20 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The SQLAlchemy URL; ``postgresql://`` is pinned to the psycopg 3 driver we ship."""
         url = self.database_url or f"sqlite:///{(self.data_dir / 'tidings.db').resolve()}"
-        if url.startswith("postgres://"):
-            url = "postgresql://" + url.removeprefix("postgres://")
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-        if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
-            raise ConfigurationError(
-                "TIDINGS_DATABASE_URL must start with sqlite:/// or postgresql://",
-                field="TIDINGS_DATABASE_URL",
-            )
-        return url
+        return _pinned(url, "TIDINGS_DATABASE_URL")
+
+    def listen_url(self) -> str | None:
+        """Where a worker LISTENs (a libpq URL), or None: not PostgreSQL, or only through a
+        transaction pooler, which cannot deliver notifications to a client between transactions."""
+        if self.database_listen_url is not None:
+            url = _pinned(self.database_listen_url, "TIDINGS_DATABASE_LISTEN_URL")
+        elif self.database_pooling == "transaction":
+            return None
+        else:
+            url = self.resolved_database_url()
+        if not url.startswith("postgresql+psycopg://"):
+            return None
+        return "postgresql://" + url.removeprefix("postgresql+psycopg://")
 
     def resolved_transport_url(self) -> str:
         return self.transport_url or f"outbox://{(self.data_dir / 'outbox').resolve()}"
@@ -116,3 +127,16 @@ class Settings(BaseSettings):
                 f"the secret in {path} is too short; delete it to generate a new one"
             )
         return value
+
+
+def _pinned(url: str, variable: str) -> str:
+    """A database URL with ``postgresql://`` pinned to the psycopg 3 driver we ship."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
+        raise ConfigurationError(
+            f"{variable} must start with sqlite:/// or postgresql://", field=variable
+        )
+    return url

@@ -78,7 +78,10 @@ def build_runtime(
     ``migrate=None`` applies migrations on SQLite only: a new SQLite file just works, while a shared
     PostgreSQL database is migrated deliberately with ``tidings db upgrade``.
     """
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(
+        settings.resolved_database_url(),
+        transaction_pooling=settings.database_pooling == "transaction",
+    )
     if migrate or (migrate is None and engine.dialect.name == "sqlite"):
         upgrade(engine)
     runtime = Runtime(

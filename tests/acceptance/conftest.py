@@ -101,6 +101,12 @@ def process_environment(settings: Settings, **env: str) -> dict[str, str]:
         "TIDINGS_RETRY_MAX_SECONDS": str(settings.retry_max_seconds),
         "TIDINGS_LEASE_SECONDS": str(settings.lease_seconds),
         "TIDINGS_POLL_SECONDS": str(settings.poll_seconds),
+        "TIDINGS_DATABASE_POOLING": settings.database_pooling,
+        **(
+            {"TIDINGS_DATABASE_LISTEN_URL": settings.database_listen_url}
+            if settings.database_listen_url
+            else {}
+        ),
         **env,
     }
 

@@ -1,7 +1,9 @@
 """Many worker processes on one queue: exactly once, crash recovery, and a shared throttle.
 
 The first three run on SQLite (several processes on one file, serialised by ``BEGIN IMMEDIATE``)
-and on PostgreSQL (``SKIP LOCKED``, row locks, ``NOTIFY``); the rest on PostgreSQL only.
+and on PostgreSQL (``SKIP LOCKED``, row locks, ``NOTIFY``); the rest on PostgreSQL only. Every
+PostgreSQL test runs twice: straight to the server, and through PgBouncer in transaction mode
+(no server-side prepared statements, LISTEN on a direct connection of its own).
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ from tidings.db.models import Contact, ContactList, Event, ListMember, Message
 from tidings.delivery.throttle import busiest
 from tidings.runtime import Runtime
 
-postgres_only = pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+#: PostgreSQL both directly and through PgBouncer in transaction mode (``tests/conftest.py``).
+every_database = pytest.mark.parametrize(
+    "db_url", ["sqlite", "postgres", "pgbouncer"], indirect=True
+)
+postgres_only = pytest.mark.parametrize("db_url", ["postgres", "pgbouncer"], indirect=True)
 
 
 def audience(client: TestClient, runtime: Runtime, tenant: TenantKeys, size: int) -> dict[str, int]:
@@ -88,6 +94,7 @@ def recipients(server: SmtpTestServer) -> Counter[str]:
     return Counter(r for m in server.messages for r in m.rcpt_tos)
 
 
+@every_database
 def test_three_worker_processes_deliver_every_message_exactly_once(
     client: TestClient,
     runtime: Runtime,
@@ -107,6 +114,7 @@ def test_three_worker_processes_deliver_every_message_exactly_once(
     assert [process.terminate() for process in processes] == [0, 0, 0]
 
 
+@every_database
 def test_a_killed_worker_loses_nothing(
     client: TestClient,
     runtime: Runtime,
@@ -142,6 +150,7 @@ THROTTLE_SECONDS = 10.0  # measured: ten windows of the limit
 THROTTLE_POLL_SECONDS = "0.02"
 
 
+@every_database
 def test_a_throttle_holds_across_worker_processes(
     runtime: Runtime,
     acme: TenantKeys,

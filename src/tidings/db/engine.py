@@ -33,8 +33,12 @@ POOL_OVERFLOW = 20
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` (already resolved by ``Settings.resolved_database_url``)."""
+def make_engine(url: str, *, transaction_pooling: bool = False, **kwargs: Any) -> Engine:
+    """An engine for ``url`` (already resolved by ``Settings.resolved_database_url``).
+
+    ``transaction_pooling``: the URL is a pooler in transaction mode (PgBouncer before 1.21 keeps
+    no prepared statement across transactions), so psycopg never prepares statements on the
+    server; each one is parsed per execution instead."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -51,6 +55,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("pool_size", POOL_SIZE)
     kwargs.setdefault("max_overflow", POOL_OVERFLOW)
     kwargs.setdefault("pool_pre_ping", True)
+    if transaction_pooling:
+        kwargs.setdefault("connect_args", {})["prepare_threshold"] = None
     return create_engine(url, **kwargs)
 
 

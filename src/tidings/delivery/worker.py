@@ -144,8 +144,15 @@ class Worker:
             asyncio.create_task(self._maintain(stop)),
             asyncio.create_task(self._heartbeat(stop)),
         ]
-        if self.runtime.dialect == "postgresql":
-            helpers.append(asyncio.create_task(self._listen(stop)))
+        listen_url = self.runtime.settings.listen_url()
+        if listen_url is not None:
+            helpers.append(asyncio.create_task(self._listen(stop, listen_url)))
+        elif self.runtime.dialect == "postgresql":
+            log.info(
+                "behind a transaction pooler with no TIDINGS_DATABASE_LISTEN_URL: new work is "
+                "found by polling, every %s s",
+                self.runtime.settings.poll_seconds,
+            )
         log.info("worker %s started (concurrency %d)", self.id, self.concurrency)
         try:
             await self._claim_loop(stop)
@@ -475,13 +482,12 @@ class Worker:
         with transaction(self.runtime.sessions) as session:
             session.execute(delete(WorkerRow).where(WorkerRow.id == self.id))
 
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """PostgreSQL LISTEN: a commit anywhere that enqueued work wakes this worker within milliseconds."""
+    async def _listen(self, stop: asyncio.Event, conninfo: str) -> None:
+        """PostgreSQL LISTEN: a commit anywhere that enqueued work wakes this worker within
+        milliseconds. On a connection of its own, straight to the server: a pooler in transaction
+        mode would hand the LISTEN's server connection to other clients."""
         import psycopg
 
-        conninfo = self.runtime.engine.url.set(drivername="postgresql").render_as_string(
-            hide_password=False
-        )
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(

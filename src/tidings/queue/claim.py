@@ -125,6 +125,11 @@ _PG_CANDIDATES = text(
 
 
 def _pg_candidates(session: Session, *, now: datetime, limit: int) -> list[int]:
+    # No JIT for this transaction. The planner cannot know how many rows ``LIMIT cap`` (an
+    # expression) keeps, so it assumes a tenth of the ready queue per tenant; past a few hundred
+    # thousand queued messages that estimate crosses ``jit_above_cost`` and every claim spent
+    # 220-270 ms compiling a query that runs in 1 ms (measured at 300,000 queued).
+    session.connection().exec_driver_sql("SET LOCAL jit = off")
     rows = session.connection().execute(
         _PG_CANDIDATES,
         {
