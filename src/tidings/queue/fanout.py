@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from tidings.db.models import Campaign, Contact, ListMember, Message, Preference, Suppression
 from tidings.db.types import UTCDateTime
@@ -70,13 +70,14 @@ def fan_out_campaign(
     )
     last_id = 0
     while True:
-        upper = _chunk_upper_bound(session, audience, after=last_id, size=chunk_size)
-        in_chunk = Contact.id > last_id if upper is None else Contact.id.between(last_id + 1, upper)
+        upper = _chunk_upper_bound(
+            session, audience_condition(campaign, after=last_id), size=chunk_size
+        )
         session.execute(
             chunk_insert(
                 session,
                 campaign,
-                and_(audience, in_chunk),
+                audience_condition(campaign, after=last_id, upto=upper),
                 now=now,
                 expires_at=expires_at,
                 timing=timing,
@@ -97,8 +98,17 @@ def fan_out_campaign(
     return FanOutResult(recipients=total, suppressed=suppressed)
 
 
-def audience_condition(campaign: Campaign) -> ColumnElement[bool]:
-    """Which of the tenant's contacts the campaign is for (always scoped to its tenant)."""
+def audience_condition(
+    campaign: Campaign, *, after: int = 0, upto: int | None = None
+) -> ColumnElement[bool]:
+    """Which of the tenant's contacts the campaign is for (always scoped to its tenant), with ids
+    in ``(after, upto]``. The bounds are repeated inside the list members' sub-query: without
+    them each chunk's semi-join read every member of the lists again, and a fan-out of 1M took
+    60 s where 100k took 2 (quadratic in the chunks)."""
+
+    def bounded(column: InstrumentedAttribute[int]) -> list[ColumnElement[bool]]:
+        return [column > after, *([] if upto is None else [column <= upto])]
+
     chosen: list[ColumnElement[bool]] = []
     if campaign.list_ids:
         chosen.append(
@@ -106,24 +116,21 @@ def audience_condition(campaign: Campaign) -> ColumnElement[bool]:
                 select(ListMember.contact_id).where(
                     ListMember.tenant_id == campaign.tenant_id,
                     ListMember.list_id.in_(campaign.list_ids),
+                    *bounded(ListMember.contact_id),
                 )
             )
         )
     if campaign.contact_ids:
         chosen.append(Contact.id.in_(campaign.contact_ids))
-    return and_(Contact.tenant_id == campaign.tenant_id, or_(false(), *chosen))
+    return and_(
+        Contact.tenant_id == campaign.tenant_id, *bounded(Contact.id), or_(false(), *chosen)
+    )
 
 
-def _chunk_upper_bound(
-    session: Session, audience: ColumnElement[bool], *, after: int, size: int
-) -> int | None:
+def _chunk_upper_bound(session: Session, audience: ColumnElement[bool], *, size: int) -> int | None:
     """The id of the chunk's last contact, or None when fewer than ``size`` remain (last chunk)."""
     bound: int | None = session.scalar(
-        select(Contact.id)
-        .where(audience, Contact.id > after)
-        .order_by(Contact.id)
-        .offset(size - 1)
-        .limit(1)
+        select(Contact.id).where(audience).order_by(Contact.id).offset(size - 1).limit(1)
     )
     return bound
 
