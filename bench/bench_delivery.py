@@ -1,6 +1,7 @@
 """Delivery benchmarks on PostgreSQL: fan-out, end-to-end throughput, wake-up latency, API latency.
 
     python bench/bench_delivery.py [--recipients 100000] [--workers 2] [--concurrency N]
+        [--skip-throughput] [--skip-latency] [--api-processes 1] [--api-rate 200]
 
 Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Postfix's smtp-sink (bench/setup.sh
 installs it). Everything runs on 127.0.0.1. It prints figures and asserts nothing about time.
@@ -246,7 +247,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(60)
 
 
-def bench_latency(url: str, data_dir: str, processes: int) -> None:
+def bench_latency(url: str, data_dir: str, processes: int, rate: int) -> None:
     arrivals = Arrivals()
     smtp = Controller(arrivals, hostname="127.0.0.1", port=free_port())
     smtp.start()
@@ -319,7 +320,7 @@ def bench_latency(url: str, data_dir: str, processes: int) -> None:
         )
         worker = start_worker(env_for(url, f"smtp://127.0.0.1:{sink_port}?tls=none", data_dir), 50)
         try:
-            api_load(api_port, headers, api.pid, processes)
+            api_load(api_port, headers, api.pid, processes, rate)
         finally:
             sink.terminate()
     finally:
@@ -362,6 +363,9 @@ def main() -> None:
         help="tidings worker --concurrency; by default the worker is started without options",
     )
     parser.add_argument("--api-processes", type=int, default=1, help="tidings serve --processes")
+    parser.add_argument(
+        "--api-rate", type=int, default=200, help="requests/s of the open-loop load"
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -381,7 +385,7 @@ def main() -> None:
                 check=True,
                 stdout=subprocess.DEVNULL,
             )
-            bench_latency(url, data_dir, args.api_processes)
+            bench_latency(url, data_dir, args.api_processes, args.api_rate)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ the reaper cannot take them between the check and the write.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -31,6 +32,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 
 from tidings.db.models import Contact, Event, Message, Suppression, table
 from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
@@ -97,112 +100,7 @@ def lock_leased(session: Session, *, token: str, ids: Sequence[int]) -> set[int]
     )
 
 
-_UPDATE = (
-    update(table(Message))
-    .where(
-        table(Message).c.id == bindparam("mid"),
-        table(Message).c.lease_token == bindparam("token"),
-    )
-    .values(
-        # A retry follows its campaign: paused or cancelled meanwhile, it must not go out.
-        status=case(
-            (bindparam("new_status") == MessageStatus.queued.value, requeue_status()),
-            else_=bindparam("new_status"),
-        ),
-        not_before=func.coalesce(
-            bindparam("new_not_before", type_=table(Message).c.not_before.type),
-            table(Message).c.not_before,
-        ),
-        attempts=table(Message).c.attempts + bindparam("attempt_increment"),
-        last_error=bindparam("new_error"),
-        provider_message_id=func.coalesce(
-            bindparam("new_provider_id"), table(Message).c.provider_message_id
-        ),
-        message_id_header=func.coalesce(
-            bindparam("new_header"), table(Message).c.message_id_header
-        ),
-        sent_at=bindparam("new_sent_at", type_=table(Message).c.sent_at.type),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-        updated_at=bindparam("now", type_=table(Message).c.updated_at.type),
-    )
-)
-
-
-def _write_messages(
-    session: Session, token: str, decisions: Sequence[Decision], now: datetime
-) -> None:
-    names = (
-        "mid",
-        "new_status",
-        "new_not_before",
-        "attempt_increment",
-        "new_error",
-        "new_provider_id",
-        "new_header",
-        "new_sent_at",
-    )
-    session.connection().execute(
-        _UPDATE,
-        [
-            {**dict(zip(names, _row(d, now), strict=True)), "token": token, "now": now}
-            for d in decisions
-        ],
-    )
-
-
-def _batch_update() -> Update:
-    """``UPDATE messages … FROM unnest(:arrays) AS outcome(…)``: the batch travels as one array
-    per column, so the statement text is the same for every batch (compiled once, and prepared
-    by the server); a ``VALUES`` list of literals would be compiled anew for each batch (it was
-    a quarter of the worker's CPU)."""
-    messages = table(Message)
-    times = ARRAY(messages.c.sent_at.type)
-    outcome = (
-        func.unnest(
-            bindparam("mid", type_=ARRAY(BigInteger)),
-            bindparam("new_status", type_=ARRAY(String)),
-            bindparam("new_not_before", type_=times),
-            bindparam("attempt_increment", type_=ARRAY(Integer)),
-            bindparam("new_error", type_=ARRAY(Text)),
-            bindparam("new_provider_id", type_=ARRAY(String)),
-            bindparam("new_header", type_=ARRAY(String)),
-            bindparam("new_sent_at", type_=times),
-        )
-        .table_valued(*_COLUMNS)
-        .render_derived(name="outcome")
-    )
-    return (
-        update(messages)
-        .where(
-            messages.c.id == outcome.c.mid,
-            messages.c.lease_token == bindparam("token"),
-            messages.c.status == MessageStatus.sending.value,
-        )
-        .values(
-            status=case(
-                (outcome.c.new_status == MessageStatus.queued.value, requeue_status()),
-                else_=outcome.c.new_status,
-            ),
-            not_before=func.coalesce(outcome.c.new_not_before, messages.c.not_before),
-            attempts=messages.c.attempts + outcome.c.attempt_increment,
-            last_error=outcome.c.new_error,
-            provider_message_id=func.coalesce(
-                outcome.c.new_provider_id, messages.c.provider_message_id
-            ),
-            message_id_header=func.coalesce(outcome.c.new_header, messages.c.message_id_header),
-            sent_at=outcome.c.new_sent_at,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            updated_at=bindparam("now", type_=messages.c.updated_at.type),
-        )
-        .returning(messages.c.id)
-    )
-
-
-#: What each decision sets, in the order of ``_row``.
+#: What each decision sets, in the order of ``_row``, with each value's type.
 _COLUMNS = (
     "mid",
     "new_status",
@@ -213,6 +111,91 @@ _COLUMNS = (
     "new_header",
     "new_sent_at",
 )
+_TYPES: tuple[TypeEngine[Any], ...] = (
+    BigInteger(),
+    String(),
+    table(Message).c.not_before.type,
+    Integer(),
+    Text(),
+    String(),
+    String(),
+    table(Message).c.sent_at.type,
+)
+
+
+def _outcome_update(new: Mapping[str, ColumnElement[Any]]) -> Update:
+    """``UPDATE messages SET …`` from the decision's values ``new`` (by name in ``_COLUMNS``),
+    for the rows still leased under ``:token``; the caller says which row each value is for."""
+    messages = table(Message)
+    return (
+        update(messages)
+        .where(messages.c.lease_token == bindparam("token"))
+        .values(
+            # A retry follows its campaign: paused or cancelled meanwhile, it must not go out.
+            status=case(
+                (new["new_status"] == MessageStatus.queued.value, requeue_status()),
+                else_=new["new_status"],
+            ),
+            not_before=func.coalesce(new["new_not_before"], messages.c.not_before),
+            attempts=messages.c.attempts + new["attempt_increment"],
+            last_error=new["new_error"],
+            provider_message_id=func.coalesce(
+                new["new_provider_id"], messages.c.provider_message_id
+            ),
+            message_id_header=func.coalesce(new["new_header"], messages.c.message_id_header),
+            sent_at=new["new_sent_at"],
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            updated_at=bindparam("now", type_=messages.c.updated_at.type),
+        )
+    )
+
+
+#: SQLite: one statement per message (executemany), the rows locked by ``lock_leased`` first.
+_UPDATE = _outcome_update(
+    {name: bindparam(name, type_=kind) for name, kind in zip(_COLUMNS, _TYPES, strict=True)}
+).where(table(Message).c.id == bindparam("mid"))
+
+
+def _write_messages(
+    session: Session, token: str, decisions: Sequence[Decision], now: datetime
+) -> None:
+    session.connection().execute(
+        _UPDATE,
+        [
+            {**dict(zip(_COLUMNS, _row(d, now), strict=True)), "token": token, "now": now}
+            for d in decisions
+        ],
+    )
+
+
+def _batch_update() -> Update:
+    """``UPDATE messages … FROM unnest(:arrays) AS outcome(…)``: the batch travels as one array
+    per column, so the statement text is the same for every batch (compiled once, and prepared
+    by the server); a ``VALUES`` list of literals would be compiled anew for each batch (it was
+    a quarter of the worker's CPU)."""
+    outcome = (
+        func.unnest(
+            *(
+                bindparam(name, type_=ARRAY(kind))
+                for name, kind in zip(_COLUMNS, _TYPES, strict=True)
+            )
+        )
+        .table_valued(*_COLUMNS)
+        .render_derived(name="outcome")
+    )
+    messages = table(Message)
+    return (
+        _outcome_update({name: outcome.c[name] for name in _COLUMNS})
+        .where(
+            messages.c.id == outcome.c.mid,
+            messages.c.status == MessageStatus.sending.value,
+        )
+        .returning(messages.c.id)
+    )
+
+
 _BATCH_UPDATE = _batch_update()
 
 
