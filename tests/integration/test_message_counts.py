@@ -5,18 +5,21 @@ the shards of closed connections are folded."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+import pytest
+from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from tests.conftest import TenantKeys
 from tidings.db.engine import transaction
 from tidings.db.models import Message, MessageCount, table
 from tidings.domain import MessageStatus
-from tidings.queue.status import fold_counts, queue_overview
+from tidings.queue.status import fold_counts, oldest_waiting, queue_overview
 from tidings.runtime import Runtime
 
 NOW = datetime(2030, 5, 1, 9, 0, tzinfo=UTC)
@@ -152,3 +155,58 @@ def test_a_scrape_reads_the_counts_not_the_history(runtime: Runtime, acme: Tenan
     assert tenant.counts == {"queued": 3, "sent": 1002}
     assert tenant.ready == 3
     assert tenant.oldest_waiting_since == NOW
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_the_backlog_is_read_from_the_claim_index_in_any_plan(runtime: Runtime) -> None:
+    """The ready count and the oldest wait must come from ``ix_messages_claim`` (the queue alone),
+    even under a generic plan, as psycopg's prepared statements get after a few executions: a
+    bound ``status`` parameter cannot be matched to the index's ``status = 'queued'`` predicate
+    there, and the scrape would walk the whole history."""
+    captured: list[tuple[str, dict[str, Any]]] = []
+
+    def capture(*args: Any) -> None:
+        statement, parameters = args[2], args[3]
+        if "FROM messages" in statement:
+            captured.append((statement, parameters))
+
+    event.listen(runtime.engine, "before_cursor_execute", capture)
+    try:
+        with runtime.sessions() as session:
+            queue_overview(session=session, now=NOW)
+            oldest_waiting(session=session, now=NOW)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", capture)
+    assert len(captured) == 2
+    with runtime.engine.connect() as connection:
+        connection.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        connection.exec_driver_sql("SET enable_seqscan = off")
+        for number, (statement, parameters) in enumerate(captured):
+            prepared, names = _numbered(statement)
+            connection.exec_driver_sql(f"PREPARE probe{number} AS {prepared}")
+            arguments = ", ".join(_literal(parameters[name]) for name in names)
+            plan = "\n".join(
+                row[0]
+                for row in connection.exec_driver_sql(f"EXPLAIN EXECUTE probe{number}({arguments})")
+            )
+            assert "ix_messages_claim" in plan, plan
+
+
+def _numbered(statement: str) -> tuple[str, list[str]]:
+    """psycopg's ``%(name)s`` placeholders as ``$1, $2 …`` (for PREPARE), and their names."""
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        names.append(match[1])
+        return f"${len(names)}"
+
+    return re.sub(r"%\((\w+)\)s", placeholder, statement), names
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, datetime):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    assert isinstance(value, int), value
+    return str(value)

@@ -3,8 +3,10 @@
 Fencing: every write names the lease token the claim handed out and only touches rows still
 ``sending`` under that token. A worker that froze past its lease (and whose messages the reaper
 has since given to another worker) comes back to find its token gone: its late result is
-dropped instead of overwriting the newer attempt's. The rows are locked first (``FOR UPDATE``) so
-the reaper cannot take them between the check and the write.
+dropped instead of overwriting the newer attempt's. The check and the write are one step, so the
+reaper cannot take a row between them: on PostgreSQL the batch's single ``UPDATE`` checks the
+token in its ``WHERE`` under the row lock it takes; on SQLite the rows are read under the
+database's write lock (``lock_leased``) and then written.
 """
 
 from __future__ import annotations

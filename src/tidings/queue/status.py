@@ -18,7 +18,6 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from tidings.db.models import Message, MessageCount, Tenant
 from tidings.db.models import Worker as WorkerRow
-from tidings.domain import MessageStatus
 
 #: A worker whose heartbeat is older than this is presumed gone. Workers refresh theirs about
 #: every second (their maintenance pass), so this leaves room for a slow database.
@@ -183,7 +182,7 @@ def oldest_waiting(
             Message.campaign_id,
             Message.not_before,
         )
-        .where(Message.status == MessageStatus.queued.value, Message.not_before <= now)
+        .where(Message.status == QUEUED, Message.not_before <= now)
         .order_by(Message.not_before, Message.id)
         .limit(1)
     )
