@@ -55,7 +55,7 @@ from tidings.queue.claimed import Claim, ClaimedMessage, ClockReading
 from tidings.queue.clock import db_now
 from tidings.queue.compliance import screen_claimed
 from tidings.queue.domain_rates import ADAPTIVE, adaptive_window, lock_limiting_rates
-from tidings.queue.enqueue import requeue_status
+from tidings.queue.enqueue import requeue_values
 from tidings.queue.windows import defer_outside_windows
 
 CLOCK_TRIES = 3  # readings of the database's clock at most, for one with a short round trip
@@ -412,13 +412,7 @@ def _requeue_unstarted(
     session: Session, ids: Sequence[int], *, not_before: datetime | None, now: datetime
 ) -> None:
     """Back to the queue untouched: a message held back by a throttle has not used an attempt."""
-    values: dict[str, object] = {
-        "status": requeue_status(),
-        "lease_owner": None,
-        "lease_token": None,
-        "lease_expires_at": None,
-        "updated_at": now,
-    }
+    values = requeue_values(now)
     if not_before is not None:
         values["not_before"] = not_before
     session.execute(update(Message).where(Message.id.in_(ids)).values(**values))
@@ -442,13 +436,7 @@ def release_unsent(
                 Message.lease_token == token,
                 Message.status == MessageStatus.sending.value,
             )
-            .values(
-                status=requeue_status(),
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-                updated_at=now,
-            )
+            .values(**requeue_values(now))
             .returning(Message.id)
         )
     )

@@ -251,6 +251,18 @@ def requeue_status() -> ColumnElement[str]:
     )
 
 
+def requeue_values(now: datetime) -> dict[str, Any]:
+    """The values of every ``UPDATE messages`` that gives a leased message back to the queue: the
+    status its campaign allows (``requeue_status``), the lease cleared."""
+    return {
+        "status": requeue_status(),
+        "lease_owner": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+    }
+
+
 def hold_campaign_messages(*, session: Session, campaign_id: int, now: datetime) -> int:
     """Pause: the campaign's queued messages become ``paused``, which the claim never picks."""
     return _move(

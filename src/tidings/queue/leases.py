@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import Event, Message, table
 from tidings.domain import EventType, MessageStatus
-from tidings.queue.enqueue import requeue_status
+from tidings.queue.enqueue import requeue_values
 
 
 def renew_leases(
@@ -55,15 +55,7 @@ def reap_expired_leases(*, session: Session, now: datetime, max_expiries: int) -
     requeued = session.execute(
         update(Message)
         .where(*expired)
-        .values(
-            status=requeue_status(),  # follows a campaign paused or cancelled meanwhile
-            lease_expiries=Message.lease_expiries + 1,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            not_before=now,
-            updated_at=now,
-        )
+        .values(**requeue_values(now), lease_expiries=Message.lease_expiries + 1, not_before=now)
         .returning(Message.id, Message.tenant_id, Message.campaign_id)
         .execution_options(synchronize_session=False)
     ).all()

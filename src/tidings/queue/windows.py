@@ -34,7 +34,7 @@ from tidings.db.timezones import tenant_timezone
 from tidings.db.types import NullableJson, UTCDateTime
 from tidings.domain import EventType
 from tidings.queue.claimed import ClaimedMessage
-from tidings.queue.enqueue import requeue_status
+from tidings.queue.enqueue import requeue_values
 from tidings.scheduling.windows import (
     CONTACT,
     FALLBACK_TIMEZONE,
@@ -187,13 +187,6 @@ def _requeue(session: Session, ids: Sequence[int], *, not_before: datetime, now:
     session.execute(
         update(Message)
         .where(Message.id.in_(ids))
-        .values(
-            status=requeue_status(),
-            not_before=not_before,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
+        .values(**requeue_values(now), not_before=not_before)
         .execution_options(synchronize_session=False)
     )
