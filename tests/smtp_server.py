@@ -9,6 +9,7 @@ It records every message it receives and can misbehave on demand, the way real s
         server.script(None, slow(0.5, at="MAIL"))       # transaction 1 normal, 2 slow, then normal
         server.fail("cy@example.com", hold(TRY_LATER), times=1)   # no reply until release_holds()
         server.limit_rate("slow.test", 20)   # 421 at RCPT while 20 were accepted in the last second
+        server.far_away("far.test", 0.03)    # clients that greet as far.test: 30 ms to EHLO, RCPT
         ... send to server.url ...
         server.wait_for(3)
         server.messages[0].message["Subject"]
@@ -135,6 +136,7 @@ class SmtpTestServer:
         self._attempts: dict[str, list[float]] = {}
         # Per domain: (accepted per second, the refusal, monotonic times of recent acceptances).
         self._rate_limits: dict[str, tuple[int, str, deque[float]]] = {}
+        self._far: dict[str, float] = {}  # EHLO name: how much later its RCPTs are answered
         self._released = asyncio.Event()  # set on the server's loop: release_holds()
         self._auth = auth
         self.pipelining = pipelining  # advertise PIPELINING (aiosmtpd reads commands in order)
@@ -198,6 +200,12 @@ class SmtpTestServer:
         ``per_second`` get through in any second, however fast the client tries."""
         with self._lock:
             self._rate_limits[domain.lower()] = (per_second, refusal, deque())
+
+    def far_away(self, helo: str, seconds: float) -> None:
+        """Answer the EHLO and RCPTs of clients that greet as ``helo`` ``seconds`` late, as a
+        server that far away would (each RCPT is noted when it arrives)."""
+        with self._lock:
+            self._far[helo.lower()] = seconds
 
     def script(self, *steps: Fault | None) -> None:
         """One step per coming transaction, in order (None: behave); afterwards, behave."""
@@ -373,6 +381,9 @@ class _Handler:
         _connection_of(self.server, smtp, session)
         self.server._live.add(smtp)
         session.host_name = hostname
+        distance = self.server._far.get(hostname.lower())
+        if distance:
+            await asyncio.sleep(distance)
         if self.server.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -407,6 +418,9 @@ class _Handler:
         self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         self.server._count_attempt(address)
+        distance = self.server._far.get((session.host_name or "").lower())
+        if distance:
+            await asyncio.sleep(distance)
         txn = _transaction_of(session)
         fault = self.server._fault_for("RCPT", [address.lower()], txn)
         refusal = await _apply(smtp, fault, self.server._released) or self.server._over_rate(

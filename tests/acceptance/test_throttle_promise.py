@@ -44,3 +44,26 @@ def test_a_per_second_limit_is_used_and_never_exceeded_at_the_server(
     assert len(times) == count
     assert busiest(times, 1.0) <= per_second
     assert share_of_limit(times, per_second, MEASURED_SECONDS) >= 0.97
+
+
+@pytest.mark.timeout(60)
+def test_workers_whose_servers_answer_at_different_distances_keep_the_limit_at_rcpt(
+    runtime: Runtime, acme: TenantKeys, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    """One worker's envelopes take 40 ms to be answered, the other's under 1 ms: each writes its
+    envelopes ahead of the slots by what it measured. Were each to use its own lead, the far one's
+    RCPTs would land some 70 ms earlier against their slots than the near one's, and the seconds
+    where one follows the other would hold more than the limit at RCPT."""
+    per_second = 50
+    count = int(per_second * (MEASURED_SECONDS + 1))
+    recipients = throttle_backlog(runtime, acme.tenant_id, per_second, count)
+    with smtp_server_process(far={"far.test": 0.040}) as server:
+        worker_process(concurrency=50, TIDINGS_TRANSPORT_URL=server.url)
+        worker_process(concurrency=50, TIDINGS_TRANSPORT_URL=f"{server.url}&helo=far.test")
+        wait_until(lambda: delivered(runtime, acme.tenant_id) == count, MEASURED_SECONDS + 30)
+    every_rcpt = sorted(t for r in recipients for t in server.attempt_times.get(r.lower(), []))
+    assert busiest(every_rcpt, 1.0) <= per_second
+    # Measured 97.0-97.2 %: the near worker's first claim spaced envelopes 10 ms ahead, and the
+    # rise to the far one's lead cost its 70 ms once, which is 1.4 % of a 10 s run. Checked here
+    # only to show that the far worker's mail was not simply given up at its slots.
+    assert share_of_limit(arrivals(server, recipients), per_second, MEASURED_SECONDS) >= 0.95

@@ -39,10 +39,11 @@ class ServerProcess:
 
 
 @contextmanager
-def smtp_server_process() -> Iterator[ServerProcess]:
-    """``tests/smtp_server.py``'s server in a child process, for measuring arrival times."""
+def smtp_server_process(far: dict[str, float] | None = None) -> Iterator[ServerProcess]:
+    """``tests/smtp_server.py``'s server in a child process, for measuring arrival times;
+    ``far``: EHLO names whose RCPTs it answers that many seconds late (``far_away``)."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.acceptance.throttled"],
+        [sys.executable, "-m", "tests.acceptance.throttled", json.dumps(far or {})],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -56,12 +57,14 @@ def smtp_server_process() -> Iterator[ServerProcess]:
         server.attempt_times.update(json.loads(out))
 
 
-def _serve() -> None:
+def _serve(far: dict[str, float]) -> None:
     # A dedicated mail server is not slowed down by the sender's machine. Here it shares the
     # CPU with the workers under test (and whatever else runs): first in line when allowed.
     with contextlib.suppress(OSError):
         os.nice(RECEIVER_NICENESS)
     with SmtpTestServer() as server:
+        for helo, seconds in far.items():
+            server.far_away(helo, seconds)
         # Nothing it keeps has cycles; a collection would only pause arrivals.
         gc.disable()
         sys.stdout.write(f"{server.url}\n")
@@ -124,4 +127,4 @@ def share_of_limit(times: list[float], per_second: int, seconds: float) -> float
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})

@@ -371,6 +371,19 @@ async def test_send_at_learns_a_distant_servers_round_trip_and_writes_the_envelo
     assert at <= received.received_monotonic < at + 0.03
 
 
+async def test_one_stalled_envelope_does_not_move_the_lead(server: SmtpTestServer) -> None:
+    """The lead becomes every worker's of the tenant, and a rise costs throttled mail its size
+    once: a single slow reply (a pause on either side) must not raise it."""
+    server.script(None, None, None, slow(0.3, at="DATA"))
+    transport = smtp(server, concurrency=1)
+    try:
+        for number in range(6):
+            await transport.send([message(number)])
+        assert transport.lead < 0.05
+    finally:
+        await transport.close()
+
+
 async def test_an_old_connection_is_retired_and_replaced(
     server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

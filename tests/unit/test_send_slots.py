@@ -16,7 +16,9 @@ from tidings.transports.base import send_on_time
 DB_NOW = 1_800_000_000.0
 
 
-def message(number: int, send_at: float | None = None, late: float = 0.012) -> ClaimedMessage:
+def message(
+    number: int, send_at: float | None = None, late: float = 0.012, lead: float = 0.0
+) -> ClaimedMessage:
     return ClaimedMessage(
         id=number,
         tenant_id=1,
@@ -36,6 +38,7 @@ def message(number: int, send_at: float | None = None, late: float = 0.012) -> C
         idempotency_key=None,
         send_at=send_at,
         send_by=None if send_at is None else send_at + late,
+        send_lead=lead,
     )
 
 
@@ -45,6 +48,7 @@ class Recorder:
     def __init__(self) -> None:
         self.started: dict[int, float] = {}
         self.calls = 0
+        self.leads: list[float] = []
 
     async def send(self, batch: Sequence[ClaimedMessage]) -> list[str]:
         self.calls += 1
@@ -57,8 +61,9 @@ class Recorder:
         await self.send([m for m, _ in batch])
 
     async def send_at(
-        self, batch: list[tuple[ClaimedMessage, str]], at: float, by: float
+        self, batch: list[tuple[ClaimedMessage, str]], at: float, by: float, lead: float
     ) -> list[ClaimedMessage]:
+        self.leads.append(lead)
         messages = [m for m, _ in batch]
         outcomes = await send_on_time(self, messages, at=at, by=by)  # type: ignore[arg-type]
         return [m for m, o in zip(messages, outcomes, strict=True) if o is None]
@@ -86,6 +91,25 @@ async def test_each_message_starts_at_its_slot_never_before_and_unthrottled_mail
     assert recorder.calls == 3
 
 
+async def test_each_group_is_handed_over_its_claimed_lead_ahead_and_told_that_lead() -> None:
+    """The claim spaced envelopes by the lead it gave each message: the transport must write
+    them that far ahead, not by a lead of its own."""
+    clock = ClockReading(db=DB_NOW, before=time.monotonic(), after=time.monotonic())
+    handed: dict[float, float] = {}
+    recorder = Recorder()
+
+    async def send_at(
+        batch: list[tuple[ClaimedMessage, str]], at: float, by: float, lead: float
+    ) -> list[ClaimedMessage]:
+        handed[lead] = at - time.monotonic()
+        return await recorder.send_at(batch, at, by, lead)
+
+    batch = [message(1, DB_NOW + 0.2, lead=0.010), message(2, DB_NOW + 0.2, lead=0.150)]
+    missed = await send_in_slots([(m, "x") for m in batch], clock, recorder.send_now, send_at)
+    assert missed == [] and sorted(recorder.leads) == [0.010, 0.150]
+    assert handed[0.150] > 0.150 > handed[0.010] > 0.010
+
+
 async def test_a_message_that_cannot_start_by_its_send_by_is_handed_back_unsent() -> None:
     # The claim's clock reading is a second old: these slots passed long ago.
     clock = ClockReading(db=DB_NOW, before=time.monotonic() - 1.0, after=time.monotonic() - 1.0)
@@ -106,7 +130,7 @@ async def test_a_failed_send_surfaces_only_after_every_other_send_finished() -> 
         raise RuntimeError("transport bug")
 
     async def send_at(
-        batch: list[tuple[ClaimedMessage, str]], at: float, by: float
+        batch: list[tuple[ClaimedMessage, str]], at: float, by: float, lead: float
     ) -> list[ClaimedMessage]:
         await asyncio.sleep(0.05)
         finished.extend(m.id for m, _ in batch)

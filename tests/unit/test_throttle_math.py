@@ -12,6 +12,7 @@ import pytest
 from tidings.delivery.throttle import (
     HORIZON,
     JITTER,
+    LEAD_HALF_LIFE,
     MAX_BLOCK_SECONDS,
     REFILL,
     SLOT_LEAD,
@@ -111,7 +112,7 @@ def test_mail_to_an_open_domain_takes_the_slots_a_closed_domain_left() -> None:
     # grid slots of the tenant's, which stay free.
     (first,) = schedule([[tenant, slow_domain]], start=NOW, horizon=NOW + HORIZON)
     assert isinstance(first, Slot) and first.at == pytest.approx(NOW + 0.06)
-    assert tenant.holes == pytest.approx([NOW, NOW + spacing])
+    assert [hole for hole, _ in tenant.holes] == pytest.approx([NOW, NOW + spacing])
     later = schedule([[tenant]] * 4, start=NOW, horizon=NOW + HORIZON)
     assert slots(later) == pytest.approx(
         [NOW, NOW + spacing, first.at + spacing, first.at + 2 * spacing]
@@ -190,3 +191,51 @@ def test_a_per_second_slot_given_back_while_ahead_becomes_a_hole() -> None:
     passed = Spacing(10, 1.0, now=NOW + 1)
     passed.give_back(NOW)  # a slot already behind the clock is of no use to anyone
     assert passed.holes == []
+
+
+def test_envelopes_keep_the_spacing_when_the_lead_rises_and_the_rise_is_paid_once() -> None:
+    window = Spacing(10, 1.0, now=NOW)
+    step = window.spacing
+    placed = schedule([[window]] * 3, start=NOW, horizon=NOW + 1, lead=0.010)
+    raised = schedule([[window]] * 3, start=NOW, horizon=NOW + 1, lead=0.050)
+    moments = [(p.at, p.lead) for p in placed + raised if isinstance(p, Slot)]
+    slots_ = [at for at, _ in moments]
+    envelopes = [at - lead for at, lead in moments]
+    assert all(b - a >= step - 1e-6 for a, b in itertools.pairwise(slots_))
+    assert all(b - a >= step - 1e-6 for a, b in itertools.pairwise(envelopes))
+    # The first slot after the rise moved by the rise (40 ms); the next ones keep the grid.
+    assert slots_[3] - slots_[2] == pytest.approx(step + 0.040)
+    assert slots_[4] - slots_[3] == pytest.approx(step)
+
+
+def test_a_tenants_messages_use_the_longest_lead_asked_for_lately_and_it_decays() -> None:
+    window = Spacing(10, 1.0, now=NOW)
+    far = admit_tenant([window], [[]], now=NOW, lead=0.0824)
+    (slot,) = far.decisions
+    # Whole milliseconds, and reckoned for the envelope: written SLOT_LEAD after the claim.
+    assert isinstance(slot, Slot) and slot.lead == pytest.approx(0.083)
+    assert slot.at - slot.lead == pytest.approx(NOW + SLOT_LEAD)
+    stored = window.state()
+    near = admit_tenant(
+        [Spacing.load(10, 1.0, stored, now=NOW + 0.2)], [[]], now=NOW + 0.2, lead=0.010
+    )
+    assert isinstance(near.decisions[0], Slot) and near.decisions[0].lead == pytest.approx(0.083)
+    later = Spacing.load(10, 1.0, stored, now=NOW + LEAD_HALF_LIFE)
+    assert later.lead_floor() == pytest.approx(0.083 / 2)
+
+
+def test_a_hole_is_taken_only_with_the_lead_it_was_cut_with() -> None:
+    window = Spacing(10, 1.0, now=NOW)
+    window.take(NOW, 0.010)
+    window.take(NOW + 0.3, 0.010)  # holes at NOW + 0.102 and NOW + 0.204, envelopes 10 ms ahead
+    assert window.earliest(NOW, 0.010) == pytest.approx(NOW + window.spacing)
+    assert window.earliest(NOW, 0.050) > NOW + 0.3  # a longer lead would crowd the envelopes
+
+
+def test_state_stored_before_envelopes_were_counted_is_read_on_the_safe_side() -> None:
+    spaced = Spacing.load(10, 1.0, {"tat": NOW, "spacing": 0.102, "holes": [NOW + 0.5]}, now=NOW)
+    assert spaced.holes == [] and spaced.earliest(NOW, 0.030) == pytest.approx(NOW + 0.030)
+    counted = SlidingCount.load(
+        2, 60.0, {"width": 0.6, "first": int(NOW // 0.6), "counts": [2]}, now=NOW
+    )
+    assert counted.earliest(NOW, 0.030) > NOW + 60

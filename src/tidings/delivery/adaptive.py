@@ -100,18 +100,21 @@ def is_limiting(current: AdaptiveRate, *, now: float) -> bool:
 class Paced:
     """The rate as one more admission window (``delivery/throttle.py``'s ``Window`` protocol): one
     start per ``spacing`` seconds, no burst. The rate is what the domain told us it takes, not a
-    promise measured at its server, so it keeps no holes and needs no jitter allowance of its own
-    beyond the engine's usual one."""
+    promise measured at its server, so it keeps no holes, spaces the slots alone (not the
+    envelopes) and needs no jitter allowance of its own beyond the engine's usual one."""
 
     spacing: float
     tat: float  # the next start is not before it (a Retry-After pause included)
     jitter: float = JITTER
 
-    def earliest(self, t: float) -> float:
+    def earliest(self, t: float, lead: float = 0.0) -> float:  # noqa: ARG002 (slots alone)
         return max(t, self.tat)
 
-    def take(self, t: float) -> None:
+    def take(self, t: float, lead: float = 0.0) -> None:  # noqa: ARG002 (slots alone)
         self.tat = max(t, self.tat) + self.spacing
+
+    def lead_floor(self) -> float:
+        return 0.0
 
     def state(self) -> dict[str, Any]:
         return {"tat": self.tat}

@@ -179,8 +179,11 @@ def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[i
     return [entry[-1] for entry in ranked[:limit]]
 
 
-def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: float) -> Claim:
-    """Lease up to ``limit`` ready messages to ``owner``; call inside a transaction and commit at once."""
+def claim_batch(
+    *, session: Session, owner: str, limit: int, lease_seconds: float, lead: float = 0.0
+) -> Claim:
+    """Lease up to ``limit`` ready messages to ``owner``; call inside a transaction and commit at
+    once. ``lead``: how far ahead of its slot the owner's transport would write an envelope."""
     now = db_now(session)
     token = secrets.token_hex(16)
     if session.get_bind().dialect.name == "postgresql":
@@ -212,7 +215,7 @@ def claim_batch(*, session: Session, owner: str, limit: int, lease_seconds: floa
     # Compliance first: a message that must not go out never spends a throttle slot.
     allowed = screen_claimed(session=session, messages=claimed, now=now)
     allowed = defer_outside_windows(session, allowed, now)  # outside: back at its next opening
-    admission = _apply_throttles(session, allowed, now=now)
+    admission = _apply_throttles(session, allowed, now=now, lead=lead)
     admitted = sorted(admission.messages, key=lambda m: (-m.priority, m.id))
     return Claim(
         token=token,
@@ -235,7 +238,7 @@ class _Admission:
 
 
 def _apply_throttles(
-    session: Session, claimed: list[ClaimedMessage], *, now: datetime
+    session: Session, claimed: list[ClaimedMessage], *, now: datetime, lead: float
 ) -> _Admission:
     """Give what the tenants' and domains' limits admit a slot within the horizon; requeue the
     rest untouched, to be claimed again shortly before its slot."""
@@ -263,6 +266,7 @@ def _apply_throttles(
             tenant_rates,
             messages,
             clock.db,
+            lead,
             admission,
             held,
         )
@@ -332,6 +336,7 @@ def _admit_tenant(
     rates: dict[str, DomainRate],
     messages: list[ClaimedMessage],
     now: float,
+    lead: float,
     admission: _Admission,
     held: dict[float | None, list[int]],
 ) -> None:
@@ -355,6 +360,7 @@ def _admit_tenant(
         list(tenant_windows.values()),
         [list(domain_windows.get(_domain_of(m), {}).values()) for m in throttled],
         now=now,
+        lead=lead,
     )
     if throttle is not None:
         throttle.window_state = {name: w.state() for name, w in tenant_windows.items()}
@@ -364,7 +370,9 @@ def _admit_tenant(
     for message, decision in zip(throttled, result.decisions, strict=True):
         if isinstance(decision, Slot):
             admission.messages.append(
-                replace(message, send_at=decision.at, send_by=decision.latest)
+                replace(
+                    message, send_at=decision.at, send_by=decision.latest, send_lead=decision.lead
+                )
             )
             if _domain_of(message) in rates:
                 admission.adaptive.add((message.tenant_id, _domain_of(message)))
@@ -465,7 +473,7 @@ def _give_back(
     windows = _load_windows(row, spec, now)
     for message in unused:
         for window in windows.values():
-            window.give_back(cast(float, message.send_at))
+            window.give_back(cast(float, message.send_at), message.send_lead)
     row.window_state = {name: w.state() for name, w in windows.items()}
     if isinstance(row, Throttle):
         row.blocked_until = 0.0  # the next claim looks again, and closes it again if need be

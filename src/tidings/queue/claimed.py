@@ -31,6 +31,8 @@ class ClaimedMessage:
     # no limit applies, send at once.
     send_at: float | None = None
     send_by: float | None = None
+    #: And its envelope is written this long before its slot: the throttle spaced both moments.
+    send_lead: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

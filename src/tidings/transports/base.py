@@ -45,8 +45,8 @@ class Transport(Protocol):
 
     @property
     def lead(self) -> float:
-        """How long before its ``at`` a ``send_at`` starts writing (0: at ``at``): the caller
-        hands the batch over at least this much earlier."""
+        """How long before its ``at`` a ``send_at`` would start writing (0: at ``at``): what
+        this transport asks the claim for (``delivery/throttle.py`` spaces envelopes too)."""
         ...
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
@@ -54,9 +54,16 @@ class Transport(Protocol):
         ...
 
     async def send_at(
-        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+        self,
+        batch: Sequence[OutgoingMessage],
+        *,
+        at: float,
+        by: float,
+        lead: float | None = None,
     ) -> list[Outcome | Abandoned | None]:
-        """Send ``batch`` starting at ``at`` and not after ``by`` (``time.monotonic()``), with
+        """Send ``batch`` starting at ``at`` and not after ``by`` (``time.monotonic()``), a write
+        made ahead of the message (an SMTP envelope) ``lead`` earlier than each (default: the
+        transport's own ``lead``; the caller hands the batch over that much earlier), with
         whatever a send needs first (its bytes, a connection) done before ``at``, so that the
         start is the moment asked for. None, unsent, for a message that could not start by
         ``by``: the caller gives it back to the queue, and its slot to the throttle (a

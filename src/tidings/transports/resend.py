@@ -59,8 +59,14 @@ class ResendTransport:
         )
 
     async def send_at(
-        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+        self,
+        batch: Sequence[OutgoingMessage],
+        *,
+        at: float,
+        by: float,
+        lead: float | None = None,  # noqa: ARG002 (nothing is written ahead)
     ) -> list[Outcome | Abandoned | None]:
+        """One write, at ``at``: there is no envelope to send ahead (``lead`` is not used)."""
         return await send_on_time(self, batch, at=at, by=by)
 
     async def prepare(self, count: int) -> None:

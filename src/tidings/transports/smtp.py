@@ -14,7 +14,9 @@ import asyncio
 import re
 import socket
 import ssl
+import statistics
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,15 +42,16 @@ MAX_CONNECTION_AGE = 300.0  # seconds
 QUIT_TIMEOUT = 5.0  # seconds; closing must not hang a shutdown
 #: A send at a slot writes its envelope (MAIL, RCPT, DATA) ahead of the slot, so that only the
 #: message itself is left for the slot: no round trip between the slot and the server's receipt.
-#: How far ahead follows the server's measured envelope round trip (twice its moving average, at
-#: least this): a server across the internet answers in tens of milliseconds, and an envelope
-#: written at the slot would make every throttled send late. The lead changes slowly, so the
-#: envelopes keep their slots' spacing, and arrivals at RCPT are spread like those at the final dot.
+#: How far ahead follows the server's measured envelope round trip (twice the median of the last
+#: ``ROUND_TRIPS``, at least this): a server across the internet answers in tens of milliseconds,
+#: and an envelope written at the slot would make every throttled send late. The claim turns the
+#: lead asked for into the one every worker of the tenant uses, and spaces envelopes as it spaces
+#: slots (``delivery/throttle.py``); a median, because one stalled reply must not raise that lead.
 ENVELOPE_LEAD = 0.010  # seconds
 MAX_ENVELOPE_LEAD = (
     1.0  # seconds; a server slower than this gets its throttled mail late or not at all
 )
-ROUND_TRIP_WEIGHT = 0.2  # of each new envelope round trip in the moving average
+ROUND_TRIPS = 31  # envelope round trips the lead is the median of
 
 # "250 2.0.0 Ok: queued as 4Bc9xyz" (Postfix), "250 OK id=1abcde-000123-AB" (Exim).
 _QUEUE_ID = re.compile(r"queued as ([!-~]+)|\bid=([!-~]+)", re.IGNORECASE)
@@ -143,14 +146,22 @@ class SmtpTransport:
         self._tls_context: ssl.SSLContext | None = None
         self._local_hostname = settings.helo
         self._closed = False
-        self._round_trip: float | None = None  # moving average of envelope round trips (seconds)
+        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS)  # envelope's, in seconds
+        #: Until an envelope was timed, a connection's handshake (two round trips and more)
+        #: stands in for one: too long a lead only has a connection wait, too short one loses
+        #: the slot.
+        self._handshake: float | None = None
 
     @property
     def lead(self) -> float:
-        """How long before its slot a throttled send writes its envelope."""
-        if self._round_trip is None:
+        """How long before its slot a throttled send would write its envelope."""
+        if self._round_trips:
+            typical = statistics.median(self._round_trips)
+        elif self._handshake is not None:
+            typical = self._handshake
+        else:
             return ENVELOPE_LEAD
-        return min(MAX_ENVELOPE_LEAD, max(ENVELOPE_LEAD, 2 * self._round_trip + 0.002))
+        return min(MAX_ENVELOPE_LEAD, max(ENVELOPE_LEAD, 2 * typical + 0.002))
 
     async def send(self, batch: Sequence[OutgoingMessage]) -> list[Outcome]:
         if self._closed:
@@ -161,10 +172,16 @@ class SmtpTransport:
         return [o for o in outcomes if o is not None and o is not ABANDONED]
 
     async def send_at(
-        self, batch: Sequence[OutgoingMessage], *, at: float, by: float
+        self,
+        batch: Sequence[OutgoingMessage],
+        *,
+        at: float,
+        by: float,
+        lead: float | None = None,
     ) -> list[Outcome | Abandoned | None]:
         """Each message's bytes are built and a connection checked out first. Its envelope is
-        written within ``[at, by]`` shifted ``lead`` earlier, the message itself within
+        written within ``[at, by]`` shifted ``lead`` earlier (the claim's, which spaced the
+        envelopes; by default this transport's own), the message itself within
         ``[at, by]``; each write is checked against its deadline in the same step of the event
         loop that makes it. So whatever the server counts a message by (RCPT or the final dot), it
         sees the messages with the spacing of their slots, or not at all: a late message is
@@ -172,7 +189,8 @@ class SmtpTransport:
         if self._closed:
             raise RuntimeError("send_at() on a closed SmtpTransport")
         state = _BatchState()
-        return list(await asyncio.gather(*(self._send_one(m, state, (at, by)) for m in batch)))
+        start = (at, by, self.lead if lead is None else lead)
+        return list(await asyncio.gather(*(self._send_one(m, state, start) for m in batch)))
 
     async def prepare(self, count: int) -> None:
         """Have up to ``count`` connections open and recently checked: a new connection costs
@@ -208,10 +226,13 @@ class SmtpTransport:
         await asyncio.gather(*(_quit(conn) for conn in idle))
 
     async def _send_one(
-        self, message: OutgoingMessage, state: _BatchState, start: tuple[float, float] | None
+        self,
+        message: OutgoingMessage,
+        state: _BatchState,
+        start: tuple[float, float, float] | None,
     ) -> Outcome | Abandoned | None:
-        """Send one message; with ``start`` = (at, by), from ``at`` on, or not at all when a
-        write of its conversation would come too late (see ``send_at``)."""
+        """Send one message; with ``start`` = (at, by, lead), from ``at`` on, or not at all when
+        a write of its conversation would come too late (see ``send_at``)."""
         try:
             raw = build_message_bytes(message)
             sender = _envelope_address(envelope_sender(message.from_address))
@@ -228,7 +249,7 @@ class SmtpTransport:
                     return conn
                 reused = conn.messages > 0
                 if start is not None:
-                    await wait_until(start[0] - self.lead)
+                    await wait_until(start[0] - start[2])
                 try:
                     result = await self._transaction(conn, sender, recipient, data, len(raw), start)
                 except BaseException:  # cancelled mid-transaction: the session state is unknown
@@ -290,6 +311,7 @@ class SmtpTransport:
             start_tls=s.tls == "starttls",
             tls_context=self._tls_context if s.tls != "none" else None,
         )
+        started = time.monotonic()
         try:
             await smtp.connect()
             if smtp.is_ehlo_or_helo_needed:  # plaintext without AUTH: connect() did not greet
@@ -303,6 +325,8 @@ class SmtpTransport:
             raise
         self.stats.connections_opened += 1
         now = time.monotonic()
+        if self._handshake is None:
+            self._handshake = now - started
         return _Connection(session=session, opened=now, last_used=now)
 
     async def _transaction(
@@ -312,13 +336,13 @@ class SmtpTransport:
         recipient: str,
         data: bytes,
         size: int,
-        start: tuple[float, float] | None,
+        start: tuple[float, float, float] | None,
     ) -> _Result:
         """MAIL, RCPT, DATA (pipelined when offered), then the dot-stuffed message; with ``start``
-        = (at, by) (monotonic), the envelope's writes by ``by - lead`` and the message's from
-        ``at`` to ``by``, or none of them."""
+        = (at, by, lead) (monotonic), the envelope's writes by ``by - lead`` and the message's
+        from ``at`` to ``by``, or none of them."""
         session = conn.session
-        envelope_by = None if start is None else start[1] - self.lead
+        envelope_by = None if start is None else start[1] - start[2]
         if _late(envelope_by):
             return _Result(None, keep=True)
         conn.messages += 1
@@ -384,8 +408,7 @@ class SmtpTransport:
         written = time.monotonic()
         on_time = await _envelope(session, mail, rcpt, replies, deadline)
         if len(replies) == 3 and replies[2].code == 354:
-            seconds, old = time.monotonic() - written, self._round_trip
-            self._round_trip = seconds if old is None else old + ROUND_TRIP_WEIGHT * (seconds - old)
+            self._round_trips.append(time.monotonic() - written)
         return on_time
 
     async def _reset(self, session: SmtpSession, refusal: Reply) -> bool:
