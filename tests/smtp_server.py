@@ -9,7 +9,7 @@ It records every message it receives and can misbehave on demand, the way real s
         server.script(None, slow(0.5, at="MAIL"))       # transaction 1 normal, 2 slow, then normal
         server.fail("cy@example.com", hold(TRY_LATER), times=1)   # no reply until release_holds()
         server.limit_rate("slow.test", 20)   # 421 at RCPT while 20 were accepted in the last second
-        server.far_away("far.test", 0.03)    # clients that greet as far.test: 30 ms to EHLO, RCPT
+        server.far_away("far.test", 0.03)    # clients that greet as far.test: 30 ms to NOOP, RCPT
         ... send to server.url ...
         server.wait_for(3)
         server.messages[0].message["Subject"]
@@ -202,7 +202,7 @@ class SmtpTestServer:
             self._rate_limits[domain.lower()] = (per_second, refusal, deque())
 
     def far_away(self, helo: str, seconds: float) -> None:
-        """Answer the EHLO and RCPTs of clients that greet as ``helo`` ``seconds`` late, as a
+        """Answer the NOOPs and RCPTs of clients that greet as ``helo`` ``seconds`` late, as a
         server that far away would (each RCPT is noted when it arrives)."""
         with self._lock:
             self._far[helo.lower()] = seconds
@@ -381,9 +381,6 @@ class _Handler:
         _connection_of(self.server, smtp, session)
         self.server._live.add(smtp)
         session.host_name = hostname
-        distance = self.server._far.get(hostname.lower())
-        if distance:
-            await asyncio.sleep(distance)
         if self.server.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -399,6 +396,9 @@ class _Handler:
     async def handle_NOOP(self, smtp: SMTP, session: Session, envelope: Envelope, arg: str) -> str:
         with self.server._lock:
             self.server._noops += 1
+        distance = self.server._far.get((session.host_name or "").lower())
+        if distance:
+            await asyncio.sleep(distance)
         return "250 OK"
 
     async def handle_MAIL(

@@ -474,8 +474,11 @@ def test_a_slow_drip_endpoint_delays_only_its_own_tenants_webhooks(
     first: WebhookDelivery = seen["acme_first"]
     assert first.last_status == f"timeout after {SLOW_BOUND:g} s"
     assert first.status == "pending" and first.attempts == 1
-    # ... and retried after the policy's first delay, once.
-    assert retry_delays[0] - 0.2 <= arrivals[1] - closed[0] <= retry_delays[0] + 4.0
+    # ... and retried after the policy's first delay, once. Counted from the first request, not
+    # from ``closed``: the endpoint only notices the cut at its next drip write, up to two
+    # intervals late (under a loaded suite it once saw the retry 1.03 s after "the close").
+    waited = arrivals[1] - arrivals[0] - SLOW_BOUND
+    assert retry_delays[0] - 0.7 <= waited <= retry_delays[0] + 4.0, (arrivals, closed)
     assert len(arrivals) == 2
 
 

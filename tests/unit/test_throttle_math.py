@@ -216,9 +216,7 @@ def test_a_tenants_messages_use_the_longest_lead_asked_for_lately_and_it_decays(
     assert isinstance(slot, Slot) and slot.lead == pytest.approx(0.083)
     assert slot.at - slot.lead == pytest.approx(NOW + SLOT_LEAD)
     stored = window.state()
-    near = admit_tenant(
-        [Spacing.load(10, 1.0, stored, now=NOW + 0.2)], [[]], now=NOW + 0.2, lead=0.010
-    )
+    near = admit_tenant([Spacing.load(10, 1.0, stored, now=NOW)], [[]], now=NOW, lead=0.010)
     assert isinstance(near.decisions[0], Slot) and near.decisions[0].lead == pytest.approx(0.083)
     later = Spacing.load(10, 1.0, stored, now=NOW + LEAD_HALF_LIFE)
     assert later.lead_floor() == pytest.approx(0.083 / 2)

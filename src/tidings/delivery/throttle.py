@@ -84,9 +84,10 @@ REFILL = 0.5  # seconds
 MAX_BLOCK_SECONDS = 5.0  # a closed tenant is looked at again at least this often
 #: The lead a tenant's messages share falls by half in this long after the last rise. A rise
 #: costs a per-second window the rise once, so workers whose leads differ pay back what decayed:
-#: 2.3 % of the lead a second, 0.07 % of the rate at a 30 ms lead (the transports' leads follow
-#: the median round trip, so a stall does not raise it for minutes).
-LEAD_HALF_LIFE = 30.0  # seconds
+#: 7 % of the lead a second, 0.1 % of the rate at a 15 ms lead; and a lead of 200 ms (a worker
+#: that measured its server while it started beside seven others) is back to 20 ms in 33 s.
+#: The transports' leads follow the median round trip, so one stall does not raise them.
+LEAD_HALF_LIFE = 10.0  # seconds
 LEAD_QUANTUM = 0.001  # seconds: leads are whole milliseconds, so that holes keep theirs exactly
 
 
