@@ -203,7 +203,6 @@ class Spacing:
         while (
             hole + step <= t + EPSILON
             and hole - cut_lead + step <= t - lead + EPSILON
-            and cut_lead >= 0.0
             and len(self.holes) < MAX_HOLES
         ):
             self.holes.append((hole, cut_lead))
