@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import TenantKeys
 from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
 from tidings.db.models import Campaign, Event, Message
+from tidings.delivery.worker import Worker
 from tidings.domain import CampaignStatus
+from tidings.errors import Conflict
+from tidings.queue import fanout
 from tidings.queue.enqueue import requeue_status
-from tidings.queue.fanout import fan_out_campaign
+from tidings.queue.fanout import fan_out_campaign, prepare_campaign, take_preparing
 from tidings.queue.maintenance import complete_finished_campaigns, start_due_campaigns
 from tidings.runtime import Runtime
 from tidings.services import campaigns
+from tidings.transports.memory import MemoryTransport
 
 TTL = 3600.0
 NOW = datetime(2030, 5, 1, 9, 0, tzinfo=UTC)
@@ -31,12 +38,19 @@ def _draft(runtime: Runtime, tenant_id: int, **fields: object) -> int:
 
 
 def _fan_out(runtime: Runtime, campaign_id: int, chunk_size: int = 20_000) -> tuple[int, int]:
+    """The whole fan-out: the first chunk as a start writes it, the rest as a worker does."""
     with transaction(runtime.sessions) as session:
         campaign = session.get_one(Campaign, campaign_id)
         result = fan_out_campaign(
             session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=chunk_size
         )
-        return result.recipients, result.suppressed
+    if not result.done:
+        assert prepare_campaign(
+            runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=chunk_size
+        )
+    row = seed.campaign_row(runtime, campaign_id)
+    suppressed = sum(1 for m in seed.messages_of(runtime, campaign_id) if m.status == "suppressed")
+    return row.recipient_count, suppressed
 
 
 def test_a_contact_in_two_lists_and_in_contact_ids_gets_one_message(
@@ -157,6 +171,98 @@ def test_the_audience_never_reaches_another_tenants_contacts(
             update(Campaign).where(Campaign.id == campaign_id).values(contact_ids=mine + theirs)
         )
     assert _fan_out(runtime, campaign_id) == (2, 0)
+
+
+def _chunks(count: int) -> Callable[[], bool]:
+    """``keep_going`` for ``prepare_campaign``: this many chunks, then stop (a worker stopping
+    or dying between two of its transactions)."""
+    left = iter(range(count))
+    return lambda: next(left, None) is not None
+
+
+def test_a_large_audience_runs_at_once_and_is_written_in_committed_chunks_that_show(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 10)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        first = fan_out_campaign(
+            session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=4
+        )
+    assert not first.done
+    row = seed.campaign_row(runtime, campaign_id)
+    assert (row.status, row.recipient_count, row.fanout_cursor) == ("preparing", 4, ids[3])
+    # The first chunk is queued (committed): workers send it while the rest is written.
+    assert {m.status for m in seed.messages_of(runtime, campaign_id)} == {"queued"}
+    assert not prepare_campaign(
+        runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4, keep_going=_chunks(1)
+    )
+    row = seed.campaign_row(runtime, campaign_id)
+    assert (row.status, row.recipient_count, row.fanout_cursor) == ("preparing", 8, ids[7])
+    assert len(seed.messages_of(runtime, campaign_id)) == 8
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4)
+    row = seed.campaign_row(runtime, campaign_id)
+    assert (row.status, row.recipient_count, row.fanout_cursor) == ("running", 10, None)
+    assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
+
+
+def test_a_preparing_campaign_is_leased_to_one_worker_and_taken_over_when_its_lease_ends(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 6)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+
+    def take(at: datetime) -> list[int]:
+        with transaction(runtime.sessions) as session:
+            return take_preparing(session=session, now=at, lease_seconds=30)
+
+    assert take(NOW) == [campaign_id]  # free at once
+    assert take(NOW + timedelta(seconds=29)) == []  # the first worker still holds it
+    assert take(NOW + timedelta(seconds=30)) == [campaign_id]  # it died: another goes on
+
+
+def test_a_campaign_cancelled_while_preparing_gets_no_more_messages(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 6)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+    with transaction(runtime.sessions) as session:
+        campaigns.cancel_campaign(
+            session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
+        )
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2)
+    assert [m.status for m in seed.messages_of(runtime, campaign_id)] == ["cancelled"] * 2
+
+
+def test_a_preparing_campaign_cannot_be_paused_and_never_completes_early(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 4)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        campaign = session.get_one(Campaign, campaign_id)
+        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+    with transaction(runtime.sessions) as session:  # its first chunk finished
+        session.execute(
+            update(Message).where(Message.campaign_id == campaign_id).values(status="sent")
+        )
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=NOW) == []
+        with pytest.raises(Conflict, match="preparing"):
+            campaigns.pause_campaign(
+                session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
+            )
 
 
 def _start(runtime: Runtime, tenant_id: int, campaign_id: int, now: datetime) -> str:
@@ -321,3 +427,41 @@ def test_a_message_coming_back_from_a_worker_follows_its_campaigns_pause_or_canc
             )
         by_status[final] = seed.messages_of(runtime, campaign_id)[0].status
     assert by_status == {"running": "queued", "paused": "paused", "cancelled": "cancelled"}
+
+
+def test_a_worker_writes_a_preparing_campaigns_chunks_and_sends_every_message_once(
+    runtime: Runtime, acme: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started through the service, as the API and the dashboard do: the first chunk goes at
+    once, a real worker writes the others and sends them all, and the campaign completes."""
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 5)
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 12)
+    campaign_id = _draft(
+        runtime,
+        acme.tenant_id,
+        template_id=template,
+        contact_ids=ids,
+        data={"personal_message": "Grades are due."},
+    )
+    assert _start(runtime, acme.tenant_id, campaign_id, datetime.now(UTC)) == "preparing"
+    transport = MemoryTransport()
+    worker = Worker(runtime=runtime, transport=transport)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            async with asyncio.timeout(20):
+                # The database holds the state; there is no event to wait on.
+                while seed.campaign_row(runtime, campaign_id).status != "completed":  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+    assert sorted(m.to_address for m in transport.sent) == sorted(
+        m.to_address for m in seed.messages_of(runtime, campaign_id)
+    )
+    assert len(transport.sent) == 12 == seed.campaign_row(runtime, campaign_id).recipient_count

@@ -186,6 +186,10 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # While ``preparing``: the last contact id whose message is written, and the lease of the
+    # worker writing the next chunk (queue/fanout.py).
+    fanout_cursor: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    preparing_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         Index("ix_campaigns_tenant", "tenant_id", "id"),

@@ -52,6 +52,7 @@ from tidings.queue.claim import claim_batch, release_unsent
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.queue.clock import db_now
 from tidings.queue.domain_rates import forget_quiet_domains, record_feedback
+from tidings.queue.fanout import PREPARE_LEASE_SECONDS, prepare_campaign, take_preparing
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
@@ -118,6 +119,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._wake_at = math.inf  # monotonic: held-back throttled work may be claimed again
         self._preparing: set[asyncio.Task[None]] = set()  # transport.prepare() calls running
+        self._fanning_out: set[asyncio.Task[None]] = set()  # preparing campaigns being written
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fold_at = 0.0  # monotonic: when to fold message count shards next
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
@@ -165,9 +167,12 @@ class Worker:
         try:
             await self._claim_loop(stop)
         finally:
-            if self._batches or self._preparing:
+            if self._batches or self._preparing or self._fanning_out:
                 await asyncio.gather(
-                    *self._batches.values(), *self._preparing, return_exceptions=True
+                    *self._batches.values(),
+                    *self._preparing,
+                    *self._fanning_out,
+                    return_exceptions=True,
                 )
             for helper in helpers:
                 helper.cancel()
@@ -443,15 +448,43 @@ class Worker:
     async def _maintain(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                if await self._db(self._maintenance_pass):
+                work, preparing = await self._db(self._maintenance_pass)
+                if work:
                     self._wake.set()
+                if preparing:
+                    self._fan_out(preparing, stop)
             except Exception:
                 log.exception("maintenance pass failed")
             await self._sleep(stop, MAINTENANCE_SECONDS)
 
-    def _maintenance_pass(self) -> bool:
+    def _fan_out(self, campaign_ids: list[int], stop: asyncio.Event) -> None:
+        """Write the remaining chunks of the preparing campaigns this worker leased, beside the
+        maintenance loop: a million recipients take seconds, which reaping must not wait for."""
+        settings = self.runtime.settings
+
+        def write() -> None:
+            for campaign_id in campaign_ids:
+                prepare_campaign(
+                    self.runtime.sessions,
+                    campaign_id,
+                    ttl_seconds=settings.message_ttl_seconds,
+                    keep_going=lambda: not stop.is_set(),
+                )
+
+        async def run() -> None:
+            try:
+                await self._db(write)
+            except Exception:  # its lease lapses and a worker goes on from the cursor
+                log.exception("fanning out campaigns %s failed", campaign_ids)
+
+        task = asyncio.create_task(run())
+        self._fanning_out.add(task)
+        task.add_done_callback(self._fanning_out.discard)
+
+    def _maintenance_pass(self) -> tuple[bool, list[int]]:
         """Reap expired leases, start due campaigns, pause campaigns that hurt the sender's
-        reputation, complete finished ones; True if work appeared."""
+        reputation, complete finished ones, lease preparing campaigns no worker is writing: (True
+        if work appeared, the campaigns leased)."""
         settings = self.runtime.settings
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
@@ -470,12 +503,17 @@ class Worker:
             )
             maintenance.complete_finished_campaigns(session=session, now=now)
             forget_quiet_domains(session=session, now=now)
+            preparing = (
+                take_preparing(session=session, now=now, lease_seconds=PREPARE_LEASE_SECONDS)
+                if not self._fanning_out
+                else []
+            )
             self._upsert_row(session, now)
         if time.monotonic() >= self._fold_at:
             self._fold_at = time.monotonic() + FOLD_SECONDS
             with transaction(self.runtime.sessions) as session:
                 fold_counts(session=session)
-        return bool(requeued or started)
+        return bool(requeued or started), preparing
 
     def _register(self) -> None:
         with transaction(self.runtime.sessions) as session:

@@ -29,6 +29,7 @@ class ContactStatus(enum.StrEnum):
 class CampaignStatus(enum.StrEnum):
     draft = "draft"
     scheduled = "scheduled"
+    preparing = "preparing"  # its messages are being written, in chunks; the first ones are sending
     running = "running"
     paused = "paused"
     completed = "completed"

@@ -66,7 +66,11 @@ def start_due_campaigns(*, session: Session, now: datetime, ttl_seconds: float) 
                 tenant_id=campaign.tenant_id,
                 campaign_id=campaign.id,
                 type=EventType.campaign_started.value,
-                detail=f"{result.recipients} recipients, {result.suppressed} suppressed",
+                detail=(
+                    f"{result.recipients} recipients, {result.suppressed} suppressed"
+                    if result.done
+                    else f"{result.recipients} recipients so far, preparing the rest"
+                ),
                 created_at=now,
             )
         )

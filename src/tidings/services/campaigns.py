@@ -136,7 +136,8 @@ def list_campaigns(
 def start_campaign(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime, ttl_seconds: float
 ) -> Campaign:
-    """Draft → scheduled (its time is in the future; a worker starts it then) or running (fanned out now)."""
+    """Draft → scheduled (its time is in the future; a worker starts it then), running (fanned
+    out now) or preparing (its first chunk fanned out now, the workers write the rest)."""
     campaign = _locked(session, tenant_id, campaign_id)
     _require(campaign, {CampaignStatus.draft}, "started")
     if campaign.scheduled_at is not None and campaign.scheduled_at > now:
@@ -180,6 +181,7 @@ def cancel_campaign(
         {
             CampaignStatus.draft,
             CampaignStatus.scheduled,
+            CampaignStatus.preparing,
             CampaignStatus.running,
             CampaignStatus.paused,
         },

@@ -12,6 +12,7 @@ from tidings.scheduling.windows import zone
 STATUS_SYMBOLS: Mapping[str, str] = {
     "draft": "✎",
     "scheduled": "◔",
+    "preparing": "◑",
     "running": "▶",
     "paused": "‖",
     "completed": "✓",

@@ -31,7 +31,7 @@ ACTIONS_BY_STATUS = {
     "start": ("draft",),
     "pause": ("running",),
     "resume": ("paused",),
-    "cancel": ("draft", "scheduled", "running", "paused"),
+    "cancel": ("draft", "scheduled", "preparing", "running", "paused"),
     "retry-failed": ("running", "paused", "completed"),
 }
 

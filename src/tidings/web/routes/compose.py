@@ -271,7 +271,7 @@ def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
         return None
 
 
-_DONE = {"running": "started", "scheduled": "scheduled"}
+_DONE = {"running": "started", "preparing": "started", "scheduled": "scheduled"}
 #: Service error fields mapped to the form's fields.
 _FIELD_OF = {"list_ids": "recipients", "contact_ids": "recipients"}
 
