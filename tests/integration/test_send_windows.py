@@ -160,6 +160,9 @@ def test_contact_time_reads_the_contacts_zone_then_the_tenants(
     first = _send(client, acme, contact_id=tokyo, send_window=office).json()
     second = _send(client, acme, to="nobody@example.com", send_window=office).json()
     stranger = _send(client, acme, to="stranger@example.org", send_window=office).json()
+    # Plain text, nothing to render in any zone: the window still opens in the tenant's.
+    literal = _send(client, acme, to="x@example.org", send_window=office, text="Plain.").json()
+    assert literal["send_window"]["timezone"] == "America/New_York"
     assert first["send_window"]["timezone"] == "Asia/Tokyo"
     assert second["send_window"]["timezone"] == "America/New_York"  # a contact without a zone
     assert stranger["send_window"]["timezone"] == "America/New_York"  # no contact at all

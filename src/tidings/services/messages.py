@@ -38,7 +38,12 @@ from tidings.queue.enqueue import (
 from tidings.rendering import Recipient, ResourceExhausted
 from tidings.rendering.pool import RenderPool, TemplateSource
 from tidings.rendering.renderer import with_event
-from tidings.scheduling.windows import SendWindow, next_opening, resolve_timezone
+from tidings.scheduling.windows import (
+    FALLBACK_TIMEZONE,
+    SendWindow,
+    next_opening,
+    resolve_timezone,
+)
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -225,7 +230,14 @@ def prepare_message(
         contact=contact,
         category=category,
     )
-    zone = tenant_timezone(session, tenant_id)
+    # The tenant's zone is read only for a sending window: the render below only checks the
+    # message (its output is not kept), and no check depends on the zone times are shown in.
+    # The read was 9 % of the API's CPU at 200 requests a second.
+    zone = (
+        tenant_timezone(session, tenant_id)
+        if request.send_window is not None
+        else FALLBACK_TIMEZONE
+    )
     not_before = max(send_at or now, now)
     # Read before rendering, which may end this transaction's reads (see _render_once).
     window_timezone = None
