@@ -111,16 +111,19 @@ def bench_campaign(
         campaign_id = campaign.id
     started = time.perf_counter()
     with transaction(runtime.sessions) as session:
-        campaigns.start_campaign(
+        campaign = campaigns.start_campaign(
             session=session,
             tenant_id=tid,
             campaign_id=campaign_id,
             now=datetime.now(UTC),
             ttl_seconds=86400,
         )
+        queued = campaign.recipient_count
     fan_out = time.perf_counter() - started
+    # An audience over one chunk starts preparing: the workers write the rest as they send, so
+    # the throughput below, timed from their start, includes that part of the fan-out.
     print(
-        f"fan-out: {recipients} recipients enqueued in {fan_out:.2f} s ({recipients / fan_out:,.0f} rows/s)"
+        f"start: {queued} of {recipients} recipients queued by the start itself in {fan_out:.2f} s"
     )
 
     port = free_port()

@@ -180,18 +180,27 @@ def _chunks(count: int) -> Callable[[], bool]:
     return lambda: next(left, None) is not None
 
 
-def test_a_large_audience_runs_at_once_and_is_written_in_committed_chunks_that_show(
-    runtime: Runtime, acme: TenantKeys
-) -> None:
-    template = seed.template(runtime, acme.tenant_id)
-    ids = seed.people(runtime, acme.tenant_id, 10)
-    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+def _preparing(
+    runtime: Runtime, tenant_id: int, people: int, chunk_size: int
+) -> tuple[int, list[int]]:
+    """A campaign to ``people`` contacts whose start wrote its first chunk of ``chunk_size``:
+    (its id, the contact ids)."""
+    template = seed.template(runtime, tenant_id)
+    ids = seed.people(runtime, tenant_id, people)
+    campaign_id = _draft(runtime, tenant_id, template_id=template, contact_ids=ids)
     with transaction(runtime.sessions) as session:
         campaign = session.get_one(Campaign, campaign_id)
         first = fan_out_campaign(
-            session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=4
+            session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=chunk_size
         )
     assert not first.done
+    return campaign_id, ids
+
+
+def test_a_large_audience_runs_at_once_and_is_written_in_committed_chunks_that_show(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, ids = _preparing(runtime, acme.tenant_id, 10, chunk_size=4)
     row = seed.campaign_row(runtime, campaign_id)
     assert (row.status, row.recipient_count, row.fanout_cursor) == ("preparing", 4, ids[3])
     # The first chunk is queued (committed): workers send it while the rest is written.
@@ -211,12 +220,7 @@ def test_a_large_audience_runs_at_once_and_is_written_in_committed_chunks_that_s
 def test_a_preparing_campaign_is_leased_to_one_worker_and_taken_over_when_its_lease_ends(
     runtime: Runtime, acme: TenantKeys
 ) -> None:
-    template = seed.template(runtime, acme.tenant_id)
-    ids = seed.people(runtime, acme.tenant_id, 6)
-    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
-    with transaction(runtime.sessions) as session:
-        campaign = session.get_one(Campaign, campaign_id)
-        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
 
     def take(at: datetime) -> list[int]:
         with transaction(runtime.sessions) as session:
@@ -230,12 +234,7 @@ def test_a_preparing_campaign_is_leased_to_one_worker_and_taken_over_when_its_le
 def test_a_campaign_cancelled_while_preparing_gets_no_more_messages(
     runtime: Runtime, acme: TenantKeys
 ) -> None:
-    template = seed.template(runtime, acme.tenant_id)
-    ids = seed.people(runtime, acme.tenant_id, 6)
-    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
-    with transaction(runtime.sessions) as session:
-        campaign = session.get_one(Campaign, campaign_id)
-        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
     with transaction(runtime.sessions) as session:
         campaigns.cancel_campaign(
             session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
@@ -247,12 +246,7 @@ def test_a_campaign_cancelled_while_preparing_gets_no_more_messages(
 def test_a_preparing_campaign_cannot_be_paused_and_never_completes_early(
     runtime: Runtime, acme: TenantKeys
 ) -> None:
-    template = seed.template(runtime, acme.tenant_id)
-    ids = seed.people(runtime, acme.tenant_id, 4)
-    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
-    with transaction(runtime.sessions) as session:
-        campaign = session.get_one(Campaign, campaign_id)
-        fan_out_campaign(session=session, campaign=campaign, now=NOW, ttl_seconds=TTL, chunk_size=2)
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 4, chunk_size=2)
     with transaction(runtime.sessions) as session:  # its first chunk finished
         session.execute(
             update(Message).where(Message.campaign_id == campaign_id).values(status="sent")
