@@ -3,7 +3,10 @@ every kind of server refusal mapped to the right outcome, TLS, AUTH, and broken 
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -384,6 +387,23 @@ async def test_one_stalled_envelope_does_not_move_the_lead(server: SmtpTestServe
         assert transport.lead < 0.05
     finally:
         await transport.close()
+
+
+async def test_a_warm_up_cut_short_while_timing_its_first_trip_leaves_no_connection_open(
+    server: SmtpTestServer,
+) -> None:
+    """A worker's warm-up (``prepare(1)``) has a time limit; a server slow to answer the NOOP
+    that times the first round trip must not leave that connection open behind it."""
+    server.far_away("far.test", 2.0)
+    transport = smtp(server, concurrency=1, query="&helo=far.test")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await transport.prepare(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    await transport.close()
 
 
 async def test_an_old_connection_is_retired_and_replaced(

@@ -324,7 +324,11 @@ class SmtpTransport:
             raise
         self.stats.connections_opened += 1
         if self._first_trip is None and not self._round_trips:
-            await self._time_first_trip(session)
+            try:
+                await self._time_first_trip(session)
+            except BaseException:  # cancelled: a worker's warm-up is bounded in time
+                session.close()
+                raise
         now = time.monotonic()
         return _Connection(session=session, opened=now, last_used=now)
 
