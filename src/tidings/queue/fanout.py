@@ -137,10 +137,10 @@ def prepare_campaign(
                 ttl_seconds=ttl_seconds,
                 size=chunk_size,
             )
-            notify_new_work(session)
             if upper is None:
-                _finish(session, campaign)
+                _finish(session, campaign)  # which wakes the workers if there is mail to send
                 return True
+            notify_new_work(session)
             campaign.fanout_cursor = upper
             campaign.recipient_count += inserted
             campaign.preparing_until = now + timedelta(seconds=lease_seconds)
