@@ -135,6 +135,7 @@ def bench_campaign(
     sent = 0
     progress: list[tuple[float, int]] = [(0.0, 0)]  # (seconds since the workers started, sent)
     peak_rss = 0
+    cpu = 0.0
     try:
         while time.perf_counter() - started < 3600:
             time.sleep(0.5)
@@ -152,6 +153,7 @@ def bench_campaign(
                 )
             progress.append((time.perf_counter() - started, sent))
             peak_rss = max(peak_rss, *(resident_bytes(proc.pid) for proc in procs))
+            cpu = sum(cpu_seconds(proc.pid) for proc in procs)
             if sent >= recipients:
                 break
         elapsed = time.perf_counter() - started
@@ -164,6 +166,10 @@ def bench_campaign(
         print(
             f"  first 10 %: {first:,.0f} messages/s, last 10 %: {last:,.0f} messages/s "
             f"({(last / first - 1) * 100:+.1f} %); peak worker RSS {peak_rss / 2**20:.0f} MB"
+        )
+        # CPU time does not depend on what else the machine runs as much as the rate does.
+        print(
+            f"  worker CPU (render processes included): {cpu / max(sent, 1) * 1e6:,.0f} µs a message"
         )
     finally:
         for proc in procs:
