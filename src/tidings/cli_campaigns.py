@@ -308,7 +308,7 @@ def pause(
     url: UrlOption = None,
     key: KeyOption = None,
 ) -> None:
-    """Pause a running campaign: nothing not yet being sent goes out until it is resumed."""
+    """Pause a running or preparing campaign: nothing not yet being sent goes out until it is resumed."""
     _act("pause", campaign_id, tenant, url, key)
 
 

@@ -28,6 +28,7 @@ from tests.integration.test_domain_rates import slow_domain
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Message
+from tidings.queue import fanout
 from tidings.runtime import Runtime, build_runtime
 from tidings.web import security
 
@@ -433,6 +434,29 @@ def test_a_campaign_can_be_paused_resumed_and_cancelled_from_its_page(
     again = client.post(f"/campaigns/{campaign_id}/pause", data={"csrf_token": token})
     assert again.status_code == 409
     assert "cancelled" in again.text
+
+
+def test_a_preparing_campaign_can_be_paused_and_resumed_from_its_page(
+    client: TestClient, acme: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 1)  # two contacts: the second is written later
+    campaign_id = _campaign(client, acme)
+    assert _status(client, acme, campaign_id) == "preparing"
+    token = sign_in(client, acme.sender)
+    detail = client.get(f"/campaigns/{campaign_id}").text
+    pause_form = re.search(
+        rf'<form method="post" action="/campaigns/{campaign_id}/pause"[^>]*>', detail
+    )
+    assert pause_form is not None and " hidden" not in pause_form.group(0)
+    assert 'data-when="preparing running"' in pause_form.group(0)  # the live script agrees
+    for action, status in (("pause", "paused"), ("resume", "preparing")):
+        answer = client.post(
+            f"/campaigns/{campaign_id}/{action}", data={"csrf_token": token}, follow_redirects=False
+        )
+        assert answer.status_code == 303, answer.text
+        assert _status(client, acme, campaign_id) == status
+        detail = client.get(f"/campaigns/{campaign_id}").text
+        assert ("still being written" in detail) == (status == "paused")
 
 
 # -- live progress ------------------------------------------------------------------------------

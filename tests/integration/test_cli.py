@@ -28,6 +28,7 @@ from tidings.cli import app
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import ApiKey, Campaign, Contact, Message
+from tidings.queue import fanout
 from tidings.runtime import Runtime
 from tidings.services import templates
 
@@ -334,6 +335,21 @@ def test_a_campaign_is_created_started_paused_resumed_and_cancelled(
     no_list = cli("campaign", "create", "--tenant", "acme", "--name", "x",
                   "--template", str(template_id), "--list", "nope")  # fmt: skip
     assert no_list.exit_code == 1 and "no list named 'nope'" in no_list.stderr
+
+
+def test_a_preparing_campaign_is_paused_and_resumed_from_the_cli(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 2)  # the start writes 2 of 3, a worker the last
+    _import_people(cli, tmp_path, 3)
+    template_id = _template(runtime, acme.tenant_id)
+    created = cli("campaign", "create", "--tenant", "acme", "--name", "Big",
+                  "--template", str(template_id), "--list", "staff")  # fmt: skip
+    campaign_id = created.stdout.split()[1]
+    for action, status in (("start", "preparing"), ("pause", "paused"), ("resume", "preparing")):
+        result = cli("campaign", action, campaign_id, "--tenant", "acme")
+        assert result.exit_code == 0, result.output
+        assert f"now {status}, 2 recipients" in result.stdout
 
 
 def test_status_follows_a_campaign_to_the_end_and_then_reports_it_completed(

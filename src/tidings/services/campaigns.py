@@ -20,7 +20,7 @@ from tidings.db.models import Campaign, Contact, ContactList, Event, Message
 from tidings.domain import DEFAULT_PRIORITY, CampaignStatus, EventType, MessageStatus
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
-from tidings.queue.fanout import fan_out_campaign
+from tidings.queue.fanout import fan_out_campaign, still_fanning_out
 from tidings.scheduling.windows import SendWindow
 from tidings.services import campaign_eta
 from tidings.services.messages import (
@@ -152,9 +152,11 @@ def start_campaign(
 def pause_campaign(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime
 ) -> Campaign:
-    """Running → paused: no message not yet claimed is sent until it is resumed."""
+    """Running or preparing → paused: no message not yet claimed is sent until it is resumed.
+    A preparing campaign's remaining messages are still written by the workers, held
+    (``queue.fanout``); the row lock taken here orders the pause with each chunk's write."""
     campaign = _locked(session, tenant_id, campaign_id)
-    _require(campaign, {CampaignStatus.running}, "paused")
+    _require(campaign, {CampaignStatus.running, CampaignStatus.preparing}, "paused")
     enqueue.hold_campaign_messages(session=session, campaign_id=campaign.id, now=now)
     _set_status(session, campaign, CampaignStatus.paused, EventType.campaign_paused, now)
     return campaign
@@ -163,11 +165,14 @@ def pause_campaign(
 def resume_campaign(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime
 ) -> Campaign:
-    """Paused → running: the held messages are queued again."""
+    """Paused → running: the held messages are queued again. Paused → preparing when its
+    messages are still being written: the chunks to come are then written queued, and the
+    worker writing the last one makes it run."""
     campaign = _locked(session, tenant_id, campaign_id)
     _require(campaign, {CampaignStatus.paused}, "resumed")
     enqueue.release_campaign_messages(session=session, campaign_id=campaign.id, now=now)
-    _set_status(session, campaign, CampaignStatus.running, EventType.campaign_resumed, now)
+    status = CampaignStatus.preparing if still_fanning_out(campaign) else CampaignStatus.running
+    _set_status(session, campaign, status, EventType.campaign_resumed, now)
     return campaign
 
 

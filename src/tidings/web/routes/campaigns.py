@@ -29,7 +29,7 @@ FINAL = frozenset({CampaignStatus.completed, CampaignStatus.cancelled, CampaignS
 #: page's script when the status changes under it).
 ACTIONS_BY_STATUS = {
     "start": ("draft",),
-    "pause": ("running",),
+    "pause": ("preparing", "running"),
     "resume": ("paused",),
     "cancel": ("draft", "scheduled", "preparing", "running", "paused"),
     "retry-failed": ("running", "paused", "completed"),
