@@ -247,6 +247,49 @@ def test_retry_failed_requeues_failed_and_dead_but_not_suppressed(
     assert again.status_code == 202 and again.json()["requeued"] == 0
 
 
+def test_a_campaign_that_delivered_nothing_and_failed_ends_failed_with_a_reason(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    seed.suppress(runtime, acme.tenant_id, "p0@example.com")
+    created = _create(
+        client, acme, template_id=audience["template_id"], contact_ids=audience["ids"][:4]
+    )
+    _action(client, acme, created["id"], "start")
+    rows = seed.messages_of(runtime, created["id"])
+    assert rows[0].status == "suppressed"
+    now = datetime.now(UTC)
+    seed.set_status(runtime, [rows[1].id, rows[2].id], "failed", last_error="550 5.7.1 refused")
+    seed.set_status(runtime, [rows[3].id], "dead", last_error="421 try later")
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=now) == [created["id"]]
+    body = _get(client, acme, created["id"])
+    assert body["status"] == "failed" and body["completed_at"] is not None
+    assert body["status_reason"] == (
+        "none of its messages was sent: 3 failed or died; "
+        "the most frequent error (2 of them): 550 5.7.1 refused"
+    )
+    assert body["progress_percentage"] == 100.0
+    # A failed campaign can be retried: it runs again, without its old reason.
+    retried = _action(client, acme, created["id"], "retry-failed")
+    assert retried.json() == {"id": created["id"], "status": "running", "requeued": 3}
+    assert _get(client, acme, created["id"])["status_reason"] is None
+
+
+def test_a_campaign_whose_audience_was_all_suppressed_completes(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    seed.suppress(runtime, acme.tenant_id, "p0@example.com")
+    created = _create(
+        client, acme, template_id=audience["template_id"], contact_ids=audience["ids"][:1]
+    )
+    _action(client, acme, created["id"], "start")
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=datetime.now(UTC)) == [
+            created["id"]
+        ]
+    assert _get(client, acme, created["id"])["status"] == "completed"
+
+
 def test_retry_failed_suppresses_an_address_that_bounced_since(
     client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
 ) -> None:

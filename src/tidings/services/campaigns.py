@@ -17,7 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, ContactList, Event, Message
-from tidings.domain import DEFAULT_PRIORITY, CampaignStatus, EventType, MessageStatus
+from tidings.domain import (
+    DEFAULT_PRIORITY,
+    FAILED_MESSAGE_STATUSES,
+    CampaignStatus,
+    EventType,
+    MessageStatus,
+)
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign
@@ -36,8 +42,6 @@ from tidings.services.pagination import Page, paginate
 MAX_NAME_LENGTH = 200
 MAX_LIST_IDS = 100
 MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
-
-FAILED_STATUSES = (MessageStatus.failed.value, MessageStatus.dead.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,11 +205,16 @@ def cancel_campaign(
 def retry_failed(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime, ttl_seconds: float
 ) -> Retried:
-    """Failed and dead messages go back to the queue; a completed campaign runs again."""
+    """Failed and dead messages go back to the queue; a completed or failed campaign runs again."""
     campaign = _locked(session, tenant_id, campaign_id)
     _require(
         campaign,
-        {CampaignStatus.running, CampaignStatus.paused, CampaignStatus.completed},
+        {
+            CampaignStatus.running,
+            CampaignStatus.paused,
+            CampaignStatus.completed,
+            CampaignStatus.failed,
+        },
         "retried",
     )
     paused = campaign.status == CampaignStatus.paused.value
@@ -213,8 +222,9 @@ def retry_failed(
         session=session, campaign_id=campaign.id, now=now, ttl_seconds=ttl_seconds, hold=paused
     )
     if requeued:
-        if campaign.status == CampaignStatus.completed.value:
+        if campaign.status in (CampaignStatus.completed.value, CampaignStatus.failed.value):
             campaign.status = CampaignStatus.running.value
+            campaign.status_reason = None
             campaign.completed_at = None
         _record(session, campaign, EventType.campaign_retried, now, f"{requeued} requeued")
     return Retried(campaign=campaign, requeued=requeued)
@@ -228,7 +238,7 @@ def list_failed_recipients(
     query = select(Message).where(
         Message.tenant_id == tenant_id,
         Message.campaign_id == campaign.id,
-        Message.status.in_(FAILED_STATUSES),
+        Message.status.in_(list(FAILED_MESSAGE_STATUSES)),
     )
     return paginate(session, query, Message.id, limit=limit, cursor=cursor)
 
@@ -296,7 +306,7 @@ def _progress(
 
     total = sum(counts.values())
     pending = n(MessageStatus.queued, MessageStatus.paused, MessageStatus.sending)
-    completed = campaign.status == CampaignStatus.completed.value
+    completed = campaign.status in (CampaignStatus.completed.value, CampaignStatus.failed.value)
     if total:
         percentage = round((total - pending) * 100 / total, 2)
     else:

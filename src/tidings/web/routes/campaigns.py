@@ -32,7 +32,7 @@ ACTIONS_BY_STATUS = {
     "pause": ("running",),
     "resume": ("paused",),
     "cancel": ("draft", "scheduled", "preparing", "running", "paused"),
-    "retry-failed": ("running", "paused", "completed"),
+    "retry-failed": ("running", "paused", "completed", "failed"),
 }
 
 
