@@ -8,7 +8,7 @@ campaign's messages change in the same transaction as the campaign.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -27,7 +27,7 @@ from tidings.domain import (
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign
-from tidings.scheduling.windows import SendWindow
+from tidings.scheduling.windows import SendWindow, window_from_json
 from tidings.services import campaign_eta
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
@@ -87,6 +87,83 @@ def create_campaign(
     *, session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
 ) -> Campaign:
     """A draft campaign; every referenced id must be the tenant's own."""
+    campaign = Campaign(
+        tenant_id=tenant_id,
+        **_checked_columns(session, tenant_id, draft, now),
+        status=CampaignStatus.draft.value,
+        recipient_count=0,
+        created_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+#: What ``update_campaign`` may change: every field a draft is created with.
+EDITABLE_FIELDS = frozenset(CampaignDraft.__dataclass_fields__)
+
+
+def update_campaign(
+    *,
+    session: Session,
+    tenant_id: int,
+    campaign_id: int,
+    changes: Mapping[str, Any],
+    now: datetime,
+) -> Campaign:
+    """Change any field of a draft or scheduled campaign, checked as a new draft would be.
+
+    Nothing of such a campaign is queued yet, so a change only rewrites the row. Rescheduling a
+    scheduled campaign moves its start (the worker starts it when ``scheduled_at`` comes, under the
+    same row lock taken here); clearing its ``scheduled_at`` makes it a draft again, to be started
+    by hand.
+    """
+    unknown = set(changes) - EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(f"{min(unknown)} cannot be changed", field=min(unknown))
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.draft, CampaignStatus.scheduled}, "changed")
+    draft = replace(_draft_of(campaign), **changes)
+    for column, value in _checked_columns(session, tenant_id, draft, now).items():
+        setattr(campaign, column, value)
+    if campaign.status == CampaignStatus.scheduled.value and campaign.scheduled_at is None:
+        campaign.status = CampaignStatus.draft.value
+    _record(session, campaign, EventType.campaign_updated, now, ", ".join(sorted(changes)))
+    return campaign
+
+
+def delete_campaign(*, session: Session, tenant_id: int, campaign_id: int, now: datetime) -> None:
+    """Delete a draft. Any other campaign has (or is about to have) messages and figures that
+    its history refers to: cancel it instead. The ``campaign_deleted`` event keeps its name."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.draft}, "deleted")
+    _record(session, campaign, EventType.campaign_deleted, now, campaign.name)
+    session.delete(campaign)
+    session.flush()
+
+
+def _draft_of(campaign: Campaign) -> CampaignDraft:
+    return CampaignDraft(
+        name=campaign.name,
+        template_id=campaign.template_id,
+        list_ids=list(campaign.list_ids),
+        contact_ids=list(campaign.contact_ids),
+        data=dict(campaign.data),
+        priority=campaign.priority,
+        scheduled_at=campaign.scheduled_at,
+        category=campaign.category,
+        from_address=campaign.from_address,
+        send_window=(
+            window_from_json(campaign.send_window) if campaign.send_window is not None else None
+        ),
+    )
+
+
+def _checked_columns(
+    session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
+) -> dict[str, Any]:
+    """The campaign columns a draft sets, each checked; the one place creation and changes
+    check a campaign's fields."""
     name = check_header_text(draft.name, field="name", max_length=MAX_NAME_LENGTH)
     assert name is not None
     template = tenant_template(session=session, tenant_id=tenant_id, template_id=draft.template_id)
@@ -99,25 +176,18 @@ def create_campaign(
     if not list_ids and not contact_ids:
         raise InvalidInput("a campaign needs list_ids or contact_ids", field="list_ids")
     category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
-    campaign = Campaign(
-        tenant_id=tenant_id,
-        name=name.strip(),
-        template_id=template.id,
-        list_ids=list_ids,
-        contact_ids=contact_ids,
-        data=dict(draft.data),
-        category=category or template.category,
-        from_address=check_mailbox(draft.from_address, field="from_address"),
-        priority=check_priority(draft.priority),
-        status=CampaignStatus.draft.value,
-        recipient_count=0,
-        scheduled_at=check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
-        send_window=draft.send_window.to_json() if draft.send_window is not None else None,
-        created_at=now,
-    )
-    session.add(campaign)
-    session.flush()
-    return campaign
+    return {
+        "name": name.strip(),
+        "template_id": template.id,
+        "list_ids": list_ids,
+        "contact_ids": contact_ids,
+        "data": dict(draft.data),
+        "category": category or template.category,
+        "from_address": check_mailbox(draft.from_address, field="from_address"),
+        "priority": check_priority(draft.priority),
+        "scheduled_at": check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
+        "send_window": draft.send_window.to_json() if draft.send_window is not None else None,
+    }
 
 
 def get_campaign(*, session: Session, tenant_id: int, campaign_id: int) -> Campaign:
