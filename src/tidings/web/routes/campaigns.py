@@ -32,7 +32,8 @@ ACTIONS_BY_STATUS = {
     "pause": ("preparing", "running"),
     "resume": ("paused",),
     "cancel": ("draft", "scheduled", "preparing", "running", "paused"),
-    "retry-failed": ("running", "paused", "completed"),
+    "retry-failed": ("running", "paused", "completed", "failed"),
+    "delete": ("draft",),
 }
 
 
@@ -156,3 +157,11 @@ def retry_failed(
         ttl_seconds=runtime.settings.message_ttl_seconds,
     )
     return _after(campaign_id, "retried")
+
+
+@router.post("/campaigns/{campaign_id}/delete")
+def delete(campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep) -> Response:
+    campaigns.delete_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return RedirectResponse("/?done=deleted", status_code=303)
