@@ -118,6 +118,8 @@ NOTICES = {
     "list-created": "The list was created.",
     "changed": "The campaign was changed.",
     "deleted": "The draft was deleted.",
+    "template-saved": "The template was saved.",
+    "template-deleted": "The template was deleted.",
     "signed-out": "You are signed out.",
 }
 
