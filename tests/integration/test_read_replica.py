@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -127,6 +127,56 @@ def test_campaign_status_and_dashboard_pages_are_read_from_the_replica(
         assert "Summer" in client.get(page).text, page
 
 
+def _new_contact(client: TestClient, tenant: TenantKeys) -> None:
+    make_contacts(client, tenant.admin, ["zoe@example.com"])
+
+
+def _new_suppression(client: TestClient, tenant: TenantKeys) -> None:
+    answer = client.post(
+        "/v1/suppressions", json={"email": "zoe@example.com"}, headers=tenant.auth(tenant.admin)
+    )
+    assert answer.status_code == 201, answer.text
+
+
+@pytest.mark.parametrize(
+    ("page", "write"),
+    [("/contacts", _new_contact), ("/suppressions", _new_suppression)],
+)
+def test_people_pages_are_read_from_the_replica(
+    cluster: ReplicatedCluster,
+    client: TestClient,
+    acme: TenantKeys,
+    page: str,
+    write: Callable[[TestClient, TenantKeys], None],
+) -> None:
+    sign_in(client, acme.viewer)
+    cluster.pause_replay()
+    write(client, acme)
+    assert "zoe@example.com" not in client.get(page).text
+    cluster.resume_replay()
+    cluster.wait_caught_up()
+    assert "zoe@example.com" in client.get(page).text
+
+
+def test_the_queue_monitor_is_read_from_the_replica(
+    cluster: ReplicatedCluster, client: TestClient, acme: TenantKeys
+) -> None:
+    sent = client.post(
+        "/v1/messages",
+        json={"to": "zoe@example.com", "subject": "Hi", "text": "Hello"},
+        headers=acme.auth(acme.sender),
+    )
+    assert sent.status_code == 201, sent.text
+    cluster.wait_caught_up()
+    sign_in(client, acme.viewer)
+    cluster.pause_replay()
+    _on_primary(cluster, "UPDATE messages SET status = 'dead', last_error = '554 gone'")
+    assert "554 gone" not in client.get("/queue").text
+    cluster.resume_replay()
+    cluster.wait_caught_up()
+    assert "554 gone" in client.get("/queue").text
+
+
 def test_failed_recipients_are_read_from_the_replica(
     cluster: ReplicatedCluster, client: TestClient, acme: TenantKeys
 ) -> None:
@@ -161,6 +211,24 @@ def test_live_progress_is_read_from_the_replica_but_from_the_primary_after_a_wri
     until = int(clock.now().timestamp()) + READ_PRIMARY_SECONDS
     client.cookies.set(READ_PRIMARY_COOKIE, str(until))
     assert _first_progress(client, campaign_id)["status"] == "paused"
+
+
+def test_a_revoked_key_ends_its_stream_however_far_the_replica_lags(
+    cluster: ReplicatedCluster, client: TestClient, acme: TenantKeys
+) -> None:
+    campaign_id = _campaign(client, acme)
+    sign_in(client, acme.viewer)
+    keys = client.get("/v1/keys", headers=acme.auth(acme.admin)).json()["items"]
+    key_id = next(k["id"] for k in keys if k["prefix"] == acme.viewer.split("_")[1])
+    cluster.wait_caught_up()
+    cluster.pause_replay()
+    with client.stream("GET", f"/events/campaigns?ids={campaign_id}") as stream:
+        lines = stream.iter_lines()
+        while "event: progress" not in next(lines):
+            pass
+        revoked = client.delete(f"/v1/keys/{key_id}", headers=acme.auth(acme.admin))
+        assert revoked.status_code == 200, revoked.text
+        assert "event: signout" in "\n".join(lines)
 
 
 def test_writes_and_the_reads_of_a_write_go_to_the_primary(
@@ -234,12 +302,12 @@ def test_with_the_replica_down_reads_fall_back_to_the_primary(
         assert answer.status_code == 200, page
     assert "Spring" in client.get(f"/campaigns/{campaign_id}").text
     assert _first_progress(client, campaign_id)["status"] == "draft"
-    warnings = [r for r in caplog.records if r.name == "tidings.db.replica"]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once, not once per read
-    assert "read replica cannot be reached" in warnings[0].getMessage()
     metrics = client.get("/metrics").text
     assert "tidings_database_replica_up 0.0" in metrics
     assert "tidings_database_up 1.0" in metrics
+    warnings = [r for r in caplog.records if r.name == "tidings.db.replica"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once, not once per read
+    assert "read replica cannot be reached" in warnings[0].getMessage()
 
 
 def test_a_replica_that_is_back_serves_reads_again_after_the_pause(
@@ -294,6 +362,21 @@ def test_metrics_show_the_replica_lag(
     cluster.resume_replay()
     cluster.wait_caught_up()
     assert caught_up()
+
+
+def test_a_replica_cut_off_from_the_primary_shows_a_growing_lag(
+    cluster: ReplicatedCluster, runtime: Runtime
+) -> None:
+    assert runtime.replica is not None
+    _on_primary(cluster, "CREATE TEMPORARY TABLE t AS SELECT 1")  # a commit to replay
+    cluster.wait_caught_up()
+    cluster.primary.stop()
+    try:
+        time.sleep(0.5)
+        lag = runtime.replica.lag_seconds()
+        assert lag is not None and lag > 0.4
+    finally:
+        cluster.primary.start()
 
 
 def test_queue_gauges_come_from_the_primary(

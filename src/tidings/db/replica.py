@@ -30,14 +30,17 @@ RETRY_SECONDS = 10.0
 #: A replica that does not answer (a host that drops packets) costs a read at most this (seconds).
 CONNECT_TIMEOUT_SECONDS = 2
 
-#: Seconds the replica's data is behind the primary's. Zero when it has replayed all it received:
-#: ``now() - pg_last_xact_replay_timestamp()`` alone would grow while the primary is idle. Zero
-#: also for a server that is not a standby at all (a URL pointing at the primary itself).
+#: Seconds the replica's data is behind the primary's: since the last commit it replayed, unless
+#: it is streaming and has replayed all it received (then 0: the time since the last commit alone
+#: would grow while the primary is idle). Not streaming (its link to the primary is cut), it
+#: cannot know what it misses, and the time since its last commit is the honest figure. Zero for
+#: a server that is not a standby at all (a URL pointing at the primary itself).
 LAG_SQL = text(
     """
     SELECT CASE
         WHEN NOT pg_is_in_recovery() THEN 0.0
-        WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
+        WHEN EXISTS (SELECT FROM pg_stat_wal_receiver)
+            AND pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0.0
         ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
     END
     """
