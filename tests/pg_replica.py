@@ -75,8 +75,8 @@ class Server:
             f"-p {self.port} -k {self.socket_dir} {SERVER_OPTIONS}",
         )
 
-    def stop(self) -> None:
-        self._ctl("stop", "-m", "fast", "-w")
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("stop", "-m", mode, "-w")
 
     def running(self) -> bool:
         status = subprocess.run(
@@ -153,7 +153,7 @@ class ReplicatedCluster:
     def close(self) -> None:
         for server in (self.replica, self.primary):
             if server.running():
-                server.stop()
+                server.stop("immediate")  # its data is thrown away next
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -23,7 +24,14 @@ from tests.browser.dashboard_helpers import make_contacts, make_template, sign_i
 from tests.conftest import TenantKeys, make_settings
 from tests.pg_replica import ReplicatedCluster
 from tidings.api.app import create_app
-from tidings.api.deps import READ_PRIMARY_COOKIE, READ_PRIMARY_SECONDS
+from tidings.api.deps import (
+    READ_PRIMARY_COOKIE,
+    READ_PRIMARY_SECONDS,
+    depends_on,
+    get_read_session,
+    get_session,
+)
+from tidings.api.routes import ROUTERS
 from tidings.config import Settings
 from tidings.db.engine import make_engine
 from tidings.db.models import Base
@@ -100,6 +108,23 @@ def _first_progress(client: TestClient, campaign_id: int) -> dict[str, object]:
                 figures: dict[str, object] = json.loads(line.removeprefix("data: "))[0]
                 return figures
     raise AssertionError("the stream sent no progress")
+
+
+def test_only_reads_that_write_nothing_may_go_to_the_replica() -> None:
+    """A route on the replica is a GET with no session on the primary (no read there precedes a
+    write), so that a write can never be made from what a lagging replica said."""
+    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    on_replica = [r for r in routes if depends_on(r.dependant, get_read_session)]
+    assert {r.path for r in on_replica} >= {
+        "/v1/campaigns",
+        "/v1/campaigns/{campaign_id}",
+        "/v1/campaigns/{campaign_id}/failed-recipients",
+        "/",
+        "/campaigns/{campaign_id}",
+        "/queue",
+    }
+    assert [(r.path, r.methods) for r in on_replica if r.methods != {"GET"}] == []
+    assert [r.path for r in on_replica if depends_on(r.dependant, get_session)] == []
 
 
 def test_campaign_status_and_dashboard_pages_are_read_from_the_replica(
