@@ -10,7 +10,15 @@ from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import (
+    KeyFirstRoute,
+    NowDep,
+    ReadSessionDep,
+    RuntimeDep,
+    SenderDep,
+    SessionDep,
+    ViewerDep,
+)
 from tidings.api.schemas import (
     ERROR_RESPONSES,
     Id,
@@ -207,7 +215,7 @@ def delete_campaign(
 @router.get("")
 def list_campaigns(
     principal: ViewerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=min(MAX_LIMIT, MAX_CAMPAIGN_PAGE)),
     cursor: str | None = Query(
@@ -226,7 +234,7 @@ def list_campaigns(
 
 @router.get("/{campaign_id}")
 def get_campaign(
-    campaign_id: IdPath, principal: ViewerDep, session: SessionDep, now: NowDep
+    campaign_id: IdPath, principal: ViewerDep, session: ReadSessionDep, now: NowDep
 ) -> CampaignOut:
     campaign = campaigns.get_campaign(
         session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
@@ -312,7 +320,7 @@ def retry_failed(
 def failed_recipients(
     campaign_id: IdPath,
     principal: ViewerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(
         None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"

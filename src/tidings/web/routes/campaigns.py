@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import CampaignStatus
 from tidings.scheduling.windows import window_from_json
@@ -39,7 +39,7 @@ ACTIONS_BY_STATUS = {
 
 @router.get("/", response_class=HTMLResponse)
 def campaign_list(
-    request: Request, user: UserDep, session: SessionDep, now: NowDep, cursor: Cursor = None
+    request: Request, user: UserDep, session: ReadSessionDep, now: NowDep, cursor: Cursor = None
 ) -> HTMLResponse:
     page = campaigns.list_campaigns(
         session=session, tenant_id=user.tenant_id, limit=CAMPAIGNS_PER_PAGE, cursor=cursor
@@ -62,7 +62,7 @@ def campaign_detail(
     request: Request,
     campaign_id: IdPath,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     failed_cursor: Cursor = None,
 ) -> HTMLResponse:
