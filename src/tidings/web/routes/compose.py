@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -196,22 +196,22 @@ def preview(
     return render(request, "campaigns/_preview.html", context)
 
 
-def _read_form(
-    *,
-    name: str,
-    template_id: str,
-    list_ids: list[str],
-    contact_ids: list[str],
-    personal_message: str,
-    deadline: str,
-    when: str,
-    scheduled_at: str,
-    preview_contact_id: str,
-    window_start: str,
-    window_end: str,
-    window_days: list[str],
-    window_timezone: str,
+def posted_form(
+    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
+    template_id: Annotated[str, Form(max_length=20)] = "",
+    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
+    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    personal_message: Annotated[str, Form(max_length=5000)] = "",
+    deadline: Annotated[str, Form(max_length=200)] = "",
+    when: Annotated[str, Form(max_length=20)] = "now",
+    scheduled_at: Annotated[str, Form(max_length=40)] = "",
+    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
+    window_start: Annotated[str, Form(max_length=10)] = "",
+    window_end: Annotated[str, Form(max_length=10)] = "",
+    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
+    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
 ) -> CampaignForm:
+    """The posted form, for creating a campaign and for changing one."""
     template = forms.ids([template_id])
     preview_contact = forms.ids([preview_contact_id])
     return CampaignForm(
@@ -229,6 +229,9 @@ def _read_form(
         window_days=[day for day in DAY_NAMES if day in window_days],
         window_timezone=window_timezone.strip() or CONTACT,
     )
+
+
+PostedForm = Annotated[CampaignForm, Depends(posted_form)]
 
 
 def _check(
@@ -292,35 +295,8 @@ def create(
     session: SessionDep,
     now: NowDep,
     runtime: RuntimeDep,
-    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
-    template_id: Annotated[str, Form(max_length=20)] = "",
-    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
-    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
-    personal_message: Annotated[str, Form(max_length=5000)] = "",
-    deadline: Annotated[str, Form(max_length=200)] = "",
-    when: Annotated[str, Form(max_length=20)] = "now",
-    scheduled_at: Annotated[str, Form(max_length=40)] = "",
-    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
-    window_start: Annotated[str, Form(max_length=10)] = "",
-    window_end: Annotated[str, Form(max_length=10)] = "",
-    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
-    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
+    form: PostedForm,
 ) -> Response:
-    form = _read_form(
-        name=name,
-        template_id=template_id,
-        list_ids=list_ids,
-        contact_ids=contact_ids,
-        personal_message=personal_message,
-        deadline=deadline,
-        when=when,
-        scheduled_at=scheduled_at,
-        preview_contact_id=preview_contact_id,
-        window_start=window_start,
-        window_end=window_end,
-        window_days=window_days,
-        window_timezone=window_timezone,
-    )
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     draft = _check(form, errors, timezone)
@@ -370,37 +346,10 @@ def save_campaign(
     session: SessionDep,
     now: NowDep,
     runtime: RuntimeDep,
-    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
-    template_id: Annotated[str, Form(max_length=20)] = "",
-    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
-    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
-    personal_message: Annotated[str, Form(max_length=5000)] = "",
-    deadline: Annotated[str, Form(max_length=200)] = "",
-    when: Annotated[str, Form(max_length=20)] = "draft",
-    scheduled_at: Annotated[str, Form(max_length=40)] = "",
-    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
-    window_start: Annotated[str, Form(max_length=10)] = "",
-    window_end: Annotated[str, Form(max_length=10)] = "",
-    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
-    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
+    form: PostedForm,
 ) -> Response:
     """Save the changes; then, as chosen, start now, (re)schedule, or keep it a draft (a
     scheduled campaign saved as a draft is unscheduled)."""
-    form = _read_form(
-        name=name,
-        template_id=template_id,
-        list_ids=list_ids,
-        contact_ids=contact_ids,
-        personal_message=personal_message,
-        deadline=deadline,
-        when=when,
-        scheduled_at=scheduled_at,
-        preview_contact_id=preview_contact_id,
-        window_start=window_start,
-        window_end=window_end,
-        window_days=window_days,
-        window_timezone=window_timezone,
-    )
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     draft = _check(form, errors, timezone)

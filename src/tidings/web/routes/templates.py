@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
@@ -33,11 +33,9 @@ router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
 TEMPLATES_PER_PAGE = 50
 PREVIEW_CONTACTS = 50  # offered in "Preview as"
-Name = Annotated[str, Form(max_length=MAX_NAME_LENGTH + 50)]
 Subject = Annotated[str, Form(max_length=MAX_SUBJECT_BYTES)]
 Body = Annotated[str, Form(max_length=MAX_BODY_BYTES)]
 Category = Annotated[str, Form(max_length=100)]
-ContactChoice = Annotated[str, Form(max_length=20)]
 #: Data the preview renders with: what the campaign form fills in, so its variables show.
 SAMPLE_DATA = {"personal_message": "(your personal message)", "deadline": "(the deadline)"}
 
@@ -51,12 +49,6 @@ class TemplateForm:
     text: str = ""
 
     @classmethod
-    def posted(cls, name: str, category: str, subject: str, html: str, text: str) -> TemplateForm:
-        """As a browser sent it: a textarea's lines end in CRLF (HTML's form encoding); a
-        template keeps the LF it would have had from the API."""
-        return cls(name.strip(), category.strip(), subject, _lf(html), _lf(text))
-
-    @classmethod
     def of(cls, template: Template) -> TemplateForm:
         return cls(
             name=template.name,
@@ -67,8 +59,25 @@ class TemplateForm:
         )
 
 
-def _lf(text: str) -> str:
-    return text.replace("\r\n", "\n")
+def posted_form(
+    name: Annotated[str, Form(max_length=MAX_NAME_LENGTH + 50)] = "",
+    category: Category = "",
+    subject: Subject = "",
+    html: Body = "",
+    text: Body = "",
+) -> TemplateForm:
+    """The form as a browser sent it: a textarea's lines end in CRLF (HTML's form encoding); a
+    template keeps the LF it would have had from the API."""
+    return TemplateForm(
+        name.strip(),
+        category.strip(),
+        subject,
+        html.replace("\r\n", "\n"),
+        text.replace("\r\n", "\n"),
+    )
+
+
+PostedForm = Annotated[TemplateForm, Depends(posted_form)]
 
 
 def _problem(exc: InvalidInput) -> str:
@@ -134,13 +143,8 @@ def create(
     session: SessionDep,
     now: NowDep,
     runtime: RuntimeDep,
-    name: Name = "",
-    category: Category = "",
-    subject: Subject = "",
-    html: Body = "",
-    text: Body = "",
+    form: PostedForm,
 ) -> Response:
-    form = TemplateForm.posted(name, category, subject, html, text)
     return _save(request, user, session, runtime, form, now=now, template_id=None)
 
 
@@ -150,11 +154,8 @@ def preview(
     user: ViewerAction,
     session: SessionDep,
     runtime: RuntimeDep,
-    category: Category = "",
-    subject: Subject = "",
-    html: Body = "",
-    text: Body = "",
-    preview_contact_id: ContactChoice = "",
+    form: PostedForm,
+    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
 ) -> HTMLResponse:
     """The editor's live part (htmx): the variables the text reads and the mail as the chosen
     contact would get it, or what is wrong with the text, at its line. A POST, because the text
@@ -172,15 +173,15 @@ def preview(
             session=session,
             renderer=runtime.renderer,
             tenant_id=user.tenant_id,
-            subject=subject,
-            html=html or None,
-            text=text or None,
-            category=category.strip() or None,
+            subject=form.subject,
+            html=form.html or None,
+            text=form.text or None,
+            category=form.category or None,
             contact_id=chosen[0],
             data=SAMPLE_DATA,
         )
         # After the check: it compiled within the render limits, so parsing it here is cheap.
-        context["variables"] = template_variables(subject, html, text)
+        context["variables"] = template_variables(form.subject, form.html, form.text)
     except (InvalidInput, NotFound) as exc:
         where = f"{exc.field}: " if exc.field else ""
         context["problem"] = where + _problem(exc) if isinstance(exc, InvalidInput) else exc.message
@@ -196,13 +197,8 @@ def save(
     session: SessionDep,
     now: NowDep,
     runtime: RuntimeDep,
-    name: Name = "",
-    category: Category = "",
-    subject: Subject = "",
-    html: Body = "",
-    text: Body = "",
+    form: PostedForm,
 ) -> Response:
-    form = TemplateForm.posted(name, category, subject, html, text)
     return _save(request, user, session, runtime, form, now=now, template_id=template_id)
 
 
