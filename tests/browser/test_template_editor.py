@@ -4,20 +4,15 @@ on both databases, then once in Chromium (SQLite), typing as a person types."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.browser.conftest import LiveServer
 from tests.browser.dashboard_helpers import field_error, make_contacts, make_template, sign_in
 from tests.conftest import TenantKeys
-from tidings.api.app import create_app
-from tidings.runtime import Runtime
 
-TIMEOUT_MS = 30_000
 FIELDS = {
     "name": "welcome",
     "category": "",
@@ -117,25 +112,6 @@ def test_another_tenants_template_is_a_404_in_the_editor(
     post = client.post(f"/templates/{theirs}", data={"csrf_token": token, **FIELDS})
     assert post.status_code == 404
     assert client.post(f"/templates/{theirs}/delete", data={"csrf_token": token}).status_code == 404
-
-
-@pytest.fixture
-def live(runtime: Runtime) -> Iterator[LiveServer]:
-    server = LiveServer(create_app(runtime, embedded_workers=0)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, live: LiveServer) -> Iterator[Any]:
-    context = browser.new_context(base_url=live.url, viewport={"width": 1400, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    yield tab
-    context.close()
-    assert not problems, problems
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the HTTP tests cover both
