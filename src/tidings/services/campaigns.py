@@ -23,6 +23,11 @@ from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign
 from tidings.scheduling.windows import SendWindow
 from tidings.services import campaign_eta
+from tidings.services.message_features import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    FeaturesIn,
+    store_features,
+)
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
     check_header_text,
@@ -52,6 +57,8 @@ class CampaignDraft:
     category: str | None = None  # None: the template's category
     from_address: str | None = None  # None: the settings' default sender
     send_window: SendWindow | None = None  # local hours its messages may start in
+    #: Reply-To, extra headers and attachments (``services/message_features.py``).
+    features: FeaturesIn = field(default_factory=FeaturesIn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +87,15 @@ class Retried:
 
 
 def create_campaign(
-    *, session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
+    *,
+    session: Session,
+    tenant_id: int,
+    draft: CampaignDraft,
+    now: datetime,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Campaign:
-    """A draft campaign; every referenced id must be the tenant's own."""
+    """A draft campaign; every referenced id must be the tenant's own. Its attachments are
+    stored here, once, whatever the size of its audience."""
     name = check_header_text(draft.name, field="name", max_length=MAX_NAME_LENGTH)
     assert name is not None
     template = tenant_template(session=session, tenant_id=tenant_id, template_id=draft.template_id)
@@ -95,6 +108,15 @@ def create_campaign(
     if not list_ids and not contact_ids:
         raise InvalidInput("a campaign needs list_ids or contact_ids", field="list_ids")
     category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
+    from_address = check_mailbox(draft.from_address, field="from_address")
+    reply_to = check_mailbox(draft.features.reply_to, field="reply_to")
+    features = store_features(
+        session=session,
+        tenant_id=tenant_id,
+        given=replace(draft.features, reply_to=reply_to),
+        max_attachment_bytes=max_attachment_bytes,
+        now=now,
+    )
     campaign = Campaign(
         tenant_id=tenant_id,
         name=name.strip(),
@@ -103,7 +125,8 @@ def create_campaign(
         contact_ids=contact_ids,
         data=dict(draft.data),
         category=category or template.category,
-        from_address=check_mailbox(draft.from_address, field="from_address"),
+        from_address=from_address,
+        features=features,
         priority=check_priority(draft.priority),
         status=CampaignStatus.draft.value,
         recipient_count=0,
