@@ -151,17 +151,17 @@ def send_test(
     try:
         if contact_id.strip() and not contact_id.strip().isdigit():
             raise InvalidInput("the contact must be a contact id (a number)", field="contact_id")
-        with session.begin_nested():
-            campaign_tests.send_campaign_test(
-                session=session,
-                tenant_id=user.tenant_id,
-                campaign_id=campaign_id,
-                to=addresses,
-                contact_id=int(contact_id) if contact_id.strip() else None,
-                renderer=runtime.renderer,
-                ttl_seconds=runtime.settings.message_ttl_seconds,
-                now=now,
-            )
+        # Everything is checked before the first write: a refusal leaves nothing behind.
+        campaign_tests.send_campaign_test(
+            session=session,
+            tenant_id=user.tenant_id,
+            campaign_id=campaign_id,
+            to=addresses,
+            contact_id=int(contact_id) if contact_id.strip() else None,
+            renderer=runtime.renderer,
+            ttl_seconds=runtime.settings.message_ttl_seconds,
+            now=now,
+        )
     except (InvalidInput, NotFound) as exc:
         if isinstance(exc, NotFound) and exc.field is None:
             raise  # the campaign itself: the not-found page
