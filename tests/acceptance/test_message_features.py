@@ -235,7 +235,11 @@ def test_a_test_send_of_a_finished_campaign_leaves_its_figures_and_without_a_con
     worker: Callable[..., WorkerThread],
 ) -> None:
     ids = api_setup(
-        client, acme, PEOPLE[:2], subject="Hello {{ email }}", html="<p>{{ email }}</p>"
+        client,
+        acme,
+        PEOPLE[:2],
+        subject="Hello {{ email }}",
+        html='<p>{{ email }}</p><p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>',
     )
     campaign_id = start_campaign(client, acme, ids)
     worker()
@@ -249,6 +253,10 @@ def test_a_test_send_of_a_finished_campaign_leaves_its_figures_and_without_a_con
     assert answer.status_code == 202, answer.text
     mail = received(smtp_server, 3)["me@example.com"]
     assert mail["Subject"] == "[TEST] Hello me@example.com"
+    html = mail.get_body(("html",))
+    assert html is not None
+    links = re.findall(r'href="([^"]+)"', html.get_content())
+    assert links and all(link.endswith("/u/preview") for link in links), links
 
     def settled() -> dict[str, Any] | None:
         body: dict[str, Any] = client.get(

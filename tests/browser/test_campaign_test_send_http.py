@@ -77,6 +77,7 @@ def test_a_wrong_address_or_contact_is_shown_on_the_page_and_nothing_is_queued(
     for data, message in (
         ({"to": "not an address"}, "to[0] is not a valid email address"),
         ({"to": ""}, "to must hold 1 to 10 addresses"),
+        ({"to": " ".join(f"m{i}@example.com" for i in range(11))}, "to must hold 1 to 10"),
         ({"to": "me@example.com", "contact_id": "abc"}, "must be a contact id"),
         ({"to": "me@example.com", "contact_id": str(their_contact)}, "no such contact"),
     ):

@@ -15,7 +15,7 @@ from tidings.services.message_features import (
     clean_filename,
     decode_content,
 )
-from tidings.services.messages import check_mailbox
+from tidings.services.messages import check_header_text, check_mailbox
 
 #: Every character that breaks a line somewhere (RFC 5322, Unicode, a careless client) or ends a
 #: C string.
@@ -128,3 +128,11 @@ def test_content_over_the_room_left_is_too_large_and_programs_are_refused() -> N
     assert decode_content(b64encode(b"x" * 100).decode(), field="c", room=100) == b"x" * 100
     with pytest.raises(InvalidInput, match="program"):
         decode_content(b64encode(b"MZ\x90\x00rest").decode(), field="c", room=100)
+
+
+@pytest.mark.parametrize("brk", LINE_BREAKS)
+def test_no_text_bound_for_a_header_takes_any_line_break(brk: str) -> None:
+    """Subjects, categories, references: a Unicode line separator is refused like CR LF."""
+    with pytest.raises(InvalidInput) as refused:
+        check_header_text(f"Grades{brk}Bcc: x@evil.example", field="subject", max_length=998)
+    assert refused.value.field == "subject"
