@@ -242,10 +242,16 @@ class Composer:
             source = TemplateSource(subject=message.subject, html=message.html, text=message.text)
         else:
             raise TidingsError("it has neither a template nor inline content")
-        decided = extras.decide(
-            template_features,
-            context.campaign_features.get((tenant_id, message.campaign_id or 0)),
-            message.features,
+        campaign_extras = (
+            context.campaign_features.get((tenant_id, message.campaign_id or 0))
+            if context.campaign_features
+            else None
+        )
+        # Almost every message has none of these: it skips the call.
+        decided = (
+            extras.decide(template_features, campaign_extras, message.features)
+            if template_features or campaign_extras or message.features
+            else None
         )
         files = (
             extras.attachments_of(decided, tenant_id, context.attachments)

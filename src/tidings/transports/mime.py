@@ -18,6 +18,7 @@ from __future__ import annotations
 import binascii
 import re
 from base64 import b64encode
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from functools import lru_cache
@@ -107,48 +108,51 @@ def build_message_bytes(msg: OutgoingMessage, *, date: datetime | None = None) -
         lines.append(_extra_header(name, value))
     head = "\r\n".join(lines).encode("utf-8")
     if msg.attachments:
-        return _with_attachments(head, msg)
-    return b"".join((head, *_content(msg)))
-
-
-def _content(msg: OutgoingMessage) -> tuple[bytes, ...]:
-    """The message's text (and HTML) entity: its Content-Type header on, after the other headers
-    (each piece starts with the CRLF that ends the line before it)."""
+        return _with_attachments(head, msg, date)
     text_cte, text = _encode_body(msg.text)
     if msg.html is None:
-        return (
-            b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: ",
-            text_cte,
-            b"\r\n\r\n",
-            text,
-            b"" if text.endswith(b"\r\n") else b"\r\n",
+        return b"".join(
+            (
+                head,
+                b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: ",
+                text_cte,
+                b"\r\n\r\n",
+                text,
+                b"" if text.endswith(b"\r\n") else b"\r\n",
+            )
         )
     html_cte, html = _encode_body(msg.html)
     # '=_' never occurs in quoted-printable or base64, and 7bit is only chosen without '--=_'.
     boundary = f"{_BOUNDARY_PREFIX}{msg.message_id:x}".encode("ascii")
-    return (
-        b'\r\nContent-Type: multipart/alternative; boundary="',
-        boundary,
-        b'"\r\n\r\n--',
-        boundary,
-        b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: ",
-        text_cte,
-        b"\r\n\r\n",
-        text,
-        b"\r\n--",
-        boundary,
-        b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: ",
-        html_cte,
-        b"\r\n\r\n",
-        html,
-        b"\r\n--",
-        boundary,
-        b"--\r\n",
+    return b"".join(
+        (
+            head,
+            b'\r\nContent-Type: multipart/alternative; boundary="',
+            boundary,
+            b'"\r\n\r\n--',
+            boundary,
+            b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: ",
+            text_cte,
+            b"\r\n\r\n",
+            text,
+            b"\r\n--",
+            boundary,
+            b"\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: ",
+            html_cte,
+            b"\r\n\r\n",
+            html,
+            b"\r\n--",
+            boundary,
+            b"--\r\n",
+        )
     )
 
 
-def _with_attachments(head: bytes, msg: OutgoingMessage) -> bytes:
+def _with_attachments(head: bytes, msg: OutgoingMessage, date: datetime | None) -> bytes:
     """multipart/mixed: the text (or text and HTML alternative) entity first, then each file.
+
+    The entity is the message as it would be without files, after its header lines: the same
+    head is written first (the Date has one length), so the plain path stays the only code.
 
     The outer boundary is ``=_tidings_m<id>``: 'm' is not a hex digit, so neither boundary is a
     prefix of the other, and like the inner one it cannot occur in base64 or quoted-printable.
@@ -156,8 +160,15 @@ def _with_attachments(head: bytes, msg: OutgoingMessage) -> bytes:
     """
     mixed = f"{_BOUNDARY_PREFIX}m{msg.message_id:x}".encode("ascii")
     # The entity's own first CRLF ends the delimiter line.
-    pieces = [head, b'\r\nContent-Type: multipart/mixed; boundary="', mixed, b'"\r\n\r\n--', mixed]
-    pieces.extend(_content(msg))
+    plain = build_message_bytes(replace(msg, attachments=()), date=date or datetime.now(UTC))
+    pieces = [
+        head,
+        b'\r\nContent-Type: multipart/mixed; boundary="',
+        mixed,
+        b'"\r\n\r\n--',
+        mixed,
+        plain[len(head) :],
+    ]
     for attachment in msg.attachments:
         pieces.extend(
             (
