@@ -195,6 +195,9 @@ class ResendTestServer:
         emails = body if batch else [body]
         if not isinstance(emails, list) or not emails or (batch and len(emails) > BATCH_LIMIT):
             return _problem(422, "validation_error", f"A batch holds 1 to {BATCH_LIMIT} emails.")
+        if batch and any(isinstance(e, dict) and "attachments" in e for e in emails):
+            # As documented: "The attachments ... field is not supported yet" in batches.
+            return _problem(422, "validation_error", "Attachments are not supported in batch.")
         for email in emails:
             problem = self._validate(email)
             if problem is not None:
@@ -221,6 +224,11 @@ class ResendTestServer:
                     return self._rejected[address]
         if "html" not in email and "text" not in email:
             return "Missing `html` or `text` field."
+        for attachment in email.get("attachments", ()):
+            if not isinstance(attachment, dict) or not attachment.get("filename"):
+                return "An attachment needs a `filename`."
+            if not attachment.get("content") and not attachment.get("path"):
+                return "An attachment needs `content` or `path`."
         return None
 
 

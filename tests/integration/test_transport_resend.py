@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from tests.resend_server import ResendTestServer
-from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
+from tidings.delivery.features import EncodedContent
+from tidings.domain.message import Attachment, OutgoingMessage, Permanent, Sent, Transient
 from tidings.transports.base import open_transport
 from tidings.transports.resend import ResendTransport, email_payload
 
@@ -267,3 +268,36 @@ async def test_the_stand_in_honours_idempotency_keys_as_resend_documents(
     assert other.status_code == 409 and other.json()["name"] == "invalid_idempotent_request"
     assert too_long.status_code == 400 and too_long.json()["name"] == "invalid_idempotency_key"
     assert len(api.emails) == 1
+
+
+async def test_files_and_reply_to_go_in_the_documented_fields_and_never_in_a_batch(
+    api: ResendTestServer, resend: ResendTransport
+) -> None:
+    """Resend's batch endpoint refuses attachments: a message with files goes on its own."""
+    encoded = EncodedContent.of(b"%PDF-1.4 syllabus")
+    syllabus = Attachment(
+        "Lehrplan für Straße.pdf", "application/pdf", encoded.content_base64, encoded.mime_body
+    )
+    batch = [
+        message(1),
+        message(2, attachments=(syllabus,), reply_to='"Ms Ada" <ada@school.example>'),
+        message(3),
+    ]
+    outcomes = await resend.send(batch)
+
+    assert all(isinstance(o, Sent) for o in outcomes)
+    by_path = {r.path: r.body for r in api.requests}
+    assert sorted(by_path) == ["/emails", "/emails/batch"]
+    assert [e["to"] for e in by_path["/emails/batch"]] == [
+        ["User 1 <user1@example.com>"],
+        ["User 3 <user3@example.com>"],
+    ]
+    single = by_path["/emails"]
+    assert single["reply_to"] == '"Ms Ada" <ada@school.example>'
+    assert single["attachments"] == [
+        {
+            "filename": "Lehrplan für Straße.pdf",
+            "content": encoded.content_base64,
+            "content_type": "application/pdf",
+        }
+    ]

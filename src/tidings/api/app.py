@@ -13,6 +13,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
@@ -119,17 +120,30 @@ class BodySizeLimit:
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_body: int, max_import: int, upload_routes: Sequence[BaseRoute]
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        max_import: int,
+        upload_routes: Sequence[BaseRoute],
+        max_attachments: int = 0,
+        attachment_routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_import = max_import
         self.upload_routes = upload_routes
+        # A body with attachments may be their base64 (4 characters per 3 bytes) larger.
+        self.max_with_attachments = max_body + (max_attachments + 2) // 3 * 4
+        self.attachment_routes = attachment_routes
 
     def _cap(self, scope: Scope) -> int:
         for route in self.upload_routes:
             if route.matches(scope)[0] is Match.FULL:
                 return self.max_import
+        for route in self.attachment_routes:
+            if route.matches(scope)[0] is Match.FULL:
+                return self.max_with_attachments
         return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,6 +183,14 @@ class BodySizeLimit:
             await send(message)
 
         await self.app(scope, counted, closing)
+
+
+def _takes_attachments(route: BaseRoute) -> bool:
+    """Whether ``route``'s JSON body may carry attachments (an ``attachments`` field)."""
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return False
+    model = route.body_field.field_info.annotation
+    return isinstance(model, type) and "attachments" in getattr(model, "model_fields", {})
 
 
 def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
@@ -216,6 +238,10 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
         # The routers are included without a prefix: their own routes are the app's.
         upload_routes=[
             route for router in ROUTERS for route in router.routes if takes_upload(route)
+        ],
+        max_attachments=runtime.settings.max_attachment_bytes,
+        attachment_routes=[
+            route for router in ROUTERS for route in router.routes if _takes_attachments(route)
         ],
     )
     return app

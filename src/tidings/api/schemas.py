@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from copy import copy
 from types import UnionType
-from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union, get_args, get_origin
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tidings.errors import InvalidInput
 from tidings.scheduling.windows import CONTACT, SendWindow, parse_send_window
+from tidings.services import message_features
+from tidings.services.message_features import FeaturesIn
+from tidings.services.messages import check_mailbox
 
 T = TypeVar("T")
 
@@ -46,7 +49,8 @@ def partial_model(model: type[StrictModel]) -> type[StrictModel]:
         optional.default, optional.default_factory = None, None
         annotation = Any if info.annotation is None else info.annotation | None
         fields[name] = (annotation, optional)
-    return create_model(f"{model.__name__}Patch", __base__=StrictModel, **fields)
+    # Based on ``model`` itself: its methods (``sender()``, ``features()``) read the patch too.
+    return create_model(f"{model.__name__}Patch", __base__=model, **fields)
 
 
 def refuse_nulls(changes: dict[str, Any], model: type[BaseModel]) -> None:
@@ -125,3 +129,107 @@ class SendWindowOut(BaseModel):
         if stored is None:
             return None
         return cls(**{**stored, "timezone": timezone or stored["timezone"]})
+
+
+class MailboxIn(StrictModel):
+    """A mailbox given as its parts: ``{"name": "Ms Ada", "address": "ada@school.example"}``."""
+
+    name: str | None = Field(None, max_length=200)
+    address: str = Field(min_length=3, max_length=320)
+
+
+class AttachmentIn(StrictModel):
+    filename: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="Only its last path component is kept; non-ASCII is fine (RFC 2231).",
+    )
+    content_type: str = Field(
+        min_length=3,
+        max_length=255,
+        description="One of the accepted types: PDF, images, text/plain, text/csv, "
+        "text/calendar, office documents, zip…; not HTML, SVG or programs.",
+    )
+    content: str = Field(min_length=1, description="The file, base64-encoded.")
+
+
+class FeaturesFields(StrictModel):
+    """The sender and what a message can carry besides its content (templates, campaigns and
+    messages take them; a campaign's or message's own win over its template's)."""
+
+    from_: str | MailboxIn | None = Field(
+        None,
+        alias="from",
+        description="The sender: 'Name <address>', an address, or {name, address}.",
+    )
+    from_address: str | None = Field(
+        None, min_length=3, max_length=message_features.MAX_MAILBOX_LENGTH, description="As from."
+    )
+    reply_to: str | MailboxIn | None = Field(None, description="As from.")
+    headers: dict[str, str] | None = Field(
+        None,
+        max_length=message_features.MAX_HEADERS,
+        description="Extra headers: X-* (not X-Tidings-*) and List-Id only.",
+    )
+    attachments: list[AttachmentIn] | None = Field(
+        None,
+        max_length=message_features.MAX_ATTACHMENTS,
+        description="At most TIDINGS_MAX_ATTACHMENT_BYTES together, decoded (413 beyond).",
+    )
+
+    #: Fields a handler passes on through ``sender()`` and ``features()``, not as they are.
+    FEATURE_FIELDS: ClassVar[set[str]] = {
+        "from_",
+        "from_address",
+        "reply_to",
+        "headers",
+        "attachments",
+    }
+
+    def sender(self) -> str | None:
+        """The From as one mailbox text, checked; ``from`` and ``from_address`` are one field."""
+        if self.from_ is not None and self.from_address is not None:
+            raise InvalidInput("give from or from_address, not both", field="from")
+        if self.from_ is None:
+            return self.from_address
+        return check_mailbox(_mailbox(self.from_), field="from")
+
+    def features(self) -> FeaturesIn:
+        return FeaturesIn(
+            reply_to=None if self.reply_to is None else _mailbox(self.reply_to),
+            headers=self.headers,
+            attachments=None
+            if self.attachments is None
+            else [
+                message_features.AttachmentIn(
+                    filename=a.filename, content_type=a.content_type, content=a.content
+                )
+                for a in self.attachments
+            ],
+        )
+
+
+def _mailbox(value: str | MailboxIn) -> str:
+    if isinstance(value, str):
+        return value
+    return message_features.mailbox_text(value.name, value.address)
+
+
+class AttachmentOut(BaseModel):
+    filename: str
+    content_type: str
+    size: int = Field(description="Bytes, decoded.")
+
+
+class FeaturesOut(BaseModel):
+    reply_to: str | None
+    headers: dict[str, str]
+    attachments: list[AttachmentOut]
+
+    @classmethod
+    def features_of(cls, features: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "reply_to": (features or {}).get("reply_to"),
+            "headers": message_features.headers_out(features),
+            "attachments": [AttachmentOut(**a) for a in message_features.attachments_out(features)],
+        }

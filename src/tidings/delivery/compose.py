@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -25,7 +25,8 @@ from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
 from tidings.db.tenancy import ids, owned
 from tidings.db.timezones import tenant_timezones
-from tidings.domain.message import OutgoingMessage
+from tidings.delivery import features as extras
+from tidings.domain.message import Attachment, OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
@@ -35,6 +36,8 @@ from tidings.rendering.renderer import with_event
 #: A row of the batch's context, named by its tenant and id together: an id alone could be a row
 #: of another tenant (SQLite reused deleted ids before migration 0009).
 RowKey = tuple[int, int]  # (tenant_id, id)
+#: What a campaign's test send's subject starts with (services/campaign_tests.py).
+TEST_SUBJECT_PREFIX = "[TEST] "
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +51,30 @@ class BatchContext:
     ]  # updated_at, subject, html, text
     #: Each tenant's default time zone, for recipients without one of their own.
     timezones: dict[int, str]
+    #: Reply-To, headers and attachment references of the batch's campaigns and templates, and
+    #: templates' own From (``delivery/features.py``); only the rows that have some.
+    campaign_features: dict[RowKey, dict[str, Any]] = field(default_factory=dict)
+    template_features: dict[RowKey, tuple[str | None, dict[str, Any] | None]] = field(
+        default_factory=dict
+    )
+    #: Encoded contents of every attachment the batch names.
+    attachments: dict[RowKey, extras.EncodedContent] = field(default_factory=dict)
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
     return {(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None}
 
 
-def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
+def load_context(
+    session: Session,
+    messages: Sequence[ClaimedMessage],
+    attachments: extras.AttachmentCache | None = None,
+) -> BatchContext:
     """Every row read is kept only under its own ``(tenant_id, id)``, and only when a message of
     that tenant asked for it (``db.tenancy``): a message can only ever see its own tenant's
-    contact, campaign and template."""
-    contact_keys = _keys(messages, "contact_id")
+    contact, campaign, template and attachments. ``attachments``: the worker's cache of encoded
+    contents (a fresh one when not given)."""
+    contact_keys = _keys(messages, "contact_id") | _test_contacts(messages)
     campaign_keys = _keys(messages, "campaign_id")
     template_keys = _keys(messages, "template_id")
     timezones = tenant_timezones(session, {m.tenant_id for m in messages})
@@ -91,44 +107,82 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 timezone=row.timezone or timezones[row.tenant_id],
                 locale=row.locale,
             )
-    campaigns = (
-        {
-            (row.tenant_id, row.id): (row.data or {}, row.from_address, row.category)
-            for row in session.connection().execute(
-                select(
-                    Campaign.id,
-                    Campaign.tenant_id,
-                    Campaign.data,
-                    Campaign.from_address,
-                    Campaign.category,
-                ).where(Campaign.id.in_(ids(campaign_keys)))
-            )
-            if owned(campaign_keys, row.tenant_id, row.id)
-        }
-        if campaign_keys
-        else {}
-    )
-    templates = (
-        {
-            (row.tenant_id, row.id): (row.updated_at, row.subject, row.html, row.text)
-            for row in session.connection().execute(
-                select(
-                    Template.id,
-                    Template.tenant_id,
-                    Template.updated_at,
-                    Template.subject,
-                    Template.html,
-                    Template.text,
-                ).where(Template.id.in_(ids(template_keys)))
-            )
-            if owned(template_keys, row.tenant_id, row.id)
-        }
-        if template_keys
-        else {}
-    )
+    campaigns: dict[RowKey, tuple[dict[str, Any], str | None, str | None]] = {}
+    campaign_features: dict[RowKey, dict[str, Any]] = {}
+    if campaign_keys:
+        for row in session.connection().execute(
+            select(
+                Campaign.id,
+                Campaign.tenant_id,
+                Campaign.data,
+                Campaign.from_address,
+                Campaign.category,
+                Campaign.features,
+            ).where(Campaign.id.in_(ids(campaign_keys)))
+        ):
+            if owned(campaign_keys, row.tenant_id, row.id):
+                campaigns[row.tenant_id, row.id] = (row.data or {}, row.from_address, row.category)
+                if row.features:
+                    campaign_features[row.tenant_id, row.id] = row.features
+    templates: dict[RowKey, tuple[datetime, str, str | None, str | None]] = {}
+    template_features: dict[RowKey, tuple[str | None, dict[str, Any] | None]] = {}
+    if template_keys:
+        for row in session.connection().execute(
+            select(
+                Template.id,
+                Template.tenant_id,
+                Template.updated_at,
+                Template.subject,
+                Template.html,
+                Template.text,
+                Template.from_address,
+                Template.features,
+            ).where(Template.id.in_(ids(template_keys)))
+        ):
+            if owned(template_keys, row.tenant_id, row.id):
+                key = (row.tenant_id, row.id)
+                templates[key] = (row.updated_at, row.subject, row.html, row.text)
+                if row.from_address or row.features:
+                    template_features[key] = (row.from_address, row.features)
+    wanted = _attachment_keys(messages, campaign_features, template_features)
+    contents = (attachments or extras.AttachmentCache()).load(session, wanted) if wanted else {}
     return BatchContext(
-        contacts=contacts, campaigns=campaigns, templates=templates, timezones=timezones
+        contacts=contacts,
+        campaigns=campaigns,
+        templates=templates,
+        timezones=timezones,
+        campaign_features=campaign_features,
+        template_features=template_features,
+        attachments=contents,
     )
+
+
+def _attachment_keys(
+    messages: Sequence[ClaimedMessage],
+    campaign_features: dict[RowKey, dict[str, Any]],
+    template_features: dict[RowKey, tuple[str | None, dict[str, Any] | None]],
+) -> set[RowKey]:
+    """Every attachment the batch's messages may carry, from wherever they name it."""
+    wanted: set[RowKey] = set()
+    for m in messages:
+        wanted |= extras.references(
+            m.tenant_id,
+            (
+                m.features,
+                campaign_features.get((m.tenant_id, m.campaign_id or 0)),
+                template_features.get((m.tenant_id, m.template_id or 0), (None, None))[1],
+            ),
+        )
+    return wanted
+
+
+def _test_contacts(messages: Sequence[ClaimedMessage]) -> set[RowKey]:
+    """The contacts campaign test sends are rendered as (they are not sent to them)."""
+    return {
+        (m.tenant_id, int(m.features["test"]["contact_id"]))
+        for m in messages
+        if m.features and m.features.get("test") and m.features["test"].get("contact_id")
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +192,9 @@ class Prepared:
     job: RenderJob
     from_address: str | None
     category: str | None
+    #: Reply-To, headers, attachments, test send (``delivery/features.py``); None: none of them.
+    extras: extras.Extras | None = None
+    files: tuple[Attachment, ...] = ()
 
 
 class Composer:
@@ -147,6 +204,8 @@ class Composer:
         self._settings = settings
         self._secret = secret_key
         self._domain = parseaddr(settings.from_address)[1].rpartition("@")[2] or "localhost"
+        #: Attachment contents, encoded once per worker and file (``delivery/features.py``).
+        self.attachments = extras.AttachmentCache()
 
     def message_id_header(self, message_id: int) -> str:
         """Stable across retries without being stored first, unguessable, and unique per instance."""
@@ -169,15 +228,36 @@ class Composer:
             from_address = from_address or campaign_from
             category = category or campaign_category
         data.update(message.data or {})
+        template_from, template_features = None, None
         if message.template_id is not None:
             if (tenant_id, message.template_id) not in context.templates:
                 raise TidingsError("its template was deleted")
             _, subject, html, text = context.templates[(tenant_id, message.template_id)]
             source = TemplateSource(subject=subject, html=html, text=text)
+            template_from, template_features = context.template_features.get(
+                (tenant_id, message.template_id), (None, None)
+            )
+            from_address = from_address or template_from
         elif message.subject is not None:
             source = TemplateSource(subject=message.subject, html=message.html, text=message.text)
         else:
             raise TidingsError("it has neither a template nor inline content")
+        campaign_extras = (
+            context.campaign_features.get((tenant_id, message.campaign_id or 0))
+            if context.campaign_features
+            else None
+        )
+        # Almost every message has none of these: it skips the call.
+        decided = (
+            extras.decide(template_features, campaign_extras, message.features)
+            if template_features or campaign_extras or message.features
+            else None
+        )
+        files = (
+            extras.attachments_of(decided, tenant_id, context.attachments)
+            if decided is not None and decided.attachments
+            else ()
+        )
         # The links in the mail act for this message's recipient (tokens.py).
         contact = context.contacts.get((tenant_id, message.contact_id or 0))
         recipient = (
@@ -189,11 +269,17 @@ class Composer:
             if contact is None
             else replace(contact, message_id=message.id)
         )
+        if decided is not None and decided.test is not None:
+            # A test send: as its contact would get it, with inert links (no message of theirs).
+            contact = context.contacts.get((tenant_id, decided.test.get("contact_id") or 0))
+            recipient = replace(contact or recipient, message_id=None)
         # A reminder's template also sees its event's time.
         job = RenderJob(
             source, message.tenant_id, recipient, with_event(data, message.event_at), category
         )
-        return Prepared(job=job, from_address=from_address, category=category)
+        return Prepared(
+            job=job, from_address=from_address, category=category, extras=decided, files=files
+        )
 
     def finish(
         self,
@@ -222,6 +308,23 @@ class Composer:
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
                 ("X-Tidings-Campaign", str(message.campaign_id)),
             )
+        subject = rendered.subject
+        reply_to = None
+        decided = prepared.extras
+        if decided is not None:
+            reply_to = decided.reply_to
+            if decided.test is not None:
+                subject = f"{TEST_SUBJECT_PREFIX}{subject}"
+                headers = (
+                    # The link of a test send shows the preview page and changes nothing.
+                    (
+                        "List-Unsubscribe",
+                        f"<{tokens.preview_url(self._settings.public_url, 'unsubscribe')}>",
+                    ),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                    ("X-Tidings-Test", str(decided.test.get("campaign_id"))),
+                )
+            headers += decided.headers
         header_id = self.message_id_header(message.id)
         return OutgoingMessage(
             message_id=message.id,
@@ -229,10 +332,12 @@ class Composer:
             from_address=prepared.from_address or self._settings.from_address,
             to_address=message.to_address,
             to_name=recipient.name,
-            subject=rendered.subject,
+            subject=subject,
             html=rendered.html,
             text=rendered.text,
             message_id_header=header_id,
             headers=headers,
             idempotency_key=message.idempotency_key or header_id,
+            reply_to=reply_to,
+            attachments=prepared.files,
         )

@@ -247,7 +247,9 @@ class Worker:
                 lease_seconds=settings.lease_seconds,
                 lead=lead,
             )
-            return claim, load_context(session, claim.messages) if claim.messages else None
+            if not claim.messages:
+                return claim, None
+            return claim, load_context(session, claim.messages, self.composer.attachments)
 
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []

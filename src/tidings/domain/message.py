@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that goes with a message. Its content travels already encoded, once per worker and
+    file (``delivery/features.py``), never once per message."""
+
+    filename: str  # the last path component only, no control characters; may be non-ASCII
+    content_type: str  # from services.message_features.ALLOWED_CONTENT_TYPES
+    content_base64: str  # the whole content in one base64 line, as HTTP APIs take it
+    mime_body: bytes  # the same base64 in 76-character CRLF lines: the MIME part's body
+
+
+@dataclass(frozen=True, slots=True)
 class OutgoingMessage:
     message_id: int  # the queue row's id
     tenant_id: int
@@ -27,6 +38,10 @@ class OutgoingMessage:
     to_name: str | None = None
     #: Sent as the provider's idempotency key by HTTP transports (a retry cannot send twice).
     idempotency_key: str = field(default="")
+    #: A mailbox like ``from_address``, checked the same way before queueing; None: no Reply-To.
+    reply_to: str | None = None
+    #: Empty for almost every message, whose MIME is then exactly what it was without them.
+    attachments: tuple[Attachment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

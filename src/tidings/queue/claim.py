@@ -87,6 +87,7 @@ _CLAIMED_COLUMNS = (
     Message.expires_at,
     Message.idempotency_key,
     Message.event_at,
+    Message.features,
 )
 
 

@@ -8,7 +8,7 @@ campaign's messages change in the same transaction as the campaign.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -29,6 +29,11 @@ from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign, still_fanning_out
 from tidings.scheduling.windows import SendWindow, window_from_json
 from tidings.services import campaign_eta
+from tidings.services.message_features import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    FeaturesIn,
+    store_features,
+)
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
     check_header_text,
@@ -56,6 +61,8 @@ class CampaignDraft:
     category: str | None = None  # None: the template's category
     from_address: str | None = None  # None: the settings' default sender
     send_window: SendWindow | None = None  # local hours its messages may start in
+    #: Reply-To, extra headers and attachments (``services/message_features.py``).
+    features: FeaturesIn = field(default_factory=FeaturesIn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +91,19 @@ class Retried:
 
 
 def create_campaign(
-    *, session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
+    *,
+    session: Session,
+    tenant_id: int,
+    draft: CampaignDraft,
+    now: datetime,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Campaign:
-    """A draft campaign; every referenced id must be the tenant's own."""
+    """A draft campaign; every referenced id must be the tenant's own. Its attachments are
+    stored here, once, whatever the size of its audience."""
     campaign = Campaign(
         tenant_id=tenant_id,
         **_checked_columns(session, tenant_id, draft, now),
+        features=_stored_features(session, tenant_id, draft.features, max_attachment_bytes, now),
         status=CampaignStatus.draft.value,
         recipient_count=0,
         created_at=now,
@@ -99,8 +113,10 @@ def create_campaign(
     return campaign
 
 
-#: What ``update_campaign`` may change: every field a draft is created with.
-EDITABLE_FIELDS = frozenset(CampaignDraft.__dataclass_fields__)
+#: What ``update_campaign`` may change: every field a draft is created with; ``features`` by
+#: its parts (``FEATURE_PARTS``).
+EDITABLE_FIELDS = frozenset(CampaignDraft.__dataclass_fields__) - {"features"}
+FEATURE_PARTS = frozenset({"reply_to", "headers", "attachments"})
 
 
 def update_campaign(
@@ -110,8 +126,15 @@ def update_campaign(
     campaign_id: int,
     changes: Mapping[str, Any],
     now: datetime,
+    features: FeaturesIn | None = None,
+    feature_parts: Collection[str] = (),
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Campaign:
     """Change any field of a draft or scheduled campaign, checked as a new draft would be.
+
+    ``feature_parts`` names the parts of ``features`` (``reply_to``, ``headers``,
+    ``attachments``) that change: each takes its new value (None or empty clears it), and the
+    parts not named keep their stored value.
 
     Nothing of such a campaign is queued yet, so a change only rewrites the row. Rescheduling a
     scheduled campaign moves its start (the worker starts it when ``scheduled_at`` comes, under the
@@ -126,9 +149,16 @@ def update_campaign(
     draft = replace(_draft_of(campaign), **changes)
     for column, value in _checked_columns(session, tenant_id, draft, now).items():
         setattr(campaign, column, value)
+    given = set(feature_parts) & FEATURE_PARTS
+    if features is not None and given:
+        fresh = _stored_features(session, tenant_id, features, max_attachment_bytes, now) or {}
+        merged = {k: v for k, v in (campaign.features or {}).items() if k not in given}
+        merged.update({part: fresh[part] for part in given if part in fresh})
+        campaign.features = merged or None
     if campaign.status == CampaignStatus.scheduled.value and campaign.scheduled_at is None:
         campaign.status = CampaignStatus.draft.value
-    _record(session, campaign, EventType.campaign_updated, now, ", ".join(sorted(changes)))
+    changed = sorted({*changes, *given})
+    _record(session, campaign, EventType.campaign_updated, now, ", ".join(changed))
     return campaign
 
 
@@ -188,6 +218,24 @@ def _checked_columns(
         "scheduled_at": check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
         "send_window": draft.send_window.to_json() if draft.send_window is not None else None,
     }
+
+
+def _stored_features(
+    session: Session,
+    tenant_id: int,
+    given: FeaturesIn,
+    max_attachment_bytes: int,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """Reply-To checked as a From, headers checked, attachments stored once."""
+    reply_to = check_mailbox(given.reply_to, field="reply_to")
+    return store_features(
+        session=session,
+        tenant_id=tenant_id,
+        given=replace(given, reply_to=reply_to),
+        max_attachment_bytes=max_attachment_bytes,
+        now=now,
+    )
 
 
 def get_campaign(*, session: Session, tenant_id: int, campaign_id: int) -> Campaign:

@@ -7,7 +7,7 @@ when it sends (the contact may have changed in between).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,6 +44,12 @@ from tidings.scheduling.windows import (
     next_opening,
     resolve_timezone,
 )
+from tidings.services.message_features import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    FeaturesIn,
+    has_control,
+    store_features,
+)
 from tidings.services.pagination import Page, paginate
 
 MAX_TTL_SECONDS = 30 * 86_400  # a message may keep retrying for at most 30 days
@@ -79,6 +85,8 @@ class MessageRequest:
     #: Local hours it may start in; it waits for the next opening (after ``send_at``), read in
     #: the window's zone or, for "contact", the contact's, else the tenant's, else UTC.
     send_window: SendWindow | None = None
+    #: Reply-To, extra headers and attachments (``services/message_features.py``).
+    features: FeaturesIn = field(default_factory=FeaturesIn)
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -88,7 +96,7 @@ def check_header_text(value: str | None, *, field: str, max_length: int) -> str 
     """A value that ends up in a header: no line breaks or other control characters (injection)."""
     if value is None:
         return None
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if has_control(value):
         raise InvalidInput(
             f"{field} must not contain line breaks or control characters", field=field
         )
@@ -170,6 +178,7 @@ def send_message(
     renderer: RenderPool,
     default_ttl_seconds: float,
     now: datetime,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Enqueued:
     """Accept one message: queued (or suppressed, with the reason); a repeated key returns the first."""
     key = check_header_text(
@@ -186,6 +195,7 @@ def send_message(
         renderer=renderer,
         default_ttl_seconds=default_ttl_seconds,
         now=now,
+        max_attachment_bytes=max_attachment_bytes,
     )
     return enqueue_message(session=session, new=new, now=now)
 
@@ -198,9 +208,11 @@ def prepare_message(
     renderer: RenderPool,
     default_ttl_seconds: float,
     now: datetime,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> NewMessage:
     """The message to store for ``request``: every field checked, the recipient and template
-    found, screened against suppressions and preferences, rendered once; nothing written yet.
+    found, screened against suppressions and preferences, rendered once; nothing written yet but
+    its attachments' contents (stored once per content, whatever becomes of the message).
 
     A caller that makes several messages of one request (a reminder's offsets) prepares once and
     stores each with its own time.
@@ -214,6 +226,7 @@ def prepare_message(
         request.reference, field="reference", max_length=MAX_REFERENCE_LENGTH
     )
     from_address = check_mailbox(request.from_address, field="from_address")
+    reply_to = check_mailbox(request.features.reply_to, field="reply_to")
     ttl = _check_ttl(request.ttl_seconds, default=default_ttl_seconds)
     send_at = check_schedule(request.send_at, field="send_at", now=now)
     contact, to_address = _recipient(session=session, tenant_id=tenant_id, request=request)
@@ -257,6 +270,13 @@ def prepare_message(
         recipient=_as_recipient(contact, to_address, zone),
         category=category,
     )
+    features = store_features(
+        session=session,
+        tenant_id=tenant_id,
+        given=replace(request.features, reply_to=reply_to),
+        max_attachment_bytes=max_attachment_bytes,
+        now=now,
+    )
     return NewMessage(
         tenant_id=tenant_id,
         to_address=to_address,
@@ -277,6 +297,7 @@ def prepare_message(
         event_at=request.event_at,
         send_window=request.send_window.to_json() if request.send_window is not None else None,
         window_timezone=window_timezone,
+        features=features,
     )
 
 

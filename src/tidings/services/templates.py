@@ -8,6 +8,7 @@ particular recipient (an undefined variable), which ``preview_template`` shows b
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,12 @@ from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.rendering import Recipient, RenderedContent
 from tidings.rendering.pool import RenderPool, TemplateSource
+from tidings.services.message_features import (
+    DEFAULT_MAX_ATTACHMENT_BYTES,
+    FeaturesIn,
+    store_features,
+)
+from tidings.services.messages import check_mailbox
 from tidings.services.pagination import Page, paginate
 
 MAX_NAME_LENGTH = 200  # characters, as the column
@@ -78,6 +85,29 @@ def _checked_content(
     return subject, html, text
 
 
+def _sender_and_features(
+    session: Session,
+    tenant_id: int,
+    from_address: str | None,
+    features: FeaturesIn | None,
+    max_attachment_bytes: int,
+    now: datetime,
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The template's own From and extras, which its campaigns and messages take unless they
+    give theirs."""
+    sender = check_mailbox(from_address, field="from_address")
+    given = features or FeaturesIn()
+    reply_to = check_mailbox(given.reply_to, field="reply_to")
+    stored = store_features(
+        session=session,
+        tenant_id=tenant_id,
+        given=replace(given, reply_to=reply_to),
+        max_attachment_bytes=max_attachment_bytes,
+        now=now,
+    )
+    return sender, stored
+
+
 def _check_name_free(
     session: Session, tenant_id: int, name: str, template_id: int | None = None
 ) -> None:
@@ -107,11 +137,17 @@ def create_template(
     text: str | None,
     category: str | None,
     now: datetime,
+    from_address: str | None = None,
+    features: FeaturesIn | None = None,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Template:
     name = _clean_name(name)
     category = _clean_category(category)
     subject, html, text = _checked_content(renderer=renderer, subject=subject, html=html, text=text)
     _check_name_free(session, tenant_id, name)
+    sender, stored = _sender_and_features(
+        session, tenant_id, from_address, features, max_attachment_bytes, now
+    )
     template = Template(
         tenant_id=tenant_id,
         name=name,
@@ -119,6 +155,8 @@ def create_template(
         html=html,
         text=text,
         category=category,
+        from_address=sender,
+        features=stored,
         created_at=now,
         updated_at=now,
     )
@@ -155,6 +193,9 @@ def update_template(
     text: str | None,
     category: str | None,
     now: datetime,
+    from_address: str | None = None,
+    features: FeaturesIn | None = None,
+    max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
 ) -> Template:
     """Replaces every field (PUT); running campaigns pick the new content up with their next batch."""
     name = _clean_name(name)
@@ -163,6 +204,9 @@ def update_template(
     subject, html, text = _checked_content(renderer=renderer, subject=subject, html=html, text=text)
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     _check_name_free(session, tenant_id, name, template_id)
+    template.from_address, template.features = _sender_and_features(
+        session, tenant_id, from_address, features, max_attachment_bytes, now
+    )
     template.name = name
     template.subject = subject
     template.html = html

@@ -18,9 +18,11 @@ from __future__ import annotations
 import binascii
 import re
 from base64 import b64encode
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from functools import lru_cache
+from urllib.parse import quote
 
 from tidings.domain.message import OutgoingMessage
 
@@ -40,6 +42,7 @@ _OWN_HEADERS = frozenset(
         "mime-version",
         "content-type",
         "content-transfer-encoding",
+        "reply-to",
     }
 )
 _BOUNDARY_PREFIX = "=_tidings_"
@@ -60,6 +63,12 @@ _PLAIN_UNSTRUCTURED = re.compile(r"(?!.*=\?)[!-~]+(?: [!-~]+)*")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _QUOTABLE = re.compile(r"[ -~]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A MIME type as Tidings accepts them (``services/message_features.py``): type/subtype tokens.
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+# A parameter value quoted as it is: printable ASCII but '"' and '\\', no leading or trailing
+# space, not an encoded-word.
+_PLAIN_PARAMETER = re.compile(r"(?!.*=\?)[!#-\[\]-~](?:[ !#-\[\]-~]*[!#-\[\]-~])?")
+_PARAMETER_PIECE = 54  # characters of a parameter value per header line
 
 # Body encoding (see _encode_body).
 _MAX_LINE = 998  # octets per line without CRLF (RFC 5322 2.1.1), 7bit included
@@ -89,6 +98,8 @@ def build_message_bytes(msg: OutgoingMessage, *, date: datetime | None = None) -
         "Message-ID: " + msg.message_id_header,
         "MIME-Version: 1.0",
     ]
+    if msg.reply_to is not None:
+        lines.append(_reply_to_header(msg.reply_to))
     for name, value in msg.headers:
         if not _FIELD_NAME.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
@@ -96,6 +107,8 @@ def build_message_bytes(msg: OutgoingMessage, *, date: datetime | None = None) -
             raise ValueError(f"header {name} is written by the transport and cannot be overridden")
         lines.append(_extra_header(name, value))
     head = "\r\n".join(lines).encode("utf-8")
+    if msg.attachments:
+        return _with_attachments(head, msg, date)
     text_cte, text = _encode_body(msg.text)
     if msg.html is None:
         return b"".join(
@@ -132,6 +145,81 @@ def build_message_bytes(msg: OutgoingMessage, *, date: datetime | None = None) -
             boundary,
             b"--\r\n",
         )
+    )
+
+
+def _with_attachments(head: bytes, msg: OutgoingMessage, date: datetime | None) -> bytes:
+    """multipart/mixed: the text (or text and HTML alternative) entity first, then each file.
+
+    The entity is the message as it would be without files, after its header lines: the same
+    head is written first (the Date has one length), so the plain path stays the only code.
+
+    The outer boundary is ``=_tidings_m<id>``: 'm' is not a hex digit, so neither boundary is a
+    prefix of the other, and like the inner one it cannot occur in base64 or quoted-printable.
+    Each file's base64 lines were made once per worker (``Attachment.mime_body``).
+    """
+    mixed = f"{_BOUNDARY_PREFIX}m{msg.message_id:x}".encode("ascii")
+    # The entity's own first CRLF ends the delimiter line.
+    plain = build_message_bytes(replace(msg, attachments=()), date=date or datetime.now(UTC))
+    pieces = [
+        head,
+        b'\r\nContent-Type: multipart/mixed; boundary="',
+        mixed,
+        b'"\r\n\r\n--',
+        mixed,
+        plain[len(head) :],
+    ]
+    for attachment in msg.attachments:
+        pieces.extend(
+            (
+                b"\r\n--",
+                mixed,
+                b"\r\n",
+                _attachment_head(attachment.filename, attachment.content_type),
+                b"\r\n\r\n",
+                attachment.mime_body,
+            )
+        )
+    pieces.extend((b"\r\n--", mixed, b"--\r\n"))
+    return b"".join(pieces)
+
+
+@lru_cache(maxsize=1024)
+def _attachment_head(filename: str, content_type: str) -> bytes:
+    """The part headers of one file: the name in both places clients look (Content-Type's
+    ``name``, Content-Disposition's ``filename``), per RFC 2231 when it is not plain ASCII."""
+    if _CONTROL.search(filename) or "\r" in filename or "\n" in filename or "\t" in filename:
+        raise ValueError("an attachment's file name contains a control character")
+    if not _TOKEN.fullmatch(content_type):
+        raise ValueError(f"invalid attachment content type {content_type!r}")
+    return (
+        f"Content-Type: {content_type};{_parameter('name', filename)}\r\n"
+        f"Content-Disposition: attachment;{_parameter('filename', filename)}\r\n"
+        "Content-Transfer-Encoding: base64"
+    ).encode("ascii")
+
+
+def _parameter(name: str, value: str) -> str:
+    """`` name="value"`` when it can be quoted on one short line, else RFC 2231: ``name*=utf-8''``
+    and percent-encoded octets, cut into ``name*0*``, ``name*1*`` … pieces of at most
+    ``_PARAMETER_PIECE`` characters (never inside a ``%XX``), each on its own folded line."""
+    if _PLAIN_PARAMETER.fullmatch(value) and len(value) <= _PARAMETER_PIECE:
+        return f' {name}="{value}"'
+    encoded = quote(value.encode("utf-8"), safe="")
+    if len(encoded) <= _PARAMETER_PIECE:
+        return f"\r\n {name}*=utf-8''{encoded}"
+    pieces = []
+    start = 0
+    while start < len(encoded):
+        end = min(start + _PARAMETER_PIECE, len(encoded))
+        percent = encoded.find("%", max(start, end - 2), end)
+        if percent != -1 and end < len(encoded):
+            end = percent  # a %XX that would be cut goes whole to the next piece
+        pieces.append(encoded[start:end])
+        start = end
+    charset = "utf-8''"
+    return ";".join(
+        f"\r\n {name}*{i}*={charset if i == 0 else ''}{piece}" for i, piece in enumerate(pieces)
     )
 
 
@@ -223,6 +311,16 @@ def _from_header(from_address: str) -> str:
     if not addr or "@" not in addr:
         raise ValueError(f"not a mailbox: {from_address!r}")
     return "From: " + format_mailbox(addr, name or None, prefix_len=6)
+
+
+@lru_cache(maxsize=1024)
+def _reply_to_header(reply_to: str) -> str:
+    """The Reply-To line, written like the From (a tenant's campaigns repeat it)."""
+    _refuse_line_breaks("Reply-To", reply_to)
+    name, addr = parseaddr(reply_to)
+    if not addr or "@" not in addr:
+        raise ValueError(f"not a mailbox: {reply_to!r}")
+    return "Reply-To: " + format_mailbox(addr, name or None, prefix_len=10)
 
 
 @lru_cache(maxsize=1024)

@@ -82,7 +82,12 @@ class ResendTransport:
                 ready.append((index, message, email_payload(message)))
             except ValueError as exc:
                 outcomes[index] = Permanent(f"message cannot be sent: {exc}")
-        chunks = [ready[i : i + BATCH_LIMIT] for i in range(0, len(ready), BATCH_LIMIT)]
+        # Resend's batch endpoint takes no attachments: a message with some goes on its own.
+        alone = [[item] for item in ready if item[1].attachments]
+        together = [item for item in ready if not item[1].attachments]
+        chunks = alone + [
+            together[i : i + BATCH_LIMIT] for i in range(0, len(together), BATCH_LIMIT)
+        ]
         results = await asyncio.gather(*(self._send_chunk(chunk) for chunk in chunks))
         for chunk, chunk_outcomes in zip(chunks, results, strict=True):
             for (index, _, _), outcome in zip(chunk, chunk_outcomes, strict=True):
@@ -150,6 +155,18 @@ def email_payload(message: OutgoingMessage) -> Payload:
     }
     if message.html is not None:
         payload["html"] = message.html
+    if message.reply_to is not None:
+        _no_line_breaks("reply_to", message.reply_to)
+        payload["reply_to"] = message.reply_to
+    if message.attachments:
+        payload["attachments"] = [
+            {
+                "filename": _checked_filename(a.filename),
+                "content": a.content_base64,
+                "content_type": a.content_type,
+            }
+            for a in message.attachments
+        ]
     # Resend writes Message-ID, Date and MIME itself ("Resend already includes all the necessary
     # headers"); only ours go along: List-Unsubscribe, List-Unsubscribe-Post, X-Tidings-...
     headers: dict[str, str] = {}
@@ -172,6 +189,12 @@ def _recipient(message: OutgoingMessage) -> str:
     if _SPECIALS.intersection(name):
         name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return f"{name} <{message.to_address}>"
+
+
+def _checked_filename(filename: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        raise ValueError("an attachment's file name contains a control character")
+    return filename
 
 
 def _no_line_breaks(field: str, value: str) -> None:

@@ -116,6 +116,8 @@ NOTICES = {
     "cancelled": "The campaign is cancelled.",
     "retried": "The failed messages are back in the queue.",
     "requeued": "The message is back in the queue.",
+    "test-sent": "The test is on its way: its subject starts with [TEST], and its unsubscribe "
+    "link only shows a preview page. The campaign's figures do not count it.",
     "list-created": "The list was created.",
     "changed": "The campaign was changed.",
     "deleted": "The draft was deleted.",

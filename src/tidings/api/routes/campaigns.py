@@ -21,6 +21,8 @@ from tidings.api.deps import (
 )
 from tidings.api.schemas import (
     ERROR_RESPONSES,
+    FeaturesFields,
+    FeaturesOut,
     Id,
     IdPath,
     PageOut,
@@ -33,7 +35,7 @@ from tidings.api.schemas import (
 )
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
-from tidings.services import campaigns
+from tidings.services import campaign_tests, campaigns
 from tidings.services.campaigns import CampaignProgress
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -45,7 +47,7 @@ router = APIRouter(
 MAX_CAMPAIGN_PAGE = 100
 
 
-class CampaignIn(StrictModel):
+class CampaignIn(FeaturesFields):
     name: str = Field(min_length=1, max_length=campaigns.MAX_NAME_LENGTH)
     template_id: Id
     list_ids: list[Id] = Field(default_factory=list, max_length=campaigns.MAX_LIST_IDS)
@@ -58,7 +60,6 @@ class CampaignIn(StrictModel):
         None, description="Start at this time instead of at once (when started)."
     )
     category: str | None = Field(None, min_length=1, max_length=64)
-    from_address: str | None = Field(None, min_length=3, max_length=400)
     send_window: SendWindowIn | None = Field(
         None,
         description="Local hours its messages may start in, e.g. office hours in each "
@@ -72,7 +73,7 @@ else:  # every field of CampaignIn, optional: PATCH checks what create checks
     CampaignPatch = partial_model(CampaignIn)
 
 
-class CampaignOut(BaseModel):
+class CampaignOut(FeaturesOut):
     id: int
     name: str
     template_id: int
@@ -118,6 +119,7 @@ class CampaignOut(BaseModel):
             data=dict(campaign.data),
             category=campaign.category,
             from_address=campaign.from_address,
+            **FeaturesOut.features_of(campaign.features),
             priority=campaign.priority,
             scheduled_at=campaign.scheduled_at,
             send_window=SendWindowOut.of(campaign.send_window),
@@ -162,6 +164,31 @@ class FailedRecipientOut(BaseModel):
         )
 
 
+class TestSendIn(StrictModel):
+    to: list[str] = Field(
+        min_length=1,
+        max_length=campaign_tests.MAX_TEST_RECIPIENTS,
+        description="Where the test goes: your own addresses.",
+    )
+    contact_id: Id | None = Field(
+        None,
+        description="Render it as this contact would get it (their data); else for the address.",
+    )
+
+
+class TestMessageOut(BaseModel):
+    id: int
+    to: str
+    status: str
+
+
+class TestSendOut(BaseModel):
+    campaign_id: int
+    messages: list[TestMessageOut] = Field(
+        description="One per address: transactional messages, not counted in the campaign."
+    )
+
+
 def _out(session: Session, campaign: Campaign, now: datetime) -> CampaignOut:
     progress = campaigns.campaign_progress(session=session, campaigns=[campaign], now=now)
     return CampaignOut.of(campaign, progress[campaign.id])
@@ -169,34 +196,54 @@ def _out(session: Session, campaign: Campaign, now: datetime) -> CampaignOut:
 
 @router.post("", status_code=201)
 def create_campaign(
-    body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep
+    body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep, runtime: RuntimeDep
 ) -> CampaignOut:
     draft = campaigns.CampaignDraft(
-        **body.model_dump(exclude={"send_window"}), send_window=send_window_of(body.send_window)
+        **body.model_dump(exclude={"send_window", *FeaturesFields.FEATURE_FIELDS}),
+        from_address=body.sender(),
+        features=body.features(),
+        send_window=send_window_of(body.send_window),
     )
     campaign = campaigns.create_campaign(
-        session=session, tenant_id=principal.tenant_id, draft=draft, now=now
+        session=session,
+        tenant_id=principal.tenant_id,
+        draft=draft,
+        now=now,
+        max_attachment_bytes=runtime.settings.max_attachment_bytes,
     )
     return _out(session, campaign, now)
 
 
 @router.patch("/{campaign_id}")
 def update_campaign(
-    campaign_id: IdPath, body: CampaignPatch, principal: SenderDep, session: SessionDep, now: NowDep
+    campaign_id: IdPath,
+    body: CampaignPatch,
+    principal: SenderDep,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
 ) -> CampaignOut:
     """Change a draft or scheduled campaign (409 for any other status); fields left out keep
     their value, null clears a nullable one. Clearing a scheduled campaign's ``scheduled_at``
-    makes it a draft again."""
+    makes it a draft again. ``attachments`` given replaces the campaign's files."""
     changes = body.model_dump(exclude_unset=True)
     refuse_nulls(changes, CampaignIn)
     if "send_window" in changes:
         changes["send_window"] = send_window_of(body.send_window)
+    if changes.keys() & {"from_", "from_address"}:
+        changes["from_address"] = body.sender()
+    parts = changes.keys() & campaigns.FEATURE_PARTS
+    for name in (*parts, "from_"):
+        changes.pop(name, None)
     campaign = campaigns.update_campaign(
         session=session,
         tenant_id=principal.tenant_id,
         campaign_id=campaign_id,
         changes=changes,
         now=now,
+        features=body.features(),
+        feature_parts=parts,
+        max_attachment_bytes=runtime.settings.max_attachment_bytes,
     )
     return _out(session, campaign, now)
 
@@ -313,6 +360,33 @@ def retry_failed(
         id=retried.campaign.id,
         status=CampaignStatus(retried.campaign.status),
         requeued=retried.requeued,
+    )
+
+
+@router.post("/{campaign_id}/test", status_code=202)
+def send_test(
+    campaign_id: IdPath,
+    body: TestSendIn,
+    principal: SenderDep,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+) -> TestSendOut:
+    """The campaign as one contact would get it, subject prefixed [TEST], with an unsubscribe
+    link that only shows a preview page; its progress does not change."""
+    campaign, queued = campaign_tests.send_campaign_test(
+        session=session,
+        tenant_id=principal.tenant_id,
+        campaign_id=campaign_id,
+        to=body.to,
+        contact_id=body.contact_id,
+        renderer=runtime.renderer,
+        ttl_seconds=runtime.settings.message_ttl_seconds,
+        now=now,
+    )
+    return TestSendOut(
+        campaign_id=campaign.id,
+        messages=[TestMessageOut(id=m.id, to=m.to_address, status=m.status) for m in queued],
     )
 
 

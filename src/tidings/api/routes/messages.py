@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import (
     ERROR_RESPONSES,
+    FeaturesFields,
+    FeaturesOut,
     Id,
     IdPath,
     PageOut,
@@ -56,7 +58,7 @@ class MessageFields(StrictModel):
     )
 
 
-class MessageIn(MessageFields):
+class MessageIn(FeaturesFields, MessageFields):
     send_at: AwareDatetime | None = Field(None, description="Not before this time; past: now.")
     reference: str | None = Field(
         None,
@@ -83,7 +85,7 @@ class EventOut(BaseModel):
         return cls(type=event.type, detail=event.detail, created_at=event.created_at)
 
 
-class MessageOut(BaseModel):
+class MessageOut(FeaturesOut):
     id: int
     status: MessageStatus
     to: str
@@ -91,6 +93,9 @@ class MessageOut(BaseModel):
     campaign_id: int | None
     template_id: int | None
     subject: str | None = Field(description="Inline subject; null for a stored template.")
+    from_address: str | None = Field(
+        description="Its own From; null: its template's or the default."
+    )
     category: str | None
     priority: int = Field(description="As given, 0 to 9.")
     reference: str | None
@@ -115,6 +120,8 @@ class MessageOut(BaseModel):
             "campaign_id": message.campaign_id,
             "template_id": message.template_id,
             "subject": message.subject,
+            "from_address": message.from_address,
+            **FeaturesOut.features_of(message.features),
             "category": message.category,
             "priority": message.priority - boost,
             "reference": message.reference,
@@ -163,7 +170,9 @@ def send_message(
     ),
 ) -> MessageDetailOut:
     request = messages.MessageRequest(
-        **body.model_dump(exclude={"send_window"}),
+        **body.model_dump(exclude={"send_window", *FeaturesFields.FEATURE_FIELDS}),
+        from_address=body.sender(),
+        features=body.features(),
         send_window=send_window_of(body.send_window),
         idempotency_key=idempotency_key,
     )
@@ -174,6 +183,7 @@ def send_message(
         renderer=runtime.renderer,
         default_ttl_seconds=runtime.settings.message_ttl_seconds,
         now=now,
+        max_attachment_bytes=runtime.settings.max_attachment_bytes,
     )
     if not enqueued.created:
         response.status_code = 200

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
-from tidings.api.schemas import ERROR_RESPONSES, Id, IdPath, PageOut, StrictModel
+from tidings.api.schemas import (
+    ERROR_RESPONSES,
+    FeaturesFields,
+    FeaturesOut,
+    Id,
+    IdPath,
+    PageOut,
+    StrictModel,
+)
 from tidings.db.models import Template
 from tidings.rendering.pool import RenderPool
 from tidings.services import templates
@@ -29,7 +37,7 @@ async def get_renderer(runtime: RuntimeDep) -> RenderPool:
 RendererDep = Annotated[RenderPool, Depends(get_renderer)]
 
 
-class TemplateIn(StrictModel):
+class TemplateIn(FeaturesFields):
     """A whole template; ``PUT`` replaces every field, so an omitted body or category is cleared."""
 
     name: str = Field(min_length=1, max_length=templates.MAX_NAME_LENGTH)
@@ -54,9 +62,10 @@ class TemplateSummaryOut(BaseModel):
     updated_at: datetime
 
 
-class TemplateOut(TemplateSummaryOut):
+class TemplateOut(TemplateSummaryOut, FeaturesOut):
     html: str | None
     text: str | None
+    from_address: str | None
 
     @classmethod
     def of(cls, template: Template) -> TemplateOut:
@@ -67,6 +76,8 @@ class TemplateOut(TemplateSummaryOut):
             html=template.html,
             text=template.text,
             category=template.category,
+            from_address=template.from_address,
+            **FeaturesOut.features_of(template.features),
             created_at=template.created_at,
             updated_at=template.updated_at,
         )
@@ -113,6 +124,7 @@ def create_template(
     session: SessionDep,
     renderer: RendererDep,
     now: NowDep,
+    runtime: RuntimeDep,
 ) -> TemplateOut:
     template = templates.create_template(
         session=session,
@@ -124,6 +136,9 @@ def create_template(
         text=body.text,
         category=body.category,
         now=now,
+        from_address=body.sender(),
+        features=body.features(),
+        max_attachment_bytes=runtime.settings.max_attachment_bytes,
     )
     return TemplateOut.of(template)
 
@@ -145,6 +160,7 @@ def update_template(
     session: SessionDep,
     renderer: RendererDep,
     now: NowDep,
+    runtime: RuntimeDep,
 ) -> TemplateOut:
     template = templates.update_template(
         session=session,
@@ -157,6 +173,9 @@ def update_template(
         text=body.text,
         category=body.category,
         now=now,
+        from_address=body.sender(),
+        features=body.features(),
+        max_attachment_bytes=runtime.settings.max_attachment_bytes,
     )
     return TemplateOut.of(template)
 

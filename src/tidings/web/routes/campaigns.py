@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import CampaignStatus
+from tidings.errors import InvalidInput, NotFound
 from tidings.scheduling.windows import window_from_json
-from tidings.services import campaigns, templates, tenant_settings
+from tidings.services import campaign_tests, campaigns, templates, tenant_settings
 from tidings.web import actions
-from tidings.web.auth import SenderAction, UserDep, show
+from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.chart import sends_per_minute_chart
 from tidings.web.pages import DashboardRoute
 
@@ -66,6 +71,20 @@ def campaign_detail(
     now: NowDep,
     failed_cursor: Cursor = None,
 ) -> HTMLResponse:
+    return _detail_page(request, user, session, now, campaign_id, failed_cursor)
+
+
+def _detail_page(
+    request: Request,
+    user: WebUser,
+    session: Session,
+    now: datetime,
+    campaign_id: int,
+    failed_cursor: str | None = None,
+    *,
+    status_code: int = 200,
+    test_form: TestForm | None = None,
+) -> HTMLResponse:
     campaign = campaigns.get_campaign(
         session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
     )
@@ -100,7 +119,58 @@ def campaign_detail(
         final=campaign.status in FINAL,
         timezone=tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id),
         send_window=window_from_json(campaign.send_window) if campaign.send_window else None,
+        test_form=test_form or TestForm(),
+        max_test_recipients=campaign_tests.MAX_TEST_RECIPIENTS,
+        status_code=status_code,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TestForm:
+    """The "Send a test" form as it was filled in, and what was wrong with it."""
+
+    to: str = ""
+    contact_id: str = ""
+    error: str | None = None
+
+
+@router.post("/campaigns/{campaign_id}/test", response_class=HTMLResponse)
+def send_test(
+    request: Request,
+    campaign_id: IdPath,
+    user: SenderAction,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+    to: Annotated[str, Form(max_length=4000)] = "",
+    contact_id: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """The campaign to the addresses given (commas, spaces or lines between them), as the
+    optional contact would get it; the page again with the reason when it cannot go."""
+    form = TestForm(to=to, contact_id=contact_id)
+    addresses = [a for a in re.split(r"[\s,;]+", to) if a]
+    try:
+        if contact_id.strip() and not contact_id.strip().isdigit():
+            raise InvalidInput("the contact must be a contact id (a number)", field="contact_id")
+        # Everything is checked before the first write: a refusal leaves nothing behind.
+        campaign_tests.send_campaign_test(
+            session=session,
+            tenant_id=user.tenant_id,
+            campaign_id=campaign_id,
+            to=addresses,
+            contact_id=int(contact_id) if contact_id.strip() else None,
+            renderer=runtime.renderer,
+            ttl_seconds=runtime.settings.message_ttl_seconds,
+            now=now,
+        )
+    except (InvalidInput, NotFound) as exc:
+        if isinstance(exc, NotFound) and exc.field is None:
+            raise  # the campaign itself: the not-found page
+        failed = replace(form, error=exc.message)
+        return _detail_page(
+            request, user, session, now, campaign_id, status_code=422, test_form=failed
+        )
+    return _after(campaign_id, "test-sent")
 
 
 def _after(campaign_id: int, done: str) -> RedirectResponse:
