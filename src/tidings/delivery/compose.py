@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -25,7 +25,8 @@ from tidings.config import Settings
 from tidings.db.models import Campaign, Contact, Template
 from tidings.db.tenancy import ids, owned
 from tidings.db.timezones import tenant_timezones
-from tidings.domain.message import OutgoingMessage
+from tidings.delivery.signing_keys import NO_KEYS, SigningKeys, TenantKeys
+from tidings.domain.message import DkimKey, OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
@@ -48,13 +49,17 @@ class BatchContext:
     ]  # updated_at, subject, html, text
     #: Each tenant's default time zone, for recipients without one of their own.
     timezones: dict[int, str]
+    #: Each tenant's DKIM keys by sender domain (only when the worker signs).
+    signing: dict[int, TenantKeys] = field(default_factory=dict)
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
     return {(m.tenant_id, v) for m in messages if (v := getattr(m, attribute)) is not None}
 
 
-def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchContext:
+def load_context(
+    session: Session, messages: Sequence[ClaimedMessage], *, keys: SigningKeys | None = None
+) -> BatchContext:
     """Every row read is kept only under its own ``(tenant_id, id)``, and only when a message of
     that tenant asked for it (``db.tenancy``): a message can only ever see its own tenant's
     contact, campaign and template."""
@@ -126,8 +131,13 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
         if template_keys
         else {}
     )
+    signing = keys.for_tenants(session, {m.tenant_id for m in messages}) if keys else {}
     return BatchContext(
-        contacts=contacts, campaigns=campaigns, templates=templates, timezones=timezones
+        contacts=contacts,
+        campaigns=campaigns,
+        templates=templates,
+        timezones=timezones,
+        signing=signing,
     )
 
 
@@ -138,6 +148,8 @@ class Prepared:
     job: RenderJob
     from_address: str | None
     category: str | None
+    dkim: DkimKey | None = None  # the sender domain's key: its mail is signed
+    unsigned: str | None = None  # why it is not (a warning event when it is sent)
 
 
 class Composer:
@@ -193,7 +205,17 @@ class Composer:
         job = RenderJob(
             source, message.tenant_id, recipient, with_event(data, message.event_at), category
         )
-        return Prepared(job=job, from_address=from_address, category=category)
+        sender = from_address or self._settings.from_address
+        dkim = context.signing.get(tenant_id, NO_KEYS).for_sender(sender)
+        unsigned = (
+            None
+            if dkim is not None
+            else f"sent without DKIM: the From domain of {sender} is not a verified sender "
+            "domain of this tenant"
+        )
+        return Prepared(
+            job=job, from_address=from_address, category=category, dkim=dkim, unsigned=unsigned
+        )
 
     def finish(
         self,
@@ -235,4 +257,5 @@ class Composer:
             message_id_header=header_id,
             headers=headers,
             idempotency_key=message.idempotency_key or header_id,
+            dkim=prepared.dkim,
         )

@@ -23,7 +23,7 @@ from tidings.api.schemas import (
 )
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
-from tidings.services import campaigns
+from tidings.services import campaigns, domains
 from tidings.services.campaigns import CampaignProgress
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -153,11 +153,18 @@ def _out(session: Session, campaign: Campaign, now: datetime) -> CampaignOut:
 
 @router.post("", status_code=201)
 def create_campaign(
-    body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep
+    body: CampaignIn, principal: SenderDep, session: SessionDep, now: NowDep, runtime: RuntimeDep
 ) -> CampaignOut:
     draft = campaigns.CampaignDraft(
         **body.model_dump(exclude={"send_window"}), send_window=send_window_of(body.send_window)
     )
+    if runtime.settings.require_verified_from:
+        domains.require_verified_sender(
+            session=session,
+            tenant_id=principal.tenant_id,
+            from_address=body.from_address or runtime.settings.from_address,
+            field="from_address",
+        )
     campaign = campaigns.create_campaign(
         session=session, tenant_id=principal.tenant_id, draft=draft, now=now
     )
@@ -202,6 +209,16 @@ def start_campaign(
     now: NowDep,
     runtime: RuntimeDep,
 ) -> AcceptedOut:
+    if runtime.settings.require_verified_from:  # its domain may have been deleted since
+        draft = campaigns.get_campaign(
+            session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
+        )
+        domains.require_verified_sender(
+            session=session,
+            tenant_id=principal.tenant_id,
+            from_address=draft.from_address or runtime.settings.from_address,
+            field="from_address",
+        )
     campaign = campaigns.start_campaign(
         session=session,
         tenant_id=principal.tenant_id,
