@@ -132,3 +132,30 @@ def test_the_workers_key_cache_follows_the_domains_within_its_ttl(
     assert key_for("news@mail.example.com") is key
     now[0] = 120.0
     assert key_for("news@mail.example.com") is None
+
+
+def test_a_rotation_signs_with_the_previous_verified_key_until_the_new_one_verifies(
+    client: TestClient,
+    acme: TenantKeys,
+    runtime: Runtime,
+    dns_server: DnsTestServer,  # noqa: F811
+) -> None:
+    keys = SigningKeys(runtime.secret_key, ttl=0.0)
+
+    def selector() -> str | None:
+        with transaction(runtime.sessions) as session:
+            found = keys.for_tenants(session, [acme.tenant_id])[acme.tenant_id]
+        key = found.for_sender("news@mail.example.com")
+        return None if key is None else key.selector
+
+    first = verified(client, acme, dns_server)
+    admin = acme.auth(acme.admin)
+    rotated = client.post(f"/v1/domains/{first['id']}/rotate", headers=admin).json()
+    assert rotated["status"] == "pending"
+    assert selector() == first["selector"]  # the previous, verified key signs meanwhile
+    (record,) = [r for r in rotated["dns_records"] if r["purpose"] == "dkim"]
+    dns_server.publish(record["name"], record["strings"])
+    assert client.post(f"/v1/domains/{first['id']}/verify", headers=admin).json()["status"] == (
+        "verified"
+    )
+    assert selector() == rotated["selector"]
