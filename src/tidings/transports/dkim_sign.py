@@ -153,9 +153,9 @@ def canonical_body(body: bytes) -> bytes:
     body = _collapse_whitespace(body)
     if b" \r\n" in body:
         body = body.replace(b" \r\n", b"\r\n")
+    # A last line without CRLF keeps its trailing space, as dkimpy (a verifier) reads it; mime.py
+    # always ends a body with CRLF.
     body = body.rstrip(b"\r\n")
-    if body.endswith(b" "):
-        body = body[:-1].rstrip(b"\r\n")
     return body + b"\r\n" if body else b""
 
 
