@@ -159,7 +159,7 @@ def test_0009_keeps_every_row_index_and_foreign_key_and_never_reuses_a_named_id(
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-        assert len(_generated_ids(engine)) == 15
+        assert len(_generated_ids(engine)) == 16  # with 0016 sender_domains
         upgrade_down = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.begin() as conn:
             upgrade_down.attributes["connection"] = conn
