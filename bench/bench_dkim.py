@@ -4,8 +4,8 @@ Prints microseconds of CPU per message for: building the MIME bytes unsigned (th
 signer (``transports/dkim_sign.py``, key object parsed once per worker), the same re-parsing the
 PEM every message, and dkimpy's ``sign`` (what the issue names), and whether signing costs more than
 15 % of the end-to-end figure (~3,400 messages/s on the 2-core reference machine, so ~45 us of CPU
-a message). Also: RSA signatures a second from two threads, to show whether signing would scale
-off the event loop (``cryptography`` releases the GIL while OpenSSL signs).
+a message). Also: RSA signatures a second from one thread and from two at once, to see whether
+signing off the event loop would run in parallel (noisy on a shared machine).
 
     .venv/bin/python bench/bench_dkim.py [--messages 2000]
 """
