@@ -26,9 +26,22 @@ def web_routers() -> list[APIRouter]:
         sending,
         signin,
         static,
+        templates,
         throttle,
     )
 
     # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
-    parts = (signin, compose, campaigns, events, throttle, sending, queue, people, inbox, static)
+    parts = (
+        signin,
+        compose,
+        campaigns,
+        templates,
+        events,
+        throttle,
+        sending,
+        queue,
+        people,
+        inbox,
+        static,
+    )
     return [part.router for part in parts]
