@@ -193,6 +193,9 @@ def make_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
         "secret_key": TEST_SECRET,
         "transport_url": f"outbox://{tmp_path / 'outbox'}",
         "public_url": "http://tidings.test",
+        # Sender-domain checks ask no resolver beyond loopback (nothing listens on port 9; tests
+        # that verify domains run tests/dns_server.py and point this at it).
+        "dns_resolver": "127.0.0.1:9",
     }
     if db_url in POOLED:
         values["database_pooling"] = "transaction"

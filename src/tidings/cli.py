@@ -27,6 +27,7 @@ from tidings.cli_common import (
     unit_of_work,
 )
 from tidings.cli_contacts import contacts_app
+from tidings.cli_domains import domains_app
 from tidings.cli_messages import queue, send
 from tidings.db.engine import make_engine, upgrade
 from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
@@ -54,6 +55,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(domains_app, name="domains")
 
 
 def _configure_logging() -> None:

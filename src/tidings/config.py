@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     #: Allow tenants' webhook endpoints on private, loopback and link-local addresses (tests, intranets).
     webhook_allow_private: bool = False
 
+    #: ``host:port`` (or ``host``) of the DNS resolver that checks sender domains' records;
+    #: unset: the system's.
+    dns_resolver: str | None = None
+    #: Refuse (422) a From whose domain is not a verified sender domain of the tenant; otherwise
+    #: such mail goes unsigned, with a warning event.
+    require_verified_from: bool = False
+    #: What the suggested SPF record includes (your relay's SPF domain, e.g. ``_spf.relay.example``);
+    #: unset: the suggestion authorises the domain's MX hosts only.
+    spf_include: str | None = None
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

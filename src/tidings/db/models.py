@@ -566,6 +566,41 @@ class FrequencyCap(Base):
     )
 
 
+class SenderDomain(Base):
+    """A domain a tenant sends from, with its DKIM key (``services/domains.py``).
+
+    Private keys are sealed (``sealing.py``, purpose ``dkim:tenant=<id>:domain=<domain>``); the
+    public key is kept in clear for the DNS records. After a rotation the previous key stays
+    (``previous_*``) until the next one: mail signed with it still verifies, and while the new
+    record is not verified yet the previous key signs if it was verified (``previous_verified``).
+    """
+
+    __tablename__ = "sender_domains"
+
+    id: Mapped[int] = _id()
+    tenant_id: Mapped[int] = _tenant_fk()
+    domain: Mapped[str] = mapped_column(String(253))  # lower-case ASCII (IDNA), no trailing dot
+    algorithm: Mapped[str] = mapped_column(String(16))  # rsa-sha256 | ed25519-sha256
+    selector: Mapped[str] = mapped_column(String(63))
+    private_key: Mapped[str] = mapped_column(Text)  # sealed PEM
+    public_key: Mapped[str] = mapped_column(Text)  # the p= value, base64
+    status: Mapped[str] = mapped_column(String(16))  # pending | verified | failed
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # why it failed
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    previous_selector: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    previous_algorithm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    previous_private_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    previous_public_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    previous_verified: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "domain", name="uq_sender_domains_tenant_domain"),
+    )
+
+
 class Worker(Base):
     """A running worker process, kept fresh by its heartbeat (for the dashboard and metrics)."""
 

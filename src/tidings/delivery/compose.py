@@ -26,7 +26,8 @@ from tidings.db.models import Campaign, Contact, Template
 from tidings.db.tenancy import ids, owned
 from tidings.db.timezones import tenant_timezones
 from tidings.delivery import features as extras
-from tidings.domain.message import Attachment, OutgoingMessage
+from tidings.delivery.signing_keys import NO_KEYS, SigningKeys, TenantKeys
+from tidings.domain.message import Attachment, DkimKey, OutgoingMessage
 from tidings.errors import TidingsError
 from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
@@ -59,6 +60,8 @@ class BatchContext:
     )
     #: Encoded contents of every attachment the batch names.
     attachments: dict[RowKey, extras.EncodedContent] = field(default_factory=dict)
+    #: Each tenant's DKIM keys by sender domain (only when the worker signs).
+    signing: dict[int, TenantKeys] = field(default_factory=dict)
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
@@ -69,6 +72,8 @@ def load_context(
     session: Session,
     messages: Sequence[ClaimedMessage],
     attachments: extras.AttachmentCache | None = None,
+    *,
+    keys: SigningKeys | None = None,
 ) -> BatchContext:
     """Every row read is kept only under its own ``(tenant_id, id)``, and only when a message of
     that tenant asked for it (``db.tenancy``): a message can only ever see its own tenant's
@@ -146,6 +151,7 @@ def load_context(
                     template_features[key] = (row.from_address, row.features)
     wanted = _attachment_keys(messages, campaign_features, template_features)
     contents = (attachments or extras.AttachmentCache()).load(session, wanted) if wanted else {}
+    signing = keys.for_tenants(session, {m.tenant_id for m in messages}) if keys else {}
     return BatchContext(
         contacts=contacts,
         campaigns=campaigns,
@@ -154,6 +160,7 @@ def load_context(
         campaign_features=campaign_features,
         template_features=template_features,
         attachments=contents,
+        signing=signing,
     )
 
 
@@ -195,6 +202,8 @@ class Prepared:
     #: Reply-To, headers, attachments, test send (``delivery/features.py``); None: none of them.
     extras: extras.Extras | None = None
     files: tuple[Attachment, ...] = ()
+    dkim: DkimKey | None = None  # the sender domain's key: its mail is signed
+    unsigned: str | None = None  # why it is not (a warning event when it is sent)
 
 
 class Composer:
@@ -277,8 +286,22 @@ class Composer:
         job = RenderJob(
             source, message.tenant_id, recipient, with_event(data, message.event_at), category
         )
+        sender = from_address or self._settings.from_address
+        dkim = context.signing.get(tenant_id, NO_KEYS).for_sender(sender)
+        unsigned = (
+            None
+            if dkim is not None
+            else f"sent without DKIM: the From domain of {sender} is not a verified sender "
+            "domain of this tenant"
+        )
         return Prepared(
-            job=job, from_address=from_address, category=category, extras=decided, files=files
+            job=job,
+            from_address=from_address,
+            category=category,
+            extras=decided,
+            files=files,
+            dkim=dkim,
+            unsigned=unsigned,
         )
 
     def finish(
@@ -340,4 +363,5 @@ class Composer:
             idempotency_key=message.idempotency_key or header_id,
             reply_to=reply_to,
             attachments=prepared.files,
+            dkim=prepared.dkim,
         )

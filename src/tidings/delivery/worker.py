@@ -43,6 +43,7 @@ from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
 from tidings.delivery.outcomes import decide, domain_feedback
 from tidings.delivery.retry import RetryPolicy
+from tidings.delivery.signing_keys import SigningKeys
 from tidings.delivery.slots import send_in_slots
 from tidings.domain.addresses import domain_of
 from tidings.domain.message import Outcome, OutgoingMessage, Permanent, Transient
@@ -114,6 +115,7 @@ class Worker:
         self.policy = policy or RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.composer = Composer(settings=settings, secret_key=runtime.secret_key)
+        self.signing_keys = SigningKeys(runtime.secret_key)
         self._busy = 0  # messages in flight
         self._batches: dict[str, asyncio.Task[None]] = {}  # by lease token
         self._wake = asyncio.Event()
@@ -247,16 +249,22 @@ class Worker:
                 lease_seconds=settings.lease_seconds,
                 lead=lead,
             )
-            if not claim.messages:
-                return claim, None
-            return claim, load_context(session, claim.messages, self.composer.attachments)
+            context = (
+                load_context(
+                    session, claim.messages, self.composer.attachments, keys=self.signing_keys
+                )
+                if claim.messages
+                else None
+            )
+            return claim, context
 
     async def _deliver(self, claim: Claim, context: BatchContext) -> None:
         results: list[tuple[ClaimedMessage, Outcome]] = []
         missed: list[ClaimedMessage] = []  # throttled messages that would have started too late
+        warnings: dict[int, str] = {}  # message id -> why it goes unsigned
         self._prepare(claim)
         try:
-            ready = await self._render(claim, context, results)
+            ready = await self._render(claim, context, results, warnings)
             if claim.clock is None or all(m.send_at is None for m, _ in ready):
                 await self._send(ready, results)
             else:
@@ -274,7 +282,7 @@ class Worker:
             )
         if missed:
             await self._release_with_retries(claim, missed)
-        await self._record_with_retries(claim, results)
+        await self._record_with_retries(claim, results, warnings)
 
     async def _send_at(
         self,
@@ -336,6 +344,7 @@ class Worker:
         claim: Claim,
         context: BatchContext,
         failed: list[tuple[ClaimedMessage, Outcome]],
+        warnings: dict[int, str],
     ) -> list[tuple[ClaimedMessage, OutgoingMessage]]:
         """The batch's mail, rendered by the render pool while this loop keeps running (heartbeats
         included); a message that cannot be rendered, or breaks a render limit, goes to ``failed``
@@ -359,6 +368,8 @@ class Worker:
                 ready.append(
                     (message, self.composer.finish(message, ready_to_render, content, claim.now))
                 )
+                if ready_to_render.unsigned is not None:
+                    warnings[message.id] = ready_to_render.unsigned
             await turn.share()
         return ready
 
@@ -382,11 +393,14 @@ class Worker:
             release_unsent(session=session, token=token, messages=missed, now=db_now(session))
 
     async def _record_with_retries(
-        self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]
+        self,
+        claim: Claim,
+        results: list[tuple[ClaimedMessage, Outcome]],
+        warnings: dict[int, str] | None = None,
     ) -> None:
         for attempt in range(RECORD_RETRIES):
             try:
-                recorded = await self._db(self._record, claim, results)
+                recorded = await self._db(self._record, claim, results, warnings or {})
             except Exception:
                 log.exception(
                     "recording outcomes failed (try %d of %d)", attempt + 1, RECORD_RETRIES
@@ -400,7 +414,12 @@ class Worker:
             "gave up recording batch %s; its leases will expire and it will be retried", claim.token
         )
 
-    def _record(self, claim: Claim, results: list[tuple[ClaimedMessage, Outcome]]) -> int:
+    def _record(
+        self,
+        claim: Claim,
+        results: list[tuple[ClaimedMessage, Outcome]],
+        warnings: dict[int, str],
+    ) -> int:
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
             slots = _adapt_domain_rates(session, claim, results, now=now)
@@ -420,7 +439,13 @@ class Worker:
             if slots:
                 metrics.THROTTLE_WAITS.inc(len(slots))
             return len(
-                record_outcomes(session=session, token=claim.token, decisions=decisions, now=now)
+                record_outcomes(
+                    session=session,
+                    token=claim.token,
+                    decisions=decisions,
+                    now=now,
+                    warnings=warnings,
+                )
             )
 
     # -- background duties -----------------------------------------------------------------------

@@ -95,6 +95,8 @@ class EventType(enum.StrEnum):
     bounced = "bounced"
     complained = "complained"
     unsubscribed = "unsubscribed"
+    #: Sent without a DKIM signature: the From domain is not a verified sender domain (a warning).
+    unsigned = "unsigned"
     # Campaign-level happenings (``message_id`` null): a campaign's fan-out writes no event per message.
     campaign_scheduled = "campaign_scheduled"
     campaign_started = "campaign_started"

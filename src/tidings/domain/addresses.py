@@ -11,6 +11,7 @@ case the library treats specially, goes to the library.
 from __future__ import annotations
 
 import re
+from email.utils import parseaddr
 
 import email_validator
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
@@ -82,3 +83,20 @@ def normalize_address(address: str) -> str:
     except email_validator.EmailNotValidError as exc:
         raise InvalidAddress(str(exc)) from None
     return validated.normalized
+
+
+def covering_domains(from_address: str) -> list[str]:
+    """The domain of a From mailbox (``Name <a@b>`` or ``a@b``) and each of its parents, ASCII
+    (IDNA) and lower-case, most specific first: a sender domain registered as any of these covers
+    it (``mail.example.com`` covers ``news.mail.example.com``). Empty for no usable domain."""
+    address = parseaddr(from_address)[1]
+    domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+    if not domain:
+        return []
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            return []
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]

@@ -9,6 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+#: A DKIM private key, parsed once per worker (``delivery/signing_keys.py``).
+SigningKey = RSAPrivateKey | Ed25519PrivateKey
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DkimKey:
+    """What signs a tenant's mail from one verified sender domain (``transports/dkim_sign.py``)."""
+
+    domain: str  # d=, ASCII (IDNA); the From domain or a parent of it
+    selector: str  # s=: the record is at <selector>._domainkey.<domain>
+    algorithm: str  # a=: rsa-sha256 | ed25519-sha256
+    private_key: SigningKey
+
 
 @dataclass(frozen=True, slots=True)
 class Attachment:
@@ -42,6 +58,9 @@ class OutgoingMessage:
     reply_to: str | None = None
     #: Empty for almost every message, whose MIME is then exactly what it was without them.
     attachments: tuple[Attachment, ...] = ()
+    #: The sender domain's key when the From domain (or a parent) is verified for the tenant:
+    #: ``build_message_bytes`` signs with it. None: sent unsigned.
+    dkim: DkimKey | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,8 +67,12 @@ def record_outcomes(
     token: str,
     decisions: Sequence[Decision],
     now: datetime,
+    warnings: Mapping[int, str] | None = None,
 ) -> list[int]:
-    """Write ``decisions`` for messages still leased under ``token``; returns the ids written."""
+    """Write ``decisions`` for messages still leased under ``token``; returns the ids written.
+
+    ``warnings`` (message id -> text) adds an ``unsigned`` event just before the ``sent`` event of
+    a message sent without DKIM; nothing for a message not sent this time."""
     if not decisions:
         return []
     if session.get_bind().dialect.name == "postgresql":
@@ -80,7 +84,7 @@ def record_outcomes(
         if current:
             _write_messages(session, token, current, now)
     if current:
-        _write_events(session, current, now)
+        _write_events(session, current, now, warnings or {})
         _suppress(session, [d for d in current if d.suppress_email], now)
     return [d.message_id for d in current]
 
@@ -231,9 +235,24 @@ def _row(d: Decision, now: datetime) -> tuple[object, ...]:
     )
 
 
-def _write_events(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
-    """One event per decision, plus ``bounced`` for a hard bounce (the reputation guardrails count those)."""
+def _write_events(
+    session: Session, decisions: Sequence[Decision], now: datetime, warnings: Mapping[int, str]
+) -> None:
+    """One event per decision, plus ``bounced`` for a hard bounce (the reputation guardrails count
+    those), and ``unsigned`` before the ``sent`` of a message that went without DKIM."""
     rows = [
+        {
+            "tenant_id": d.tenant_id,
+            "message_id": d.message_id,
+            "campaign_id": d.campaign_id,
+            "type": EventType.unsigned.value,
+            "detail": warnings[d.message_id][:MAX_ERROR_LENGTH],
+            "created_at": now,
+        }
+        for d in decisions
+        if d.status == MessageStatus.sent and d.message_id in warnings
+    ]
+    rows += [
         {
             "tenant_id": d.tenant_id,
             "message_id": d.message_id,

@@ -25,6 +25,7 @@ from functools import lru_cache
 from urllib.parse import quote
 
 from tidings.domain.message import OutgoingMessage
+from tidings.transports.dkim_sign import sign_message
 
 #: Longest header line we write when we have a choice (RFC 5322 2.1.1 "SHOULD" limit).
 FOLD_AT = 78  # characters
@@ -43,6 +44,7 @@ _OWN_HEADERS = frozenset(
         "content-type",
         "content-transfer-encoding",
         "reply-to",
+        "dkim-signature",
     }
 )
 _BOUNDARY_PREFIX = "=_tidings_"
@@ -81,12 +83,20 @@ _EQUALS = ord("=")
 
 
 def build_message_bytes(msg: OutgoingMessage, *, date: datetime | None = None) -> bytes:
-    """The whole message as it goes on the wire (before SMTP dot-stuffing).
+    """The whole message as it goes on the wire (before SMTP dot-stuffing), DKIM-signed when the
+    message carries its sender domain's key.
 
     ``date`` defaults to now; pass it for reproducible output. Raises ``ValueError`` for a header
     that cannot be written safely (CR/LF, a bad field name, a header we write ourselves, a
     malformed address).
     """
+    raw = _unsigned_bytes(msg, date)
+    if msg.dkim is None:
+        return raw
+    return sign_message(raw, msg.dkim)
+
+
+def _unsigned_bytes(msg: OutgoingMessage, date: datetime | None) -> bytes:
     _refuse_line_breaks("Message-ID", msg.message_id_header)
     if not msg.message_id_header.isascii() or len(msg.message_id_header) > _MAX_ID_LENGTH:
         raise ValueError(f"Message-ID must be ASCII and at most {_MAX_ID_LENGTH} characters")

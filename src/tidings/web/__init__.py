@@ -23,6 +23,7 @@ def web_routers() -> list[APIRouter]:
         inbox,
         people,
         queue,
+        sending,
         signin,
         static,
         templates,
@@ -30,5 +31,17 @@ def web_routers() -> list[APIRouter]:
     )
 
     # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
-    parts = (signin, compose, campaigns, templates, events, throttle, queue, people, inbox, static)
+    parts = (
+        signin,
+        compose,
+        campaigns,
+        templates,
+        events,
+        throttle,
+        sending,
+        queue,
+        people,
+        inbox,
+        static,
+    )
     return [part.router for part in parts]

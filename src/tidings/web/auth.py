@@ -124,6 +124,10 @@ NOTICES = {
     "template-saved": "The template was saved.",
     "template-deleted": "The template was deleted.",
     "signed-out": "You are signed out.",
+    "domain-added": "The domain was added: publish its DNS records, then verify it.",
+    "domain-checked": "The domain's DNS records were checked.",
+    "domain-rotated": "A new DKIM key was made: publish its record beside the previous one.",
+    "domain-deleted": "The domain was removed: its mail is no longer signed.",
 }
 
 

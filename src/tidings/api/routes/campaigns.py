@@ -35,7 +35,7 @@ from tidings.api.schemas import (
 )
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
-from tidings.services import campaign_tests, campaigns
+from tidings.services import campaign_tests, campaigns, domains
 from tidings.services.campaigns import CampaignProgress
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -204,6 +204,13 @@ def create_campaign(
         features=body.features(),
         send_window=send_window_of(body.send_window),
     )
+    if runtime.settings.require_verified_from:
+        domains.require_verified_sender(
+            session=session,
+            tenant_id=principal.tenant_id,
+            from_address=body.from_address or runtime.settings.from_address,
+            field="from_address",
+        )
     campaign = campaigns.create_campaign(
         session=session,
         tenant_id=principal.tenant_id,
@@ -297,6 +304,16 @@ def start_campaign(
     now: NowDep,
     runtime: RuntimeDep,
 ) -> AcceptedOut:
+    if runtime.settings.require_verified_from:  # its domain may have been deleted since
+        draft = campaigns.get_campaign(
+            session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
+        )
+        domains.require_verified_sender(
+            session=session,
+            tenant_id=principal.tenant_id,
+            from_address=draft.from_address or runtime.settings.from_address,
+            field="from_address",
+        )
     campaign = campaigns.start_campaign(
         session=session,
         tenant_id=principal.tenant_id,

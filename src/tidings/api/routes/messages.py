@@ -30,7 +30,7 @@ from tidings.domain import (
     TRANSACTIONAL_PRIORITY_BOOST,
     MessageStatus,
 )
-from tidings.services import messages
+from tidings.services import domains, messages
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(
@@ -176,6 +176,13 @@ def send_message(
         send_window=send_window_of(body.send_window),
         idempotency_key=idempotency_key,
     )
+    if runtime.settings.require_verified_from:
+        domains.require_verified_sender(
+            session=session,
+            tenant_id=principal.tenant_id,
+            from_address=body.from_address or runtime.settings.from_address,
+            field="from_address",
+        )
     enqueued = messages.send_message(
         session=session,
         tenant_id=principal.tenant_id,

@@ -20,7 +20,7 @@ from tidings.db.types import BigId, NullableJson, UTCDateTime
 
 revision: str = "0018_message_features"
 # Written beside 0016 and 0017; the coordinator re-chains it after them.
-down_revision: str | None = "0015_campaign_preparation"
+down_revision: str | None = "0016_sender_domains"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
