@@ -287,12 +287,13 @@ class Composer:
             source, message.tenant_id, recipient, with_event(data, message.event_at), category
         )
         sender = from_address or self._settings.from_address
-        dkim = context.signing.get(tenant_id, NO_KEYS).for_sender(sender)
+        keys = context.signing.get(tenant_id, NO_KEYS)
+        dkim = keys.for_sender(sender)
         unsigned = (
-            None
-            if dkim is not None
-            else f"sent without DKIM: the From domain of {sender} is not a verified sender "
-            "domain of this tenant"
+            f"sent without DKIM: the From domain of {sender} is not a verified sender domain "
+            "of this tenant"
+            if dkim is None and keys.has_domains
+            else None
         )
         return Prepared(
             job=job,

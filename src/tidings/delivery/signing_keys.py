@@ -38,6 +38,9 @@ class TenantKeys:
     """One tenant's signing keys by domain (ASCII, lower-case)."""
 
     by_domain: Mapping[str, DkimKey]
+    #: Whether the tenant has any sender domain at all, verified or not. One that has none chose
+    #: to send without DKIM: its mail is not flagged, and costs no warning event per message.
+    has_domains: bool = False
 
     def for_sender(self, from_address: str) -> DkimKey | None:
         """The key of the From's domain, else of its closest parent domain that has one."""
@@ -102,6 +105,7 @@ class SigningKeys:
         )
         found: dict[int, dict[str, DkimKey]] = {}
         for row in rows:
+            found.setdefault(row.tenant_id, {})
             # The current key once verified; while a rotation waits for its record, the previous
             # key if it was verified (services/domains.py, "Rotation").
             if row.status == "verified":
@@ -117,7 +121,9 @@ class SigningKeys:
                 found.setdefault(row.tenant_id, {})[row.domain] = DkimKey(
                     domain=row.domain, selector=selector, algorithm=algorithm, private_key=private
                 )
-        return {tenant_id: TenantKeys(keys) for tenant_id, keys in found.items()}
+        return {
+            tenant_id: TenantKeys(keys, has_domains=True) for tenant_id, keys in found.items()
+        }
 
     def _open(self, tenant_id: int, domain: str, sealed: str) -> SigningKey | None:
         with self._lock:
