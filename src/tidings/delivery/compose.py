@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -31,6 +31,8 @@ from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
 from tidings.rendering.pool import RenderJob, TemplateSource
 from tidings.rendering.renderer import with_event
+from tidings.tracking.rewrite import LinkRewriter, Tracking
+from tidings.tracking.settings import TrackingDefaults, tenant_tracking
 
 #: A row of the batch's context, named by its tenant and id together: an id alone could be a row
 #: of another tenant (SQLite reused deleted ids before migration 0009).
@@ -48,6 +50,9 @@ class BatchContext:
     ]  # updated_at, subject, html, text
     #: Each tenant's default time zone, for recipients without one of their own.
     timezones: dict[int, str]
+    #: Each campaign's tracking overrides (None: the tenant's), and each tenant's settings.
+    campaign_tracking: dict[RowKey, tuple[bool | None, bool | None]] = field(default_factory=dict)
+    tracking: dict[int, TrackingDefaults] = field(default_factory=dict)
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
@@ -91,23 +96,24 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
                 timezone=row.timezone or timezones[row.tenant_id],
                 locale=row.locale,
             )
-    campaigns = (
-        {
-            (row.tenant_id, row.id): (row.data or {}, row.from_address, row.category)
-            for row in session.connection().execute(
-                select(
-                    Campaign.id,
-                    Campaign.tenant_id,
-                    Campaign.data,
-                    Campaign.from_address,
-                    Campaign.category,
-                ).where(Campaign.id.in_(ids(campaign_keys)))
-            )
-            if owned(campaign_keys, row.tenant_id, row.id)
-        }
-        if campaign_keys
-        else {}
-    )
+    campaigns: dict[RowKey, tuple[dict[str, Any], str | None, str | None]] = {}
+    campaign_tracking: dict[RowKey, tuple[bool | None, bool | None]] = {}
+    if campaign_keys:
+        for row in session.connection().execute(
+            select(
+                Campaign.id,
+                Campaign.tenant_id,
+                Campaign.data,
+                Campaign.from_address,
+                Campaign.category,
+                Campaign.track_opens,
+                Campaign.track_clicks,
+            ).where(Campaign.id.in_(ids(campaign_keys)))
+        ):
+            if owned(campaign_keys, row.tenant_id, row.id):
+                key = (row.tenant_id, row.id)
+                campaigns[key] = (row.data or {}, row.from_address, row.category)
+                campaign_tracking[key] = (row.track_opens, row.track_clicks)
     templates = (
         {
             (row.tenant_id, row.id): (row.updated_at, row.subject, row.html, row.text)
@@ -127,7 +133,12 @@ def load_context(session: Session, messages: Sequence[ClaimedMessage]) -> BatchC
         else {}
     )
     return BatchContext(
-        contacts=contacts, campaigns=campaigns, templates=templates, timezones=timezones
+        contacts=contacts,
+        campaigns=campaigns,
+        templates=templates,
+        timezones=timezones,
+        campaign_tracking=campaign_tracking,
+        tracking=tenant_tracking(session, {m.tenant_id for m in messages}),
     )
 
 
@@ -138,6 +149,7 @@ class Prepared:
     job: RenderJob
     from_address: str | None
     category: str | None
+    tracking: Tracking | None = None  # what to track once rendered; None: nothing
 
 
 class Composer:
@@ -147,6 +159,7 @@ class Composer:
         self._settings = settings
         self._secret = secret_key
         self._domain = parseaddr(settings.from_address)[1].rpartition("@")[2] or "localhost"
+        self._links = LinkRewriter(secret=secret_key, public_url=settings.public_url)
 
     def message_id_header(self, message_id: int) -> str:
         """Stable across retries without being stored first, unguessable, and unique per instance."""
@@ -193,7 +206,31 @@ class Composer:
         job = RenderJob(
             source, message.tenant_id, recipient, with_event(data, message.event_at), category
         )
-        return Prepared(job=job, from_address=from_address, category=category)
+        return Prepared(
+            job=job,
+            from_address=from_address,
+            category=category,
+            tracking=self._tracking(message, context),
+        )
+
+    @staticmethod
+    def _tracking(message: ClaimedMessage, context: BatchContext) -> Tracking | None:
+        """The message's own choice, else its campaign's, else its tenant's setting."""
+        defaults = context.tracking.get(message.tenant_id, TrackingDefaults())
+        campaign_opens, campaign_clicks = context.campaign_tracking.get(
+            (message.tenant_id, message.campaign_id or 0), (None, None)
+        )
+        opens = next(
+            v for v in (message.track_opens, campaign_opens, defaults.opens) if v is not None
+        )
+        clicks = next(
+            v for v in (message.track_clicks, campaign_clicks, defaults.clicks) if v is not None
+        )
+        if not (opens or clicks):
+            return None
+        return Tracking(
+            opens=opens, clicks=clicks, tenant_id=message.tenant_id, message_id=message.id
+        )
 
     def finish(
         self,
@@ -223,6 +260,9 @@ class Composer:
                 ("X-Tidings-Campaign", str(message.campaign_id)),
             )
         header_id = self.message_id_header(message.id)
+        html, text = rendered.html, rendered.text
+        if prepared.tracking is not None:
+            html, text = self._links.apply(prepared.tracking, html, text)
         return OutgoingMessage(
             message_id=message.id,
             tenant_id=tenant_id,
@@ -230,8 +270,8 @@ class Composer:
             to_address=message.to_address,
             to_name=recipient.name,
             subject=rendered.subject,
-            html=rendered.html,
-            text=rendered.text,
+            html=html,
+            text=text,
             message_id_header=header_id,
             headers=headers,
             idempotency_key=message.idempotency_key or header_id,

@@ -87,6 +87,8 @@ _CLAIMED_COLUMNS = (
     Message.expires_at,
     Message.idempotency_key,
     Message.event_at,
+    Message.track_opens,
+    Message.track_clicks,
 )
 
 

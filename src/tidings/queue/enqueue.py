@@ -53,6 +53,8 @@ class NewMessage:
     #: already at an opening, and the claim keeps later attempts inside it.
     send_window: dict[str, Any] | None = None
     window_timezone: str | None = None
+    track_opens: bool | None = None  # None: the tenant's setting
+    track_clicks: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,8 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "reminder_offset": new.reminder_offset,
         "send_window": new.send_window,
         "window_timezone": new.window_timezone,
+        "track_opens": new.track_opens,
+        "track_clicks": new.track_clicks,
         "created_at": now,
         "updated_at": now,
     }

@@ -52,6 +52,8 @@ class CampaignDraft:
     category: str | None = None  # None: the template's category
     from_address: str | None = None  # None: the settings' default sender
     send_window: SendWindow | None = None  # local hours its messages may start in
+    track_opens: bool | None = None  # None: the tenant's setting
+    track_clicks: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ def create_campaign(
         recipient_count=0,
         scheduled_at=check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
         send_window=draft.send_window.to_json() if draft.send_window is not None else None,
+        track_opens=draft.track_opens,
+        track_clicks=draft.track_clicks,
         created_at=now,
     )
     session.add(campaign)

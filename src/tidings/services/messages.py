@@ -79,6 +79,8 @@ class MessageRequest:
     #: Local hours it may start in; it waits for the next opening (after ``send_at``), read in
     #: the window's zone or, for "contact", the contact's, else the tenant's, else UTC.
     send_window: SendWindow | None = None
+    track_opens: bool | None = None  # None: its campaign's, else the tenant's setting
+    track_clicks: bool | None = None
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -277,6 +279,8 @@ def prepare_message(
         event_at=request.event_at,
         send_window=request.send_window.to_json() if request.send_window is not None else None,
         window_timezone=window_timezone,
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
     )
 
 

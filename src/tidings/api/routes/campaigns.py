@@ -54,6 +54,16 @@ class CampaignIn(StrictModel):
         description="Local hours its messages may start in, e.g. office hours in each "
         "recipient's own time zone ('contact'); outside them they wait for the next opening.",
     )
+    track_opens: bool | None = Field(
+        None,
+        strict=True,
+        description="Track opens (a pixel in the HTML); null: the tenant's setting.",
+    )
+    track_clicks: bool | None = Field(
+        None,
+        strict=True,
+        description="Track clicks (links through /c/); null: the tenant's setting.",
+    )
 
 
 class CampaignOut(BaseModel):
@@ -68,6 +78,8 @@ class CampaignOut(BaseModel):
     priority: int
     scheduled_at: datetime | None
     send_window: SendWindowOut | None
+    track_opens: bool | None = Field(description="null: the tenant's setting.")
+    track_clicks: bool | None = Field(description="null: the tenant's setting.")
     status: CampaignStatus
     status_reason: str | None
     recipient_count: int
@@ -105,6 +117,8 @@ class CampaignOut(BaseModel):
             priority=campaign.priority,
             scheduled_at=campaign.scheduled_at,
             send_window=SendWindowOut.of(campaign.send_window),
+            track_opens=campaign.track_opens,
+            track_clicks=campaign.track_clicks,
             status=CampaignStatus(campaign.status),
             status_reason=campaign.status_reason,
             **asdict(progress),
