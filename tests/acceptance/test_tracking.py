@@ -96,6 +96,15 @@ def test_a_tracked_campaign_sends_the_pixel_and_sealed_links_except_the_excluded
     assert [kind for kind, _ in text_links] == ["c", "c"]  # the two links, no pixel, no honeypot
     assert {token for _, token in text_links} <= {token for _, token in found}
     assert "https://private.example.com/account" in text
+    # The links lead exactly where the template pointed; the pixel is an image.
+    targets = []
+    for kind, token in found[:2]:
+        answer = client.get(f"/{kind}/{token}", follow_redirects=False)
+        assert answer.status_code == 302, answer.text
+        targets.append(answer.headers["location"])
+    assert targets == ["https://shop.example.com/sale?a=1&b=2", "https://blog.example.com/post"]
+    pixel = client.get(f"/o/{found[3][1]}")
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
 
 
 def test_a_message_override_beats_the_tenant_setting(

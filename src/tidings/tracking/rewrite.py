@@ -72,6 +72,8 @@ class LinkRewriter:
             (lowered.startswith(("http://", "https://")))
             and not url.startswith(self._own)
             and len(url) <= links.MAX_URL_BYTES  # characters <= bytes: a cheap first check
+            and url.isprintable()  # no line break can reach the redirect's Location
+            and " " not in url
         )
 
     def apply(self, tracking: Tracking, html: str | None, text: str) -> tuple[str | None, str]:

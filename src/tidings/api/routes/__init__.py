@@ -20,6 +20,7 @@ from tidings.api.routes import (
     suppressions,
     templates,
     throttle,
+    tracking,
     webhooks,
 )
 from tidings.web import web_routers
@@ -39,6 +40,7 @@ ROUTERS: list[APIRouter] = [
     frequency_caps.router,
     webhooks.router,
     public.router,
+    tracking.router,
     health.router,
     metrics.router,
     *web_routers(),  # the dashboard at /, kept out of the OpenAPI document
