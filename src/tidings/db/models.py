@@ -318,6 +318,18 @@ class MessageCount(Base):
     count: Mapped[int] = mapped_column(BigInteger)
 
 
+class CampaignCount(Base):
+    """How many of a campaign's messages are in a status: one row per shard, kept by the same
+    triggers as ``message_counts`` (migrations 0014, 0019), summed by readers (campaign stats)."""
+
+    __tablename__ = "campaign_counts"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """Append-only history of a message (and campaign-level happenings when ``message_id`` is null)."""
 
@@ -396,6 +408,8 @@ class CampaignEngagement(Base):
     )  # messages a person clicked in
     clicks_total: Mapped[int] = mapped_column(BigInteger, default=0)
     clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Recipients who unsubscribed through a link in this campaign's mail (services/preferences).
+    unsubscribes: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

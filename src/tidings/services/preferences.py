@@ -39,6 +39,7 @@ from tidings.domain import ContactStatus, EventType, SuppressionReason
 from tidings.errors import InvalidToken
 from tidings.services import categories, suppressions
 from tidings.tokens import CLOCK_SKEW, V1_SEND_WINDOW, TokenClaims, contact_stamp
+from tidings.tracking.record import count_unsubscribe
 
 #: Contact statuses the recipient may turn back to active through the preference page.
 RESUBSCRIBABLE = frozenset({ContactStatus.active.value, ContactStatus.unsubscribed.value})
@@ -351,11 +352,20 @@ def _set_choices(
 def _record_unsubscribe(
     session: Session, subscriber: Subscriber, detail: str, now: datetime
 ) -> None:
+    """The event, and one more unsubscribe in the statistics of the campaign whose mail carried
+    the link (none for a transactional message's)."""
+    campaign_id = session.scalar(
+        select(Message.campaign_id).where(
+            Message.tenant_id == subscriber.tenant_id, Message.id == subscriber.message_id
+        )
+    )
+    if campaign_id is not None:
+        count_unsubscribe(session, tenant_id=subscriber.tenant_id, campaign_id=campaign_id, now=now)
     session.add(
         Event(
             tenant_id=subscriber.tenant_id,
             message_id=None,
-            campaign_id=None,
+            campaign_id=campaign_id,
             contact_id=subscriber.contact_id,
             type=EventType.unsubscribed.value,
             detail=detail,

@@ -129,6 +129,12 @@ def client_network(address: str | None) -> str | None:
     """The client's network as kept: its /24 (IPv4) or /48 (IPv6), never the whole address."""
     if not address:
         return None
+    return _network_of(address)
+
+
+@lru_cache(maxsize=65_536)
+def _network_of(address: str) -> str | None:
+    """Cached: a flood comes from few addresses, and parsing one costs more than the route."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -240,6 +240,7 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 "campaign_id": c,
                 "tenant_id": tenants[c],
                 "updated_at": now,
+                "unsubscribes": 0,
                 **_zeros(ENGAGEMENT),
                 **n,
             }
@@ -315,4 +316,25 @@ def _add(
                 **(also or {}),
             },
         )
+    )
+
+
+def count_unsubscribe(session: Session, *, tenant_id: int, campaign_id: int, now: datetime) -> None:
+    """One more unsubscribe through a link of the campaign's mail, in the caller's transaction
+    (the one that records the unsubscribe)."""
+    _add(
+        session,
+        table(CampaignEngagement),
+        ["campaign_id"],
+        [
+            {
+                "campaign_id": campaign_id,
+                "tenant_id": tenant_id,
+                "updated_at": now,
+                **_zeros(ENGAGEMENT),
+                "unsubscribes": 1,
+            }
+        ],
+        ("unsubscribes",),
+        also={"updated_at": now},
     )
