@@ -3,6 +3,7 @@ tracked.
 
     python bench/bench_tracking.py [--rate 1000] [--seconds 10] [--postgres] [--messages 10000]
     python bench/bench_tracking.py --rewrite
+    python bench/bench_tracking.py --stats [--postgres] [--recipients 1000000] [--hits 300000]
 
 The route benchmark starts one ``tidings serve --workers 0`` process (SQLite by default, or a
 throw-away PostgreSQL database), writes sent messages of one campaign straight into the database,
@@ -10,6 +11,10 @@ and sends ``/o/`` and ``/c/`` requests (half each, over all the messages) at a s
 ``httpload.open_loop``. It prints p50/p99 and the rate answered, the server's CPU per request,
 then stops the server (its lifespan flushes the buffer) and counts the hits written. It prints
 figures and asserts nothing about time.
+
+``--stats`` writes a campaign of ``--recipients`` sent messages (one ``INSERT … SELECT``), records
+``--hits`` opens and clicks through the real flush in batches of 5,000 (printing the flush rate),
+then times ``campaign_stats`` 50 times.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path
 from bench_delivery import cpu_seconds, free_port, percentile, wait_http
 from databases import postgres_database, sqlite_database
 from httpload import open_loop
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from tidings.config import Settings
 from tidings.db.engine import transaction
@@ -172,6 +177,112 @@ def bench_routes(args: argparse.Namespace) -> None:
         print(f"hits written after shutdown: {written} of {sent} requests (warm-up included)")
 
 
+def bench_stats(args: argparse.Namespace) -> None:
+    import random
+
+    from sqlalchemy import text
+
+    from tidings.services.campaign_stats import campaign_stats
+    from tidings.tracking.record import Hit, record_hits
+
+    database: AbstractContextManager[str] = (
+        postgres_database(purpose="stats") if args.postgres else sqlite_database()
+    )
+    with database as url, tempfile.TemporaryDirectory() as data_dir:
+        tenant_id, ids = seed(url, data_dir, 1)
+        runtime = build_runtime(
+            Settings(database_url=url, secret_key=SECRET, data_dir=Path(data_dir)), migrate=False
+        )
+        sent = datetime.now(UTC) - timedelta(days=1)
+        started = time.perf_counter()
+        with transaction(runtime.sessions) as session:
+            campaign_id = session.scalar(select(Message.campaign_id).where(Message.id == ids[0]))
+            session.execute(
+                text(
+                    "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
+                    "INSERT INTO messages (tenant_id, campaign_id, contact_id, to_address, status, "
+                    "priority, not_before, expires_at, attempts, lease_expiries, created_at, "
+                    "updated_at, sent_at) SELECT :tenant, :campaign, i, 'r' || i || '@example.com', "
+                    "'sent', 5, :sent, :sent, 1, 0, :sent, :sent, :sent FROM n"
+                ),
+                {
+                    "count": args.recipients,
+                    "tenant": tenant_id,
+                    "campaign": campaign_id,
+                    "sent": sent,
+                },
+            )
+            session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id)
+                .values(recipient_count=args.recipients, started_at=sent)
+            )
+            first, last = session.execute(
+                select(func.min(Message.id), func.max(Message.id)).where(
+                    Message.campaign_id == campaign_id
+                )
+            ).one()
+        print(f"{args.recipients:,} sent messages written in {time.perf_counter() - started:.1f} s")
+        chance = random.Random(13)
+        hits = []
+        for _ in range(args.hits):
+            message_id = chance.randint(first, last)
+            at = sent + timedelta(seconds=chance.uniform(60, 3 * 86400 // 4))
+            if chance.random() < 0.7:
+                hits.append(Hit("open", tenant_id, message_id, None, None, at, AGENT, None))
+            else:
+                link = chance.randint(1, 8)
+                hits.append(
+                    Hit(
+                        "click",
+                        tenant_id,
+                        message_id,
+                        link,
+                        f"https://shop.example.com/{link}",
+                        at,
+                        AGENT,
+                        None,
+                    )
+                )
+        hits.sort(key=lambda h: h.at)
+        started = time.perf_counter()
+        for offset in range(0, len(hits), 5000):
+            with transaction(runtime.sessions) as session:
+                record_hits(session, hits[offset : offset + 5000], datetime.now(UTC))
+        took = time.perf_counter() - started
+        print(f"{len(hits):,} hits flushed in batches of 5,000: {len(hits) / took:,.0f} hits/s")
+        if args.profile:
+            import cProfile
+            import pstats
+
+            with runtime.sessions() as session:
+                cProfile.runctx(
+                    "for _ in range(20): campaign_stats(session=session, tenant_id=tenant_id, "
+                    "campaign_id=campaign_id)",
+                    globals(),
+                    {**locals(), "campaign_stats": campaign_stats},
+                    "/tmp/stats.prof",
+                )
+            pstats.Stats("/tmp/stats.prof").sort_stats("cumtime").print_stats(25)
+        timings = []
+        for _ in range(50):
+            started = time.perf_counter()
+            with runtime.sessions() as session:
+                found = campaign_stats(
+                    session=session, tenant_id=tenant_id, campaign_id=campaign_id
+                )
+            timings.append((time.perf_counter() - started) * 1000)
+        print(
+            f"campaign_stats of {args.recipients:,} recipients, {args.hits:,} hits "
+            f"({'PostgreSQL' if args.postgres else 'SQLite'}): p50 "
+            f"{statistics.median(timings):.1f} ms, max {max(timings):.1f} ms over 50; sent "
+            f"{found.sent:,}, opens_unique {found.opens_unique:,}, clicks_total "
+            f"{found.clicks_total:,}, {len(found.links)} links, {len(found.timeline)} timeline "
+            f"points of {found.interval_seconds} s"
+        )
+        runtime.close()
+
+
 def bench_rewrite() -> None:
     rewriter = LinkRewriter(secret=SECRET, public_url="https://mail.example.org")
     paragraph = (
@@ -208,9 +319,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000, help="sent messages to hit")
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--rewrite", action="store_true", help="only the cost of rewriting")
+    parser.add_argument("--stats", action="store_true", help="only the stats of a big campaign")
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--hits", type=int, default=300_000)
+    parser.add_argument("--profile", action="store_true", help="--stats: profile the reads")
     args = parser.parse_args()
     if args.rewrite:
         bench_rewrite()
+        return
+    if args.stats:
+        bench_stats(args)
         return
     bench_routes(args)
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, Float, Integer, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from tidings.db.models import (
@@ -127,31 +127,44 @@ def _interval(first: datetime, last: datetime) -> int:
     return INTERVALS[-1]
 
 
+def _epoch_seconds(session: Session) -> ColumnElement[float]:
+    """``campaign_timeline.minute`` as unix seconds, on each database (SQLite keeps the text form
+    of ``db/types.py``, which ``strftime`` reads)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(func.extract("epoch", CampaignTimeline.minute), Float)
+    return cast(func.strftime("%s", CampaignTimeline.minute), Integer)
+
+
 def _timeline(session: Session, campaign: Campaign) -> tuple[int, list[TimelinePoint]]:
+    """Two reads of the campaign's minutes (its primary key's range): their span, then their
+    counts summed per interval by the database, so the answer is at most ``MAX_POINTS`` rows
+    however long the campaign ran."""
+    first, last = session.execute(
+        select(func.min(CampaignTimeline.minute), func.max(CampaignTimeline.minute)).where(
+            CampaignTimeline.campaign_id == campaign.id
+        )
+    ).one()
+    if first is None:
+        return INTERVALS[0], []
+    start = min(campaign.started_at or first, first)
+    interval = _interval(start, last)
+    bucket = func.floor(_epoch_seconds(session) / interval)
     rows = session.execute(
         select(
-            CampaignTimeline.minute,
-            CampaignTimeline.opens,
-            CampaignTimeline.clicks,
-            CampaignTimeline.opens_machine,
-            CampaignTimeline.clicks_machine,
+            bucket,
+            func.sum(CampaignTimeline.opens),
+            func.sum(CampaignTimeline.clicks),
+            func.sum(CampaignTimeline.opens_machine),
+            func.sum(CampaignTimeline.clicks_machine),
         )
         .where(CampaignTimeline.campaign_id == campaign.id)
-        .order_by(CampaignTimeline.minute)
-    ).all()
-    if not rows:
-        return INTERVALS[0], []
-    start = min(campaign.started_at or rows[0].minute, rows[0].minute)
-    start = start.replace(second=0, microsecond=0)
-    interval = _interval(start, rows[-1].minute)
-    buckets: dict[datetime, list[int]] = {}
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for minute, *counts in rows:
-        offset = int((minute - epoch).total_seconds()) // interval * interval
-        bucket = buckets.setdefault(epoch + timedelta(seconds=offset), [0, 0, 0, 0])
-        for i, value in enumerate(counts):
-            bucket[i] += value
-    return interval, [TimelinePoint(at, *counts) for at, counts in sorted(buckets.items())]
+        .group_by(bucket)
+        .order_by(bucket)
+    )
+    return interval, [
+        TimelinePoint(datetime.fromtimestamp(int(at) * interval, UTC), *(int(c) for c in counts))
+        for at, *counts in rows
+    ]
 
 
 def campaign_stats(*, session: Session, tenant_id: int, campaign_id: int) -> CampaignStats:
