@@ -40,7 +40,7 @@ from sqlalchemy import func, insert, select, update
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Campaign, Message, Template, TrackingHit, table
-from tidings.runtime import build_runtime
+from tidings.runtime import Runtime, build_runtime
 from tidings.services import tenants
 from tidings.tracking import links
 from tidings.tracking.rewrite import LinkRewriter, Tracking
@@ -272,6 +272,8 @@ def bench_stats(args: argparse.Namespace) -> None:
                     session=session, tenant_id=tenant_id, campaign_id=campaign_id
                 )
             timings.append((time.perf_counter() - started) * 1000)
+        if args.postgres:
+            server_side(runtime, tenant_id, campaign_id)
         print(
             f"campaign_stats of {args.recipients:,} recipients, {args.hits:,} hits "
             f"({'PostgreSQL' if args.postgres else 'SQLite'}): p50 "
@@ -281,6 +283,35 @@ def bench_stats(args: argparse.Namespace) -> None:
             f"points of {found.interval_seconds} s"
         )
         runtime.close()
+
+
+def server_side(runtime: Runtime, tenant_id: int, campaign_id: int) -> None:
+    """PostgreSQL's own execution time of each statement of one stats answer (EXPLAIN ANALYZE):
+    what the answer costs the database, apart from round trips on a busy machine."""
+    from sqlalchemy import event
+
+    from tidings.services.campaign_stats import campaign_stats
+
+    seen: list[tuple[str, object]] = []
+
+    def keep(_c: object, _cur: object, statement: str, parameters: object, *_: object) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(runtime.engine, "before_cursor_execute", keep)
+    with runtime.sessions() as session:
+        campaign_stats(session=session, tenant_id=tenant_id, campaign_id=campaign_id)
+    event.remove(runtime.engine, "before_cursor_execute", keep)
+    total = 0.0
+    with runtime.engine.connect() as connection:
+        for statement, parameters in seen:
+            plan = connection.exec_driver_sql(
+                "EXPLAIN (ANALYZE, FORMAT JSON) " + statement,
+                parameters,  # type: ignore[arg-type]
+            ).scalar_one()
+            took = float(plan[0]["Execution Time"]) + float(plan[0]["Planning Time"])
+            total += took
+            print(f"  {took:7.3f} ms  {' '.join(statement.split())[:90]}")
+    print(f"  {total:7.3f} ms in all, {len(seen)} statements (planning + execution, server side)")
 
 
 def bench_rewrite() -> None:
