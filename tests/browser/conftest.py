@@ -19,6 +19,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from tidings.api.app import create_app
+from tidings.runtime import Runtime
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -102,3 +105,35 @@ class LiveServer:
         self._thread.join(15)
         self._socket.close()
         assert not self._thread.is_alive(), "uvicorn did not stop"
+
+
+#: Playwright waits this long for an element or a page (the suite runs on two busy cores).
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def live(runtime: Runtime) -> Iterator[LiveServer]:
+    server = LiveServer(create_app(runtime, embedded_workers=0)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Any, live: LiveServer) -> Iterator[Any]:
+    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    # Console errors other than HTTP statuses (a 422 form answer is expected): CSP violations, etc.
+    tab.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            if message.type == "error" and not message.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
+    yield tab
+    context.close()
+    assert not problems, problems  # no script errors, no CSP violations

@@ -22,7 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.acceptance.conftest import FAST, WorkerThread
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import TIMEOUT_MS
 from tests.browser.dashboard_helpers import make_contacts, make_template
 from tests.conftest import TenantKeys, create_tenant, make_settings
 from tests.smtp_server import SmtpTestServer, smtp_server  # noqa: F401 - a fixture
@@ -32,7 +32,6 @@ from tidings.runtime import Runtime
 
 STUDENTS = [f"student{n:02d}@example.com" for n in range(1, 21)]
 STAFF = ["dean@example.com", "registrar@example.com"]
-TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
@@ -46,13 +45,6 @@ def settings(tmp_path: Path, db_url: str, smtp_server: SmtpTestServer) -> Settin
 
 
 @pytest.fixture
-def live(runtime: Runtime) -> Iterator[LiveServer]:
-    server = LiveServer(create_app(runtime, embedded_workers=0)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def worker(runtime: Runtime) -> Iterator[WorkerThread]:
     thread = WorkerThread(runtime).start()
     yield thread
@@ -62,27 +54,6 @@ def worker(runtime: Runtime) -> Iterator[WorkerThread]:
 @pytest.fixture
 def tenant(runtime: Runtime) -> TenantKeys:
     return create_tenant(runtime, "Northfield College")
-
-
-@pytest.fixture
-def page(browser: Any, live: LiveServer) -> Iterator[Any]:
-    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    # Console errors other than HTTP statuses (a 422 form answer is expected): CSP violations, etc.
-    tab.on(
-        "console",
-        lambda message: (
-            problems.append(f"console: {message.text}")
-            if message.type == "error" and not message.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    yield tab
-    context.close()
-    assert not problems, problems  # no script errors, no CSP violations
 
 
 def _shoot(page: Any, folder: Path, name: str) -> None:

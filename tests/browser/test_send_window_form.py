@@ -6,7 +6,6 @@ then once in Chromium (SQLite), where the fields are filled as a person fills th
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.browser.conftest import LiveServer
 from tests.browser.dashboard_helpers import field_error, make_contacts, make_template, sign_in
 from tests.conftest import TenantKeys
-from tidings.api.app import create_app
-from tidings.runtime import Runtime
-
-TIMEOUT_MS = 30_000
 
 
 def _next(month: int, day: int) -> date:
@@ -180,25 +174,6 @@ def test_a_wrong_window_is_shown_next_to_its_field_and_nothing_is_saved(
 
 
 # -- in Chromium --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def live(runtime: Runtime) -> Iterator[LiveServer]:
-    server = LiveServer(create_app(runtime, embedded_workers=0)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, live: LiveServer) -> Iterator[Any]:
-    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    yield tab
-    context.close()
-    assert not problems, problems
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the HTTP tests cover both

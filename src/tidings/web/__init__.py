@@ -25,9 +25,10 @@ def web_routers() -> list[APIRouter]:
         queue,
         signin,
         static,
+        templates,
         throttle,
     )
 
     # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
-    parts = (signin, compose, campaigns, events, throttle, queue, people, inbox, static)
+    parts = (signin, compose, campaigns, templates, events, throttle, queue, people, inbox, static)
     return [part.router for part in parts]
