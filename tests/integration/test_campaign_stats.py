@@ -243,3 +243,35 @@ def test_another_tenants_campaign_stats_are_a_404(
     missing = client.get("/v1/campaigns/999999/stats", headers=globex.auth(globex.admin))
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json() == missing.json()
+
+
+def test_a_campaign_takes_tracking_overrides_and_a_patch_changes_or_clears_them(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    auth = acme.auth(acme.admin)
+    template = client.post(
+        "/v1/templates", json={"name": "t", "subject": "s", "html": "<p>x</p>"}, headers=auth
+    ).json()["id"]
+    contact = client.post("/v1/contacts", json={"email": "a@example.com"}, headers=auth).json()
+    created = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "c",
+            "template_id": template,
+            "contact_ids": [contact["id"]],
+            "track_opens": True,
+        },
+        headers=auth,
+    ).json()
+    assert (created["track_opens"], created["track_clicks"]) == (True, None)
+    changed = client.patch(
+        f"/v1/campaigns/{created['id']}",
+        json={"track_opens": None, "track_clicks": False},
+        headers=auth,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["track_opens"], changed.json()["track_clicks"]) == (None, False)
+    wrong = client.patch(
+        f"/v1/campaigns/{created['id']}", json={"track_clicks": "no"}, headers=auth
+    )
+    assert wrong.status_code == 422
