@@ -22,6 +22,8 @@ Metric names (a contract with dashboards and alerts; add, never rename):
 - ``tidings_send_latency_seconds`` (histogram): seconds the transport took per delivery attempt
 - ``tidings_throttle_waits_total`` (counter): times a tenant was held back by a throttle
 - ``tidings_delivery_attempts_total`` (counter): delivery attempts by ``outcome``
+- ``tidings_tracking_hits_total`` (counter): opens and clicks by ``outcome``: ``recorded``,
+  ``dropped`` (the buffer was full), ``orphaned`` (the message was gone)
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ ATTEMPTS = Counter(
 )
 for _outcome in ATTEMPT_OUTCOMES:
     ATTEMPTS.labels(outcome=_outcome)
+TRACKING_HITS = Counter(
+    "tidings_tracking_hits",
+    "Opens and clicks of tracked mail by outcome (recorded, dropped: the buffer was full, "
+    "orphaned: the message was gone).",
+    labelnames=("outcome",),
+)
+for _outcome in ("recorded", "dropped", "orphaned"):
+    TRACKING_HITS.labels(outcome=_outcome)
 
 
 class DatabaseCollector(Collector):

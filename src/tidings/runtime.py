@@ -21,6 +21,7 @@ from tidings.errors import ConfigurationError
 from tidings.private_files import warn_if_open_to_others
 from tidings.queue.notify import NEW_WORK_FLAG
 from tidings.services.tenants import PrincipalCache
+from tidings.tracking.hits import HitBuffer
 from tidings.transports.base import parse_outbox_url
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ class Runtime:
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     #: The read replica (``TIDINGS_DATABASE_REPLICA_URL``), or None: every read goes to ``engine``.
     replica: ReadReplica | None = None
+    #: Opens and clicks the public routes saw, waiting for the next flush (``tracking/hits.py``).
+    hits: HitBuffer = field(default_factory=HitBuffer)
 
     def __post_init__(self) -> None:
         @event.listens_for(self.sessions, "after_commit")

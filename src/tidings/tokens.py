@@ -109,15 +109,22 @@ def preview_url(public_url: str, kind: TokenKind) -> str:
 
 
 @lru_cache(maxsize=8)
-def _keys(secret: str) -> tuple[hmac.HMAC, hmac.HMAC]:
-    """Separate MAC and encryption keys, so one key never serves two purposes.
+def _keys(secret: str, purpose: str = "token") -> tuple[hmac.HMAC, hmac.HMAC]:
+    """Separate MAC and encryption keys, so one key never serves two purposes; ``purpose``
+    separates the keys of other sealed links (``tracking/links.py`` seals under "tracking"), so
+    a token of one kind can never be opened as another.
 
     Returned as keyed HMAC objects to ``copy()``: that skips the key schedule on every token.
     """
     root = secret.encode()
+    label = purpose.encode()
     return (
-        hmac.new(hmac.digest(root, b"tidings/token/mac/v1", "sha256"), digestmod=hashlib.sha256),
-        hmac.new(hmac.digest(root, b"tidings/token/enc/v1", "sha256"), digestmod=hashlib.sha256),
+        hmac.new(
+            hmac.digest(root, b"tidings/" + label + b"/mac/v1", "sha256"), digestmod=hashlib.sha256
+        ),
+        hmac.new(
+            hmac.digest(root, b"tidings/" + label + b"/enc/v1", "sha256"), digestmod=hashlib.sha256
+        ),
     )
 
 
@@ -174,9 +181,9 @@ def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
     return data[pos : pos + size], pos + size
 
 
-def seal(secret: str, version: int, payload: bytes) -> str:
+def seal(secret: str, version: int, payload: bytes, *, purpose: str = "token") -> str:
     """``payload`` sealed under ``version`` (see the module docstring), as URL-safe text."""
-    mac_key, enc_key = _keys(secret)
+    mac_key, enc_key = _keys(secret, purpose)
     tag = _tag(mac_key, version, payload)
     sealed = bytes([version]) + tag + _keystream_xor(enc_key, tag, payload)
     return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
@@ -219,19 +226,32 @@ def make_token(
 def _open(secret: str, token: str) -> tuple[int, bytes]:
     """The version and authenticated payload, or ``InvalidToken`` for anything this server did
     not issue."""
-    if not token or len(token) > MAX_TOKEN_CHARS or not token.isascii():
+    return unseal(secret, token, versions=(V1, TOKEN_VERSION))
+
+
+def unseal(
+    secret: str,
+    token: str,
+    *,
+    versions: tuple[int, ...],
+    purpose: str = "token",
+    max_chars: int = MAX_TOKEN_CHARS,
+) -> tuple[int, bytes]:
+    """The version and authenticated payload of a token ``seal`` made under ``purpose``, or
+    ``InvalidToken`` for anything this server did not issue. Pure computation: no I/O."""
+    if not token or len(token) > max_chars or not token.isascii():
         raise InvalidToken()
     try:
         sealed = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):
         raise InvalidToken() from None
-    if len(sealed) < 1 + TAG_BYTES + 4 or sealed[0] not in (V1, TOKEN_VERSION):
+    if len(sealed) < 1 + TAG_BYTES + 4 or sealed[0] not in versions:
         raise InvalidToken()
     if base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii") != token:
         # The last character's unused bits: one token, one spelling.
         raise InvalidToken()
     version, tag, ciphertext = sealed[0], sealed[1 : 1 + TAG_BYTES], sealed[1 + TAG_BYTES :]
-    mac_key, enc_key = _keys(secret)
+    mac_key, enc_key = _keys(secret, purpose)
     payload = _keystream_xor(enc_key, tag, ciphertext)
     if not hmac.compare_digest(tag, _tag(mac_key, version, payload)):
         raise InvalidToken()

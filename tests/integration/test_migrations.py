@@ -103,7 +103,7 @@ def test_the_models_and_the_migrated_schema_agree_on_ids_that_are_never_reused(
         for t in Base.metadata.tables.values()
         if any(c.identity is not None for c in t.primary_key.columns)
     }
-    assert len(declared) == 17  # 0016 adds sender_domains, 0018 attachments
+    assert len(declared) == 18  # 0016 sender_domains, 0018 attachments, 0019 tracking_hits
     assert _generated_ids(runtime.engine) == declared
 
 
@@ -159,7 +159,9 @@ def test_0009_keeps_every_row_index_and_foreign_key_and_never_reuses_a_named_id(
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-        assert len(_generated_ids(engine)) == 17  # 0016 adds sender_domains, 0018 attachments
+        assert (
+            len(_generated_ids(engine)) == 18
+        )  # 0016 sender_domains, 0018 attachments, 0019 tracking_hits
         upgrade_down = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.begin() as conn:
             upgrade_down.attributes["connection"] = conn

@@ -23,6 +23,7 @@ from tidings import __version__, errors
 from tidings.api.routes import ROUTERS
 from tidings.api.uploads import takes_upload
 from tidings.runtime import Runtime, freeze_startup_objects
+from tidings.tracking.hits import flushing
 
 log = logging.getLogger("tidings.api")
 
@@ -197,7 +198,13 @@ def create_app(runtime: Runtime, *, embedded_workers: int = 0) -> FastAPI:
     """The application; `embedded_workers` delivery workers run in its lifespan (0 for API only)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Tracking hits are flushed for as long as the app serves, and once more at its end.
+        async with flushing(runtime), serving(app):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def serving(_app: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
         if embedded_workers == 0:
             try:

@@ -21,6 +21,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import (
+    false as sql_false,
+)
+from sqlalchemy import (
     text as sql_text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -78,6 +81,10 @@ class TenantSettings(Base):
     )
     # IANA name: sending windows in "contact" time fall back to it, the dashboard shows times in it.
     timezone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
+    # Open and click tracking (migration 0019): off unless turned on; a campaign or a message
+    # may say otherwise (their own nullable columns: null = this setting).
+    track_opens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
+    track_clicks: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -198,6 +205,9 @@ class Campaign(Base):
     # reply_to, headers and attachment references (services/message_features.py), or null; its
     # messages read them from here, so a 100,000-recipient campaign stores them once.
     features: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
+    # Tracking overrides (migration 0019): null = the tenant's setting.
+    track_opens: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    track_clicks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (
         Index("ix_campaigns_tenant", "tenant_id", "id"),
@@ -257,6 +267,10 @@ class Message(Base):
     # A transactional message's reply_to, headers and attachment references, or a campaign test
     # send's (services/message_features.py); null for a campaign's messages and plain ones.
     features: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
+    # Tracking overrides of a transactional message (migration 0019): null = its campaign's, else
+    # the tenant's setting. A campaign's messages leave them null (the fan-out writes nothing).
+    track_opens: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    track_clicks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (
         # The reaper: expired leases.
@@ -332,6 +346,18 @@ class Attachment(Base):
     __table_args__ = (UniqueConstraint("tenant_id", "sha256", name="uq_attachments_tenant_sha256"),)
 
 
+class CampaignCount(Base):
+    """How many of a campaign's messages are in a status: one row per shard, kept by the same
+    triggers as ``message_counts`` (migrations 0014, 0019), summed by readers (campaign stats)."""
+
+    __tablename__ = "campaign_counts"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """Append-only history of a message (and campaign-level happenings when ``message_id`` is null)."""
 
@@ -365,6 +391,82 @@ class Event(Base):
             sqlite_where=sql_text("type IN ('bounced', 'complained', 'campaign_paused')"),
         ),
     )
+
+
+class TrackingHit(Base):
+    """One open or click of a tracked mail, as the public routes saw it and the flush classified
+    it (``tracking/record.py``). Append-only; purged with the rest of the history."""
+
+    __tablename__ = "tracking_hits"
+
+    id: Mapped[int] = _id()
+    # No foreign keys, like ``events``: written in batches on the public routes' behalf, and what
+    # they name is never deleted while they are kept.
+    tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    message_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    campaign_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    kind: Mapped[str] = mapped_column(String(8))  # open | click (the honeypot: a click, index 0)
+    link_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    machine: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True)  # why machine
+    user_agent: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    network: Mapped[str | None] = mapped_column(String(64), nullable=True)  # a /24 or a /48
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # The flush reads a message's earlier hits (uniqueness, bursts of clicks).
+        Index("ix_tracking_hits_message", "message_id", "id"),
+        Index("ix_tracking_hits_created", "created_at"),
+    )
+
+
+class CampaignEngagement(Base):
+    """A campaign's opens and clicks, kept by the flush in the transaction that records the hits,
+    so that its statistics never scan the hits."""
+
+    __tablename__ = "campaign_engagement"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    opens_unique: Mapped[int] = mapped_column(BigInteger, default=0)  # messages a person opened
+    opens_total: Mapped[int] = mapped_column(BigInteger, default=0)  # people's opens, repeats too
+    opens_machine: Mapped[int] = mapped_column(BigInteger, default=0)  # machines' opens
+    clicks_unique: Mapped[int] = mapped_column(
+        BigInteger, default=0
+    )  # messages a person clicked in
+    clicks_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Recipients who unsubscribed through a link in this campaign's mail (services/preferences).
+    unsubscribes: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CampaignLink(Base):
+    """One tracked link of a campaign's mail (by its place in the mail), with its clicks."""
+
+    __tablename__ = "campaign_links"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    link_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    url: Mapped[str] = mapped_column(Text)
+    clicks_unique: Mapped[int] = mapped_column(BigInteger, default=0)  # messages, by people
+    clicks_total: Mapped[int] = mapped_column(BigInteger, default=0)  # people's clicks
+    clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class CampaignTimeline(Base):
+    """A campaign's opens and clicks per minute; statistics fold them into wider intervals."""
+
+    __tablename__ = "campaign_timeline"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(BigId, nullable=False)
+    opens: Mapped[int] = mapped_column(BigInteger, default=0)  # people's
+    clicks: Mapped[int] = mapped_column(BigInteger, default=0)
+    opens_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+    clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Throttle(Base):

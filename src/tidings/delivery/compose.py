@@ -33,6 +33,8 @@ from tidings.queue.claimed import ClaimedMessage
 from tidings.rendering import Recipient, RenderedContent
 from tidings.rendering.pool import RenderJob, TemplateSource
 from tidings.rendering.renderer import with_event
+from tidings.tracking.rewrite import LinkRewriter, Tracking
+from tidings.tracking.settings import TrackingDefaults, tenant_tracking
 
 #: A row of the batch's context, named by its tenant and id together: an id alone could be a row
 #: of another tenant (SQLite reused deleted ids before migration 0009).
@@ -62,6 +64,9 @@ class BatchContext:
     attachments: dict[RowKey, extras.EncodedContent] = field(default_factory=dict)
     #: Each tenant's DKIM keys by sender domain (only when the worker signs).
     signing: dict[int, TenantKeys] = field(default_factory=dict)
+    #: Each campaign's tracking overrides (None: the tenant's), and each tenant's settings.
+    campaign_tracking: dict[RowKey, tuple[bool | None, bool | None]] = field(default_factory=dict)
+    tracking: dict[int, TrackingDefaults] = field(default_factory=dict)
 
 
 def _keys(messages: Sequence[ClaimedMessage], attribute: str) -> set[RowKey]:
@@ -114,6 +119,7 @@ def load_context(
             )
     campaigns: dict[RowKey, tuple[dict[str, Any], str | None, str | None]] = {}
     campaign_features: dict[RowKey, dict[str, Any]] = {}
+    campaign_tracking: dict[RowKey, tuple[bool | None, bool | None]] = {}
     if campaign_keys:
         for row in session.connection().execute(
             select(
@@ -123,12 +129,16 @@ def load_context(
                 Campaign.from_address,
                 Campaign.category,
                 Campaign.features,
+                Campaign.track_opens,
+                Campaign.track_clicks,
             ).where(Campaign.id.in_(ids(campaign_keys)))
         ):
             if owned(campaign_keys, row.tenant_id, row.id):
-                campaigns[row.tenant_id, row.id] = (row.data or {}, row.from_address, row.category)
+                key = (row.tenant_id, row.id)
+                campaigns[key] = (row.data or {}, row.from_address, row.category)
+                campaign_tracking[key] = (row.track_opens, row.track_clicks)
                 if row.features:
-                    campaign_features[row.tenant_id, row.id] = row.features
+                    campaign_features[key] = row.features
     templates: dict[RowKey, tuple[datetime, str, str | None, str | None]] = {}
     template_features: dict[RowKey, tuple[str | None, dict[str, Any] | None]] = {}
     if template_keys:
@@ -161,6 +171,8 @@ def load_context(
         template_features=template_features,
         attachments=contents,
         signing=signing,
+        campaign_tracking=campaign_tracking,
+        tracking=tenant_tracking(session, {m.tenant_id for m in messages}),
     )
 
 
@@ -204,6 +216,7 @@ class Prepared:
     files: tuple[Attachment, ...] = ()
     dkim: DkimKey | None = None  # the sender domain's key: its mail is signed
     unsigned: str | None = None  # why it is not (a warning event when it is sent)
+    tracking: Tracking | None = None  # what to track once rendered; None: nothing
 
 
 class Composer:
@@ -215,6 +228,7 @@ class Composer:
         self._domain = parseaddr(settings.from_address)[1].rpartition("@")[2] or "localhost"
         #: Attachment contents, encoded once per worker and file (``delivery/features.py``).
         self.attachments = extras.AttachmentCache()
+        self._links = LinkRewriter(secret=secret_key, public_url=settings.public_url)
 
     def message_id_header(self, message_id: int) -> str:
         """Stable across retries without being stored first, unguessable, and unique per instance."""
@@ -303,6 +317,26 @@ class Composer:
             files=files,
             dkim=dkim,
             unsigned=unsigned,
+            tracking=self._tracking(message, context),
+        )
+
+    @staticmethod
+    def _tracking(message: ClaimedMessage, context: BatchContext) -> Tracking | None:
+        """The message's own choice, else its campaign's, else its tenant's setting."""
+        defaults = context.tracking.get(message.tenant_id, TrackingDefaults())
+        campaign_opens, campaign_clicks = context.campaign_tracking.get(
+            (message.tenant_id, message.campaign_id or 0), (None, None)
+        )
+        opens = next(
+            v for v in (message.track_opens, campaign_opens, defaults.opens) if v is not None
+        )
+        clicks = next(
+            v for v in (message.track_clicks, campaign_clicks, defaults.clicks) if v is not None
+        )
+        if not (opens or clicks):
+            return None
+        return Tracking(
+            opens=opens, clicks=clicks, tenant_id=message.tenant_id, message_id=message.id
         )
 
     def finish(
@@ -350,6 +384,9 @@ class Composer:
                 )
             headers += decided.headers
         header_id = self.message_id_header(message.id)
+        html, text = rendered.html, rendered.text
+        if prepared.tracking is not None:
+            html, text = self._links.apply(prepared.tracking, html, text)
         return OutgoingMessage(
             message_id=message.id,
             tenant_id=tenant_id,
@@ -357,8 +394,8 @@ class Composer:
             to_address=message.to_address,
             to_name=recipient.name,
             subject=subject,
-            html=rendered.html,
-            text=rendered.text,
+            html=html,
+            text=text,
             message_id_header=header_id,
             headers=headers,
             idempotency_key=message.idempotency_key or header_id,

@@ -121,9 +121,7 @@ class SigningKeys:
                 found.setdefault(row.tenant_id, {})[row.domain] = DkimKey(
                     domain=row.domain, selector=selector, algorithm=algorithm, private_key=private
                 )
-        return {
-            tenant_id: TenantKeys(keys, has_domains=True) for tenant_id, keys in found.items()
-        }
+        return {tenant_id: TenantKeys(keys, has_domains=True) for tenant_id, keys in found.items()}
 
     def _open(self, tenant_id: int, domain: str, sealed: str) -> SigningKey | None:
         with self._lock:

@@ -88,6 +88,8 @@ _CLAIMED_COLUMNS = (
     Message.idempotency_key,
     Message.event_at,
     Message.features,
+    Message.track_opens,
+    Message.track_clicks,
 )
 
 

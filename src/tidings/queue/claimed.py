@@ -28,6 +28,9 @@ class ClaimedMessage:
     event_at: datetime | None = None  # a reminder's event, which its template may show
     #: Reply-To, headers, attachment references, test send (services/message_features.py).
     features: dict[str, Any] | None = None
+    # Tracking overrides of the message itself; None: its campaign's, else the tenant's setting.
+    track_opens: bool | None = None
+    track_clicks: bool | None = None
     # A throttled message's slot (epoch seconds, the database's clock): its send starts no sooner
     # than ``send_at`` and no later than ``send_by``, or it goes back to the queue unsent. None:
     # no limit applies, send at once.

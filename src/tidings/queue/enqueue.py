@@ -55,6 +55,8 @@ class NewMessage:
     window_timezone: str | None = None
     #: Reply-To, extra headers, attachment references (``services/message_features.py``), or None.
     features: dict[str, Any] | None = None
+    track_opens: bool | None = None  # None: the tenant's setting
+    track_clicks: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ def enqueue_message(*, session: Session, new: NewMessage, now: datetime) -> Enqu
         "send_window": new.send_window,
         "window_timezone": new.window_timezone,
         "features": new.features,
+        "track_opens": new.track_opens,
+        "track_clicks": new.track_clicks,
         "created_at": now,
         "updated_at": now,
     }

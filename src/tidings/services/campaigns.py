@@ -63,6 +63,8 @@ class CampaignDraft:
     send_window: SendWindow | None = None  # local hours its messages may start in
     #: Reply-To, extra headers and attachments (``services/message_features.py``).
     features: FeaturesIn = field(default_factory=FeaturesIn)
+    track_opens: bool | None = None  # None: the tenant's setting
+    track_clicks: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,8 @@ def _draft_of(campaign: Campaign) -> CampaignDraft:
         send_window=(
             window_from_json(campaign.send_window) if campaign.send_window is not None else None
         ),
+        track_opens=campaign.track_opens,
+        track_clicks=campaign.track_clicks,
     )
 
 
@@ -217,6 +221,8 @@ def _checked_columns(
         "priority": check_priority(draft.priority),
         "scheduled_at": check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
         "send_window": draft.send_window.to_json() if draft.send_window is not None else None,
+        "track_opens": draft.track_opens,
+        "track_clicks": draft.track_clicks,
     }
 
 

@@ -87,6 +87,8 @@ class MessageRequest:
     send_window: SendWindow | None = None
     #: Reply-To, extra headers and attachments (``services/message_features.py``).
     features: FeaturesIn = field(default_factory=FeaturesIn)
+    track_opens: bool | None = None  # None: its campaign's, else the tenant's setting
+    track_clicks: bool | None = None
 
 
 # -- validation shared with campaigns ---------------------------------------------------------
@@ -298,6 +300,8 @@ def prepare_message(
         send_window=request.send_window.to_json() if request.send_window is not None else None,
         window_timezone=window_timezone,
         features=features,
+        track_opens=request.track_opens,
+        track_clicks=request.track_clicks,
     )
 
 

@@ -40,6 +40,7 @@ from tidings.errors import InvalidInput, InvalidToken, NotFound
 from tidings.queue.suppress import suppress
 from tidings.services import categories
 from tidings.tokens import CLOCK_SKEW, V1_SEND_WINDOW, TokenClaims, contact_stamp
+from tidings.tracking.record import count_unsubscribe
 
 #: Contact statuses the recipient may turn back to active through the preference page.
 RESUBSCRIBABLE = frozenset({ContactStatus.active.value, ContactStatus.unsubscribed.value})
@@ -405,11 +406,24 @@ def _set_choices(
 def _record_unsubscribe(
     session: Session, subscriber: Subscriber | Contact, detail: str, now: datetime
 ) -> None:
+    """The event, and one more unsubscribe in the statistics of the campaign whose mail carried
+    the link (none for a transactional message's)."""
+    campaign_id = (
+        session.scalar(
+            select(Message.campaign_id).where(
+                Message.tenant_id == subscriber.tenant_id, Message.id == subscriber.message_id
+            )
+        )
+        if isinstance(subscriber, Subscriber)
+        else None  # through the API (a Contact): no mail carried it
+    )
+    if campaign_id is not None:
+        count_unsubscribe(session, tenant_id=subscriber.tenant_id, campaign_id=campaign_id, now=now)
     session.add(
         Event(
             tenant_id=subscriber.tenant_id,
             message_id=None,
-            campaign_id=None,
+            campaign_id=campaign_id,
             contact_id=subscriber.contact_id
             if isinstance(subscriber, Subscriber)
             else subscriber.id,

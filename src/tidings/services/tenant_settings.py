@@ -1,5 +1,6 @@
 """A tenant's settings that are not limits: its time zone (sending windows in ``"contact"`` time fall
-back to it, the dashboard shows times in it). One row per tenant; no row means every default.
+back to it, the dashboard shows times in it) and whether its mail tracks opens and clicks (off
+unless turned on). One row per tenant; no row means every default.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from tidings.db.timezones import tenant_timezone
 from tidings.errors import InvalidInput
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, known_time_zone
 
-#: The settings a caller may change (issue 13 adds track_opens and track_clicks).
-SETTING_FIELDS = ("timezone",)
+#: The settings a caller may change.
+SETTING_FIELDS = ("timezone", "track_opens", "track_clicks")
+TRACKING_FIELDS = ("track_opens", "track_clicks")
 
 
 def check_timezone(value: object, *, field: str = "timezone") -> str:
@@ -34,7 +36,13 @@ def get_settings(*, session: Session, tenant_id: int, now: datetime) -> TenantSe
     """The tenant's settings; a tenant without a row has the defaults (a detached, unsaved row)."""
     row = session.get(TenantSettings, tenant_id)
     if row is None:
-        return TenantSettings(tenant_id=tenant_id, timezone=FALLBACK_TIMEZONE, updated_at=now)
+        return TenantSettings(
+            tenant_id=tenant_id,
+            timezone=FALLBACK_TIMEZONE,
+            track_opens=False,
+            track_clicks=False,
+            updated_at=now,
+        )
     return row
 
 
@@ -51,6 +59,10 @@ def update_settings(
     for name, value in changes.items():
         if name == "timezone":
             values[name] = check_timezone(value)
+        elif name in TRACKING_FIELDS:
+            if not isinstance(value, bool):
+                raise InvalidInput(f"{name} must be true or false", field=name)
+            values[name] = value
         else:
             raise InvalidInput(f"unknown setting {name}", field=name)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -21,6 +21,7 @@ from tidings.api.routes import (
     suppressions,
     templates,
     throttle,
+    tracking,
     webhooks,
 )
 from tidings.web import web_routers
@@ -41,6 +42,7 @@ ROUTERS: list[APIRouter] = [
     webhooks.router,
     domains.router,
     public.router,
+    tracking.router,
     health.router,
     metrics.router,
     *web_routers(),  # the dashboard at /, kept out of the OpenAPI document

@@ -35,6 +35,7 @@ from tidings.api.schemas import (
 )
 from tidings.db.models import Campaign, Message
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY, CampaignStatus
+from tidings.services import campaign_stats as stats
 from tidings.services import campaign_tests, campaigns, domains
 from tidings.services.campaigns import CampaignProgress
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -65,6 +66,16 @@ class CampaignIn(FeaturesFields):
         description="Local hours its messages may start in, e.g. office hours in each "
         "recipient's own time zone ('contact'); outside them they wait for the next opening.",
     )
+    track_opens: bool | None = Field(
+        None,
+        strict=True,
+        description="Track opens (a pixel in the HTML); null: the tenant's setting.",
+    )
+    track_clicks: bool | None = Field(
+        None,
+        strict=True,
+        description="Track clicks (links through /c/); null: the tenant's setting.",
+    )
 
 
 if TYPE_CHECKING:
@@ -85,6 +96,8 @@ class CampaignOut(FeaturesOut):
     priority: int
     scheduled_at: datetime | None
     send_window: SendWindowOut | None
+    track_opens: bool | None = Field(description="null: the tenant's setting.")
+    track_clicks: bool | None = Field(description="null: the tenant's setting.")
     status: CampaignStatus
     status_reason: str | None
     recipient_count: int
@@ -123,6 +136,8 @@ class CampaignOut(FeaturesOut):
             priority=campaign.priority,
             scheduled_at=campaign.scheduled_at,
             send_window=SendWindowOut.of(campaign.send_window),
+            track_opens=campaign.track_opens,
+            track_clicks=campaign.track_clicks,
             status=CampaignStatus(campaign.status),
             status_reason=campaign.status_reason,
             **asdict(progress),
@@ -427,3 +442,57 @@ def failed_recipients(
     return PageOut(
         items=[FailedRecipientOut.of(m) for m in page.items], next_cursor=page.next_cursor
     )
+
+
+class LinkStatsOut(BaseModel):
+    url: str
+    clicks_unique: int = Field(description="Messages in which a person clicked this link.")
+    clicks_total: int = Field(description="People's clicks, repeats included.")
+    clicks_machine: int = Field(description="Clicks classified as a scanner's.")
+
+
+class TimelinePointOut(BaseModel):
+    at: datetime = Field(description="Start of the interval (UTC).")
+    opens: int
+    clicks: int
+    opens_machine: int
+    clicks_machine: int
+
+
+class StatsOut(BaseModel):
+    recipient_count: int
+    sent: int = Field(description="Accepted by the receiving server and not bounced since.")
+    delivered: int = Field(
+        description="Without delivery confirmations from a provider this is `sent`; the rates "
+        "are taken against it."
+    )
+    bounced_hard: int
+    bounced_soft: int = Field(description="0 until soft bounces are told apart.")
+    complaints: int
+    unsubscribes: int = Field(description="Through a link in this campaign's mail.")
+    opens_unique: int = Field(description="Messages a person opened (machines excluded).")
+    opens_total: int = Field(description="People's opens, repeats included.")
+    opens_machine: int = Field(
+        description="Opens by privacy proxies (Apple MPP), scanners and prefetchers."
+    )
+    clicks_unique: int = Field(description="Messages in which a person clicked.")
+    clicks_total: int
+    clicks_machine: int = Field(description="Clicks by link scanners (and the honeypot link).")
+    open_rate: float = Field(description="opens_unique / delivered.")
+    click_rate: float = Field(description="clicks_unique / delivered.")
+    click_to_open_rate: float = Field(description="clicks_unique / opens_unique.")
+    bounce_rate: float
+    complaint_rate: float
+    unsubscribe_rate: float
+    links: list[LinkStatsOut] = Field(description="Tracked links, most clicked by people first.")
+    interval_seconds: int = Field(description="The timeline's interval, chosen by its span.")
+    timeline: list[TimelinePointOut]
+
+
+@router.get("/{campaign_id}/stats")
+def campaign_stats(campaign_id: IdPath, principal: ViewerDep, session: ReadSessionDep) -> StatsOut:
+    """How the campaign did: read from summaries kept as it runs, never by counting its rows."""
+    found = stats.campaign_stats(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
+    )
+    return StatsOut.model_validate(asdict(found))

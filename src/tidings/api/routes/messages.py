@@ -56,6 +56,12 @@ class MessageFields(StrictModel):
         description="Local hours it may start in; it waits for the next opening (a reminder with"
         " no opening before its event is skipped).",
     )
+    track_opens: bool | None = Field(
+        None, strict=True, description="Track opens (a pixel in the HTML); null: the setting's."
+    )
+    track_clicks: bool | None = Field(
+        None, strict=True, description="Track clicks (links through /c/); null: the setting's."
+    )
 
 
 class MessageIn(FeaturesFields, MessageFields):

@@ -1,4 +1,5 @@
-"""``/v1/settings``: the tenant's settings (its time zone); admins change them, every key reads them."""
+"""``/v1/settings``: the tenant's settings (its time zone, open and click tracking); admins change
+them, every key reads them."""
 
 from __future__ import annotations
 
@@ -25,14 +26,36 @@ class SettingsIn(StrictModel):
         description="IANA time zone, e.g. Europe/Berlin: sending windows in 'contact' time fall "
         "back to it for contacts without one, and the dashboard shows times in it.",
     )
+    track_opens: bool | None = Field(
+        None,
+        strict=True,
+        description="Add a tracking pixel to the HTML of this tenant's mail (off by default; a "
+        "campaign or message may say otherwise).",
+    )
+    track_clicks: bool | None = Field(
+        None,
+        strict=True,
+        description="Send the http(s) links of this tenant's mail through /c/ to count clicks "
+        "(off by default; a campaign or message may say otherwise).",
+    )
 
 
 class SettingsOut(BaseModel):
     timezone: str = Field(description="IANA time zone; UTC unless set.")
+    track_opens: bool = Field(
+        description="Opens are tracked unless a campaign or message says not."
+    )
+    track_clicks: bool = Field(
+        description="Clicks are tracked unless a campaign or message says not."
+    )
 
     @classmethod
     def of(cls, row: TenantSettings) -> SettingsOut:
-        return cls(timezone=row.timezone)
+        return cls(
+            timezone=row.timezone,
+            track_opens=bool(row.track_opens),
+            track_clicks=bool(row.track_clicks),
+        )
 
 
 @router.get("")

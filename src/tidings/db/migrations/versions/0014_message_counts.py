@@ -17,7 +17,8 @@ No foreign key, as ``messages`` has none (0005): a counter row is written in the
 transactions there are. Readers join ``tenants``.
 
 On SQLite a later migration that rebuilds ``messages`` (Alembic's batch "recreate") drops these
-triggers with the old table: it must create them again (``create_sqlite_triggers``).
+triggers with the old table: it must create them again (``create_sqlite_triggers`` of 0019, whose
+triggers also keep ``campaign_counts``).
 
 The counts are filled from ``messages`` after the triggers exist, in the same transaction (on
 PostgreSQL ``CREATE TRIGGER`` locks out writers until commit, so nothing is counted twice or lost).
