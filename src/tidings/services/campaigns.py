@@ -22,7 +22,7 @@ from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign
 from tidings.scheduling.windows import SendWindow
-from tidings.services import campaign_eta
+from tidings.services import campaign_eta, segments
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
     check_header_text,
@@ -36,6 +36,7 @@ from tidings.services.pagination import Page, paginate
 MAX_NAME_LENGTH = 200
 MAX_LIST_IDS = 100
 MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
+MAX_SEGMENT_IDS = 20
 
 FAILED_STATUSES = (MessageStatus.failed.value, MessageStatus.dead.value)
 
@@ -46,6 +47,7 @@ class CampaignDraft:
     template_id: int
     list_ids: Sequence[int] = ()
     contact_ids: Sequence[int] = ()
+    segment_ids: Sequence[int] = ()  # read when it starts (the union with the others, once each)
     data: dict[str, Any] = field(default_factory=dict)  # template data (a deadline, a message)
     priority: int = DEFAULT_PRIORITY
     scheduled_at: datetime | None = None
@@ -92,8 +94,16 @@ def create_campaign(
     contact_ids = _own_ids(
         session, Contact, tenant_id, draft.contact_ids, field="contact_ids", cap=MAX_CONTACT_IDS
     )
-    if not list_ids and not contact_ids:
-        raise InvalidInput("a campaign needs list_ids or contact_ids", field="list_ids")
+    segment_ids = list(dict.fromkeys(draft.segment_ids))
+    if len(segment_ids) > MAX_SEGMENT_IDS:
+        raise InvalidInput(
+            f"segment_ids may hold at most {MAX_SEGMENT_IDS} ids", field="segment_ids"
+        )
+    segments.require_segments(session=session, tenant_id=tenant_id, segment_ids=segment_ids)
+    if not list_ids and not contact_ids and not segment_ids:
+        raise InvalidInput(
+            "a campaign needs list_ids, segment_ids or contact_ids", field="list_ids"
+        )
     category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
     campaign = Campaign(
         tenant_id=tenant_id,
@@ -101,6 +111,7 @@ def create_campaign(
         template_id=template.id,
         list_ids=list_ids,
         contact_ids=contact_ids,
+        segment_ids=segment_ids,
         data=dict(draft.data),
         category=category or template.category,
         from_address=check_mailbox(draft.from_address, field="from_address"),
