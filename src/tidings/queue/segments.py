@@ -21,11 +21,8 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Numeric,
     String,
     and_,
-    case,
-    cast,
     false,
     func,
     literal,
@@ -187,9 +184,9 @@ class _PgAttribute:
         if op is Op.starts_with:
             return and_(string, self.text().istartswith(value, autoescape=True))
         if _json_kind(value) == "number":
-            # CASE keeps the cast from ever seeing a string; the guard keeps the CASE's NULL out.
-            number = case((self.kind == "number", cast(self.text(), Numeric())))
-            return and_(self.kind == "number", _compare(number, op, value))
+            # jsonb orders numbers numerically (and every other type before or after all
+            # numbers, which the guard drops): no cast, so no string can ever make it fail.
+            return and_(self.kind == "number", _compare(self.value, op, literal(value, JSONB())))
         return and_(string, _compare(self.text().collate("C"), op, value))
 
 
@@ -209,19 +206,22 @@ class _SqliteAttribute:
             return or_(false(), *(self.equal(v) for v in value))
         if op is Op.eq:
             return self.equal(value)
+        # The comparison first: SQLite stops at the first false term, and most rows fail it, so
+        # most rows parse their JSON once. The guard is false whenever the value is NULL, so the
+        # whole term is still never NULL.
         string = self.kind == "text"
         if op is Op.contains:
-            return and_(string, self.value.icontains(value, autoescape=True))
+            return and_(self.value.icontains(value, autoescape=True), string)
         if op is Op.starts_with:
-            return and_(string, self.value.istartswith(value, autoescape=True))
+            return and_(self.value.istartswith(value, autoescape=True), string)
         if _json_kind(value) == "number":
-            return and_(self.kind.in_(_NUMBER_TYPES["sqlite"]), _compare(self.value, op, value))
-        return and_(string, _compare(self.value, op, value))
+            return and_(_compare(self.value, op, value), self.kind.in_(_NUMBER_TYPES["sqlite"]))
+        return and_(_compare(self.value, op, value), string)
 
     def equal(self, value: Any) -> ColumnElement[bool]:
         kind = _json_kind(value)
         if kind in ("true", "false"):
             return self.kind == kind
         if kind == "number":
-            return and_(self.kind.in_(_NUMBER_TYPES["sqlite"]), self.value == value)
-        return and_(self.kind == _STRING_TYPE["sqlite"], self.value == value)
+            return and_(self.value == value, self.kind.in_(_NUMBER_TYPES["sqlite"]))
+        return and_(self.value == value, self.kind == _STRING_TYPE["sqlite"])

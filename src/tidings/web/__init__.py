@@ -23,11 +23,12 @@ def web_routers() -> list[APIRouter]:
         inbox,
         people,
         queue,
+        segments,
         signin,
         static,
         throttle,
     )
 
-    # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
-    parts = (signin, compose, campaigns, events, throttle, queue, people, inbox, static)
+    # compose and segments before campaigns: /campaigns/new… must win over /campaigns/{id}.
+    parts = (signin, compose, segments, campaigns, events, throttle, queue, people, inbox, static)
     return [part.router for part in parts]

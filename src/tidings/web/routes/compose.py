@@ -5,7 +5,8 @@ zone) or save a draft, and an optional sending window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -13,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
-from tidings.errors import InvalidInput, NotFound, RenderError
+from tidings.errors import Conflict, InvalidInput, NotFound, RenderError
 from tidings.scheduling.windows import (
     CONTACT,
     DAY_NAMES,
@@ -21,9 +22,9 @@ from tidings.scheduling.windows import (
     parse_send_window,
     time_zone_names,
 )
-from tidings.services import campaigns, contacts, lists, templates, tenant_settings
+from tidings.services import campaigns, contacts, lists, segments, templates, tenant_settings
 from tidings.services.contacts import MAX_QUERY_LENGTH
-from tidings.web import forms
+from tidings.web import forms, segment_builder
 from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.pages import DashboardRoute, render
 
@@ -32,6 +33,7 @@ router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 CONTACTS_SHOWN = 50  # rows of the searchable table; a search narrows it down
 PICKER_LIMIT = 500  # templates and lists offered in the form
 WHEN_CHOICES = ("now", "schedule", "draft")
+BUILDER_ROWS = 3  # empty rows the form starts with
 
 
 @dataclass
@@ -42,6 +44,11 @@ class CampaignForm:
     template_id: int | None = None
     list_ids: list[int] = field(default_factory=list)
     contact_ids: list[int] = field(default_factory=list)
+    segment_ids: list[int] = field(default_factory=list)
+    # The segment builder: its rows, how they combine, the name a built segment is saved under.
+    seg_rows: list[segment_builder.Row] = field(default_factory=list)
+    seg_match: str = "all"
+    seg_name: str = ""
     personal_message: str = ""
     deadline: str = ""
     when: str = "now"
@@ -102,6 +109,11 @@ def _form_page(
         session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
     )
     counts = lists.member_counts(session=session, list_ids=[x.id for x in list_page.items])
+    segment_page = segments.list_segments(
+        session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
+    )
+    # At least BUILDER_ROWS rows, so that the builder works without JavaScript too.
+    rows = form.seg_rows + [segment_builder.Row()] * max(0, BUILDER_ROWS - len(form.seg_rows))
     table = _contact_rows(session, user.tenant_id, "", form.contact_ids)
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     return show(
@@ -114,6 +126,10 @@ def _form_page(
         templates=template_page.items,
         lists=list_page.items,
         member_counts=counts,
+        segments=segment_page.items,
+        seg_rows=rows,
+        field_choices=segment_builder.FIELD_CHOICES,
+        op_choices=segment_builder.OP_CHOICES,
         table=table,
         preview_contacts=table["rows"],
         timezone=timezone,
@@ -193,6 +209,8 @@ def _read_form(
     template_id: str,
     list_ids: list[str],
     contact_ids: list[str],
+    segment_ids: list[str],
+    builder: tuple[str, list[str], list[str], list[str], list[str], str],
     personal_message: str,
     deadline: str,
     when: str,
@@ -210,6 +228,10 @@ def _read_form(
         template_id=template[0] if template else None,
         list_ids=forms.ids(list_ids),
         contact_ids=forms.ids(contact_ids),
+        segment_ids=forms.ids(segment_ids),
+        seg_match="any" if builder[0] == "any" else "all",
+        seg_rows=segment_builder.read_rows(*builder[1:5]),
+        seg_name=builder[5].strip(),
         personal_message=personal_message.strip(),
         deadline=deadline.strip(),
         when=when if when in WHEN_CHOICES else "now",
@@ -224,13 +246,21 @@ def _read_form(
 
 def _check(
     form: CampaignForm, errors: forms.FieldErrors, timezone: str
-) -> campaigns.CampaignDraft | None:
+) -> tuple[campaigns.CampaignDraft | None, segment_builder.Built]:
     if not form.name:
         errors.add("name", "Give the campaign a name.")
     if form.template_id is None:
         errors.add("template_id", "Choose a template.")
-    if not form.list_ids and not form.contact_ids:
-        errors.add("recipients", "Choose at least one list or tick at least one contact.")
+    built = segment_builder.Built(filter=None, rows=())
+    try:
+        built = segment_builder.build_filter(form.seg_rows, form.seg_match)
+    except InvalidInput as exc:
+        errors.add("segment", exc.message)
+    if not (form.list_ids or form.contact_ids or form.segment_ids or built.filter or errors):
+        errors.add(
+            "recipients",
+            "Choose at least one list or segment, build a segment, or tick at least one contact.",
+        )
     scheduled_at = None
     if form.when == "schedule":
         scheduled_at = forms.local_datetime(form.scheduled_at, timezone, "scheduled_at", errors)
@@ -238,16 +268,18 @@ def _check(
             errors.add("scheduled_at", "Choose when to start, or choose “Start now”.")
     window = _window(form, errors)
     if errors or form.template_id is None:
-        return None
-    return campaigns.CampaignDraft(
+        return None, built
+    draft = campaigns.CampaignDraft(
         name=form.name,
         template_id=form.template_id,
         list_ids=form.list_ids,
         contact_ids=form.contact_ids,
+        segment_ids=form.segment_ids,
         data={"personal_message": form.personal_message, "deadline": form.deadline},
         scheduled_at=scheduled_at,
         send_window=window,
     )
+    return draft, built
 
 
 def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
@@ -273,7 +305,12 @@ def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
 
 _DONE = {"running": "started", "preparing": "started", "scheduled": "scheduled"}
 #: Service error fields mapped to the form's fields.
-_FIELD_OF = {"list_ids": "recipients", "contact_ids": "recipients"}
+_FIELD_OF = {
+    "list_ids": "recipients",
+    "contact_ids": "recipients",
+    "segment_ids": "recipients",
+    "name": "seg_name",
+}
 
 
 @router.post("/campaigns/new", response_class=HTMLResponse)
@@ -287,6 +324,13 @@ def create(
     template_id: Annotated[str, Form(max_length=20)] = "",
     list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
     contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    segment_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    seg_match: Annotated[str, Form(max_length=10)] = "all",
+    seg_field: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_key: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_op: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_value: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_name: Annotated[str, Form(max_length=segments.MAX_NAME_LENGTH + 50)] = "",
     personal_message: Annotated[str, Form(max_length=5000)] = "",
     deadline: Annotated[str, Form(max_length=200)] = "",
     when: Annotated[str, Form(max_length=20)] = "now",
@@ -302,6 +346,8 @@ def create(
         template_id=template_id,
         list_ids=list_ids,
         contact_ids=contact_ids,
+        segment_ids=segment_ids,
+        builder=(seg_match, seg_field, seg_key, seg_op, seg_value, seg_name),
         personal_message=personal_message,
         deadline=deadline,
         when=when,
@@ -314,12 +360,14 @@ def create(
     )
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
-    draft = _check(form, errors, timezone)
+    draft, built = _check(form, errors, timezone)
     if draft is None:
         return _form_page(request, user, session, form, errors)
     try:
         # A savepoint: when starting fails after the draft was written, neither is kept.
         with session.begin_nested():
+            if built.filter is not None:
+                draft = _with_built_segment(session, user.tenant_id, form, built, draft, now)
             campaign = campaigns.create_campaign(
                 session=session, tenant_id=user.tenant_id, draft=draft, now=now
             )
@@ -331,8 +379,42 @@ def create(
                     now=now,
                     ttl_seconds=runtime.settings.message_ttl_seconds,
                 )
-    except (InvalidInput, NotFound) as exc:
+    except BuiltSegmentError as exc:
+        errors.add(exc.field, exc.message)
+        return _form_page(request, user, session, form, errors)
+    except (InvalidInput, NotFound, Conflict) as exc:
         errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
         return _form_page(request, user, session, form, errors)
     done = "draft" if form.when == "draft" else _DONE.get(campaign.status, "saved")
     return RedirectResponse(f"/campaigns/{campaign.id}?done={done}", status_code=303)
+
+
+class BuiltSegmentError(InvalidInput):
+    """The built segment could not be saved (a row is wrong, or its name is taken)."""
+
+
+def _with_built_segment(
+    session: Session,
+    tenant_id: int,
+    form: CampaignForm,
+    built: segment_builder.Built,
+    draft: campaigns.CampaignDraft,
+    now: datetime,
+) -> campaigns.CampaignDraft:
+    """The builder's rows saved as a segment (named as asked, else after the campaign), and the
+    draft with it among its segments."""
+    try:
+        segment = segments.create_segment(
+            session=session,
+            tenant_id=tenant_id,
+            name=form.seg_name or f"{form.name} audience",
+            raw_filter=built.filter,
+            now=now,
+        )
+    except InvalidInput as exc:
+        where = "seg_name" if exc.field == "name" else "segment"
+        message = exc.message if where == "seg_name" else segment_builder.explain(exc, built)
+        raise BuiltSegmentError(message, field=where) from None
+    except Conflict as exc:
+        raise BuiltSegmentError(exc.message, field="seg_name") from None
+    return replace(draft, segment_ids=[*draft.segment_ids, segment.id])
