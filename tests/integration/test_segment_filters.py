@@ -266,3 +266,14 @@ def test_no_value_from_the_filter_is_written_into_the_sql_text(dialect: Any) -> 
     sql = str(condition.compile(dialect=dialect))
     for value in ("DROP", "1234567", "zz9plural", "2031", "987654", "55555", "city"):
         assert value not in sql
+
+
+@pytest.mark.parametrize("field", ["name", "attributes.plan"])
+def test_text_order_is_byte_order_on_postgresql_whatever_the_database_collation(
+    field: str,
+) -> None:
+    """The test server's databases use C.UTF-8, where the default order is byte order anyway: so
+    the compiled SQL is checked, for the servers created with a language collation (en_US …)."""
+    tree = {"field": field, "op": "gt", "value": "m"}
+    condition = segment_condition(parse_filter(tree), tenant_id=1, dialect="postgresql")
+    assert 'COLLATE "C"' in str(condition.compile(dialect=postgresql.dialect()))
