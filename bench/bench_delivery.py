@@ -1,16 +1,23 @@
 """Delivery benchmarks on PostgreSQL: fan-out, end-to-end throughput, wake-up latency, API latency.
 
     python bench/bench_delivery.py [--recipients 100000] [--workers 2] [--concurrency N]
-        [--skip-throughput] [--skip-latency] [--api-processes 1] [--api-rate 200]
+        [--peers [--peer-messages 20000]] [--skip-throughput] [--skip-latency]
+        [--api-processes 1] [--api-rate 200]
 
-Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Postfix's smtp-sink (bench/setup.sh
-installs it). Everything runs on 127.0.0.1. It prints figures and asserts nothing about time.
+``--peers``: before the workers start, the peers of ``bench/peers/`` send into the same smtp-sink
+(smtp-source, the physical limit; smtplib with pre-built bytes, the Python ceiling), and the
+throughput is also printed as a share of each.
+
+Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and Postfix's smtp-sink and smtp-source
+(bench/setup.sh installs them). Everything runs on 127.0.0.1. It prints figures and asserts
+nothing about time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -25,8 +32,10 @@ from pathlib import Path
 
 import httpx
 from aiosmtpd.controller import Controller
+from bench_smtp_clients import smtp_sink
 from databases import postgres_database
 from httpload import open_loop, post_json
+from peers import smtp_source, smtplib_ceiling
 from sqlalchemy import text
 
 from tidings.config import Settings
@@ -63,7 +72,12 @@ def env_for(url: str, transport: str, data_dir: str) -> dict[str, str]:
 
 
 def bench_campaign(
-    url: str, data_dir: str, recipients: int, workers: int, concurrency: int | None
+    url: str,
+    data_dir: str,
+    recipients: int,
+    workers: int,
+    concurrency: int | None,
+    peer_messages: int | None = None,
 ) -> None:
     runtime = build_runtime(
         Settings(database_url=url, secret_key=SECRET, data_dir=Path(data_dir)), migrate=True
@@ -126,16 +140,18 @@ def bench_campaign(
         f"start: {queued} of {recipients} recipients queued by the start itself in {fan_out:.2f} s"
     )
 
-    port = free_port()
-    sink = subprocess.Popen(["/usr/sbin/smtp-sink", "-u", "postfix", f"127.0.0.1:{port}", "1000"])
-    time.sleep(0.5)
-    environment = env_for(url, f"smtp://127.0.0.1:{port}?tls=none", data_dir)
-    procs = [start_worker(environment, concurrency) for _ in range(workers)]
-    started = time.perf_counter()
-    sent = 0
-    progress: list[tuple[float, int]] = [(0.0, 0)]  # (seconds since the workers started, sent)
-    peak_rss = 0
+    sink = contextlib.ExitStack()
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        port = sink.enter_context(smtp_sink())
+        peers = run_peers(port, peer_messages) if peer_messages else {}
+        environment = env_for(url, f"smtp://127.0.0.1:{port}?tls=none", data_dir)
+        procs = [start_worker(environment, concurrency) for _ in range(workers)]
+        started = time.perf_counter()
+        sent = 0
+        progress: list[tuple[float, int]] = [(0.0, 0)]  # (seconds since the workers started, sent)
+        peak_rss = 0
+        cpu = 0.0
         while time.perf_counter() - started < 3600:
             time.sleep(0.5)
             # The triggers' running count (migration 0014): a count of the campaign's rows would
@@ -152,6 +168,7 @@ def bench_campaign(
                 )
             progress.append((time.perf_counter() - started, sent))
             peak_rss = max(peak_rss, *(resident_bytes(proc.pid) for proc in procs))
+            cpu = sum(cpu_seconds(proc.pid) for proc in procs)
             if sent >= recipients:
                 break
         elapsed = time.perf_counter() - started
@@ -165,13 +182,32 @@ def bench_campaign(
             f"  first 10 %: {first:,.0f} messages/s, last 10 %: {last:,.0f} messages/s "
             f"({(last / first - 1) * 100:+.1f} %); peak worker RSS {peak_rss / 2**20:.0f} MB"
         )
+        # CPU time does not depend on what else the machine runs as much as the rate does.
+        print(
+            f"  worker CPU (render processes included): {cpu / max(sent, 1) * 1e6:,.0f} µs a message"
+        )
+        if peers:
+            print(
+                f"Tidings {sent / elapsed:,.0f} msg/s = "
+                + ", ".join(
+                    f"{sent / elapsed / rate:.1%} of {name}" for name, rate in peers.items()
+                )
+            )
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(60)
-        sink.terminate()
+        sink.close()
         runtime.close()
+
+
+def run_peers(port: int, messages: int) -> dict[str, float]:
+    """The peers' messages/s into the smtp-sink on ``port``, each printed as it is measured."""
+    return {
+        "smtp-source": smtp_source.measure(port, messages=messages),
+        "smtplib ceiling": smtplib_ceiling.measure(port, messages=messages),
+    }
 
 
 def share_rate(progress: list[tuple[float, int]], low: float, high: float) -> float:
@@ -369,6 +405,14 @@ def main() -> None:
     parser.add_argument(
         "--api-rate", type=int, default=200, help="requests/s of the open-loop load"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="run bench/peers/ into the same smtp-sink first; print the throughput as a share of each",
+    )
+    parser.add_argument(
+        "--peer-messages", type=int, default=20_000, help="messages each peer sends"
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
@@ -378,7 +422,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir:
         if not args.skip_throughput:
             with postgres_database(purpose="delivery") as url:
-                bench_campaign(url, data_dir, args.recipients, args.workers, args.concurrency)
+                bench_campaign(
+                    url,
+                    data_dir,
+                    args.recipients,
+                    args.workers,
+                    args.concurrency,
+                    args.peer_messages if args.peers else None,
+                )
         if args.skip_latency:
             return
         with postgres_database(purpose="latency") as url:

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs Postfix's smtp-sink (a discard-everything SMTP server) for bench/bench_smtp_clients.py.
-# Idempotent: does nothing when /usr/sbin/smtp-sink is already there. The postfix daemon is never
-# started; only the smtp-sink binary is used.
+# Installs Postfix's smtp-sink (a discard-everything SMTP server) for the SMTP benchmarks, and
+# smtp-source (its parallel SMTP client, the physical-limit peer of bench/peers/) from the same
+# package. Idempotent: does nothing when both are already there. The postfix daemon is never
+# started; only the two test binaries are used.
 set -euo pipefail
 
-if [[ -x /usr/sbin/smtp-sink ]]; then
-    echo "smtp-sink already installed"
+if [[ -x /usr/sbin/smtp-sink && -x /usr/sbin/smtp-source ]]; then
+    echo "smtp-sink and smtp-source already installed"
     exit 0
 fi
 
@@ -24,4 +25,10 @@ $SUDO apt-get install -y --no-install-recommends postfix
 if command -v postfix >/dev/null && $SUDO postfix status >/dev/null 2>&1; then
     $SUDO postfix stop || true
 fi
-echo "smtp-sink installed at /usr/sbin/smtp-sink"
+for tool in smtp-sink smtp-source; do
+    if [[ ! -x /usr/sbin/$tool ]]; then
+        echo "postfix did not install /usr/sbin/$tool" >&2
+        exit 1
+    fi
+done
+echo "smtp-sink and smtp-source installed in /usr/sbin"

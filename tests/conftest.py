@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.pg_replica import ReplicatedCluster, binaries, start_replicated_cluster
 from tidings.api.app import create_app
 from tidings.config import Settings
 from tidings.db.engine import make_engine, transaction, upgrade
@@ -148,6 +149,27 @@ ignore_startup_parameters = extra_float_digits
         process.wait(10)
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_replicated() -> Iterator[ReplicatedCluster]:
+    """A PostgreSQL primary of our own with a streaming replica, both on free ports, migrated;
+    started once per test session (about 10 s: ``initdb`` is most of it)."""
+    bin_dir = binaries()
+    if bin_dir is None:
+        reason = "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires them for the read-replica tests: {reason}")
+        pytest.skip(reason)
+    cluster = start_replicated_cluster(bin_dir)
+    try:
+        engine = make_engine(cluster.primary_url)
+        upgrade(engine)
+        engine.dispose()
+        cluster.wait_caught_up()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

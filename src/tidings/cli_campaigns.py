@@ -1,4 +1,5 @@
-"""``tidings campaign``: create, start, pause, resume, cancel, list, and watch a campaign.
+"""``tidings campaign``: create, change, delete, start, pause, resume, cancel, list, and watch a
+campaign.
 
 Every command but ``create`` and ``list`` works on this machine's database (``--tenant``) or
 through a remote API (``--url`` and ``--key``); both call the same service functions in the end.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -43,6 +45,7 @@ from tidings.cli_remote import RemoteApi
 from tidings.db.models import Campaign, ContactList
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from tidings.runtime import Runtime
+from tidings.scheduling.windows import SendWindow
 from tidings.services import campaigns, lists, segments
 from tidings.services.pagination import MAX_LIMIT
 
@@ -330,7 +333,7 @@ def pause(
     url: UrlOption = None,
     key: KeyOption = None,
 ) -> None:
-    """Pause a running campaign: nothing not yet being sent goes out until it is resumed."""
+    """Pause a running or preparing campaign: nothing not yet being sent goes out until it is resumed."""
     _act("pause", campaign_id, tenant, url, key)
 
 
@@ -354,3 +357,93 @@ def cancel(
 ) -> None:
     """Cancel a campaign: every message not yet being sent is cancelled."""
     _act("cancel", campaign_id, tenant, url, key)
+
+
+@campaign_app.command("update")
+def update(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    name: str | None = typer.Option(None, help="A new name.", show_default=False),
+    data: DataOption = None,
+    schedule: str | None = typer.Option(
+        None,
+        help="Start at this time instead, ISO 8601 with zone (2030-01-31T09:00:00Z).",
+        show_default=False,
+    ),
+    unschedule: bool = typer.Option(
+        False, "--unschedule", help="Clear the start time (a scheduled campaign becomes a draft)."
+    ),
+    priority: int | None = typer.Option(
+        None, min=MIN_PRIORITY, max=MAX_PRIORITY, show_default=False
+    ),
+    category: str | None = typer.Option(None, help="A new category.", show_default=False),
+    send_window: SendWindowOption = None,
+) -> None:
+    """Change a draft or scheduled campaign; what is not given keeps its value."""
+    if schedule is not None and unschedule:
+        raise fail("give --schedule or --unschedule, not both")
+    changes: dict[str, object] = {}
+    if name is not None:
+        changes["name"] = name
+    if data is not None:
+        changes["data"] = parse_data(data)
+    if schedule is not None or unschedule:
+        changes["scheduled_at"] = parse_time(schedule, option="--schedule")
+    if priority is not None:
+        changes["priority"] = priority
+    if category is not None:
+        changes["category"] = category
+    window = parse_send_window_option(send_window)
+    if window is not None:
+        changes["send_window"] = window
+    if not changes:
+        raise fail("nothing to change: give at least one option (see --help)")
+    target = choose_target(tenant, url, key)
+    if target.remote is not None:
+        remote = {field: _as_json(value) for field, value in changes.items()}
+        with target.remote as api, remote_errors():
+            body = api.update_campaign(campaign_id, remote)
+        console.print(f"campaign {campaign_id} changed: now {body.get('status')}")
+        return
+    assert target.tenant is not None
+    with open_runtime() as runtime, unit_of_work(runtime) as session:
+        campaign = campaigns.update_campaign(
+            session=session,
+            tenant_id=tenant_id_of(session, target.tenant),
+            campaign_id=campaign_id,
+            changes=changes,
+            now=runtime.clock.now(),
+        )
+        console.print(f"campaign {campaign_id} changed: now {campaign.status}")
+
+
+def _as_json(value: object) -> object:
+    if isinstance(value, SendWindow):
+        return value.to_json()
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+@campaign_app.command("delete")
+def delete(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+) -> None:
+    """Delete a draft campaign (cancel any other)."""
+    target = choose_target(tenant, url, key)
+    if target.remote is not None:
+        with target.remote as api, remote_errors():
+            api.delete_campaign(campaign_id)
+    else:
+        assert target.tenant is not None
+        with open_runtime() as runtime, unit_of_work(runtime) as session:
+            campaigns.delete_campaign(
+                session=session,
+                tenant_id=tenant_id_of(session, target.tenant),
+                campaign_id=campaign_id,
+                now=runtime.clock.now(),
+            )
+    console.print(f"campaign {campaign_id} deleted")

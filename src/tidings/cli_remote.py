@@ -66,6 +66,12 @@ class RemoteApi:
             raise ValueError(action)
         return self._json("POST", f"/v1/campaigns/{campaign_id}/{action}")
 
+    def update_campaign(self, campaign_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+        return self._body(self._request("PATCH", f"/v1/campaigns/{campaign_id}", json=changes))
+
+    def delete_campaign(self, campaign_id: int) -> None:
+        self._request("DELETE", f"/v1/campaigns/{campaign_id}")
+
     def send_message(
         self, body: dict[str, Any], *, idempotency_key: str | None = None
     ) -> tuple[dict[str, Any], bool]:

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     #: A direct PostgreSQL URL for the workers' LISTEN (default: ``database_url``). Behind a
     #: transaction pooler without one, workers find new work by polling only.
     database_listen_url: str | None = None
+    #: A PostgreSQL hot standby (streaming replica) of ``database_url`` that serves the dashboard's
+    #: pages and the campaign status reads (see ``db/replica.py``); unset, everything reads the
+    #: primary. ``database_pooling`` applies to it as well.
+    database_replica_url: str | None = None
     transport_url: str | None = None  # default: outbox maildir in data_dir
     secret_key: str | None = None  # default: generated once, kept in data_dir
     public_url: str = "http://127.0.0.1:8000"
@@ -98,6 +102,28 @@ class Settings(BaseSettings):
         if not url.startswith("postgresql+psycopg://"):
             return None
         return "postgresql://" + url.removeprefix("postgresql+psycopg://")
+
+    def replica_url(self) -> str | None:
+        """The read replica's SQLAlchemy URL, or None when there is none.
+
+        Refused, not ignored, with SQLite as the primary: SQLite has no replicas, and an operator
+        who set one expects reads to leave the primary; better to say so at start-up than to
+        serve every read from the primary while the configuration claims otherwise."""
+        if self.database_replica_url is None or not self.database_replica_url.strip():
+            return None
+        field = "TIDINGS_DATABASE_REPLICA_URL"
+        if not self.resolved_database_url().startswith("postgresql+psycopg://"):
+            raise ConfigurationError(
+                f"{field} needs a PostgreSQL primary: SQLite has no replicas; unset it, or move"
+                " TIDINGS_DATABASE_URL to PostgreSQL",
+                field=field,
+            )
+        url = _pinned(self.database_replica_url.strip(), field)
+        if not url.startswith("postgresql+psycopg://"):
+            raise ConfigurationError(
+                f"{field} must be a postgresql:// URL of a standby of the primary", field=field
+            )
+        return url
 
     def resolved_transport_url(self) -> str:
         return self.transport_url or f"outbox://{(self.data_dir / 'outbox').resolve()}"

@@ -5,7 +5,9 @@ The counters and the histogram live in this process (``prometheus_client``'s def
 ``/metrics`` of ``tidings serve`` shows those of its embedded workers; a separate ``tidings
 worker`` exposes its own with ``--metrics-port``. What the queue holds is the same for every
 process, so it is not counted in memory at all: ``DatabaseCollector`` reads it with one grouped
-query per scrape (``queue.status``), and the answer cannot drift from the database.
+query per scrape (``queue.status``), and the answer cannot drift from the database. Those
+gauges drive alerts, so they are read from the primary even when a read replica serves the
+dashboards: an alert must not wait for, or be hidden by, the replica's lag.
 
 Metric names (a contract with dashboards and alerts; add, never rename):
 
@@ -14,6 +16,9 @@ Metric names (a contract with dashboards and alerts; add, never rename):
 - ``tidings_queue_oldest_waiting_seconds`` (gauge): how long the longest-waiting due message waited
 - ``tidings_workers`` (gauge): worker processes with a fresh heartbeat
 - ``tidings_database_up`` (gauge): 1 when the scrape could read the database
+- ``tidings_database_replica_up`` (gauge, with a read replica): 1 when the scrape could read it
+- ``tidings_database_replica_lag_seconds`` (gauge, with a read replica): how far its data is
+  behind the primary's (0 when it has replayed all it received)
 - ``tidings_send_latency_seconds`` (histogram): seconds the transport took per delivery attempt
 - ``tidings_throttle_waits_total`` (counter): times a tenant was held back by a throttle
 - ``tidings_delivery_attempts_total`` (counter): delivery attempts by ``outcome``
@@ -36,6 +41,7 @@ from tidings.queue.clock import db_now
 from tidings.queue.status import QueueOverview, queue_overview
 
 if TYPE_CHECKING:
+    from tidings.db.replica import ReadReplica
     from tidings.runtime import Runtime
 
 log = logging.getLogger("tidings.metrics")
@@ -86,6 +92,29 @@ class DatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from _queue_families(overview)
+        if self._runtime.replica is not None:
+            yield from _replica_families(self._runtime.replica)
+
+
+def _replica_families(replica: ReadReplica) -> Iterable[Metric]:
+    up = GaugeMetricFamily(
+        "tidings_database_replica_up", "1 when this scrape could read the read replica."
+    )
+    try:
+        lag = replica.lag_seconds()
+    except Exception:  # reported by the replica (rate-limited) and by the gauge
+        up.add_metric([], 0)
+        yield up
+        return
+    up.add_metric([], 1)
+    yield up
+    if lag is not None:
+        yield GaugeMetricFamily(
+            "tidings_database_replica_lag_seconds",
+            "Seconds the read replica's data is behind the primary's (0: it has replayed all it"
+            " received).",
+            value=lag,
+        )
 
 
 def _queue_families(overview: QueueOverview) -> Iterable[Metric]:

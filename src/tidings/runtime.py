@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tidings.clock import Clock, SystemClock
 from tidings.config import SECRET_FILE_NAME, Settings
 from tidings.db.engine import make_engine, make_session_factory, upgrade
+from tidings.db.replica import ReadReplica, open_replica
 from tidings.errors import ConfigurationError
 from tidings.private_files import warn_if_open_to_others
 from tidings.queue.notify import NEW_WORK_FLAG
@@ -37,6 +38,8 @@ class Runtime:
     wakeups: set[Callable[[], None]] = field(default_factory=set)
     #: API keys recently authenticated by this process (see ``PrincipalCache`` for the trade-off).
     principals: PrincipalCache = field(default_factory=PrincipalCache)
+    #: The read replica (``TIDINGS_DATABASE_REPLICA_URL``), or None: every read goes to ``engine``.
+    replica: ReadReplica | None = None
 
     def __post_init__(self) -> None:
         @event.listens_for(self.sessions, "after_commit")
@@ -48,6 +51,14 @@ class Runtime:
         @event.listens_for(self.sessions, "after_rollback")
         def _after_rollback(session: Session) -> None:
             session.info.pop(NEW_WORK_FLAG, None)
+
+    def read_session(self) -> Session:
+        """A session for reads that may lag the primary (dashboards, campaign status): on the
+        replica when there is one and it answers, else on the primary. Never for a read that a
+        write depends on; a worker never uses it."""
+        if self.replica is None:
+            return self.sessions()
+        return self.replica.session()
 
     @cached_property
     def renderer(self) -> RenderPool:
@@ -67,6 +78,8 @@ class Runtime:
 
     def close(self) -> None:
         self.stop_rendering()
+        if self.replica is not None:
+            self.replica.close()
         self.engine.dispose()
 
 
@@ -78,18 +91,23 @@ def build_runtime(
     ``migrate=None`` applies migrations on SQLite only: a new SQLite file just works, while a shared
     PostgreSQL database is migrated deliberately with ``tidings db upgrade``.
     """
-    engine = make_engine(
-        settings.resolved_database_url(),
-        transaction_pooling=settings.database_pooling == "transaction",
-    )
+    replica_url = settings.replica_url()  # refused before anything starts, if it cannot work
+    transaction_pooling = settings.database_pooling == "transaction"
+    engine = make_engine(settings.resolved_database_url(), transaction_pooling=transaction_pooling)
     if migrate or (migrate is None and engine.dialect.name == "sqlite"):
         upgrade(engine)
+    sessions = make_session_factory(engine)
     runtime = Runtime(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         secret_key=settings.resolved_secret_key(),
         clock=clock or SystemClock(),
+        replica=(
+            open_replica(replica_url, primary=sessions, transaction_pooling=transaction_pooling)
+            if replica_url is not None
+            else None
+        ),
     )
     warn_if_open_to_others(private_paths(settings))
     return runtime

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from tests.integration.test_domain_rates import slow_domain
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Message
+from tidings.queue import fanout
 from tidings.runtime import Runtime, build_runtime
 from tidings.web import security
 
@@ -46,6 +47,17 @@ def _campaign(client: TestClient, tenant: TenantKeys, *, start: bool = True) -> 
     if start:
         started = client.post(f"/v1/campaigns/{campaign_id}/start", headers=auth)
         assert started.status_code == 202, started.text
+    return campaign_id
+
+
+def _another_campaign(client: TestClient, tenant: TenantKeys, like: int) -> int:
+    """A started campaign with the template and audience of campaign ``like``."""
+    auth = tenant.auth(tenant.admin)
+    model = client.get(f"/v1/campaigns/{like}", headers=auth).json()
+    fields = {key: model[key] for key in ("template_id", "contact_ids")}
+    created = client.post("/v1/campaigns", json={"name": "Other", **fields}, headers=auth).json()
+    assert client.post(f"/v1/campaigns/{created['id']}/start", headers=auth).status_code == 202
+    campaign_id: int = created["id"]
     return campaign_id
 
 
@@ -433,6 +445,86 @@ def test_a_campaign_can_be_paused_resumed_and_cancelled_from_its_page(
     again = client.post(f"/campaigns/{campaign_id}/pause", data={"csrf_token": token})
     assert again.status_code == 409
     assert "cancelled" in again.text
+
+
+def test_a_preparing_campaign_can_be_paused_and_resumed_from_its_page(
+    client: TestClient, acme: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 1)  # two contacts: the second is written later
+    campaign_id = _campaign(client, acme)
+    assert _status(client, acme, campaign_id) == "preparing"
+    token = sign_in(client, acme.sender)
+    detail = client.get(f"/campaigns/{campaign_id}").text
+    pause_form = re.search(
+        rf'<form method="post" action="/campaigns/{campaign_id}/pause"[^>]*>', detail
+    )
+    assert pause_form is not None and " hidden" not in pause_form.group(0)
+    assert 'data-when="preparing running"' in pause_form.group(0)  # the live script agrees
+    for action, status in (("pause", "paused"), ("resume", "preparing")):
+        answer = client.post(
+            f"/campaigns/{campaign_id}/{action}", data={"csrf_token": token}, follow_redirects=False
+        )
+        assert answer.status_code == 303, answer.text
+        assert _status(client, acme, campaign_id) == status
+        detail = client.get(f"/campaigns/{campaign_id}").text
+        assert ("still being written" in detail) == (status == "paused")
+
+
+def test_a_draft_is_edited_from_its_page_then_scheduled_and_a_running_one_cannot_be(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    campaign_id = _campaign(client, acme, start=False)
+    auth = acme.auth(acme.admin)
+    client.patch(f"/v1/campaigns/{campaign_id}", json={"data": {"keep": "me"}}, headers=auth)
+    token = sign_in(client, acme.sender)
+    page = client.get(f"/campaigns/{campaign_id}").text
+    assert f'action="/campaigns/{campaign_id}/edit"' in page and "Delete draft" in page
+    form = client.get(f"/campaigns/{campaign_id}/edit")
+    assert form.status_code == 200 and 'value="Term"' in form.text
+    assert f'action="/campaigns/{campaign_id}/edit"' in form.text
+    current = client.get(f"/v1/campaigns/{campaign_id}", headers=auth).json()
+    when = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M")
+    fields = {
+        "csrf_token": token,
+        "name": "Term (fixed)",
+        "template_id": str(current["template_id"]),
+        "contact_ids": [str(i) for i in current["contact_ids"]],
+        "personal_message": "See you",
+        "deadline": "2031-06-30",
+        "when": "schedule",
+        "scheduled_at": when,
+    }
+    refused = client.post(f"/campaigns/{campaign_id}/edit", data={**fields, "name": ""})
+    assert refused.status_code == 422 and field_error(refused.text, "name")
+    saved = client.post(f"/campaigns/{campaign_id}/edit", data=fields, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    after = client.get(f"/v1/campaigns/{campaign_id}", headers=auth).json()
+    assert (after["name"], after["status"]) == ("Term (fixed)", "scheduled")
+    assert after["scheduled_at"].startswith(when)  # the tenant's zone is UTC
+    assert after["data"] == {"keep": "me", "personal_message": "See you", "deadline": "2031-06-30"}
+    assert "Delete draft" not in client.get(f"/campaigns/{campaign_id}").text.split("hidden>")[0]
+    unscheduled = client.post(
+        f"/campaigns/{campaign_id}/edit", data={**fields, "when": "draft"}, follow_redirects=False
+    )
+    assert unscheduled.status_code == 303
+    assert _status(client, acme, campaign_id) == "draft"
+    started = _another_campaign(client, acme, campaign_id)
+    assert client.get(f"/campaigns/{started}/edit").status_code == 409
+    assert client.post(f"/campaigns/{started}/edit", data=fields).status_code == 409
+
+
+def test_only_a_draft_is_deleted_from_its_page(client: TestClient, acme: TenantKeys) -> None:
+    draft = _campaign(client, acme, start=False)
+    started = _another_campaign(client, acme, draft)
+    token = sign_in(client, acme.sender)
+    refused = client.post(f"/campaigns/{started}/delete", data={"csrf_token": token})
+    assert refused.status_code == 409 and _status(client, acme, started) == "running"
+    deleted = client.post(
+        f"/campaigns/{draft}/delete", data={"csrf_token": token}, follow_redirects=False
+    )
+    assert deleted.status_code == 303
+    assert "The draft was deleted." in client.get(deleted.headers["location"]).text
+    assert client.get(f"/campaigns/{draft}").status_code == 404
 
 
 # -- live progress ------------------------------------------------------------------------------

@@ -247,6 +247,49 @@ def test_retry_failed_requeues_failed_and_dead_but_not_suppressed(
     assert again.status_code == 202 and again.json()["requeued"] == 0
 
 
+def test_a_campaign_that_delivered_nothing_and_failed_ends_failed_with_a_reason(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    seed.suppress(runtime, acme.tenant_id, "p0@example.com")
+    created = _create(
+        client, acme, template_id=audience["template_id"], contact_ids=audience["ids"][:4]
+    )
+    _action(client, acme, created["id"], "start")
+    rows = seed.messages_of(runtime, created["id"])
+    assert rows[0].status == "suppressed"
+    now = datetime.now(UTC)
+    seed.set_status(runtime, [rows[1].id, rows[2].id], "failed", last_error="550 5.7.1 refused")
+    seed.set_status(runtime, [rows[3].id], "dead", last_error="421 try later")
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=now) == [created["id"]]
+    body = _get(client, acme, created["id"])
+    assert body["status"] == "failed" and body["completed_at"] is not None
+    assert body["status_reason"] == (
+        "none of its messages was sent: 3 failed or died; "
+        "the most frequent error (2 of them): 550 5.7.1 refused"
+    )
+    assert body["progress_percentage"] == 100.0
+    # A failed campaign can be retried: it runs again, without its old reason.
+    retried = _action(client, acme, created["id"], "retry-failed")
+    assert retried.json() == {"id": created["id"], "status": "running", "requeued": 3}
+    assert _get(client, acme, created["id"])["status_reason"] is None
+
+
+def test_a_campaign_whose_audience_was_all_suppressed_completes(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    seed.suppress(runtime, acme.tenant_id, "p0@example.com")
+    created = _create(
+        client, acme, template_id=audience["template_id"], contact_ids=audience["ids"][:1]
+    )
+    _action(client, acme, created["id"], "start")
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=datetime.now(UTC)) == [
+            created["id"]
+        ]
+    assert _get(client, acme, created["id"])["status"] == "completed"
+
+
 def test_retry_failed_suppresses_an_address_that_bounced_since(
     client: TestClient, runtime: Runtime, acme: TenantKeys, audience: dict[str, Any]
 ) -> None:
@@ -419,12 +462,18 @@ def test_another_tenants_campaign_answers_404_everywhere(
         ("POST", "/resume"),
         ("POST", "/cancel"),
         ("POST", "/retry-failed"),
+        ("PATCH", ""),
+        ("DELETE", ""),
     ):
+        body = {"name": "Mine now"} if method == "PATCH" else None
         theirs = client.request(
-            method, f"/v1/campaigns/{created['id']}{suffix}", headers=globex.auth(globex.admin)
+            method,
+            f"/v1/campaigns/{created['id']}{suffix}",
+            json=body,
+            headers=globex.auth(globex.admin),
         )
         nobody = client.request(
-            method, f"/v1/campaigns/{missing}{suffix}", headers=globex.auth(globex.admin)
+            method, f"/v1/campaigns/{missing}{suffix}", json=body, headers=globex.auth(globex.admin)
         )
         assert theirs.status_code == 404, (method, suffix)
         assert theirs.json() == nobody.json()
@@ -447,6 +496,9 @@ def test_a_viewer_reads_but_cannot_write(
             f"/v1/campaigns/{created['id']}/{action}", headers=acme.auth(acme.viewer)
         )
         assert denied.status_code == 403, action
+    path = f"/v1/campaigns/{created['id']}"
+    assert client.patch(path, json={"name": "x"}, headers=acme.auth(acme.viewer)).status_code == 403
+    assert client.delete(path, headers=acme.auth(acme.viewer)).status_code == 403
     assert _get(client, acme, created["id"])["status"] == "draft"
     assert (
         client.get(
@@ -454,3 +506,95 @@ def test_a_viewer_reads_but_cannot_write(
         ).status_code
         == 200
     )
+
+
+def _patch(client: TestClient, tenant: TenantKeys, campaign_id: int, **body: Any) -> Any:
+    return client.patch(
+        f"/v1/campaigns/{campaign_id}", json=body, headers=tenant.auth(tenant.sender)
+    )
+
+
+def test_a_draft_is_changed_field_by_field_with_the_checks_of_creation(
+    client: TestClient, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    created = _create(
+        client,
+        acme,
+        template_id=audience["template_id"],
+        list_ids=audience["lists"][:1],
+        data={"deadline": "2030-06-01"},
+        category="term",
+        send_window={"start": "09:00", "end": "17:00"},
+    )
+    answer = _patch(
+        client,
+        acme,
+        created["id"],
+        name="Spring term (fixed)",
+        list_ids=audience["lists"],
+        data={"deadline": "2030-06-08"},
+        category=None,
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["name"] == "Spring term (fixed)" and body["list_ids"] == audience["lists"]
+    assert body["data"] == {"deadline": "2030-06-08"}
+    assert body["category"] is None  # cleared: the template has none
+    assert body["send_window"]["start"] == "09:00"  # left out: kept
+    assert body["status"] == "draft"
+    # Every mistake is a 4xx naming its field, and changes nothing.
+    for change, status, field in (
+        ({"name": None}, 422, "name"),
+        ({"name": "a\nb"}, 422, "name"),
+        ({"list_ids": [10**12]}, 404, "list_ids"),
+        ({"list_ids": [], "contact_ids": []}, 422, "list_ids"),
+        ({"priority": 10}, 422, "priority"),
+        ({"status": "running"}, 422, "status"),
+        ({"send_window": {"start": "25:00", "end": "17:00"}}, 422, "send_window.start"),
+    ):
+        refused = _patch(client, acme, created["id"], **change)
+        assert refused.status_code == status, (change, refused.text)
+        assert field in (refused.json()["error"].get("field") or ""), (change, refused.json())
+    assert _get(client, acme, created["id"])["name"] == "Spring term (fixed)"
+
+
+def test_a_scheduled_campaign_is_rescheduled_or_unscheduled_but_a_started_one_is_not_changed(
+    client: TestClient, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    later = datetime.now(UTC) + timedelta(days=3)
+    created = _create(
+        client,
+        acme,
+        template_id=audience["template_id"],
+        list_ids=audience["lists"],
+        scheduled_at=later.isoformat(),
+    )
+    assert _action(client, acme, created["id"], "start").json()["status"] == "scheduled"
+    moved = later + timedelta(days=1)
+    body = _patch(client, acme, created["id"], scheduled_at=moved.isoformat()).json()
+    assert body["status"] == "scheduled"
+    assert datetime.fromisoformat(body["scheduled_at"]) == moved
+    body = _patch(client, acme, created["id"], scheduled_at=None).json()
+    assert (body["status"], body["scheduled_at"]) == ("draft", None)
+    assert _action(client, acme, created["id"], "start").json()["status"] == "running"
+    refused = _patch(client, acme, created["id"], name="Too late")
+    assert refused.status_code == 409
+    assert "only a draft or scheduled campaign can be changed" in refused.json()["error"]["message"]
+    assert _get(client, acme, created["id"])["name"] == "Spring term"
+
+
+def test_only_a_draft_is_deleted(
+    client: TestClient, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    draft = _create(client, acme, template_id=audience["template_id"], list_ids=audience["lists"])
+    started = _create(client, acme, template_id=audience["template_id"], list_ids=audience["lists"])
+    _action(client, acme, started["id"], "start")
+    refused = client.delete(f"/v1/campaigns/{started['id']}", headers=acme.auth(acme.sender))
+    assert refused.status_code == 409
+    assert _get(client, acme, started["id"])["status"] == "running"
+    deleted = client.delete(f"/v1/campaigns/{draft['id']}", headers=acme.auth(acme.sender))
+    assert deleted.status_code == 204
+    gone = client.get(f"/v1/campaigns/{draft['id']}", headers=acme.auth(acme.viewer))
+    assert gone.status_code == 404
+    listed = client.get("/v1/campaigns", headers=acme.auth(acme.viewer)).json()["items"]
+    assert [c["id"] for c in listed] == [started["id"]]

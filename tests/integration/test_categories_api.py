@@ -79,3 +79,33 @@ def test_tenants_are_isolated_and_viewers_cannot_write(
     viewer = acme.auth(acme.viewer)
     assert client.post("/v1/categories", json={"name": "x"}, headers=viewer).status_code == 403
     assert client.delete(f"/v1/categories/{category['id']}", headers=viewer).status_code == 403
+
+
+def test_a_contacts_choices_are_read_and_set_through_the_api_and_honoured_like_the_centres(
+    client: TestClient, runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    create(client, acme, "news")
+    create(client, acme, "events")
+    [ann] = contacts(runtime, acme.tenant_id, ["ann@example.com"])
+    path = f"/v1/contacts/{ann}/preferences"
+    read = client.get(path, headers=acme.auth(acme.viewer))
+    assert read.json() == {"categories": {"events": True, "news": True}}
+    put = client.put(path, json={"categories": {"news": False}}, headers=acme.auth(acme.sender))
+    assert put.status_code == 200, put.text
+    assert put.json() == {"categories": {"events": True, "news": False}}
+    with runtime.sessions() as session:
+        stored = session.execute(select(Preference.category, Preference.subscribed)).all()
+    assert stored == [("news", False)]  # what compliance reads at send time
+    unknown = client.put(path, json={"categories": {"nope": False}}, headers=acme.auth(acme.sender))
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["field"] == "categories.nope"
+    for bad in ({"categories": {"news": "no"}}, {"news": False}):
+        refused = client.put(path, json=bad, headers=acme.auth(acme.sender))
+        assert refused.status_code == 422, bad
+    assert (
+        client.put(path, json={"categories": {}}, headers=acme.auth(acme.viewer)).status_code == 403
+    )
+    theirs = client.get(path, headers=globex.auth(globex.admin))
+    nobody = client.get("/v1/contacts/999999/preferences", headers=globex.auth(globex.admin))
+    assert theirs.status_code == nobody.status_code == 404
+    assert theirs.json() == nobody.json()

@@ -28,6 +28,7 @@ from tidings.cli import app
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import ApiKey, Campaign, Contact, Message
+from tidings.queue import fanout
 from tidings.runtime import Runtime
 from tidings.services import templates
 
@@ -334,6 +335,54 @@ def test_a_campaign_is_created_started_paused_resumed_and_cancelled(
     no_list = cli("campaign", "create", "--tenant", "acme", "--name", "x",
                   "--template", str(template_id), "--list", "nope")  # fmt: skip
     assert no_list.exit_code == 1 and "no list named 'nope'" in no_list.stderr
+
+
+def test_a_preparing_campaign_is_paused_and_resumed_from_the_cli(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 2)  # the start writes 2 of 3, a worker the last
+    _import_people(cli, tmp_path, 3)
+    template_id = _template(runtime, acme.tenant_id)
+    created = cli("campaign", "create", "--tenant", "acme", "--name", "Big",
+                  "--template", str(template_id), "--list", "staff")  # fmt: skip
+    campaign_id = created.stdout.split()[1]
+    for action, status in (("start", "preparing"), ("pause", "paused"), ("resume", "preparing")):
+        result = cli("campaign", action, campaign_id, "--tenant", "acme")
+        assert result.exit_code == 0, result.output
+        assert f"now {status}, 2 recipients" in result.stdout
+
+
+def test_a_draft_is_changed_rescheduled_and_deleted_here_and_through_the_api(
+    cli: Invoke, acme: TenantKeys, runtime: Runtime, tmp_path: Path
+) -> None:
+    _import_people(cli, tmp_path, 2)
+    template_id = _template(runtime, acme.tenant_id)
+    created = cli("campaign", "create", "--tenant", "acme", "--name", "Typo",
+                  "--template", str(template_id), "--list", "staff")  # fmt: skip
+    campaign_id = str(int(created.stdout.split()[1]))
+    later = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    changed = cli("campaign", "update", campaign_id, "--tenant", "acme", "--name", "Fixed",
+                  "--schedule", later.isoformat(), "--data", "deadline=Monday")  # fmt: skip
+    assert changed.exit_code == 0, changed.output
+    assert "now draft" in changed.stdout
+    draft = _campaign(runtime, int(campaign_id))
+    assert (draft.name, draft.scheduled_at, draft.data) == ("Fixed", later, {"deadline": "Monday"})
+    nothing = cli("campaign", "update", campaign_id, "--tenant", "acme")
+    assert nothing.exit_code != 0 and "nothing to change" in nothing.stderr
+    with serving(runtime) as url:
+        remote = {"TIDINGS_URL": url, "TIDINGS_API_KEY": acme.sender}
+        assert "now scheduled" in cli("campaign", "start", campaign_id, **remote).stdout
+        unscheduled = cli("campaign", "update", campaign_id, "--unschedule", **remote)
+        assert unscheduled.exit_code == 0, unscheduled.output
+        assert "now draft" in unscheduled.stdout
+        bad = cli("campaign", "update", campaign_id, "--name", "a\tb\nc", **remote)
+        assert bad.exit_code == 1 and "name" in bad.stderr
+        deleted = cli("campaign", "delete", campaign_id, **remote)
+        assert deleted.exit_code == 0, deleted.output
+        again = cli("campaign", "delete", campaign_id, **remote)
+        assert (again.exit_code, again.stderr.strip()) == (1, "error: no such campaign")
+    with runtime.sessions() as session:
+        assert session.get(Campaign, int(campaign_id)) is None
 
 
 def test_status_follows_a_campaign_to_the_end_and_then_reports_it_completed(

@@ -14,9 +14,8 @@ from tests.conftest import TenantKeys
 from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
 from tidings.db.models import Campaign, Event, Message
-from tidings.delivery.worker import Worker
+from tidings.delivery.worker import MAINTENANCE_SECONDS, Worker
 from tidings.domain import CampaignStatus
-from tidings.errors import Conflict
 from tidings.queue import fanout
 from tidings.queue.enqueue import requeue_status
 from tidings.queue.fanout import fan_out_campaign, prepare_campaign, take_preparing
@@ -243,9 +242,7 @@ def test_a_campaign_cancelled_while_preparing_gets_no_more_messages(
     assert [m.status for m in seed.messages_of(runtime, campaign_id)] == ["cancelled"] * 2
 
 
-def test_a_preparing_campaign_cannot_be_paused_and_never_completes_early(
-    runtime: Runtime, acme: TenantKeys
-) -> None:
+def test_a_preparing_campaign_never_completes_early(runtime: Runtime, acme: TenantKeys) -> None:
     campaign_id, _ = _preparing(runtime, acme.tenant_id, 4, chunk_size=2)
     with transaction(runtime.sessions) as session:  # its first chunk finished
         session.execute(
@@ -253,10 +250,178 @@ def test_a_preparing_campaign_cannot_be_paused_and_never_completes_early(
         )
     with transaction(runtime.sessions) as session:
         assert complete_finished_campaigns(session=session, now=NOW) == []
-        with pytest.raises(Conflict, match="preparing"):
-            campaigns.pause_campaign(
-                session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
-            )
+
+
+def _act(runtime: Runtime, tenant_id: int, campaign_id: int, action: str) -> str:
+    """Pause or resume through the service, as the API, the dashboard and the CLI do."""
+    verb = {"pause": campaigns.pause_campaign, "resume": campaigns.resume_campaign}[action]
+    with transaction(runtime.sessions) as session:
+        return verb(session=session, tenant_id=tenant_id, campaign_id=campaign_id, now=NOW).status
+
+
+def _state(runtime: Runtime, campaign_id: int) -> tuple[str, int, int | None, dict[str, int]]:
+    """(status, recipient_count, fanout_cursor, messages by status)."""
+    row = seed.campaign_row(runtime, campaign_id)
+    by_status: dict[str, int] = {}
+    for message in seed.messages_of(runtime, campaign_id):
+        by_status[message.status] = by_status.get(message.status, 0) + 1
+    return row.status, row.recipient_count, row.fanout_cursor, by_status
+
+
+def test_a_campaign_paused_while_preparing_gets_the_rest_written_held_and_stays_paused(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, ids = _preparing(runtime, acme.tenant_id, 10, chunk_size=4)
+    assert _act(runtime, acme.tenant_id, campaign_id, "pause") == "paused"
+    # What was queued is held, exactly as pausing a running campaign does.
+    assert _state(runtime, campaign_id) == ("paused", 4, ids[3], {"paused": 4})
+    assert not prepare_campaign(
+        runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4, keep_going=_chunks(1)
+    )
+    assert _state(runtime, campaign_id) == ("paused", 8, ids[7], {"paused": 8})
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4)
+    assert _state(runtime, campaign_id) == ("paused", 10, None, {"paused": 10})
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=NOW) == []
+    # Written: a resume makes it run, every message queued once.
+    assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "running"
+    assert _state(runtime, campaign_id) == ("running", 10, None, {"queued": 10})
+    assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
+
+
+def test_a_campaign_resumed_while_still_preparing_prepares_again_and_then_runs(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, ids = _preparing(runtime, acme.tenant_id, 10, chunk_size=4)
+    _act(runtime, acme.tenant_id, campaign_id, "pause")
+    prepare_campaign(
+        runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4, keep_going=_chunks(1)
+    )
+    assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "preparing"
+    assert _state(runtime, campaign_id) == ("preparing", 8, ids[7], {"queued": 8})
+    with transaction(runtime.sessions) as session:  # its chunks so far all went out
+        session.execute(
+            update(Message).where(Message.campaign_id == campaign_id).values(status="sent")
+        )
+    with transaction(runtime.sessions) as session:
+        assert complete_finished_campaigns(session=session, now=NOW) == []
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=4)
+    assert _state(runtime, campaign_id) == ("running", 10, None, {"sent": 8, "queued": 2})
+    # Paused and resumed again once it runs: the ordinary pause.
+    assert _act(runtime, acme.tenant_id, campaign_id, "pause") == "paused"
+    assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "running"
+
+
+def test_a_worker_that_finished_a_paused_fan_out_leaves_it_to_a_late_second_worker(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    """A worker whose lease lapsed while it wrote (another took over and finished) finds the
+    campaign paused with no cursor: it must not write the audience again from the start."""
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
+    _act(runtime, acme.tenant_id, campaign_id, "pause")
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2)
+    assert prepare_campaign(
+        runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2, keep_going=_chunks(1)
+    )
+    assert _state(runtime, campaign_id) == ("paused", 6, None, {"paused": 6})
+
+
+def test_a_campaign_paused_while_preparing_is_leased_and_taken_over_but_not_once_written(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
+    _act(runtime, acme.tenant_id, campaign_id, "pause")
+
+    def take(at: datetime) -> list[int]:
+        with transaction(runtime.sessions) as session:
+            return take_preparing(session=session, now=at, lease_seconds=30)
+
+    assert take(NOW) == [campaign_id]
+    assert take(NOW + timedelta(seconds=29)) == []
+    assert take(NOW + timedelta(seconds=30)) == [campaign_id]  # its worker died
+    assert prepare_campaign(runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2)
+    assert take(NOW + timedelta(days=1)) == []  # written: a paused campaign like any other
+
+
+def test_a_worker_stopping_gives_up_the_lease_of_a_campaign_paused_while_preparing(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, _ = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
+    _act(runtime, acme.tenant_id, campaign_id, "pause")
+    # It writes one chunk (its lease now runs 30 s more), then stops.
+    assert not prepare_campaign(
+        runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2, keep_going=_chunks(1)
+    )
+    with transaction(runtime.sessions) as session:  # another worker may go on at once
+        assert take_preparing(session=session, now=datetime.now(UTC), lease_seconds=30) == [
+            campaign_id
+        ]
+
+
+def test_a_pause_committed_while_a_chunk_waits_for_the_campaign_is_seen_by_that_chunk(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    """The chunk's transaction locks the campaign row before it reads the status: a pause that
+    holds the row makes it wait, and the chunk it then writes is held too, not queued."""
+    campaign_id, ids = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
+    wrote = threading.Event()
+
+    def worker() -> None:
+        prepare_campaign(
+            runtime.sessions, campaign_id, ttl_seconds=TTL, chunk_size=2, keep_going=_chunks(1)
+        )
+        wrote.set()
+
+    with transaction(runtime.sessions) as session:
+        campaigns.pause_campaign(
+            session=session, tenant_id=acme.tenant_id, campaign_id=campaign_id, now=NOW
+        )
+        session.flush()
+        other = threading.Thread(target=worker)
+        other.start()
+        assert not wrote.wait(timeout=1.0)  # it waits for the pause to commit
+    other.join(timeout=10)
+    assert wrote.is_set()
+    assert _state(runtime, campaign_id) == ("paused", 4, ids[3], {"paused": 4})
+
+
+def test_a_pause_waiting_for_a_chunks_transaction_holds_that_chunk_too(
+    runtime: Runtime, acme: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: a chunk is being written (queued) when the pause comes; the pause waits
+    for the chunk's commit, then holds the new messages with the rest."""
+    campaign_id, ids = _preparing(runtime, acme.tenant_id, 6, chunk_size=2)
+    written, go_on = threading.Event(), threading.Event()
+    write_chunk = fanout._write_chunk
+
+    def slow_write(*args: object, **kwargs: object) -> tuple[int | None, int]:
+        result = write_chunk(*args, **kwargs)  # type: ignore[arg-type]
+        written.set()
+        assert go_on.wait(timeout=10)
+        return result
+
+    monkeypatch.setattr(fanout, "_write_chunk", slow_write)
+    chunk = threading.Thread(
+        target=prepare_campaign,
+        args=(runtime.sessions, campaign_id),
+        kwargs={"ttl_seconds": TTL, "chunk_size": 2, "keep_going": _chunks(1)},
+    )
+    chunk.start()
+    assert written.wait(timeout=10)
+    paused = threading.Event()
+
+    def pause() -> None:
+        _act(runtime, acme.tenant_id, campaign_id, "pause")
+        paused.set()
+
+    pauser = threading.Thread(target=pause)
+    pauser.start()
+    assert not paused.wait(timeout=1.0)  # it waits for the chunk's transaction
+    go_on.set()
+    chunk.join(timeout=10)
+    pauser.join(timeout=10)
+    assert paused.is_set()
+    assert _state(runtime, campaign_id) == ("paused", 4, ids[3], {"paused": 4})
 
 
 def _start(runtime: Runtime, tenant_id: int, campaign_id: int, now: datetime) -> str:
@@ -459,3 +624,60 @@ def test_a_worker_writes_a_preparing_campaigns_chunks_and_sends_every_message_on
         m.to_address for m in seed.messages_of(runtime, campaign_id)
     )
     assert len(transport.sent) == 12 == seed.campaign_row(runtime, campaign_id).recipient_count
+
+
+def test_a_campaign_paused_while_preparing_sends_nothing_until_resumed_then_everyone_once(
+    runtime: Runtime, acme: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real worker: the campaign is paused with 5 of its 12 messages written; the worker writes
+    the other 7 and sends none of them; after the resume it sends each of the 12 once."""
+    monkeypatch.setattr(fanout, "FANOUT_CHUNK", 5)
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 12)
+    campaign_id = _draft(
+        runtime,
+        acme.tenant_id,
+        template_id=template,
+        contact_ids=ids,
+        data={"personal_message": "Grades are due."},
+    )
+    assert _start(runtime, acme.tenant_id, campaign_id, datetime.now(UTC)) == "preparing"
+    assert _act(runtime, acme.tenant_id, campaign_id, "pause") == "paused"
+    transport = MemoryTransport()
+    worker = Worker(runtime=runtime, transport=transport)
+    seen: dict[str, object] = {}
+
+    async def wait_for(done: Callable[[], bool]) -> None:
+        while not await asyncio.to_thread(done):  # noqa: ASYNC110 (the state is in the database)
+            await asyncio.sleep(0.1)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                await wait_for(
+                    lambda: seed.campaign_row(runtime, campaign_id).fanout_cursor is None
+                )
+                # A few more passes of the worker: a held message it could claim would go now.
+                await asyncio.sleep(2 * MAINTENANCE_SECONDS)
+                seen["held"] = await asyncio.to_thread(_state, runtime, campaign_id)
+                seen["sent while paused"] = list(transport.sent)
+                seen["resumed"] = await asyncio.to_thread(
+                    _act, runtime, acme.tenant_id, campaign_id, "resume"
+                )
+                await wait_for(
+                    lambda: seed.campaign_row(runtime, campaign_id).status == "completed"
+                )
+        finally:
+            stop.set()
+            await task
+
+    asyncio.run(main())
+    assert seen["held"] == ("paused", 12, None, {"paused": 12})
+    assert seen["sent while paused"] == []
+    assert seen["resumed"] == "running"
+    addresses = [m.to_address for m in transport.sent]
+    assert len(addresses) == 12 == len(set(addresses))
+    assert sorted(addresses) == sorted(m.to_address for m in seed.messages_of(runtime, campaign_id))
+    assert _state(runtime, campaign_id) == ("completed", 12, None, {"sent": 12})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from functools import cached_property
 from typing import Annotated, Any
@@ -60,19 +61,63 @@ async def get_session(runtime: RuntimeDep) -> AsyncIterator[Session]:
     Async, though the session is not: opening one does no I/O (the transaction begins at the
     first statement, in the handler's thread), so only the commit needs a thread-pool hop.
     """
+    async with _gate(), _committed(runtime.sessions()) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _committed(session: Session) -> AsyncIterator[Session]:
+    try:
+        yield session
+        await run_in_threadpool(session.commit)
+    except BaseException:
+        await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        session.close()  # no I/O: commit or rollback already gave the connection back
+
+
+#: Set by the dashboard after each of its writes (``web/pages.py``): until the Unix time it holds,
+#: this browser's reads go to the primary, so that the page an action redirects to, and the next
+#: few, show the action's effect however the replica lags; then the replica again.
+READ_PRIMARY_COOKIE = "tidings_read_primary"
+READ_PRIMARY_SECONDS = 30
+
+
+def read_primary_until(request: Request) -> float:
+    """Until when this client's reads go to the primary (its ``READ_PRIMARY_COOKIE``), or 0."""
+    value = request.cookies.get(READ_PRIMARY_COOKIE, "")
+    return float(value) if value.isdigit() and len(value) <= 12 else 0.0
+
+
+def wants_primary(request: Request, now: datetime) -> bool:
+    """Whether this request's reads must see the primary: shortly after a dashboard write, or
+    when the client asks for a fresh answer (``Cache-Control: no-cache``: an API client that
+    reads what it has just written, or a browser's forced reload)."""
+    if now.timestamp() < read_primary_until(request):
+        return True
+    return "no-cache" in request.headers.get("cache-control", "").lower()
+
+
+async def get_read_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[Session]:
+    """``get_session`` for handlers that only read and may answer a little behind the primary
+    (dashboard pages, campaign status): on the read replica when one is configured.
+
+    Connecting to the replica is I/O, done here on a thread before the handler runs, so that a
+    replica that is down is known in time to read the primary instead (``db/replica.py``).
+    """
     async with _gate():
-        session = runtime.sessions()
-        try:
-            yield session
-            await run_in_threadpool(session.commit)
-        except BaseException:
-            await run_in_threadpool(session.rollback)
-            raise
-        finally:
-            session.close()  # no I/O: commit or rollback already gave the connection back
+        if runtime.replica is None or wants_primary(request, runtime.clock.now()):
+            session = runtime.sessions()
+        else:
+            session = await run_in_threadpool(runtime.read_session)
+        async with _committed(session) as read:
+            yield read
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+#: Only for a handler that writes nothing, whose answer may lag the primary by the replica's lag.
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 async def get_now(runtime: RuntimeDep) -> datetime:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from copy import copy
+from types import UnionType
+from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from tidings.errors import InvalidInput
 from tidings.scheduling.windows import CONTACT, SendWindow, parse_send_window
 
 T = TypeVar("T")
@@ -31,6 +34,29 @@ class StrictModel(BaseModel):
     """Request bodies refuse unknown fields, so a typo is an error rather than silently ignored."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def partial_model(model: type[StrictModel]) -> type[StrictModel]:
+    """``model`` with every field optional, for a PATCH: the fields and their checks are those of
+    the create body, so the two cannot drift apart. Read the body with
+    ``model_dump(exclude_unset=True)`` and ``refuse_nulls`` (null is only for nullable fields)."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        optional = copy(info)
+        optional.default, optional.default_factory = None, None
+        annotation = Any if info.annotation is None else info.annotation | None
+        fields[name] = (annotation, optional)
+    return create_model(f"{model.__name__}Patch", __base__=StrictModel, **fields)
+
+
+def refuse_nulls(changes: dict[str, Any], model: type[BaseModel]) -> None:
+    """A PATCH's null for a field that ``model`` does not allow to be null is a 422 naming it."""
+    for name, value in changes.items():
+        annotation = model.model_fields[name].annotation
+        if value is None and not (
+            get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
+        ):
+            raise InvalidInput(f"{name} cannot be null", field=name)
 
 
 #: Error answers every authenticated route may give, for the OpenAPI document.

@@ -215,8 +215,8 @@ class Campaign(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # While ``preparing``: the last contact id whose message is written, and the lease of the
-    # worker writing the next chunk (queue/fanout.py).
+    # While its fan-out goes on (``preparing``, or ``paused`` meanwhile): the last contact id whose
+    # message is written, and the lease of the worker writing the next chunk (queue/fanout.py).
     fanout_cursor: Mapped[int | None] = mapped_column(BigId, nullable=True)
     preparing_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 

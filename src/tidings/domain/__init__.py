@@ -63,6 +63,8 @@ FINAL_MESSAGE_STATUSES = frozenset(
 PENDING_MESSAGE_STATUSES = frozenset(
     {MessageStatus.queued, MessageStatus.paused, MessageStatus.sending}
 )
+#: Ended without being delivered: given up at once (failed) or after retrying until the TTL (dead).
+FAILED_MESSAGE_STATUSES = frozenset({MessageStatus.failed, MessageStatus.dead})
 
 
 class SuppressionReason(enum.StrEnum):
@@ -100,6 +102,9 @@ class EventType(enum.StrEnum):
     campaign_resumed = "campaign_resumed"
     campaign_cancelled = "campaign_cancelled"
     campaign_completed = "campaign_completed"
+    campaign_failed = "campaign_failed"  # it ended with nothing sent and failures (status_reason)
+    campaign_updated = "campaign_updated"  # a draft or scheduled campaign was changed (PATCH)
+    campaign_deleted = "campaign_deleted"  # a draft was deleted; the event keeps its name
     campaign_retried = "campaign_retried"  # its failed and dead messages went back to the queue
 
 

@@ -16,6 +16,10 @@ its first messages are already queued and sending, and workers write the rest on
 at a time (``prepare_campaign``), so no transaction holds a whole fan-out (one of a million
 recipients took 12.6 s in one), the campaign's ``recipient_count`` shows how far it got, and a
 worker that dies mid-way is taken over from ``fanout_cursor`` when its lease ends.
+
+A preparing campaign can be paused: it becomes ``paused`` with its cursor still set, the workers
+go on writing its chunks, held (``paused`` messages, which no claim picks), and it stays
+``paused`` when the last one is written. Resumed before that, it is ``preparing`` again.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ FANOUT_CHUNK = 20_000  # contacts
 #: A worker writing a preparing campaign holds it this long past each chunk it wrote; another
 #: worker takes over from the cursor after that.
 PREPARE_LEASE_SECONDS = 30.0
+#: Campaign statuses whose fan-out the workers carry on while ``fanout_cursor`` is set.
+FANNING_OUT = (CampaignStatus.preparing.value, CampaignStatus.paused.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +102,22 @@ def fan_out_campaign(
     return FanOutResult(recipients=inserted, suppressed=0, done=False)
 
 
+def still_fanning_out(campaign: Campaign) -> bool:
+    """Whether workers are still writing the campaign's messages (it is preparing, or was paused
+    while preparing): a resume then makes it ``preparing`` again, not ``running``."""
+    return campaign.fanout_cursor is not None
+
+
 def take_preparing(*, session: Session, now: datetime, lease_seconds: float) -> list[int]:
-    """Lease the preparing campaigns no live worker is writing; their ids. The UPDATE's condition
-    is checked again after a concurrent claim's lock: each lease goes to one worker."""
+    """Lease the campaigns whose fan-out no live worker is writing (preparing, or paused while
+    preparing); their ids. ``preparing_until`` is null once a fan-out is done, so a campaign
+    paused after it is never taken. The UPDATE's condition is checked again after a concurrent
+    claim's lock: each lease goes to one worker."""
     return list(
         session.scalars(
             update(Campaign)
             .where(
-                Campaign.status == CampaignStatus.preparing.value,
+                Campaign.status.in_(FANNING_OUT),
                 Campaign.preparing_until <= now,
             )
             .values(preparing_until=now + timedelta(seconds=lease_seconds))
@@ -122,10 +136,16 @@ def prepare_campaign(
     lease_seconds: float = PREPARE_LEASE_SECONDS,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> bool:
-    """Write a preparing campaign's remaining chunks, each in a transaction of its own that also
-    moves the cursor and renews the lease; True once the campaign left ``preparing`` (done, or
-    cancelled meanwhile), False when ``keep_going`` said stop first (the lease is given up, and
-    another worker goes on from the cursor)."""
+    """Write a campaign's remaining chunks, each in a transaction of its own that also moves the
+    cursor and renews the lease; True once there is nothing left to write (done, cancelled
+    meanwhile, or done by another worker), False when ``keep_going`` said stop first (the lease
+    is given up, and another worker goes on from the cursor).
+
+    Each chunk's transaction locks the campaign row before it reads the status, and a pause or a
+    resume locks it too (``services.campaigns``): one that commits first is seen here, and the
+    chunk is written held or queued accordingly; one that comes later waits for the chunk to
+    commit, then holds or releases it with the rest. No message of a chunk escapes a pause.
+    """
     while keep_going():
         with transaction(sessions) as session:
             campaign = session.scalar(
@@ -134,28 +154,35 @@ def prepare_campaign(
                 .with_for_update()
                 .execution_options(populate_existing=True)
             )
-            if campaign is None or campaign.status != CampaignStatus.preparing.value:
+            if (
+                campaign is None
+                or campaign.status not in FANNING_OUT
+                or campaign.fanout_cursor is None  # finished (and paused) by a worker before us
+            ):
                 return True
             now = db_now(session)
+            held = campaign.status == CampaignStatus.paused.value
             upper, inserted = _write_chunk(
                 session,
                 campaign,
-                after=campaign.fanout_cursor or 0,
+                after=campaign.fanout_cursor,
                 now=now,
                 ttl_seconds=ttl_seconds,
                 size=chunk_size,
+                held=held,
             )
             if upper is None:
                 _finish(session, campaign)  # which wakes the workers if there is mail to send
                 return True
-            notify_new_work(session)
+            if not held:
+                notify_new_work(session)
             campaign.fanout_cursor = upper
             campaign.recipient_count += inserted
             campaign.preparing_until = now + timedelta(seconds=lease_seconds)
     with transaction(sessions) as session:  # stopped: another worker may go on at once
         session.execute(
             update(Campaign)
-            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.preparing.value)
+            .where(Campaign.id == campaign_id, Campaign.status.in_(FANNING_OUT))
             .values(preparing_until=db_now(session))
         )
     return False
@@ -169,10 +196,11 @@ def _write_chunk(
     now: datetime,
     ttl_seconds: float,
     size: int | None,
+    held: bool = False,
 ) -> tuple[int | None, int]:
     """The messages of the audience's next ``size`` (default ``FANOUT_CHUNK``) contacts after id
-    ``after``: (the last contact id of the chunk, None when it was the last chunk; how many rows
-    were written)."""
+    ``after``, ``paused`` instead of ``queued`` when ``held``: (the last contact id of the chunk,
+    None when it was the last chunk; how many rows were written)."""
     dialect = session.get_bind().dialect.name
     upper = _chunk_upper_bound(
         session,
@@ -191,6 +219,7 @@ def _write_chunk(
             now=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
             timing=timing,
+            held=held,
         )
     )
     # Counted, not taken from the INSERT's rowcount: on PostgreSQL that came back -1 for this
@@ -208,7 +237,8 @@ def _write_chunk(
 
 
 def _finish(session: Session, campaign: Campaign) -> FanOutResult:
-    """The fan-out is complete: the campaign's counts, and it runs."""
+    """The fan-out is complete: the campaign's counts, and it runs (unless it was paused
+    meanwhile: it stays paused, a resume makes it run)."""
     total, suppressed = session.execute(
         select(
             func.count(),
@@ -220,7 +250,7 @@ def _finish(session: Session, campaign: Campaign) -> FanOutResult:
     campaign.preparing_until = None
     if campaign.status == CampaignStatus.preparing.value:
         campaign.status = CampaignStatus.running.value
-    if total > suppressed:
+    if total > suppressed and campaign.status == CampaignStatus.running.value:
         notify_new_work(session)
     return FanOutResult(recipients=total, suppressed=suppressed)
 
@@ -278,11 +308,13 @@ def chunk_insert(
     now: datetime,
     expires_at: datetime,
     timing: Mapping[str, ColumnElement[Any]] | None = None,
+    held: bool = False,
 ) -> Insert:
     """The ``INSERT … SELECT`` of the audience's contacts matching ``where`` (one chunk).
 
     ``timing``: a send window's columns (``queue.windows.fan_out_timing``), replacing
-    ``not_before`` and ``expires_at``.
+    ``not_before`` and ``expires_at``. ``held``: the campaign is paused, the recipients to mail
+    are written ``paused`` (a resume queues them with the rest).
     """
     source: FromClause = Contact.__table__.outerjoin(
         Suppression,
@@ -319,7 +351,7 @@ def chunk_insert(
         "priority": literal(campaign.priority),
         "status": case(
             (when_suppressed, literal(MessageStatus.suppressed.value)),
-            else_=literal(MessageStatus.queued.value),
+            else_=literal((MessageStatus.paused if held else MessageStatus.queued).value),
         ),
         "not_before": stamp,
         "expires_at": literal(expires_at, UTCDateTime()),

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Exists, case, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from tidings.db.models import Campaign, Event, Message
-from tidings.domain import PENDING_MESSAGE_STATUSES, CampaignStatus, EventType
+from tidings.domain import (
+    FAILED_MESSAGE_STATUSES,
+    PENDING_MESSAGE_STATUSES,
+    CampaignStatus,
+    EventType,
+    MessageStatus,
+)
 from tidings.queue.fanout import fan_out_campaign
 
 #: Campaigns one pass starts; the rest wait for the next pass, so a pass stays short.
 START_BATCH = 5  # campaigns
+#: Characters of a server's reply quoted in a failed campaign's reason.
+MAX_REASON_ERROR = 300
 
 
 def start_due_campaigns(*, session: Session, now: datetime, ttl_seconds: float) -> int:
@@ -78,33 +86,75 @@ def start_due_campaigns(*, session: Session, now: datetime, ttl_seconds: float) 
 
 
 def complete_finished_campaigns(*, session: Session, now: datetime) -> list[int]:
-    """Mark running campaigns with no pending message ``completed``; their ids.
+    """Close running campaigns with no pending message; their ids.
 
-    Pending is queued, paused or sending. With two workers, the second one's UPDATE waits for the
-    first's row lock, re-checks ``status = 'running'`` and skips the row: one completion, one event.
+    Pending is queued, paused or being sent. A campaign ends ``completed``, or ``failed`` with a
+    ``status_reason`` when nothing was sent and at least one message failed or died: an audience
+    that was all suppressed completed its job, one whose every delivery failed did not. With two
+    workers, the second one's UPDATE waits for the first's row lock, re-checks
+    ``status = 'running'`` and skips the row: one ending, one event.
     """
-    pending = (
-        select(Message.id)
-        .where(
-            Message.campaign_id == Campaign.id,
-            Message.status.in_([status.value for status in PENDING_MESSAGE_STATUSES]),
+
+    def has(*statuses: MessageStatus | str) -> Exists:
+        return (
+            select(Message.id)
+            .where(Message.campaign_id == Campaign.id, Message.status.in_(list(statuses)))
+            .exists()
         )
-        .exists()
-    )
+
+    delivered_nothing = ~has(MessageStatus.sent) & has(*FAILED_MESSAGE_STATUSES)
     finished = session.execute(
         update(Campaign)
-        .where(Campaign.status == CampaignStatus.running.value, ~pending)
-        .values(status=CampaignStatus.completed.value, completed_at=now)
-        .returning(Campaign.id, Campaign.tenant_id)
+        .where(Campaign.status == CampaignStatus.running.value, ~has(*PENDING_MESSAGE_STATUSES))
+        .values(
+            status=case(
+                (delivered_nothing, CampaignStatus.failed.value),
+                else_=CampaignStatus.completed.value,
+            ),
+            completed_at=now,
+        )
+        .returning(Campaign.id, Campaign.tenant_id, Campaign.status)
         .execution_options(synchronize_session=False)
     ).all()
-    for campaign_id, tenant_id in finished:
+    for campaign_id, tenant_id, status in finished:
+        reason = None
+        if status == CampaignStatus.failed.value:
+            reason = _failure_reason(session, campaign_id)
+            session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id)
+                .values(status_reason=reason)
+                .execution_options(synchronize_session=False)
+            )
         session.add(
             Event(
                 tenant_id=tenant_id,
                 campaign_id=campaign_id,
-                type=EventType.campaign_completed.value,
+                type=(
+                    EventType.campaign_failed
+                    if status == CampaignStatus.failed.value
+                    else EventType.campaign_completed
+                ).value,
+                detail=reason,
                 created_at=now,
             )
         )
-    return sorted(campaign_id for campaign_id, _ in finished)
+    return sorted(campaign_id for campaign_id, _, _ in finished)
+
+
+def _failure_reason(session: Session, campaign_id: int) -> str:
+    """ "every one of its 12 messages failed or died; the most frequent error (9 of them): …"."""
+    rows = session.execute(
+        select(Message.last_error, func.count())
+        .where(
+            Message.campaign_id == campaign_id, Message.status.in_(list(FAILED_MESSAGE_STATUSES))
+        )
+        .group_by(Message.last_error)
+        .order_by(func.count().desc(), Message.last_error)
+    ).all()
+    failed = sum(count for _, count in rows)
+    reason = f"none of its messages was sent: {failed} failed or died"
+    error, count = rows[0] if rows else (None, 0)
+    if error:
+        reason += f"; the most frequent error ({count} of them): {error[:MAX_REASON_ERROR]}"
+    return reason

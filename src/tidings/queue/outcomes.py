@@ -30,16 +30,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
-from tidings.db.models import Contact, Event, Message, Suppression, table
-from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
+from tidings.db.models import Event, Message, table
+from tidings.domain import EventType, MessageStatus, SuppressionReason
 from tidings.queue.enqueue import requeue_status
+from tidings.queue.suppress import suppress
 
 MAX_ERROR_LENGTH = 2000  # characters of a server reply kept as last_error
 
@@ -251,36 +250,17 @@ def _write_events(session: Session, decisions: Sequence[Decision], now: datetime
 
 def _suppress(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
     """Hard bounces: the address joins the tenant's suppression list and the contact is ``bounced``."""
-    if not decisions:
-        return
-    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    rows = {
-        (d.tenant_id, d.suppress_email): {
-            "tenant_id": d.tenant_id,
-            "email": d.suppress_email,
-            "reason": SuppressionReason.hard_bounce.value,
-            "detail": (d.detail or "")[:MAX_ERROR_LENGTH],
-            "created_at": now,
-        }
-        for d in decisions
-    }
-    statement = dialect_insert(table(Suppression)).on_conflict_do_nothing(
-        index_elements=["tenant_id", "email"]
-    )
-    session.connection().execute(statement, list(rows.values()))
-    by_tenant: defaultdict[int, set[int]] = defaultdict(set)
+    by_tenant: defaultdict[int, list[Decision]] = defaultdict(list)
     for d in decisions:
-        if d.contact_id is not None:
-            by_tenant[d.tenant_id].add(d.contact_id)
-    for tenant_id, contact_ids in sorted(by_tenant.items()):  # a contact id with its tenant
-        session.execute(
-            update(Contact)
-            .where(
-                Contact.tenant_id == tenant_id,
-                Contact.id.in_(sorted(contact_ids)),
-                Contact.status == ContactStatus.active.value,
-            )
-            .values(status=ContactStatus.bounced.value, updated_at=now)
+        by_tenant[d.tenant_id].append(d)
+    for tenant_id, bounced in sorted(by_tenant.items()):  # a fixed order: no lock-order deadlock
+        suppress(
+            session,
+            tenant_id=tenant_id,
+            entries={d.suppress_email: d.detail for d in bounced if d.suppress_email},
+            reason=SuppressionReason.hard_bounce,
+            now=now,
+            contact_ids=[d.contact_id for d in bounced if d.contact_id is not None],
         )
 
 

@@ -8,7 +8,7 @@ campaign's messages change in the same transaction as the campaign.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -17,11 +17,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, ContactList, Event, Message
-from tidings.domain import DEFAULT_PRIORITY, CampaignStatus, EventType, MessageStatus
+from tidings.domain import (
+    DEFAULT_PRIORITY,
+    FAILED_MESSAGE_STATUSES,
+    CampaignStatus,
+    EventType,
+    MessageStatus,
+)
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
-from tidings.queue.fanout import fan_out_campaign
-from tidings.scheduling.windows import SendWindow
+from tidings.queue.fanout import fan_out_campaign, still_fanning_out
+from tidings.scheduling.windows import SendWindow, window_from_json
 from tidings.services import campaign_eta, segments
 from tidings.services.messages import (
     MAX_CATEGORY_LENGTH,
@@ -37,8 +43,6 @@ MAX_NAME_LENGTH = 200
 MAX_LIST_IDS = 100
 MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
 MAX_SEGMENT_IDS = 20
-
-FAILED_STATUSES = (MessageStatus.failed.value, MessageStatus.dead.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,84 @@ def create_campaign(
     *, session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
 ) -> Campaign:
     """A draft campaign; every referenced id must be the tenant's own."""
+    campaign = Campaign(
+        tenant_id=tenant_id,
+        **_checked_columns(session, tenant_id, draft, now),
+        status=CampaignStatus.draft.value,
+        recipient_count=0,
+        created_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+#: What ``update_campaign`` may change: every field a draft is created with.
+EDITABLE_FIELDS = frozenset(CampaignDraft.__dataclass_fields__)
+
+
+def update_campaign(
+    *,
+    session: Session,
+    tenant_id: int,
+    campaign_id: int,
+    changes: Mapping[str, Any],
+    now: datetime,
+) -> Campaign:
+    """Change any field of a draft or scheduled campaign, checked as a new draft would be.
+
+    Nothing of such a campaign is queued yet, so a change only rewrites the row. Rescheduling a
+    scheduled campaign moves its start (the worker starts it when ``scheduled_at`` comes, under the
+    same row lock taken here); clearing its ``scheduled_at`` makes it a draft again, to be started
+    by hand.
+    """
+    unknown = set(changes) - EDITABLE_FIELDS
+    if unknown:
+        raise InvalidInput(f"{min(unknown)} cannot be changed", field=min(unknown))
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.draft, CampaignStatus.scheduled}, "changed")
+    draft = replace(_draft_of(campaign), **changes)
+    for column, value in _checked_columns(session, tenant_id, draft, now).items():
+        setattr(campaign, column, value)
+    if campaign.status == CampaignStatus.scheduled.value and campaign.scheduled_at is None:
+        campaign.status = CampaignStatus.draft.value
+    _record(session, campaign, EventType.campaign_updated, now, ", ".join(sorted(changes)))
+    return campaign
+
+
+def delete_campaign(*, session: Session, tenant_id: int, campaign_id: int, now: datetime) -> None:
+    """Delete a draft. Any other campaign has (or is about to have) messages and figures that
+    its history refers to: cancel it instead. The ``campaign_deleted`` event keeps its name."""
+    campaign = _locked(session, tenant_id, campaign_id)
+    _require(campaign, {CampaignStatus.draft}, "deleted")
+    _record(session, campaign, EventType.campaign_deleted, now, campaign.name)
+    session.delete(campaign)
+    session.flush()
+
+
+def _draft_of(campaign: Campaign) -> CampaignDraft:
+    return CampaignDraft(
+        name=campaign.name,
+        template_id=campaign.template_id,
+        list_ids=list(campaign.list_ids),
+        contact_ids=list(campaign.contact_ids),
+        segment_ids=list(campaign.segment_ids or []),
+        data=dict(campaign.data),
+        priority=campaign.priority,
+        scheduled_at=campaign.scheduled_at,
+        category=campaign.category,
+        from_address=campaign.from_address,
+        send_window=(
+            window_from_json(campaign.send_window) if campaign.send_window is not None else None
+        ),
+    )
+
+
+def _checked_columns(
+    session: Session, tenant_id: int, draft: CampaignDraft, now: datetime
+) -> dict[str, Any]:
+    """The campaign columns a draft sets, each checked; the one place creation and changes
+    check a campaign's fields."""
     name = check_header_text(draft.name, field="name", max_length=MAX_NAME_LENGTH)
     assert name is not None
     template = tenant_template(session=session, tenant_id=tenant_id, template_id=draft.template_id)
@@ -105,26 +187,19 @@ def create_campaign(
             "a campaign needs list_ids, segment_ids or contact_ids", field="list_ids"
         )
     category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
-    campaign = Campaign(
-        tenant_id=tenant_id,
-        name=name.strip(),
-        template_id=template.id,
-        list_ids=list_ids,
-        contact_ids=contact_ids,
-        segment_ids=segment_ids,
-        data=dict(draft.data),
-        category=category or template.category,
-        from_address=check_mailbox(draft.from_address, field="from_address"),
-        priority=check_priority(draft.priority),
-        status=CampaignStatus.draft.value,
-        recipient_count=0,
-        scheduled_at=check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
-        send_window=draft.send_window.to_json() if draft.send_window is not None else None,
-        created_at=now,
-    )
-    session.add(campaign)
-    session.flush()
-    return campaign
+    return {
+        "name": name.strip(),
+        "template_id": template.id,
+        "list_ids": list_ids,
+        "contact_ids": contact_ids,
+        "segment_ids": segment_ids,
+        "data": dict(draft.data),
+        "category": category or template.category,
+        "from_address": check_mailbox(draft.from_address, field="from_address"),
+        "priority": check_priority(draft.priority),
+        "scheduled_at": check_schedule(draft.scheduled_at, field="scheduled_at", now=now),
+        "send_window": draft.send_window.to_json() if draft.send_window is not None else None,
+    }
 
 
 def get_campaign(*, session: Session, tenant_id: int, campaign_id: int) -> Campaign:
@@ -163,9 +238,11 @@ def start_campaign(
 def pause_campaign(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime
 ) -> Campaign:
-    """Running → paused: no message not yet claimed is sent until it is resumed."""
+    """Running or preparing → paused: no message not yet claimed is sent until it is resumed.
+    A preparing campaign's remaining messages are still written by the workers, held
+    (``queue.fanout``); the row lock taken here orders the pause with each chunk's write."""
     campaign = _locked(session, tenant_id, campaign_id)
-    _require(campaign, {CampaignStatus.running}, "paused")
+    _require(campaign, {CampaignStatus.running, CampaignStatus.preparing}, "paused")
     enqueue.hold_campaign_messages(session=session, campaign_id=campaign.id, now=now)
     _set_status(session, campaign, CampaignStatus.paused, EventType.campaign_paused, now)
     return campaign
@@ -174,11 +251,14 @@ def pause_campaign(
 def resume_campaign(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime
 ) -> Campaign:
-    """Paused → running: the held messages are queued again."""
+    """Paused → running: the held messages are queued again. Paused → preparing when its
+    messages are still being written: the chunks to come are then written queued, and the
+    worker writing the last one makes it run."""
     campaign = _locked(session, tenant_id, campaign_id)
     _require(campaign, {CampaignStatus.paused}, "resumed")
     enqueue.release_campaign_messages(session=session, campaign_id=campaign.id, now=now)
-    _set_status(session, campaign, CampaignStatus.running, EventType.campaign_resumed, now)
+    status = CampaignStatus.preparing if still_fanning_out(campaign) else CampaignStatus.running
+    _set_status(session, campaign, status, EventType.campaign_resumed, now)
     return campaign
 
 
@@ -212,11 +292,16 @@ def cancel_campaign(
 def retry_failed(
     *, session: Session, tenant_id: int, campaign_id: int, now: datetime, ttl_seconds: float
 ) -> Retried:
-    """Failed and dead messages go back to the queue; a completed campaign runs again."""
+    """Failed and dead messages go back to the queue; a completed or failed campaign runs again."""
     campaign = _locked(session, tenant_id, campaign_id)
     _require(
         campaign,
-        {CampaignStatus.running, CampaignStatus.paused, CampaignStatus.completed},
+        {
+            CampaignStatus.running,
+            CampaignStatus.paused,
+            CampaignStatus.completed,
+            CampaignStatus.failed,
+        },
         "retried",
     )
     paused = campaign.status == CampaignStatus.paused.value
@@ -224,8 +309,9 @@ def retry_failed(
         session=session, campaign_id=campaign.id, now=now, ttl_seconds=ttl_seconds, hold=paused
     )
     if requeued:
-        if campaign.status == CampaignStatus.completed.value:
+        if campaign.status in (CampaignStatus.completed.value, CampaignStatus.failed.value):
             campaign.status = CampaignStatus.running.value
+            campaign.status_reason = None
             campaign.completed_at = None
         _record(session, campaign, EventType.campaign_retried, now, f"{requeued} requeued")
     return Retried(campaign=campaign, requeued=requeued)
@@ -239,7 +325,7 @@ def list_failed_recipients(
     query = select(Message).where(
         Message.tenant_id == tenant_id,
         Message.campaign_id == campaign.id,
-        Message.status.in_(FAILED_STATUSES),
+        Message.status.in_(list(FAILED_MESSAGE_STATUSES)),
     )
     return paginate(session, query, Message.id, limit=limit, cursor=cursor)
 
@@ -307,7 +393,7 @@ def _progress(
 
     total = sum(counts.values())
     pending = n(MessageStatus.queued, MessageStatus.paused, MessageStatus.sending)
-    completed = campaign.status == CampaignStatus.completed.value
+    completed = campaign.status in (CampaignStatus.completed.value, CampaignStatus.failed.value)
     if total:
         percentage = round((total - pending) * 100 / total, 2)
     else:

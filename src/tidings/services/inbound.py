@@ -26,10 +26,10 @@ from tidings.bounces.identify import (
     message_id_from_verp,
 )
 from tidings.bounces.reports import FeedbackKind, ParsedReport
-from tidings.db.models import Contact, Event, InboundEvent, Message
-from tidings.domain import ContactStatus, EventType, MessageStatus, SuppressionReason
+from tidings.db.models import Event, InboundEvent, Message
+from tidings.domain import EventType, MessageStatus, SuppressionReason
 from tidings.errors import InvalidInput, NotFound
-from tidings.services.suppressions import suppress_addresses
+from tidings.queue.suppress import suppress
 
 MAX_DETAIL_LENGTH = 2000  # characters
 MAX_EVENT_ID_LENGTH = 200  # characters: inbound_events.event_id
@@ -163,31 +163,13 @@ def record_feedback(
         _event(session, message, EventType.deferred, f"soft bounce reported: {detail}", now)
         return
     hard = kind is FeedbackKind.hard_bounce
-    suppress_addresses(
-        session=session,
+    suppress(
+        session,
         tenant_id=message.tenant_id,
-        emails=[message.to_address],
+        entries={message.to_address: detail},
         reason=SuppressionReason.hard_bounce if hard else SuppressionReason.complaint,
-        detail=detail,
         now=now,
-    )
-    contact = (Contact.tenant_id == message.tenant_id) & (
-        Contact.id == message.contact_id
-        if message.contact_id is not None
-        else Contact.email == message.to_address
-    )
-    new_status = ContactStatus.bounced if hard else ContactStatus.complained
-    # A complaint outranks every other status; a bounce does not overwrite an opt-out.
-    keep = (
-        [ContactStatus.active.value]
-        if hard
-        else [s.value for s in ContactStatus if s is not ContactStatus.complained]
-    )
-    session.execute(
-        update(Contact)
-        .where(contact, Contact.status.in_(keep))
-        .values(status=new_status.value, updated_at=now)
-        .execution_options(synchronize_session=False)
+        contact_ids=[message.contact_id] if message.contact_id is not None else [],
     )
     if hard:
         session.execute(

@@ -25,7 +25,7 @@ request changes nothing and records nothing, so one-click is idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,8 +36,9 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import Contact, Event, Message, Preference, Suppression, Tenant
 from tidings.domain import ContactStatus, EventType, SuppressionReason
-from tidings.errors import InvalidToken
-from tidings.services import categories, suppressions
+from tidings.errors import InvalidInput, InvalidToken, NotFound
+from tidings.queue.suppress import suppress
+from tidings.services import categories
 from tidings.tokens import CLOCK_SKEW, V1_SEND_WINDOW, TokenClaims, contact_stamp
 
 #: Contact statuses the recipient may turn back to active through the preference page.
@@ -183,7 +184,11 @@ def unsubscribe(
     ``source`` says where the request came from, for the event ("one-click", "preference centre").
     """
     if category is not None and subscriber.contact_id is not None:
-        changed = bool(_set_choices(session, subscriber, {category: False}, now))
+        changed = bool(
+            _set_choices(
+                session, subscriber.tenant_id, subscriber.contact_id, {category: False}, now
+            )
+        )
         scope = f"category {category}"
     else:
         changed = _unsubscribe_all(session, subscriber, now)
@@ -251,7 +256,9 @@ def save_preferences(
         c.name for c in categories.all_categories(session=session, tenant_id=subscriber.tenant_id)
     ]
     wanted = set(subscribed)
-    turned_off = _set_choices(session, subscriber, {name: name in wanted for name in shown}, now)
+    turned_off = _set_choices(
+        session, subscriber.tenant_id, subscriber.contact_id, {n: n in wanted for n in shown}, now
+    )
     if turned_off:
         _record_unsubscribe(
             session,
@@ -287,36 +294,83 @@ def resubscribe(*, session: Session, subscriber: Subscriber, now: datetime) -> b
     return changed or bool(removed.rowcount)  # type: ignore[attr-defined]
 
 
+def contact_choices(*, session: Session, tenant_id: int, contact_id: int) -> dict[str, bool]:
+    """Each of the tenant's categories, and any other the contact has a stored choice for, with
+    whether the contact receives it (no stored choice: subscribed)."""
+    _tenant_contact(session, tenant_id, contact_id)
+    choices = {
+        c.name: True for c in categories.all_categories(session=session, tenant_id=tenant_id)
+    }
+    stored = session.execute(
+        select(Preference.category, Preference.subscribed).where(
+            Preference.tenant_id == tenant_id, Preference.contact_id == contact_id
+        )
+    )
+    for category, subscribed in stored:
+        choices[category] = subscribed
+    return dict(sorted(choices.items()))
+
+
+def set_contact_choices(
+    *,
+    session: Session,
+    tenant_id: int,
+    contact_id: int,
+    choices: Mapping[str, bool],
+    now: datetime,
+) -> dict[str, bool]:
+    """Set the named categories on or off for a contact, as the tenant (an import from another
+    system, a support request); the others keep their choice. Each category turned off is
+    recorded as the preference centre records it. Answers ``contact_choices``."""
+    contact = _tenant_contact(session, tenant_id, contact_id)
+    known = {c.name for c in categories.all_categories(session=session, tenant_id=tenant_id)}
+    for name in choices:
+        if name not in known:
+            raise InvalidInput(
+                f"no category named {name!r}: create it first (POST /v1/categories)",
+                field=f"categories.{name}",
+            )
+    turned_off = _set_choices(session, tenant_id, contact_id, choices, now)
+    if turned_off:
+        _record_unsubscribe(
+            session,
+            contact,
+            f"{contact.email} from category {', '.join(turned_off)} (set by the tenant)",
+            now,
+        )
+    return contact_choices(session=session, tenant_id=tenant_id, contact_id=contact_id)
+
+
+def _tenant_contact(session: Session, tenant_id: int, contact_id: int) -> Contact:
+    contact = session.scalar(
+        select(Contact).where(Contact.tenant_id == tenant_id, Contact.id == contact_id)
+    )
+    if contact is None:
+        raise NotFound("no such contact")
+    return contact
+
+
 # -- writing ----------------------------------------------------------------------------------
 
 
 def _unsubscribe_all(session: Session, subscriber: Subscriber, now: datetime) -> bool:
-    changed = False
-    if subscriber.contact_id is not None:
-        result = session.execute(
-            update(Contact)
-            .where(
-                Contact.tenant_id == subscriber.tenant_id,
-                Contact.id == subscriber.contact_id,
-                Contact.status == ContactStatus.active.value,
-            )
-            .values(status=ContactStatus.unsubscribed.value, updated_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        changed = bool(result.rowcount)  # type: ignore[attr-defined]
-    added = suppressions.suppress_addresses(
-        session=session,
+    added, changed = suppress(
+        session,
         tenant_id=subscriber.tenant_id,
-        emails=[subscriber.email],
+        entries={subscriber.email: "the recipient unsubscribed"},
         reason=SuppressionReason.unsubscribe,
-        detail="the recipient unsubscribed",
         now=now,
+        contact_ids=[subscriber.contact_id] if subscriber.contact_id is not None else [],
     )
-    return changed or added > 0
+    return added > 0 or changed > 0
 
 
 def _set_choices(
-    session: Session, subscriber: Subscriber, choices: dict[str, bool], now: datetime
+    session: Session,
+    tenant_id: int,
+    contact_id: int | None,
+    choices: Mapping[str, bool],
+    now: datetime,
 ) -> list[str]:
     """Store each category's choice in one statement; the categories this call turned off.
 
@@ -324,14 +378,14 @@ def _set_choices(
     names the rows written: those now ``false`` were turned off by this very statement (a new row
     or a changed one), so two identical requests at once record one change, not two.
     """
-    if not choices or subscriber.contact_id is None:
+    if not choices or contact_id is None:
         return []
     statement = _insert(session)(Preference).values(
         [
             {
-                "contact_id": subscriber.contact_id,
+                "contact_id": contact_id,
                 "category": name,
-                "tenant_id": subscriber.tenant_id,
+                "tenant_id": tenant_id,
                 "subscribed": on,
                 "updated_at": now,
             }
@@ -349,14 +403,16 @@ def _set_choices(
 
 
 def _record_unsubscribe(
-    session: Session, subscriber: Subscriber, detail: str, now: datetime
+    session: Session, subscriber: Subscriber | Contact, detail: str, now: datetime
 ) -> None:
     session.add(
         Event(
             tenant_id=subscriber.tenant_id,
             message_id=None,
             campaign_id=None,
-            contact_id=subscriber.contact_id,
+            contact_id=subscriber.contact_id
+            if isinstance(subscriber, Subscriber)
+            else subscriber.id,
             type=EventType.unsubscribed.value,
             detail=detail,
             created_at=now,

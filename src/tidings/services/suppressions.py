@@ -5,6 +5,9 @@ transactional recipients, and is what the fan-out and the send-time screen
 (``queue/compliance.py``) look up. Unsubscribes, hard bounces and complaints write here on their
 own; tenants add and remove entries through the API (``manual`` by default).
 
+Every automatic path goes through ``queue/suppress.py``, which also gives the contacts with the
+address the status the reason stands for; an entry the tenant adds here does the same.
+
 Removing an entry does not re-activate the contact: a contact marked ``unsubscribed``, ``bounced``
 or ``complained`` stays so until the tenant changes its status, because those statuses carry the
 same information and either one alone keeps bulk mail away.
@@ -12,7 +15,6 @@ same information and either one alone keeps bulk mail away.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -24,9 +26,10 @@ from tidings.db.models import Suppression
 from tidings.domain import SuppressionReason
 from tidings.domain.addresses import InvalidAddress, normalize_address
 from tidings.errors import InvalidInput, NotFound
+from tidings.queue.suppress import MAX_DETAIL_LENGTH as MAX_DETAIL_LENGTH
+from tidings.queue.suppress import follow
 from tidings.services.pagination import Page, paginate
 
-MAX_DETAIL_LENGTH = 2000  # characters
 MAX_QUERY_LENGTH = 320  # characters: no address is longer
 
 
@@ -75,7 +78,8 @@ def upsert_suppression(
     """The entry for ``email`` with this reason and detail, and whether it is new.
 
     An existing entry takes the new reason and detail (the tenant said so) but keeps its
-    ``created_at``. ``ON CONFLICT DO NOTHING`` first, then an update: two requests for the same
+    ``created_at``. Contacts with the address take the status the reason stands for, as on every
+    other path (``queue/suppress.py``). ``ON CONFLICT DO NOTHING`` first, then an update: two requests for the same
     address at once end with one entry, never a unique-constraint error.
     """
     address = clean_address(email)
@@ -96,47 +100,13 @@ def upsert_suppression(
             .values(reason=reason.value, detail=detail)
             .execution_options(synchronize_session=False)
         )
+    follow(session, tenant_id=tenant_id, emails=[address], reason=reason, now=now)
     row = session.scalars(
         select(Suppression)
         .where(Suppression.tenant_id == tenant_id, Suppression.email == address)
         .execution_options(populate_existing=True)
     ).one()
     return row, inserted is not None
-
-
-def suppress_addresses(
-    *,
-    session: Session,
-    tenant_id: int,
-    emails: Iterable[str],
-    reason: SuppressionReason,
-    detail: str | None,
-    now: datetime,
-) -> int:
-    """Add the (already normalised) addresses that are not listed yet; how many were added.
-
-    For automatic sources (an unsubscribe, a bounce report): an entry that exists keeps its
-    reason, so a later unsubscribe never downgrades a complaint or a hard bounce.
-    """
-    rows = [
-        {
-            "tenant_id": tenant_id,
-            "email": email,
-            "reason": reason.value,
-            "detail": detail[:MAX_DETAIL_LENGTH] if detail else None,
-            "created_at": now,
-        }
-        for email in dict.fromkeys(emails)
-    ]
-    if not rows:
-        return 0
-    added = session.execute(
-        _insert(session)(Suppression)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "email"])
-        .returning(Suppression.id)
-    ).all()
-    return len(added)
 
 
 def delete_suppression(*, session: Session, tenant_id: int, email: str) -> None:

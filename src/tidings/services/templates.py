@@ -236,12 +236,40 @@ def preview_template(
     template = get_template(session=session, tenant_id=tenant_id, template_id=template_id)
     recipient = _recipient(session, tenant_id, contact_id, email)
     source = TemplateSource(subject=template.subject, html=template.html, text=template.text)
+    return _render(session, renderer, source, tenant_id, recipient, data, template.category)
+
+
+def preview_draft(
+    *,
+    session: Session,
+    renderer: RenderPool,
+    tenant_id: int,
+    subject: str,
+    html: str | None,
+    text: str | None,
+    category: str | None,
+    contact_id: int,
+    data: Mapping[str, Any],
+) -> RenderedContent:
+    """Content not saved yet (the editor's live preview) as ``contact_id`` would receive it; it
+    is checked first exactly as saving it would check it."""
+    subject, html, text = _checked_content(renderer=renderer, subject=subject, html=html, text=text)
+    recipient = _recipient(session, tenant_id, contact_id, None)
+    source = TemplateSource(subject=subject, html=html, text=text)
+    return _render(session, renderer, source, tenant_id, recipient, data, category)
+
+
+def _render(
+    session: Session,
+    renderer: RenderPool,
+    source: TemplateSource,
+    tenant_id: int,
+    recipient: Recipient,
+    data: Mapping[str, Any],
+    category: str | None,
+) -> RenderedContent:
     if not renderer.renders_here(source):
-        end_reads(session)
+        end_reads(session)  # no transaction waits while another process renders
     return renderer.render(
-        source,
-        tenant_id=tenant_id,
-        recipient=recipient,
-        data=data,
-        category=template.category,
+        source, tenant_id=tenant_id, recipient=recipient, data=data, category=category
     )

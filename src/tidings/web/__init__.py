@@ -26,9 +26,22 @@ def web_routers() -> list[APIRouter]:
         segments,
         signin,
         static,
+        templates,
         throttle,
     )
 
     # compose and segments before campaigns: /campaigns/new… must win over /campaigns/{id}.
-    parts = (signin, compose, segments, campaigns, events, throttle, queue, people, inbox, static)
+    parts = (
+        signin,
+        compose,
+        segments,
+        campaigns,
+        templates,
+        events,
+        throttle,
+        queue,
+        people,
+        inbox,
+        static,
+    )
     return [part.router for part in parts]

@@ -20,7 +20,7 @@ from tidings.errors import PermissionDenied
 from tidings.services.tenants import Principal
 from tidings.web import actions, security
 from tidings.web.inbox import outbox_dir
-from tidings.web.pages import CsrfRejected, SignInRequired, render
+from tidings.web.pages import WRITE_SCOPE_KEY, CsrfRejected, SignInRequired, render
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,7 @@ def _action(role: Role) -> Callable[[Request, WebUser], Awaitable[WebUser]]:
             raise PermissionDenied(
                 f"your key ({user.key_name}) is a {user.role.value} key; this needs {role.value}"
             )
+        request.scope[WRITE_SCOPE_KEY] = True
         return user
 
     return check
@@ -116,6 +117,10 @@ NOTICES = {
     "retried": "The failed messages are back in the queue.",
     "requeued": "The message is back in the queue.",
     "list-created": "The list was created.",
+    "changed": "The campaign was changed.",
+    "deleted": "The draft was deleted.",
+    "template-saved": "The template was saved.",
+    "template-deleted": "The template was deleted.",
     "signed-out": "You are signed out.",
 }
 

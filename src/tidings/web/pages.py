@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.types import Receive, Scope, Send
 
 from tidings import __version__, errors
+from tidings.api.deps import READ_PRIMARY_COOKIE, READ_PRIMARY_SECONDS
 from tidings.web import security
 from tidings.web.formatting import FILTERS
 
@@ -53,6 +54,10 @@ templates.filters.update(FILTERS)
 templates.globals["version"] = __version__
 #: What the layout reads, for pages rendered without a signed-in user (sign-in, errors).
 LAYOUT_DEFAULTS: Mapping[str, Any] = {"user": None, "notice": None, "has_inbox": False}
+
+
+#: Set in the request's scope by the check of every action that may write (``web/auth.py``).
+WRITE_SCOPE_KEY = "tidings.web.writes"
 
 
 class SignInRequired(Exception):
@@ -152,6 +157,25 @@ def interrupt_for(request: Request, exc: Exception) -> PageInterrupt | None:
     return None
 
 
+def _read_primary_for_a_while(request: Request, response: Response) -> None:
+    """After a write, this browser reads the primary for ``READ_PRIMARY_SECONDS``: the replica may
+    not have the write yet, and the page the action redirects to must show it (read your writes).
+    Unsigned: all a forged value can do is send its own reads to the primary for a while."""
+    runtime = request.app.state.runtime
+    if runtime.replica is None:
+        return
+    until = int(runtime.clock.now().timestamp()) + READ_PRIMARY_SECONDS
+    response.set_cookie(
+        READ_PRIMARY_COOKIE,
+        str(until),
+        max_age=READ_PRIMARY_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=runtime.settings.public_url.startswith("https://"),
+    )
+
+
 class DashboardRoute(APIRoute):
     """A dashboard route: HTML error pages, security headers, and rollback on every failure."""
 
@@ -167,6 +191,8 @@ class DashboardRoute(APIRoute):
                     raise
                 raise interrupt from exc
             response.headers.update(SECURITY_HEADERS)
+            if request.scope.get(WRITE_SCOPE_KEY) and response.status_code < 400:
+                _read_primary_for_a_while(request, response)
             return response
 
         return page

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.api.deps import (
+    KeyFirstRoute,
+    NowDep,
+    ReadSessionDep,
+    RuntimeDep,
+    SenderDep,
+    SessionDep,
+    ViewerDep,
+)
 from tidings.api.schemas import (
     ERROR_RESPONSES,
     Id,
@@ -19,6 +27,8 @@ from tidings.api.schemas import (
     SendWindowIn,
     SendWindowOut,
     StrictModel,
+    partial_model,
+    refuse_nulls,
     send_window_of,
 )
 from tidings.db.models import Campaign, Message
@@ -60,6 +70,12 @@ class CampaignIn(StrictModel):
         description="Local hours its messages may start in, e.g. office hours in each "
         "recipient's own time zone ('contact'); outside them they wait for the next opening.",
     )
+
+
+if TYPE_CHECKING:
+    CampaignPatch = CampaignIn
+else:  # every field of CampaignIn, optional: PATCH checks what create checks
+    CampaignPatch = partial_model(CampaignIn)
 
 
 class CampaignOut(BaseModel):
@@ -172,10 +188,42 @@ def create_campaign(
     return _out(session, campaign, now)
 
 
+@router.patch("/{campaign_id}")
+def update_campaign(
+    campaign_id: IdPath, body: CampaignPatch, principal: SenderDep, session: SessionDep, now: NowDep
+) -> CampaignOut:
+    """Change a draft or scheduled campaign (409 for any other status); fields left out keep
+    their value, null clears a nullable one. Clearing a scheduled campaign's ``scheduled_at``
+    makes it a draft again."""
+    changes = body.model_dump(exclude_unset=True)
+    refuse_nulls(changes, CampaignIn)
+    if "send_window" in changes:
+        changes["send_window"] = send_window_of(body.send_window)
+    campaign = campaigns.update_campaign(
+        session=session,
+        tenant_id=principal.tenant_id,
+        campaign_id=campaign_id,
+        changes=changes,
+        now=now,
+    )
+    return _out(session, campaign, now)
+
+
+@router.delete("/{campaign_id}", status_code=204)
+def delete_campaign(
+    campaign_id: IdPath, principal: SenderDep, session: SessionDep, now: NowDep
+) -> Response:
+    """Delete a draft (409 for any other status: cancel it instead)."""
+    campaigns.delete_campaign(
+        session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return Response(status_code=204)
+
+
 @router.get("")
 def list_campaigns(
     principal: ViewerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=min(MAX_LIMIT, MAX_CAMPAIGN_PAGE)),
     cursor: str | None = Query(
@@ -194,7 +242,7 @@ def list_campaigns(
 
 @router.get("/{campaign_id}")
 def get_campaign(
-    campaign_id: IdPath, principal: ViewerDep, session: SessionDep, now: NowDep
+    campaign_id: IdPath, principal: ViewerDep, session: ReadSessionDep, now: NowDep
 ) -> CampaignOut:
     campaign = campaigns.get_campaign(
         session=session, tenant_id=principal.tenant_id, campaign_id=campaign_id
@@ -280,7 +328,7 @@ def retry_failed(
 def failed_recipients(
     campaign_id: IdPath,
     principal: ViewerDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(
         None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"

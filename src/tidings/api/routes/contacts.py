@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, MAX_ID, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Contact
 from tidings.domain import ContactStatus
-from tidings.services import contacts
+from tidings.services import contacts, preferences
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(
@@ -21,6 +21,7 @@ router = APIRouter(
 )
 
 MAX_LISTS_PER_CONTACT_REQUEST = 100
+MAX_CATEGORY_CHOICES = 200  # categories set in one request
 
 
 class ContactFields(StrictModel):
@@ -165,6 +166,38 @@ def update_contact(
         now=now,
     )
     return _outs(session, principal.tenant_id, [contact])[0]
+
+
+class PreferencesIO(StrictModel):
+    categories: dict[str, StrictBool] = Field(
+        max_length=MAX_CATEGORY_CHOICES,
+        description="Category name -> whether the contact receives it. On PUT, categories left "
+        "out keep their choice.",
+    )
+
+
+@router.get("/{contact_id}/preferences")
+def get_preferences(contact_id: IdPath, principal: ViewerDep, session: SessionDep) -> PreferencesIO:
+    return PreferencesIO(
+        categories=preferences.contact_choices(
+            session=session, tenant_id=principal.tenant_id, contact_id=contact_id
+        )
+    )
+
+
+@router.put("/{contact_id}/preferences")
+def put_preferences(
+    contact_id: IdPath, body: PreferencesIO, principal: SenderDep, session: SessionDep, now: NowDep
+) -> PreferencesIO:
+    return PreferencesIO(
+        categories=preferences.set_contact_choices(
+            session=session,
+            tenant_id=principal.tenant_id,
+            contact_id=contact_id,
+            choices=body.categories,
+            now=now,
+        )
+    )
 
 
 @router.delete("/{contact_id}", status_code=204)

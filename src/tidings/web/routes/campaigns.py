@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import CampaignStatus
 from tidings.scheduling.windows import window_from_json
@@ -29,16 +29,17 @@ FINAL = frozenset({CampaignStatus.completed, CampaignStatus.cancelled, CampaignS
 #: page's script when the status changes under it).
 ACTIONS_BY_STATUS = {
     "start": ("draft",),
-    "pause": ("running",),
+    "pause": ("preparing", "running"),
     "resume": ("paused",),
     "cancel": ("draft", "scheduled", "preparing", "running", "paused"),
-    "retry-failed": ("running", "paused", "completed"),
+    "retry-failed": ("running", "paused", "completed", "failed"),
+    "delete": ("draft",),
 }
 
 
 @router.get("/", response_class=HTMLResponse)
 def campaign_list(
-    request: Request, user: UserDep, session: SessionDep, now: NowDep, cursor: Cursor = None
+    request: Request, user: UserDep, session: ReadSessionDep, now: NowDep, cursor: Cursor = None
 ) -> HTMLResponse:
     page = campaigns.list_campaigns(
         session=session, tenant_id=user.tenant_id, limit=CAMPAIGNS_PER_PAGE, cursor=cursor
@@ -61,7 +62,7 @@ def campaign_detail(
     request: Request,
     campaign_id: IdPath,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     failed_cursor: Cursor = None,
 ) -> HTMLResponse:
@@ -156,3 +157,11 @@ def retry_failed(
         ttl_seconds=runtime.settings.message_ttl_seconds,
     )
     return _after(campaign_id, "retried")
+
+
+@router.post("/campaigns/{campaign_id}/delete")
+def delete(campaign_id: IdPath, user: SenderAction, session: SessionDep, now: NowDep) -> Response:
+    campaigns.delete_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id, now=now
+    )
+    return RedirectResponse("/?done=deleted", status_code=303)

@@ -1,6 +1,7 @@
-"""The new-campaign form: a template with a live preview, recipients by list and by ticking contacts
-in a searchable table, the personal message and deadline, start now, schedule (in the tenant's time
-zone) or save a draft, and an optional sending window.
+"""The campaign form, to create a campaign or change a draft or scheduled one: a template with a
+live preview, recipients by list and by ticking contacts in a searchable table, the personal
+message and deadline, start now, schedule (in the tenant's time zone) or save a draft, and an
+optional sending window.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.schemas import IdPath
+from tidings.db.models import Campaign
+from tidings.domain import CampaignStatus
 from tidings.errors import Conflict, InvalidInput, NotFound, RenderError
 from tidings.scheduling.windows import (
     CONTACT,
@@ -21,6 +25,8 @@ from tidings.scheduling.windows import (
     SendWindow,
     parse_send_window,
     time_zone_names,
+    window_from_json,
+    zone,
 )
 from tidings.services import campaigns, contacts, lists, segments, templates, tenant_settings
 from tidings.services.contacts import MAX_QUERY_LENGTH
@@ -101,7 +107,9 @@ def _form_page(
     session: Session,
     form: CampaignForm,
     errors: forms.FieldErrors | None = None,
+    editing: int | None = None,
 ) -> HTMLResponse:
+    """The form, empty or as given; ``editing``: the id of the campaign it changes."""
     template_page = templates.list_templates(
         session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
     )
@@ -135,6 +143,7 @@ def _form_page(
         timezone=timezone,
         zones=_zone_choices(timezone),
         day_names=DAY_NAMES,
+        editing=editing,
     )
 
 
@@ -203,24 +212,29 @@ def preview(
     return render(request, "campaigns/_preview.html", context)
 
 
-def _read_form(
-    *,
-    name: str,
-    template_id: str,
-    list_ids: list[str],
-    contact_ids: list[str],
-    segment_ids: list[str],
-    builder: tuple[str, list[str], list[str], list[str], list[str], str],
-    personal_message: str,
-    deadline: str,
-    when: str,
-    scheduled_at: str,
-    preview_contact_id: str,
-    window_start: str,
-    window_end: str,
-    window_days: list[str],
-    window_timezone: str,
+def posted_form(
+    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
+    template_id: Annotated[str, Form(max_length=20)] = "",
+    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
+    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    segment_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    seg_match: Annotated[str, Form(max_length=10)] = "all",
+    seg_field: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_key: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_op: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_value: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_name: Annotated[str, Form(max_length=segments.MAX_NAME_LENGTH + 50)] = "",
+    personal_message: Annotated[str, Form(max_length=5000)] = "",
+    deadline: Annotated[str, Form(max_length=200)] = "",
+    when: Annotated[str, Form(max_length=20)] = "now",
+    scheduled_at: Annotated[str, Form(max_length=40)] = "",
+    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
+    window_start: Annotated[str, Form(max_length=10)] = "",
+    window_end: Annotated[str, Form(max_length=10)] = "",
+    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
+    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
 ) -> CampaignForm:
+    """The posted form, for creating a campaign and for changing one."""
     template = forms.ids([template_id])
     preview_contact = forms.ids([preview_contact_id])
     return CampaignForm(
@@ -229,9 +243,9 @@ def _read_form(
         list_ids=forms.ids(list_ids),
         contact_ids=forms.ids(contact_ids),
         segment_ids=forms.ids(segment_ids),
-        seg_match="any" if builder[0] == "any" else "all",
-        seg_rows=segment_builder.read_rows(*builder[1:5]),
-        seg_name=builder[5].strip(),
+        seg_match="any" if seg_match == "any" else "all",
+        seg_rows=segment_builder.read_rows(seg_field, seg_key, seg_op, seg_value),
+        seg_name=seg_name.strip(),
         personal_message=personal_message.strip(),
         deadline=deadline.strip(),
         when=when if when in WHEN_CHOICES else "now",
@@ -242,6 +256,9 @@ def _read_form(
         window_days=[day for day in DAY_NAMES if day in window_days],
         window_timezone=window_timezone.strip() or CONTACT,
     )
+
+
+PostedForm = Annotated[CampaignForm, Depends(posted_form)]
 
 
 def _check(
@@ -320,44 +337,8 @@ def create(
     session: SessionDep,
     now: NowDep,
     runtime: RuntimeDep,
-    name: Annotated[str, Form(max_length=campaigns.MAX_NAME_LENGTH + 50)] = "",
-    template_id: Annotated[str, Form(max_length=20)] = "",
-    list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
-    contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
-    segment_ids: Annotated[list[str], Form()] = [],  # noqa: B006
-    seg_match: Annotated[str, Form(max_length=10)] = "all",
-    seg_field: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
-    seg_key: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
-    seg_op: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
-    seg_value: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
-    seg_name: Annotated[str, Form(max_length=segments.MAX_NAME_LENGTH + 50)] = "",
-    personal_message: Annotated[str, Form(max_length=5000)] = "",
-    deadline: Annotated[str, Form(max_length=200)] = "",
-    when: Annotated[str, Form(max_length=20)] = "now",
-    scheduled_at: Annotated[str, Form(max_length=40)] = "",
-    preview_contact_id: Annotated[str, Form(max_length=20)] = "",
-    window_start: Annotated[str, Form(max_length=10)] = "",
-    window_end: Annotated[str, Form(max_length=10)] = "",
-    window_days: Annotated[list[str], Form()] = [],  # noqa: B006
-    window_timezone: Annotated[str, Form(max_length=64)] = CONTACT,
+    form: PostedForm,
 ) -> Response:
-    form = _read_form(
-        name=name,
-        template_id=template_id,
-        list_ids=list_ids,
-        contact_ids=contact_ids,
-        segment_ids=segment_ids,
-        builder=(seg_match, seg_field, seg_key, seg_op, seg_value, seg_name),
-        personal_message=personal_message,
-        deadline=deadline,
-        when=when,
-        scheduled_at=scheduled_at,
-        preview_contact_id=preview_contact_id,
-        window_start=window_start,
-        window_end=window_end,
-        window_days=window_days,
-        window_timezone=window_timezone,
-    )
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     draft, built = _check(form, errors, timezone)
@@ -387,6 +368,110 @@ def create(
         return _form_page(request, user, session, form, errors)
     done = "draft" if form.when == "draft" else _DONE.get(campaign.status, "saved")
     return RedirectResponse(f"/campaigns/{campaign.id}?done={done}", status_code=303)
+
+
+@router.get("/campaigns/{campaign_id}/edit", response_class=HTMLResponse)
+def edit_campaign(
+    request: Request, campaign_id: IdPath, user: UserDep, session: SessionDep
+) -> HTMLResponse:
+    campaign = campaigns.get_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
+    )
+    if campaign.status not in EDITABLE:
+        raise Conflict(
+            f"the campaign is {campaign.status}; only a draft or a scheduled one can be changed"
+        )
+    timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
+    return _form_page(request, user, session, _form_of(campaign, timezone), editing=campaign.id)
+
+
+@router.post("/campaigns/{campaign_id}/edit", response_class=HTMLResponse)
+def save_campaign(
+    request: Request,
+    campaign_id: IdPath,
+    user: SenderAction,
+    session: SessionDep,
+    now: NowDep,
+    runtime: RuntimeDep,
+    form: PostedForm,
+) -> Response:
+    """Save the changes; then, as chosen, start now, (re)schedule, or keep it a draft (a
+    scheduled campaign saved as a draft is unscheduled)."""
+    errors = forms.FieldErrors()
+    timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
+    draft, built = _check(form, errors, timezone)
+    if draft is None:
+        return _form_page(request, user, session, form, errors, editing=campaign_id)
+    stored = campaigns.get_campaign(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
+    )
+    changes: dict[str, Any] = {
+        "name": draft.name,
+        "template_id": draft.template_id,
+        "list_ids": draft.list_ids,
+        "contact_ids": draft.contact_ids,
+        "segment_ids": draft.segment_ids,
+        # The form edits two of the template's values; any others given through the API stay.
+        "data": {**stored.data, **draft.data},
+        "scheduled_at": draft.scheduled_at,
+        "send_window": draft.send_window,
+    }
+    try:
+        with session.begin_nested():  # a failed start keeps the changes out too
+            if built.filter is not None:
+                draft = _with_built_segment(session, user.tenant_id, form, built, draft, now)
+                changes["segment_ids"] = draft.segment_ids
+            campaign = campaigns.update_campaign(
+                session=session,
+                tenant_id=user.tenant_id,
+                campaign_id=campaign_id,
+                changes=changes,
+                now=now,
+            )
+            if form.when != "draft" and campaign.status == CampaignStatus.draft.value:
+                campaigns.start_campaign(
+                    session=session,
+                    tenant_id=user.tenant_id,
+                    campaign_id=campaign.id,
+                    now=now,
+                    ttl_seconds=runtime.settings.message_ttl_seconds,
+                )
+    except BuiltSegmentError as exc:
+        errors.add(exc.field, exc.message)
+        return _form_page(request, user, session, form, errors, editing=campaign_id)
+    except (InvalidInput, NotFound, Conflict) as exc:
+        errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
+        return _form_page(request, user, session, form, errors, editing=campaign_id)
+    done = "changed" if form.when == "draft" else _DONE.get(campaign.status, "changed")
+    return RedirectResponse(f"/campaigns/{campaign.id}?done={done}", status_code=303)
+
+
+#: Statuses whose campaign the form can change (``services.campaigns.update_campaign``).
+EDITABLE = frozenset({CampaignStatus.draft.value, CampaignStatus.scheduled.value})
+
+
+def _form_of(campaign: Campaign, timezone: str) -> CampaignForm:
+    """The form as the stored campaign fills it."""
+    form = CampaignForm(
+        name=campaign.name,
+        template_id=campaign.template_id,
+        list_ids=list(campaign.list_ids),
+        contact_ids=list(campaign.contact_ids),
+        segment_ids=list(campaign.segment_ids or []),
+        personal_message=str(campaign.data.get("personal_message") or ""),
+        deadline=str(campaign.data.get("deadline") or ""),
+        when="schedule" if campaign.scheduled_at is not None else "draft",
+        scheduled_at=(
+            campaign.scheduled_at.astimezone(zone(timezone)).strftime("%Y-%m-%dT%H:%M")
+            if campaign.scheduled_at is not None
+            else ""
+        ),
+    )
+    if campaign.send_window is not None:
+        window = window_from_json(campaign.send_window).to_json()
+        form.window_start, form.window_end = window["start"], window["end"]
+        form.window_days, form.window_timezone = window["days"], window["timezone"]
+    return form
 
 
 class BuiltSegmentError(InvalidInput):

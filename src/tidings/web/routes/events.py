@@ -5,6 +5,11 @@ shows) and sends a ``progress`` event only when a figure changed, a comment now 
 proxies from closing an idle connection, and ``done`` once every campaign has ended. It checks the
 key on every read, so revoking it ends the stream too. Each read is its own short transaction on a
 worker thread, never the request's: the stream may stay open for minutes.
+
+With a read replica the counts come from it, and the key check from the primary (a revoked key
+stops at once); shortly after a dashboard write, from the primary too, so that a lagging replica
+does not move a progress bar back (``READ_PRIMARY_COOKIE``). The ``Cache-Control: no-cache`` that
+every ``EventSource`` sends is not taken as a wish for the primary here.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from tidings.api.deps import RuntimeDep
+from tidings.api.deps import RuntimeDep, read_primary_until
 from tidings.db.models import Campaign
 from tidings.runtime import Runtime
 from tidings.services import campaigns
@@ -42,22 +48,35 @@ MAX_IDS = 100  # campaigns one stream follows (a page shows fewer)
 
 
 def _snapshot(
-    runtime: Runtime, key_id: int, tenant_id: int, campaign_ids: Sequence[int]
+    runtime: Runtime,
+    key_id: int,
+    tenant_id: int,
+    campaign_ids: Sequence[int],
+    primary_until: float,
 ) -> list[dict[str, Any]] | None:
     """Progress of the tenant's campaigns among ``campaign_ids``; None once the key is revoked."""
+    now = runtime.clock.now()
     with runtime.sessions() as session, session.begin():
         if actions.signed_in_key(session=session, key_id=key_id) is None:
             return None
-        found = list(
-            session.scalars(
-                select(Campaign).where(
-                    Campaign.tenant_id == tenant_id, Campaign.id.in_(list(campaign_ids))
-                )
+        if runtime.replica is None or now.timestamp() < primary_until:
+            return _progress(session, now, tenant_id, campaign_ids)
+    with runtime.read_session() as session:
+        return _progress(session, now, tenant_id, campaign_ids)
+
+
+def _progress(
+    session: Session, now: datetime, tenant_id: int, campaign_ids: Sequence[int]
+) -> list[dict[str, Any]]:
+    found = list(
+        session.scalars(
+            select(Campaign).where(
+                Campaign.tenant_id == tenant_id, Campaign.id.in_(list(campaign_ids))
             )
         )
-        now = runtime.clock.now()
-        progress = campaigns.campaign_progress(session=session, campaigns=found, now=now)
-        return [_figures(c, progress[c.id]) for c in sorted(found, key=lambda c: c.id)]
+    )
+    progress = campaigns.campaign_progress(session=session, campaigns=found, now=now)
+    return [_figures(c, progress[c.id]) for c in sorted(found, key=lambda c: c.id)]
 
 
 def _figures(campaign: Campaign, progress: campaigns.CampaignProgress) -> dict[str, Any]:
@@ -94,7 +113,9 @@ async def progress_stream(
     while time.monotonic() - started < MAX_STREAM_SECONDS:
         if await request.is_disconnected():
             return
-        figures = await asyncio.to_thread(_snapshot, runtime, key_id, tenant_id, campaign_ids)
+        figures = await asyncio.to_thread(
+            _snapshot, runtime, key_id, tenant_id, campaign_ids, read_primary_until(request)
+        )
         if figures is None:
             yield _event("signout", {})
             return

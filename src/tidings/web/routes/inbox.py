@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from tidings.api.deps import RuntimeDep, SessionDep
+from tidings.api.deps import ReadSessionDep, RuntimeDep
 from tidings.api.schemas import IdPath
 from tidings.domain import MessageStatus
 from tidings.errors import NotFound
@@ -31,7 +31,7 @@ def _scheme(url: str) -> str:
 def inbox(
     request: Request,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     runtime: RuntimeDep,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{0,19}$")] = None,
 ) -> HTMLResponse:
@@ -59,7 +59,11 @@ def inbox(
 
 @router.get("/inbox/{message_id}", response_class=HTMLResponse)
 def inbox_message(
-    request: Request, message_id: IdPath, user: UserDep, session: SessionDep, runtime: RuntimeDep
+    request: Request,
+    message_id: IdPath,
+    user: UserDep,
+    session: ReadSessionDep,
+    runtime: RuntimeDep,
 ) -> HTMLResponse:
     maildir = outbox_dir(runtime.settings.resolved_transport_url())
     message = messages.get_message(session=session, tenant_id=user.tenant_id, message_id=message_id)

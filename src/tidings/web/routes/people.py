@@ -7,9 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.api.uploads import FormUploadDep
 from tidings.domain import ContactStatus, SuppressionReason
@@ -45,7 +46,7 @@ FORMATS_BY_TYPE = {
 def contact_page(
     request: Request,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     q: Search = "",
     status: str = "",
     cursor: Cursor = None,
@@ -73,7 +74,7 @@ def contact_page(
 def _lists_page(
     request: Request,
     user: WebUser,
-    session: SessionDep,
+    session: Session,
     *,
     report: imports.ImportResult | None = None,
     report_list: str | None = None,
@@ -98,7 +99,7 @@ def _lists_page(
 
 
 @router.get("/lists", response_class=HTMLResponse)
-def list_page(request: Request, user: UserDep, session: SessionDep) -> HTMLResponse:
+def list_page(request: Request, user: UserDep, session: ReadSessionDep) -> HTMLResponse:
     return _lists_page(request, user, session)
 
 
@@ -181,7 +182,7 @@ def import_file(
 def suppression_page(
     request: Request,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     q: Search = "",
     reason: str = "",
     cursor: Cursor = None,

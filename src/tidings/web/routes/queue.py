@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from tidings.api.deps import NowDep, RuntimeDep, SessionDep
+from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.domain import MessageStatus
 from tidings.queue import status as queue_status
@@ -27,7 +27,7 @@ STATUS_ORDER = [s.value for s in MessageStatus]
 def queue_page(
     request: Request,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     cursor: Annotated[str | None, Query(pattern=r"^[0-9]{0,19}$")] = None,
 ) -> HTMLResponse:

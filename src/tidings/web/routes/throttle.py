@@ -10,7 +10,7 @@ from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import NowDep, SessionDep
+from tidings.api.deps import NowDep, ReadSessionDep, SessionDep
 from tidings.errors import InvalidInput
 from tidings.services import throttles
 from tidings.services.pagination import Page
@@ -67,7 +67,7 @@ def _domains(
 def throttle_page(
     request: Request,
     user: UserDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: NowDep,
     domains_cursor: DomainCursor = None,
 ) -> HTMLResponse:
