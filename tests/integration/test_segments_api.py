@@ -299,3 +299,28 @@ def _set_attributes(runtime: Runtime, by_contact: dict[int, dict[str, Any]]) -> 
     with transaction(runtime.sessions) as session:
         for contact_id, attributes in by_contact.items():
             session.get_one(Contact, contact_id).attributes = attributes
+
+
+def test_a_draft_campaign_changed_to_a_segment_holds_it_until_it_starts(
+    runtime: Runtime, client: TestClient, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    ids = seed.people(runtime, acme.tenant_id, 3)
+    mine = _segment(client, acme, "all", {"all": []})
+    theirs = _segment(client, globex, "theirs", {"all": []})
+    template = seed.template(runtime, acme.tenant_id)
+    campaign_id = client.post(
+        "/v1/campaigns",
+        json={"name": "c", "template_id": template, "contact_ids": [ids[0]]},
+        headers=acme.auth(acme.sender),
+    ).json()["id"]
+    url = f"/v1/campaigns/{campaign_id}"
+    refused = client.patch(
+        url, json={"segment_ids": [theirs["id"]]}, headers=acme.auth(acme.sender)
+    )
+    assert _error(refused)[:2] == (404, "segment_ids")
+    changed = client.patch(url, json={"segment_ids": [mine["id"]]}, headers=acme.auth(acme.sender))
+    assert changed.status_code == 200 and changed.json()["segment_ids"] == [mine["id"]]
+    segment_url = f"/v1/segments/{mine['id']}"
+    assert client.delete(segment_url, headers=acme.auth(acme.sender)).status_code == 409
+    assert client.delete(url, headers=acme.auth(acme.sender)).status_code == 204
+    assert client.delete(segment_url, headers=acme.auth(acme.sender)).status_code == 204
