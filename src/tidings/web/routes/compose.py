@@ -363,7 +363,7 @@ def create(
     except BuiltSegmentError as exc:
         errors.add(exc.field, exc.message)
         return _form_page(request, user, session, form, errors)
-    except (InvalidInput, NotFound, Conflict) as exc:
+    except (InvalidInput, NotFound) as exc:
         errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
         return _form_page(request, user, session, form, errors)
     done = "draft" if form.when == "draft" else _DONE.get(campaign.status, "saved")
@@ -439,7 +439,7 @@ def save_campaign(
     except BuiltSegmentError as exc:
         errors.add(exc.field, exc.message)
         return _form_page(request, user, session, form, errors, editing=campaign_id)
-    except (InvalidInput, NotFound, Conflict) as exc:
+    except (InvalidInput, NotFound) as exc:
         errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
         return _form_page(request, user, session, form, errors, editing=campaign_id)
     done = "changed" if form.when == "draft" else _DONE.get(campaign.status, "changed")
