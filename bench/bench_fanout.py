@@ -207,7 +207,11 @@ def explain_postgres(url: str) -> None:
         session.add(fresh)
         session.flush()
         statement = chunk_insert(
-            session, fresh, audience_condition(fresh), now=now, expires_at=now
+            session,
+            fresh,
+            audience_condition(fresh, dialect=session.get_bind().dialect.name),
+            now=now,
+            expires_at=now,
         ).compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
         plan = [row[0] for row in session.execute(text(f"EXPLAIN (ANALYZE) {statement}"))]
         session.rollback()

@@ -29,6 +29,7 @@ from tidings.cli_common import (
 from tidings.cli_contacts import contacts_app
 from tidings.cli_domains import domains_app
 from tidings.cli_messages import queue, send
+from tidings.cli_segments import segments_app
 from tidings.db.engine import make_engine, upgrade
 from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
 from tidings.demo import (
@@ -56,6 +57,7 @@ app.add_typer(key_app, name="key")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(domains_app, name="domains")
+app.add_typer(segments_app, name="segments")
 
 
 def _configure_logging() -> None:

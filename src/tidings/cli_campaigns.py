@@ -46,7 +46,7 @@ from tidings.db.models import Campaign, ContactList
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from tidings.runtime import Runtime
 from tidings.scheduling.windows import SendWindow
-from tidings.services import campaigns, lists
+from tidings.services import campaigns, lists, segments
 from tidings.services.pagination import MAX_LIMIT
 
 campaign_app = typer.Typer(
@@ -70,6 +70,13 @@ def create(
         help="A list the audience includes, by name (repeatable).",
         show_default=False,
     ),
+    segment_names: list[str] | None = typer.Option(
+        None,
+        "--segment",
+        help="A segment whose contacts (as they match at the start) the audience includes, by "
+        "name (repeatable).",
+        show_default=False,
+    ),
     contact_ids: list[int] | None = typer.Option(
         None,
         "--contact",
@@ -90,7 +97,7 @@ def create(
     send_window: SendWindowOption = None,
     start: bool = typer.Option(False, "--start", help="Start it at once (or at --schedule)."),
 ) -> None:
-    """Create a draft campaign (from a template, to lists and/or contacts)."""
+    """Create a draft campaign (from a template, to lists, segments and/or contacts)."""
     draft_data = parse_data(data)
     scheduled_at = parse_time(schedule, option="--schedule")
     window = parse_send_window_option(send_window)
@@ -102,6 +109,7 @@ def create(
                 template_id=template,
                 list_ids=[_list_id(session, owner, n) for n in list_names or []],
                 contact_ids=list(contact_ids or []),
+                segment_ids=[_segment_id(session, owner, n) for n in segment_names or []],
                 data=draft_data,
                 priority=priority,
                 scheduled_at=scheduled_at,
@@ -214,6 +222,20 @@ def _list_id(session: Session, tenant_id: int, name: str) -> int:
 
 
 # -- start, pause, resume, cancel ----------------------------------------------------------------
+
+
+def _segment_id(session: Session, tenant_id: int, name: str) -> int:
+    cursor: str | None = None
+    while True:
+        page = segments.list_segments(
+            session=session, tenant_id=tenant_id, limit=MAX_LIMIT, cursor=cursor
+        )
+        for segment in page.items:
+            if segment.name == name.strip():
+                return segment.id
+        if page.next_cursor is None:
+            raise fail(f"no segment named {name!r}")
+        cursor = page.next_cursor
 
 
 def _start(session: Session, runtime: Runtime, tenant_id: int, campaign_id: int) -> Campaign:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,9 +18,23 @@ from tidings.db.models import Base
 from tidings.runtime import Runtime
 
 
+def _made_on(dialect: str) -> Callable[..., bool]:
+    """Alembic's comparison ignores ``ddl_if``: an index declared for PostgreSQL only (the GIN
+    index of ``contacts.attributes``) is left out of the comparison on other databases."""
+
+    def include(item: object, _name: object, _type: object, _reflected: bool, _to: object) -> bool:
+        condition = getattr(item, "_ddl_if", None)
+        return condition is None or condition.dialect in (None, dialect)
+
+    return include
+
+
 def test_upgrade_head_matches_the_models(runtime: Runtime) -> None:
     with runtime.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        include = _made_on(connection.dialect.name)
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": include}
+        )
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
 
@@ -103,7 +117,9 @@ def test_the_models_and_the_migrated_schema_agree_on_ids_that_are_never_reused(
         for t in Base.metadata.tables.values()
         if any(c.identity is not None for c in t.primary_key.columns)
     }
-    assert len(declared) == 18  # 0016 sender_domains, 0018 attachments, 0019 tracking_hits
+    assert (
+        len(declared) == 19
+    )  # 0016 sender_domains, 0018 attachments, 0019 tracking_hits, 0020 segments
     assert _generated_ids(runtime.engine) == declared
 
 
@@ -157,11 +173,12 @@ def test_0009_keeps_every_row_index_and_foreign_key_and_never_reuses_a_named_id(
             )
         upgrade(engine)  # the later migrations, down again below
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                conn,
+                opts={"compare_type": True, "include_object": _made_on(conn.dialect.name)},
+            )
             assert compare_metadata(context, Base.metadata) == []
-        assert (
-            len(_generated_ids(engine)) == 18
-        )  # 0016 sender_domains, 0018 attachments, 0019 tracking_hits
+        assert len(_generated_ids(engine)) == 19  # as above
         upgrade_down = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.begin() as conn:
             upgrade_down.attributes["connection"] = conn

@@ -128,6 +128,16 @@ class Contact(Base):
     )
 
 
+# Segment filters' eq/in on an attribute are ``attributes @> {...}`` (queue/segments.py), which
+# this answers on PostgreSQL; SQLite has no such index and reads the JSON text (migration 0020).
+Index(
+    "ix_contacts_attributes",
+    Contact.attributes,
+    postgresql_using="gin",
+    postgresql_ops={"attributes": "jsonb_path_ops"},
+).ddl_if(dialect="postgresql")
+
+
 class ContactList(Base):
     __tablename__ = "lists"
 
@@ -154,6 +164,21 @@ class ListMember(Base):
     added_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_list_members_contact", "contact_id"),)
+
+
+class Segment(Base):
+    """A saved filter over the tenant's contacts (domain/segment_filter.py), evaluated when used."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = _id()
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    filter: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),)
 
 
 class Template(Base):
@@ -185,6 +210,10 @@ class Campaign(Base):
     template_id: Mapped[int] = mapped_column(BigId, ForeignKey("templates.id", ondelete="RESTRICT"))
     list_ids: Mapped[list[int]] = mapped_column(Json, default=list)
     contact_ids: Mapped[list[int]] = mapped_column(Json, default=list)
+    segment_ids: Mapped[list[int]] = mapped_column(Json, default=list, server_default="[]")
+    # The segments' filters as they were at start ({"any": [...]}), so that every fan-out chunk,
+    # written later by workers, reads the same audience even if a segment is edited meanwhile.
+    segment_filter: Mapped[dict[str, Any] | None] = mapped_column(NullableJson, nullable=True)
     data: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     category: Mapped[str | None] = mapped_column(String(64), nullable=True)
     from_address: Mapped[str | None] = mapped_column(String(400), nullable=True)

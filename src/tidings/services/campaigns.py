@@ -28,7 +28,7 @@ from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue import enqueue
 from tidings.queue.fanout import fan_out_campaign, still_fanning_out
 from tidings.scheduling.windows import SendWindow, window_from_json
-from tidings.services import campaign_eta
+from tidings.services import campaign_eta, segments
 from tidings.services.message_features import (
     DEFAULT_MAX_ATTACHMENT_BYTES,
     FeaturesIn,
@@ -47,6 +47,7 @@ from tidings.services.pagination import Page, paginate
 MAX_NAME_LENGTH = 200
 MAX_LIST_IDS = 100
 MAX_CONTACT_IDS = 10_000  # a hand-picked audience; bigger ones belong in a list
+MAX_SEGMENT_IDS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class CampaignDraft:
     template_id: int
     list_ids: Sequence[int] = ()
     contact_ids: Sequence[int] = ()
+    segment_ids: Sequence[int] = ()  # read when it starts (the union with the others, once each)
     data: dict[str, Any] = field(default_factory=dict)  # template data (a deadline, a message)
     priority: int = DEFAULT_PRIORITY
     scheduled_at: datetime | None = None
@@ -180,6 +182,7 @@ def _draft_of(campaign: Campaign) -> CampaignDraft:
         template_id=campaign.template_id,
         list_ids=list(campaign.list_ids),
         contact_ids=list(campaign.contact_ids),
+        segment_ids=list(campaign.segment_ids or []),
         data=dict(campaign.data),
         priority=campaign.priority,
         scheduled_at=campaign.scheduled_at,
@@ -207,14 +210,23 @@ def _checked_columns(
     contact_ids = _own_ids(
         session, Contact, tenant_id, draft.contact_ids, field="contact_ids", cap=MAX_CONTACT_IDS
     )
-    if not list_ids and not contact_ids:
-        raise InvalidInput("a campaign needs list_ids or contact_ids", field="list_ids")
+    segment_ids = list(dict.fromkeys(draft.segment_ids))
+    if len(segment_ids) > MAX_SEGMENT_IDS:
+        raise InvalidInput(
+            f"segment_ids may hold at most {MAX_SEGMENT_IDS} ids", field="segment_ids"
+        )
+    segments.require_segments(session=session, tenant_id=tenant_id, segment_ids=segment_ids)
+    if not list_ids and not contact_ids and not segment_ids:
+        raise InvalidInput(
+            "a campaign needs list_ids, segment_ids or contact_ids", field="list_ids"
+        )
     category = check_header_text(draft.category, field="category", max_length=MAX_CATEGORY_LENGTH)
     return {
         "name": name.strip(),
         "template_id": template.id,
         "list_ids": list_ids,
         "contact_ids": contact_ids,
+        "segment_ids": segment_ids,
         "data": dict(draft.data),
         "category": category or template.category,
         "from_address": check_mailbox(draft.from_address, field="from_address"),

@@ -23,6 +23,7 @@ def web_routers() -> list[APIRouter]:
         inbox,
         people,
         queue,
+        segments,
         sending,
         signin,
         static,
@@ -30,10 +31,11 @@ def web_routers() -> list[APIRouter]:
         throttle,
     )
 
-    # compose before campaigns: /campaigns/new must win over /campaigns/{campaign_id}.
+    # compose and segments before campaigns: /campaigns/new… must win over /campaigns/{id}.
     parts = (
         signin,
         compose,
+        segments,
         campaigns,
         templates,
         events,

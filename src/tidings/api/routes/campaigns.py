@@ -53,6 +53,12 @@ class CampaignIn(FeaturesFields):
     template_id: Id
     list_ids: list[Id] = Field(default_factory=list, max_length=campaigns.MAX_LIST_IDS)
     contact_ids: list[Id] = Field(default_factory=list, max_length=campaigns.MAX_CONTACT_IDS)
+    segment_ids: list[Id] = Field(
+        default_factory=list,
+        max_length=campaigns.MAX_SEGMENT_IDS,
+        description="Segments whose contacts it goes to, as they match when it starts; a contact "
+        "in several segments, lists or contact_ids gets one message.",
+    )
     data: dict[str, Any] = Field(
         default_factory=dict, description="Template data, e.g. a personal message or a deadline."
     )
@@ -90,6 +96,7 @@ class CampaignOut(FeaturesOut):
     template_id: int
     list_ids: list[int]
     contact_ids: list[int]
+    segment_ids: list[int]
     data: dict[str, Any]
     category: str | None
     from_address: str | None
@@ -129,6 +136,7 @@ class CampaignOut(FeaturesOut):
             template_id=campaign.template_id,
             list_ids=list(campaign.list_ids),
             contact_ids=list(campaign.contact_ids),
+            segment_ids=list(campaign.segment_ids or []),
             data=dict(campaign.data),
             category=campaign.category,
             from_address=campaign.from_address,

@@ -6,7 +6,8 @@ optional sending window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request, Response
@@ -27,9 +28,9 @@ from tidings.scheduling.windows import (
     window_from_json,
     zone,
 )
-from tidings.services import campaigns, contacts, lists, templates, tenant_settings
+from tidings.services import campaigns, contacts, lists, segments, templates, tenant_settings
 from tidings.services.contacts import MAX_QUERY_LENGTH
-from tidings.web import forms
+from tidings.web import forms, segment_builder
 from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.pages import DashboardRoute, render
 
@@ -38,6 +39,7 @@ router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 CONTACTS_SHOWN = 50  # rows of the searchable table; a search narrows it down
 PICKER_LIMIT = 500  # templates and lists offered in the form
 WHEN_CHOICES = ("now", "schedule", "draft")
+BUILDER_ROWS = 3  # empty rows the form starts with
 
 
 @dataclass
@@ -48,6 +50,11 @@ class CampaignForm:
     template_id: int | None = None
     list_ids: list[int] = field(default_factory=list)
     contact_ids: list[int] = field(default_factory=list)
+    segment_ids: list[int] = field(default_factory=list)
+    # The segment builder: its rows, how they combine, the name a built segment is saved under.
+    seg_rows: list[segment_builder.Row] = field(default_factory=list)
+    seg_match: str = "all"
+    seg_name: str = ""
     personal_message: str = ""
     deadline: str = ""
     when: str = "now"
@@ -110,6 +117,11 @@ def _form_page(
         session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
     )
     counts = lists.member_counts(session=session, list_ids=[x.id for x in list_page.items])
+    segment_page = segments.list_segments(
+        session=session, tenant_id=user.tenant_id, limit=PICKER_LIMIT, cursor=None
+    )
+    # At least BUILDER_ROWS rows, so that the builder works without JavaScript too.
+    rows = form.seg_rows + [segment_builder.Row()] * max(0, BUILDER_ROWS - len(form.seg_rows))
     table = _contact_rows(session, user.tenant_id, "", form.contact_ids)
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
     return show(
@@ -122,6 +134,10 @@ def _form_page(
         templates=template_page.items,
         lists=list_page.items,
         member_counts=counts,
+        segments=segment_page.items,
+        seg_rows=rows,
+        field_choices=segment_builder.FIELD_CHOICES,
+        op_choices=segment_builder.OP_CHOICES,
         table=table,
         preview_contacts=table["rows"],
         timezone=timezone,
@@ -201,6 +217,13 @@ def posted_form(
     template_id: Annotated[str, Form(max_length=20)] = "",
     list_ids: Annotated[list[str], Form()] = [],  # noqa: B006 - FastAPI copies defaults
     contact_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    segment_ids: Annotated[list[str], Form()] = [],  # noqa: B006
+    seg_match: Annotated[str, Form(max_length=10)] = "all",
+    seg_field: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_key: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_op: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_value: Annotated[list[str], Form(max_length=segment_builder.MAX_ROWS)] = [],  # noqa: B006
+    seg_name: Annotated[str, Form(max_length=segments.MAX_NAME_LENGTH + 50)] = "",
     personal_message: Annotated[str, Form(max_length=5000)] = "",
     deadline: Annotated[str, Form(max_length=200)] = "",
     when: Annotated[str, Form(max_length=20)] = "now",
@@ -219,6 +242,10 @@ def posted_form(
         template_id=template[0] if template else None,
         list_ids=forms.ids(list_ids),
         contact_ids=forms.ids(contact_ids),
+        segment_ids=forms.ids(segment_ids),
+        seg_match="any" if seg_match == "any" else "all",
+        seg_rows=segment_builder.read_rows(seg_field, seg_key, seg_op, seg_value),
+        seg_name=seg_name.strip(),
         personal_message=personal_message.strip(),
         deadline=deadline.strip(),
         when=when if when in WHEN_CHOICES else "now",
@@ -236,13 +263,21 @@ PostedForm = Annotated[CampaignForm, Depends(posted_form)]
 
 def _check(
     form: CampaignForm, errors: forms.FieldErrors, timezone: str
-) -> campaigns.CampaignDraft | None:
+) -> tuple[campaigns.CampaignDraft | None, segment_builder.Built]:
     if not form.name:
         errors.add("name", "Give the campaign a name.")
     if form.template_id is None:
         errors.add("template_id", "Choose a template.")
-    if not form.list_ids and not form.contact_ids:
-        errors.add("recipients", "Choose at least one list or tick at least one contact.")
+    built = segment_builder.Built(filter=None, rows=())
+    try:
+        built = segment_builder.build_filter(form.seg_rows, form.seg_match)
+    except InvalidInput as exc:
+        errors.add("segment", exc.message)
+    if not (form.list_ids or form.contact_ids or form.segment_ids or built.filter or errors):
+        errors.add(
+            "recipients",
+            "Choose at least one list or segment, build a segment, or tick at least one contact.",
+        )
     scheduled_at = None
     if form.when == "schedule":
         scheduled_at = forms.local_datetime(form.scheduled_at, timezone, "scheduled_at", errors)
@@ -250,16 +285,18 @@ def _check(
             errors.add("scheduled_at", "Choose when to start, or choose “Start now”.")
     window = _window(form, errors)
     if errors or form.template_id is None:
-        return None
-    return campaigns.CampaignDraft(
+        return None, built
+    draft = campaigns.CampaignDraft(
         name=form.name,
         template_id=form.template_id,
         list_ids=form.list_ids,
         contact_ids=form.contact_ids,
+        segment_ids=form.segment_ids,
         data={"personal_message": form.personal_message, "deadline": form.deadline},
         scheduled_at=scheduled_at,
         send_window=window,
     )
+    return draft, built
 
 
 def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
@@ -285,7 +322,12 @@ def _window(form: CampaignForm, errors: forms.FieldErrors) -> SendWindow | None:
 
 _DONE = {"running": "started", "preparing": "started", "scheduled": "scheduled"}
 #: Service error fields mapped to the form's fields.
-_FIELD_OF = {"list_ids": "recipients", "contact_ids": "recipients"}
+_FIELD_OF = {
+    "list_ids": "recipients",
+    "contact_ids": "recipients",
+    "segment_ids": "recipients",
+    "name": "seg_name",
+}
 
 
 @router.post("/campaigns/new", response_class=HTMLResponse)
@@ -299,12 +341,14 @@ def create(
 ) -> Response:
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
-    draft = _check(form, errors, timezone)
+    draft, built = _check(form, errors, timezone)
     if draft is None:
         return _form_page(request, user, session, form, errors)
     try:
         # A savepoint: when starting fails after the draft was written, neither is kept.
         with session.begin_nested():
+            if built.filter is not None:
+                draft = _with_built_segment(session, user.tenant_id, form, built, draft, now)
             campaign = campaigns.create_campaign(
                 session=session, tenant_id=user.tenant_id, draft=draft, now=now
             )
@@ -316,6 +360,9 @@ def create(
                     now=now,
                     ttl_seconds=runtime.settings.message_ttl_seconds,
                 )
+    except BuiltSegmentError as exc:
+        errors.add(exc.field, exc.message)
+        return _form_page(request, user, session, form, errors)
     except (InvalidInput, NotFound) as exc:
         errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
         return _form_page(request, user, session, form, errors)
@@ -352,17 +399,18 @@ def save_campaign(
     scheduled campaign saved as a draft is unscheduled)."""
     errors = forms.FieldErrors()
     timezone = tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id)
-    draft = _check(form, errors, timezone)
+    draft, built = _check(form, errors, timezone)
     if draft is None:
         return _form_page(request, user, session, form, errors, editing=campaign_id)
     stored = campaigns.get_campaign(
         session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
     )
-    changes = {
+    changes: dict[str, Any] = {
         "name": draft.name,
         "template_id": draft.template_id,
         "list_ids": draft.list_ids,
         "contact_ids": draft.contact_ids,
+        "segment_ids": draft.segment_ids,
         # The form edits two of the template's values; any others given through the API stay.
         "data": {**stored.data, **draft.data},
         "scheduled_at": draft.scheduled_at,
@@ -370,6 +418,9 @@ def save_campaign(
     }
     try:
         with session.begin_nested():  # a failed start keeps the changes out too
+            if built.filter is not None:
+                draft = _with_built_segment(session, user.tenant_id, form, built, draft, now)
+                changes["segment_ids"] = draft.segment_ids
             campaign = campaigns.update_campaign(
                 session=session,
                 tenant_id=user.tenant_id,
@@ -385,6 +436,9 @@ def save_campaign(
                     now=now,
                     ttl_seconds=runtime.settings.message_ttl_seconds,
                 )
+    except BuiltSegmentError as exc:
+        errors.add(exc.field, exc.message)
+        return _form_page(request, user, session, form, errors, editing=campaign_id)
     except (InvalidInput, NotFound) as exc:
         errors.add(_FIELD_OF.get(exc.field or "", exc.field), exc.message)
         return _form_page(request, user, session, form, errors, editing=campaign_id)
@@ -403,6 +457,7 @@ def _form_of(campaign: Campaign, timezone: str) -> CampaignForm:
         template_id=campaign.template_id,
         list_ids=list(campaign.list_ids),
         contact_ids=list(campaign.contact_ids),
+        segment_ids=list(campaign.segment_ids or []),
         personal_message=str(campaign.data.get("personal_message") or ""),
         deadline=str(campaign.data.get("deadline") or ""),
         when="schedule" if campaign.scheduled_at is not None else "draft",
@@ -417,3 +472,34 @@ def _form_of(campaign: Campaign, timezone: str) -> CampaignForm:
         form.window_start, form.window_end = window["start"], window["end"]
         form.window_days, form.window_timezone = window["days"], window["timezone"]
     return form
+
+
+class BuiltSegmentError(InvalidInput):
+    """The built segment could not be saved (a row is wrong, or its name is taken)."""
+
+
+def _with_built_segment(
+    session: Session,
+    tenant_id: int,
+    form: CampaignForm,
+    built: segment_builder.Built,
+    draft: campaigns.CampaignDraft,
+    now: datetime,
+) -> campaigns.CampaignDraft:
+    """The builder's rows saved as a segment (named as asked, else after the campaign), and the
+    draft with it among its segments."""
+    try:
+        segment = segments.create_segment(
+            session=session,
+            tenant_id=tenant_id,
+            name=form.seg_name or f"{form.name} audience",
+            raw_filter=built.filter,
+            now=now,
+        )
+    except InvalidInput as exc:
+        where = "seg_name" if exc.field == "name" else "segment"
+        message = exc.message if where == "seg_name" else segment_builder.explain(exc, built)
+        raise BuiltSegmentError(message, field=where) from None
+    except Conflict as exc:
+        raise BuiltSegmentError(exc.message, field="seg_name") from None
+    return replace(draft, segment_ids=[*draft.segment_ids, segment.id])

@@ -89,8 +89,51 @@
     recount();
   }
 
+  // The segment builder: add and remove rows; the count (htmx) follows every change.
+  function setUpSegmentBuilder() {
+    const builder = document.getElementById("segment-builder");
+    if (!builder) return;
+    const rows = builder.querySelector("#segment-rows");
+    const changed = () => document.body.dispatchEvent(new Event("segment-rows-changed"));
+    const renumber = () => {
+      rows.querySelectorAll("[data-segment-row]").forEach((row, i) => {
+        row.querySelectorAll("[aria-label]").forEach((element) => {
+          element.setAttribute("aria-label", element.getAttribute("aria-label").replace(/\d+$/, String(i + 1)));
+        });
+      });
+    };
+    builder.querySelector("[data-add-row]")?.addEventListener("click", () => {
+      const last = rows.querySelector("[data-segment-row]:last-child");
+      if (!last) return;
+      const row = last.cloneNode(true);
+      row.querySelectorAll("input").forEach((input) => { input.value = ""; });
+      row.querySelectorAll("select").forEach((select) => { select.selectedIndex = 0; });
+      rows.appendChild(row);
+      renumber();
+      row.querySelector("select")?.focus();
+    });
+    rows.addEventListener("click", (event) => {
+      const button = event.target.closest("[data-remove-row]");
+      if (!button) return;
+      const row = button.closest("[data-segment-row]");
+      if (rows.querySelectorAll("[data-segment-row]").length > 1) {
+        row.remove();
+      } else {
+        row.querySelectorAll("input").forEach((input) => { input.value = ""; });
+        row.querySelectorAll("select").forEach((select) => { select.selectedIndex = 0; });
+      }
+      renumber();
+      changed();
+    });
+    // Enter in a value box must not submit the whole campaign form.
+    rows.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && event.target.matches("[data-no-submit]")) event.preventDefault();
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     followProgress();
     setUpPicker();
+    setUpSegmentBuilder();
   });
 })();
