@@ -15,7 +15,7 @@ import pytest
 
 from tests.resend_server import ResendTestServer
 from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import open_transport
+from tidings.transports.factory import open_transport
 from tidings.transports.resend import ResendTransport, email_payload
 
 

@@ -604,7 +604,7 @@ async def run_workers(
     """Open the configured transport and run ``count`` workers on it, with the tenants' webhook
     dispatcher beside them, until ``stop`` is set."""
     from tidings.delivery.webhook_dispatch import run_webhook_dispatcher
-    from tidings.transports.base import open_transport
+    from tidings.transports.factory import open_transport
 
     transport = open_transport(
         runtime.settings.resolved_transport_url(),
