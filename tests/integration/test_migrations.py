@@ -103,7 +103,7 @@ def test_the_models_and_the_migrated_schema_agree_on_ids_that_are_never_reused(
         for t in Base.metadata.tables.values()
         if any(c.identity is not None for c in t.primary_key.columns)
     }
-    assert len(declared) == 15
+    assert len(declared) == 16  # 15 + tenant_transports (0017)
     assert _generated_ids(runtime.engine) == declared
 
 
@@ -159,7 +159,7 @@ def test_0009_keeps_every_row_index_and_foreign_key_and_never_reuses_a_named_id(
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-        assert len(_generated_ids(engine)) == 15
+        assert len(_generated_ids(engine)) == 16  # 15 + tenant_transports (0017)
         upgrade_down = alembic_config(engine.url.render_as_string(hide_password=False))
         with engine.begin() as conn:
             upgrade_down.attributes["connection"] = conn

@@ -27,6 +27,9 @@ class OutgoingMessage:
     to_name: str | None = None
     #: Sent as the provider's idempotency key by HTTP transports (a retry cannot send twice).
     idempotency_key: str = field(default="")
+    #: The SMTP envelope sender (MAIL FROM) when it is not the From address: a VERP return path
+    #: that routes this message's bounces back to it (set by ``transports/routing.py``).
+    return_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,9 @@ class Transient:
     #: The server asked us to slow down (SMTP 421 / 4.7.x, HTTP 429): lower the recipient domain's
     #: adaptive rate, and do not count the attempt against the message.
     throttled: bool = False
+    #: The message itself was written and the answer lost (RFC 1047): the server may have accepted
+    #: it, so it must not be handed to another transport in the same attempt (a duplicate).
+    may_have_arrived: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ back to it, the dashboard shows times in it). One row per tenant; no row means e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -18,7 +19,9 @@ from tidings.errors import InvalidInput
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, known_time_zone
 
 #: The settings a caller may change (issue 13 adds track_opens and track_clicks).
-SETTING_FIELDS = ("timezone",)
+SETTING_FIELDS = ("timezone", "bounce_domain")
+#: A DNS name of two labels at least, each 1-63 letters, digits or hyphens (not at an end).
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
 def check_timezone(value: object, *, field: str = "timezone") -> str:
@@ -28,6 +31,18 @@ def check_timezone(value: object, *, field: str = "timezone") -> str:
             field=field,
         )
     return value.strip()
+
+
+def check_bounce_domain(value: object, *, field: str = "bounce_domain") -> str | None:
+    """A domain whose mail comes back to us (its MX is our bounce mailbox), or None to stop VERP."""
+    if value is None:
+        return None
+    domain = value.strip().lower().rstrip(".") if isinstance(value, str) else ""
+    if not _DOMAIN.fullmatch(domain):
+        raise InvalidInput(
+            f"{field} must be a domain name such as bounces.example.com, or null", field=field
+        )
+    return domain
 
 
 def get_settings(*, session: Session, tenant_id: int, now: datetime) -> TenantSettings:
@@ -51,6 +66,8 @@ def update_settings(
     for name, value in changes.items():
         if name == "timezone":
             values[name] = check_timezone(value)
+        elif name == "bounce_domain":
+            values[name] = check_bounce_domain(value)
         else:
             raise InvalidInput(f"unknown setting {name}", field=name)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -20,10 +20,14 @@ does not silently fall back to a default)::
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from tidings.errors import ConfigurationError
+from tidings.transports import resend, smtp
 from tidings.transports.base import (
     DEFAULT_CONCURRENCY,
     ENV_NAME,
@@ -61,6 +65,66 @@ def open_transport(url: str, *, concurrency: int = DEFAULT_CONCURRENCY) -> Trans
     raise _bad(
         f"unknown scheme {scheme!r}; use outbox://, smtp://, smtps://, resend:// or memory://"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What testing a transport found."""
+
+    ok: bool
+    answer: str  # the server's answer (SMTP greeting and EHLO), or what went wrong
+    latency_ms: float  # from the first connect to the answer
+    checked: str  # what was tried, in words
+
+
+async def probe_url(url: str) -> ProbeResult:
+    """Open a connection to the transport ``url`` names and say hello, sending nothing: SMTP
+    connects, upgrades to TLS and authenticates as a send would; Resend makes an authenticated
+    read; an outbox must be a directory we can write."""
+    scheme = url.partition(":")[0].lower()
+    started = time.perf_counter()
+    if scheme in ("smtp", "smtps"):
+        settings = parse_smtp_url(url)
+        ok, answer = await smtp.probe(settings)
+        steps = ["connect", "EHLO"]
+        steps += (
+            ["STARTTLS"] if settings.tls == "starttls" else ["TLS"] if settings.tls == "tls" else []
+        )
+        steps += ["AUTH"] if settings.username else []
+        checked = ", ".join(steps)
+    elif scheme.startswith("resend"):
+        ok, answer = await resend.probe(parse_resend_url(url))
+        checked = "an authenticated GET /domains (nothing is sent)"
+    elif scheme == "outbox":
+        path = parse_outbox_url(url)
+        if path.exists():
+            ok = path.is_dir() and os.access(path, os.W_OK)
+            answer = "a writable directory" if ok else "not a writable directory"
+        else:
+            ok, answer = True, "it does not exist yet: the first send creates it"
+        checked = "the directory"
+    else:
+        ok, answer, checked = scheme == "memory", "in-process", "nothing"
+    return ProbeResult(ok, answer, (time.perf_counter() - started) * 1000, checked)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its secret replaced by ``****``: the password of an SMTP URL (its user name
+    stays, to tell accounts apart), the API key of a Resend URL. What reads and logs may show."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if "@" not in parts.netloc and not scheme.startswith("resend"):
+        return url
+    credentials, at, host = parts.netloc.rpartition("@")
+    if not at:  # resend://KEY: the whole netloc is the key
+        host = ""
+    if scheme.startswith("resend"):
+        masked = f"****@{host}" if host else "****"
+    elif ":" in credentials:
+        masked = f"{credentials.partition(':')[0]}:****@{host}"
+    else:
+        masked = f"{credentials}@{host}"
+    return urlunsplit((parts.scheme, masked, parts.path, parts.query, parts.fragment))
 
 
 def parse_outbox_url(url: str) -> Path:

@@ -20,6 +20,7 @@ from tidings.api.routes import (
     suppressions,
     templates,
     throttle,
+    transports,
     webhooks,
 )
 from tidings.web import web_routers
@@ -37,6 +38,7 @@ ROUTERS: list[APIRouter] = [
     suppressions.router,
     categories.router,
     frequency_caps.router,
+    transports.router,
     webhooks.router,
     public.router,
     health.router,

@@ -1,4 +1,5 @@
-"""``/v1/settings``: the tenant's settings (its time zone); admins change them, every key reads them."""
+"""``/v1/settings``: the tenant's settings (its time zone, its VERP bounce domain); admins change
+them, every key reads them."""
 
 from __future__ import annotations
 
@@ -25,14 +26,22 @@ class SettingsIn(StrictModel):
         description="IANA time zone, e.g. Europe/Berlin: sending windows in 'contact' time fall "
         "back to it for contacts without one, and the dashboard shows times in it.",
     )
+    bounce_domain: str | None = Field(
+        None,
+        max_length=253,
+        description="VERP: mail goes out with the envelope sender (SMTP MAIL FROM) "
+        "bounces+<token>@<bounce_domain>, so a bounce names its message; point the domain's MX "
+        "at the mailbox `tidings bounces` reads. null: the From address.",
+    )
 
 
 class SettingsOut(BaseModel):
     timezone: str = Field(description="IANA time zone; UTC unless set.")
+    bounce_domain: str | None = Field(description="VERP return-path domain; null when unset.")
 
     @classmethod
     def of(cls, row: TenantSettings) -> SettingsOut:
-        return cls(timezone=row.timezone)
+        return cls(timezone=row.timezone, bounce_domain=row.bounce_domain)
 
 
 @router.get("")
