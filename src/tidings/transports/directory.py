@@ -114,13 +114,13 @@ def load_routes(
                 error=error,
             )
         )
-    bounce_domains = dict(
-        session.execute(
-            select(TenantSettings.tenant_id, TenantSettings.bounce_domain).where(
-                TenantSettings.tenant_id.in_(wanted), TenantSettings.bounce_domain.is_not(None)
-            )
-        ).tuples()
-    )
+    bounce_domains: dict[int, str] = {}
+    for tenant_id, domain in session.execute(
+        select(TenantSettings.tenant_id, TenantSettings.bounce_domain).where(
+            TenantSettings.tenant_id.in_(wanted), TenantSettings.bounce_domain.is_not(None)
+        )
+    ):
+        bounce_domains[tenant_id] = domain
     return {
         t: TenantRoutes(routes=tuple(routes.get(t, ())), bounce_domain=bounce_domains.get(t))
         for t in wanted
