@@ -120,7 +120,8 @@ def load_routes(
             TenantSettings.tenant_id.in_(wanted), TenantSettings.bounce_domain.is_not(None)
         )
     ):
-        bounce_domains[tenant_id] = domain
+        if domain:
+            bounce_domains[tenant_id] = domain
     return {
         t: TenantRoutes(routes=tuple(routes.get(t, ())), bounce_domain=bounce_domains.get(t))
         for t in wanted
