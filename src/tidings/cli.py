@@ -1,8 +1,9 @@
 """The ``tidings`` command line (Typer + Rich). Commands call services, never around them.
 
 This module holds the process commands (``serve``, ``worker``, ``demo``, ``db``) and tenants and
-keys; the other groups live in ``cli_contacts``, ``cli_campaigns`` and ``cli_messages``, their
-shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in ``cli_common``.
+keys; the other groups live in ``cli_contacts``, ``cli_campaigns``, ``cli_messages`` and
+``cli_transports``, their shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in
+``cli_common``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tidings.cli_common import (
 )
 from tidings.cli_contacts import contacts_app
 from tidings.cli_messages import queue, send
+from tidings.cli_transports import transports_app
 from tidings.db.engine import make_engine, upgrade
 from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
 from tidings.demo import (
@@ -54,6 +56,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(contacts_app, name="contacts")
 app.add_typer(campaign_app, name="campaign")
+app.add_typer(transports_app, name="transports")
 
 
 def _configure_logging() -> None:
