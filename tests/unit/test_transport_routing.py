@@ -256,3 +256,19 @@ async def test_send_at_routes_and_fails_over_like_send() -> None:
     outcomes = await setup.router.send_at(batch(2), at=now, by=now + 5)
     assert all(isinstance(o, Sent) for o in outcomes)
     assert setup.sent_by(20) == [1, 2]
+
+
+async def test_a_due_probe_gets_a_message_even_when_the_weights_would_pick_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(routing, "PROBE_BASE_SECONDS", 0.05)
+    setup = Setup({1: TenantRoutes(routes=(route(10), route(11, weight=100)))})
+    setup.open("memory://10").responder = down
+    for call in range(UNHEALTHY_AFTER):  # 101 messages: the weights give route 10 one a call
+        await setup.router.send(batch(101, start=1000 * (call + 1)))
+    assert setup.directory.events == [("failure", 10)] * UNHEALTHY_AFTER
+    setup.opened["memory://10"].responder = None
+    await asyncio.sleep(0.1)
+    await setup.router.send(batch(1, start=50))
+    assert setup.sent_by(10) == [50]
+    assert setup.directory.events[-1] == ("success", 10)

@@ -245,13 +245,17 @@ class RoutingTransport:
             moving_on: list[tuple[int, OutgoingMessage]] = []
             while pending:
                 usable = [r for r in level if self._usable(r)]
+                # A probe claimed is a probe made: the first message that may go there does.
+                probes = [r for r in usable if not self._state(r).healthy]
                 groups: dict[int, list[tuple[int, OutgoingMessage]]] = {}
                 for index, message in pending:
                     choices = [r for r in usable if r.id not in tried[index]]
                     if not choices:
                         moving_on.append((index, message))
                         continue
-                    groups.setdefault(self._pick(tenant, choices).id, []).append((index, message))
+                    probe = next((r for r in probes if r in choices and r.id not in groups), None)
+                    chosen = probe or self._pick(tenant, choices)
+                    groups.setdefault(chosen.id, []).append((index, message))
                 pending = []
                 if not groups:
                     break
