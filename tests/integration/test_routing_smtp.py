@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from tests.smtp_server import THROTTLED, TRY_LATER, SmtpTestServer, drop, reply
+from tests.smtp_server import THROTTLED, TRY_LATER, SmtpTestServer, drop, reply, slow
 from tidings.domain.message import OutgoingMessage, Sent, Transient
 from tidings.transports.factory import open_transport
 from tidings.transports.memory import MemoryTransport
@@ -116,4 +116,18 @@ async def test_a_message_the_relay_may_have_is_never_sent_through_another(
     assert isinstance(outcome, Transient)
     assert outcome.may_have_arrived
     assert [m.replied for m in first.messages] == [False]
+    assert second.messages == []
+
+
+async def test_a_reply_to_the_final_dot_that_comes_too_late_is_not_sent_elsewhere_either(
+    relays: tuple[SmtpTestServer, SmtpTestServer],
+) -> None:
+    first, second = relays
+    first.fail(None, slow(1.0, at="END"), times=1)
+    transport = router(f"{first.url}&data_timeout=0.3", second.url)
+    try:
+        (outcome,) = await transport.send(messages(1))
+    finally:
+        await transport.close()
+    assert isinstance(outcome, Transient) and outcome.may_have_arrived
     assert second.messages == []
