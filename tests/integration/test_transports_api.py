@@ -97,6 +97,8 @@ def test_a_url_that_cannot_work_or_is_not_allowed_is_a_422_naming_url(
         )
         assert answer.status_code == 422, (url, answer.text)
         assert answer.json()["error"]["field"] == "url"
+        if url.startswith(("ftp:", "memory:")):  # refused for its scheme, whatever follows
+            assert "use one of smtp://" in answer.json()["error"]["message"]
     assert client.get("/v1/transports", headers=acme.auth(acme.admin)).json()["items"] == []
 
 
@@ -137,6 +139,9 @@ def test_private_hosts_are_refused_unless_the_operator_allows_them(
                 assert answer.status_code == 422, (url, answer.text)
                 assert answer.json()["error"]["field"] == "url"
                 assert "u:p" not in answer.text
+                if url.startswith("resend+http"):  # an API key in clear text: not for tenants
+                    assert "use one of" in answer.json()["error"]["message"]
+                    assert "resend+http" not in answer.json()["error"]["message"]
     finally:
         runtime.close()
 
