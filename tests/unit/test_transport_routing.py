@@ -227,15 +227,21 @@ async def test_the_list_is_read_again_after_its_ttl_and_a_removed_transport_is_c
     assert setup.directory.loads == 1  # cached
     setup.directory.tenants[1] = TenantRoutes(routes=(route(11),))
     await asyncio.sleep(0.06)
-    await setup.router.send(batch(1, start=3))
+    await setup.router.send(batch(1, start=3))  # sent as known, read again beside it
+    assert setup.sent_by(10) == [1, 2, 3]
+    await asyncio.sleep(0.01)
     assert setup.directory.loads == 2
-    assert setup.sent_by(11) == [3]
+    await setup.router.send(batch(1, start=4))
+    assert setup.sent_by(11) == [4]
     assert setup.opened["memory://10"].closed
     setup.directory.tenants.pop(1)  # none left: the default again
     await asyncio.sleep(0.06)
-    await setup.router.send(batch(1, start=4))
-    assert [m.message_id for m in setup.default.sent] == [4]
+    await setup.router.send(batch(1, start=5))
+    await asyncio.sleep(0.01)
+    await setup.router.send(batch(1, start=6))
+    assert [m.message_id for m in setup.default.sent] == [6]
     assert setup.opened["memory://11"].closed
+    await setup.router.close()
 
 
 async def test_a_bounce_domain_makes_the_envelope_sender_a_verp_address() -> None:

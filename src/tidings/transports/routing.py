@@ -148,6 +148,7 @@ class RoutingTransport:
         self._states: dict[int, _State] = {}
         self._open: dict[int, tuple[str, Transport]] = {}  # route id -> (url, transport)
         self._refreshing = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None  # a refresh of stale tenants
 
     # -- the port ----------------------------------------------------------------------------------
 
@@ -186,6 +187,8 @@ class RoutingTransport:
         )
 
     async def close(self) -> None:
+        if self._background is not None:
+            await asyncio.gather(self._background, return_exceptions=True)
         opened, self._open = list(self._open.values()), {}
         await asyncio.gather(
             self.default.close(), *(t.close() for _, t in opened), return_exceptions=True
@@ -362,13 +365,28 @@ class RoutingTransport:
     # -- the routes and their transports -----------------------------------------------------------
 
     async def _tenants_of(self, tenant_ids: set[int]) -> dict[int, _Tenant]:
-        stale = self._stale(tenant_ids)
-        if stale:
+        """The tenants' routes. A tenant never read is read now; one read more than ``ttl`` ago
+        is sent with what is known while it is read again beside the send: a send at a
+        throttled slot must not wait for the database."""
+        unknown = tenant_ids - set(self._tenants)
+        if unknown:
             async with self._refreshing:
-                stale = self._stale(tenant_ids)  # another batch may have read them meanwhile
-                if stale:
-                    await self._refresh(stale)
+                unknown = tenant_ids - set(self._tenants)  # another batch may have read them
+                if unknown:
+                    await self._refresh(unknown)
+        stale = self._stale(tenant_ids)
+        if stale and self._background is None:
+            self._background = asyncio.create_task(self._refresh_beside(stale))
         return {t: self._tenants[t] for t in tenant_ids}
+
+    async def _refresh_beside(self, tenant_ids: set[int]) -> None:
+        try:
+            async with self._refreshing:
+                await self._refresh(tenant_ids)
+        except Exception:  # _refresh logged it; the next batch tries again
+            pass
+        finally:
+            self._background = None
 
     def _stale(self, tenant_ids: set[int]) -> set[int]:
         now = time.monotonic()
