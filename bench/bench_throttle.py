@@ -52,7 +52,7 @@ from tidings.delivery.worker import Worker
 from tidings.queue.claimed import Claim, ClaimedMessage
 from tidings.runtime import build_runtime
 from tidings.services import tenants
-from tidings.transports.base import open_transport
+from tidings.transports.factory import open_transport
 
 SECRET = "bench-secret-" + "t" * 40
 WINDOW = {"per_second": 1.0, "per_minute": 60.0}

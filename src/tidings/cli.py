@@ -1,8 +1,9 @@
 """The ``tidings`` command line (Typer + Rich). Commands call services, never around them.
 
 This module holds the process commands (``serve``, ``worker``, ``demo``, ``db``) and tenants and
-keys; the other groups live in ``cli_contacts``, ``cli_campaigns`` and ``cli_messages``, their
-shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in ``cli_common``.
+keys; the other groups live in ``cli_contacts``, ``cli_campaigns``, ``cli_messages`` and
+``cli_transports``, their shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in
+``cli_common``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tidings.cli_contacts import contacts_app
 from tidings.cli_domains import domains_app
 from tidings.cli_messages import queue, send
 from tidings.cli_segments import segments_app
+from tidings.cli_transports import transports_app
 from tidings.db.engine import make_engine, upgrade
 from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
 from tidings.demo import (
@@ -58,6 +60,7 @@ app.add_typer(contacts_app, name="contacts")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(domains_app, name="domains")
 app.add_typer(segments_app, name="segments")
+app.add_typer(transports_app, name="transports")
 
 
 def _configure_logging() -> None:

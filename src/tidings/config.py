@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     resend_webhook_secret: str | None = None
     #: Allow tenants' webhook endpoints on private, loopback and link-local addresses (tests, intranets).
     webhook_allow_private: bool = False
+    #: Allow tenants' own transports (SMTP relays, Resend hosts) on private, loopback and
+    #: link-local addresses (tests, an intranet relay); off, a tenant cannot aim us at our own network.
+    transport_allow_private: bool = False
+    #: Hosts (exact names, or ``.example.com`` for a domain and its subdomains) a tenant's own
+    #: transport may name; empty allows any public host.
+    transport_allowed_hosts: list[str] = Field(default_factory=list)
 
     #: ``host:port`` (or ``host``) of the DNS resolver that checks sender domains' records;
     #: unset: the system's.

@@ -32,7 +32,7 @@ from tidings.rendering.pool import RenderPool
 from tidings.runtime import Runtime
 from tidings.services import campaigns, imports, lists, templates, tenants, throttles
 from tidings.services.pagination import MAX_LIMIT
-from tidings.transports.base import parse_outbox_url
+from tidings.transports.factory import parse_outbox_url
 
 DEMO_TENANT = "Demo"
 DEFAULT_CONTACTS = 1_000

@@ -22,7 +22,7 @@ from tidings.private_files import warn_if_open_to_others
 from tidings.queue.notify import NEW_WORK_FLAG
 from tidings.services.tenants import PrincipalCache
 from tidings.tracking.hits import HitBuffer
-from tidings.transports.base import parse_outbox_url
+from tidings.transports.factory import parse_outbox_url
 
 if TYPE_CHECKING:
     from tidings.rendering.pool import RenderPool

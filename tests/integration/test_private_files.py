@@ -17,7 +17,7 @@ from sqlalchemy import text
 from tidings.config import Settings
 from tidings.domain.message import OutgoingMessage, Sent
 from tidings.runtime import Runtime, build_runtime
-from tidings.transports.base import open_transport
+from tidings.transports.factory import open_transport
 
 
 def _mode(path: Path) -> int:

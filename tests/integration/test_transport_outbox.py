@@ -14,7 +14,7 @@ import pytest
 
 from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
 from tidings.errors import ConfigurationError
-from tidings.transports.base import open_transport
+from tidings.transports.factory import open_transport
 from tidings.transports.outbox import OutboxTransport
 
 

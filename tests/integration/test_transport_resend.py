@@ -16,7 +16,7 @@ import pytest
 from tests.resend_server import ResendTestServer
 from tidings.delivery.features import EncodedContent
 from tidings.domain.message import Attachment, OutgoingMessage, Permanent, Sent, Transient
-from tidings.transports.base import open_transport
+from tidings.transports.factory import open_transport
 from tidings.transports.resend import ResendTransport, email_payload
 
 

@@ -27,7 +27,8 @@ from tests.smtp_server import (
 )
 from tidings.domain.message import OutgoingMessage, Permanent, Sent, Transient
 from tidings.transports import smtp as smtp_module
-from tidings.transports.base import ABANDONED, open_transport
+from tidings.transports.base import ABANDONED
+from tidings.transports.factory import open_transport
 from tidings.transports.smtp import ENVELOPE_LEAD, SmtpTransport
 
 

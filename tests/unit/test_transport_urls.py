@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tidings.errors import ConfigurationError
-from tidings.transports.base import (
-    SMTP_DATA_TIMEOUT,
+from tidings.transports.base import SMTP_DATA_TIMEOUT
+from tidings.transports.factory import (
     open_transport,
     parse_outbox_url,
     parse_resend_url,

@@ -85,6 +85,8 @@ class TenantSettings(Base):
     # may say otherwise (their own nullable columns: null = this setting).
     track_opens: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
     track_clicks: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_false())
+    #: VERP: bounces come back to ``bounces+<token>@<bounce_domain>`` (SMTP MAIL FROM) when set.
+    bounce_domain: Mapped[str | None] = mapped_column(String(253), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -614,6 +616,34 @@ class WebhookEndpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_webhook_endpoints_tenant", "tenant_id", "id"),)
+
+
+class TenantTransport(Base):
+    """One of a tenant's own sending accounts (an SMTP relay, a Resend key): when a tenant has any,
+    its mail goes only through them, lowest ``priority`` first, shared by ``weight`` within one."""
+
+    __tablename__ = "tenant_transports"
+
+    id: Mapped[int] = _id()
+    tenant_id: Mapped[int] = _tenant_fk()
+    name: Mapped[str] = mapped_column(String(200))
+    #: The URL with its credentials, sealed (``sealing.py``, purpose ``transport:tenant=<id>``).
+    url_sealed: Mapped[str] = mapped_column(Text)
+    #: The URL with its password or API key masked: what reads show, and all a log may name.
+    url_masked: Mapped[str] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(Integer, default=1)  # 1 is tried first
+    weight: Mapped[int] = mapped_column(Integer, default=1)  # share of its priority's mail
+    healthy: Mapped[bool] = mapped_column(Boolean, default=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row, since the last success
+    next_probe_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_tenant_transports_tenant_name"),
+        Index("ix_tenant_transports_tenant", "tenant_id", "priority", "id"),
+    )
 
 
 class WebhookDelivery(Base):

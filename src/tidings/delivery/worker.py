@@ -628,13 +628,15 @@ def _unrenderable(exc: TidingsError) -> Permanent:
 async def run_workers(
     runtime: Runtime, stop: asyncio.Event, *, count: int = 1, concurrency: int = DEFAULT_CONCURRENCY
 ) -> None:
-    """Open the configured transport and run ``count`` workers on it, with the tenants' webhook
-    dispatcher beside them, until ``stop`` is set."""
+    """Open the configured transport (tenants' own behind it) and run ``count`` workers on it,
+    with the tenants' webhook dispatcher beside them, until ``stop`` is set."""
     from tidings.delivery.webhook_dispatch import run_webhook_dispatcher
-    from tidings.transports.base import open_transport
+    from tidings.transports.delivery import open_delivery_transport
 
-    transport = open_transport(
-        runtime.settings.resolved_transport_url(),
+    transport = open_delivery_transport(
+        settings=runtime.settings,
+        sessions=runtime.sessions,
+        secret_key=runtime.secret_key,
         concurrency=min(concurrency * count, MAX_TRANSPORT_CONNECTIONS),
     )
     try:

@@ -61,6 +61,9 @@ class OutgoingMessage:
     #: The sender domain's key when the From domain (or a parent) is verified for the tenant:
     #: ``build_message_bytes`` signs with it. None: sent unsigned.
     dkim: DkimKey | None = None
+    #: The SMTP envelope sender (MAIL FROM) when it is not the From address: a VERP return path
+    #: that routes this message's bounces back to it (set by ``transports/routing.py``).
+    return_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class Transient:
     #: The server asked us to slow down (SMTP 421 / 4.7.x, HTTP 429): lower the recipient domain's
     #: adaptive rate, and do not count the attempt against the message.
     throttled: bool = False
+    #: The message itself was written and the answer lost (RFC 1047): the server may have accepted
+    #: it, so it must not be handed to another transport in the same attempt (a duplicate).
+    may_have_arrived: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ unless turned on). One row per tenant; no row means every default.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -19,8 +20,10 @@ from tidings.errors import InvalidInput
 from tidings.scheduling.windows import FALLBACK_TIMEZONE, known_time_zone
 
 #: The settings a caller may change.
-SETTING_FIELDS = ("timezone", "track_opens", "track_clicks")
+SETTING_FIELDS = ("timezone", "track_opens", "track_clicks", "bounce_domain")
 TRACKING_FIELDS = ("track_opens", "track_clicks")
+#: A DNS name of two labels at least, each 1-63 letters, digits or hyphens (not at an end).
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
 def check_timezone(value: object, *, field: str = "timezone") -> str:
@@ -30,6 +33,18 @@ def check_timezone(value: object, *, field: str = "timezone") -> str:
             field=field,
         )
     return value.strip()
+
+
+def check_bounce_domain(value: object, *, field: str = "bounce_domain") -> str | None:
+    """A domain whose mail comes back to us (its MX is our bounce mailbox), or None to stop VERP."""
+    if value is None:
+        return None
+    domain = value.strip().lower().rstrip(".") if isinstance(value, str) else ""
+    if not _DOMAIN.fullmatch(domain):
+        raise InvalidInput(
+            f"{field} must be a domain name such as bounces.example.com, or null", field=field
+        )
+    return domain
 
 
 def get_settings(*, session: Session, tenant_id: int, now: datetime) -> TenantSettings:
@@ -63,6 +78,8 @@ def update_settings(
             if not isinstance(value, bool):
                 raise InvalidInput(f"{name} must be true or false", field=name)
             values[name] = value
+        elif name == "bounce_domain":
+            values[name] = check_bounce_domain(value)
         else:
             raise InvalidInput(f"unknown setting {name}", field=name)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

@@ -126,7 +126,7 @@ class ResendTransport:
         """POST with the idempotency key; a request that may have arrived but got no answer is
         repeated once at once with the same key, so Resend answers the first result instead of
         sending twice (for a batch, a later retry would regroup the messages under a new key)."""
-        unanswered = Transient("Resend did not answer")
+        unanswered = Transient("Resend did not answer", may_have_arrived=True)
         for _ in range(2):
             async with self._slots:
                 try:
@@ -138,9 +138,28 @@ class ResendTransport:
                 except httpx.TransportError as exc:
                     # Sent, maybe received, never answered (read timeout, reset, bad response).
                     unanswered = Transient(
-                        f"Resend did not answer: {exc.__class__.__name__}: {exc}".rstrip(": ")
+                        f"Resend did not answer: {exc.__class__.__name__}: {exc}".rstrip(": "),
+                        may_have_arrived=True,
                     )
         return unanswered
+
+
+async def probe(settings: ResendSettings) -> tuple[bool, str]:
+    """An authenticated read that sends nothing (``GET /domains``): (whether the key works, the
+    answer). A key restricted to sending answers 401 ``restricted_api_key``: it is valid."""
+    async with httpx.AsyncClient(
+        base_url=settings.base_url,
+        headers={"Authorization": f"Bearer {settings.api_key}"},
+        timeout=httpx.Timeout(settings.timeout),
+    ) as client:
+        try:
+            response = await client.get("/domains")
+        except httpx.TransportError as exc:
+            return False, f"cannot reach Resend: {exc.__class__.__name__}: {exc}".rstrip(": ")
+    name = _json_str(response, "name") if not response.is_success else None
+    if response.is_success or name == "restricted_api_key":
+        return True, f"{response.status_code} the API key is accepted"
+    return False, f"{response.status_code} {name or response.reason_phrase}"
 
 
 def email_payload(message: OutgoingMessage) -> Payload:

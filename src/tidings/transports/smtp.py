@@ -11,6 +11,7 @@ stdlib ``smtplib`` in a thread pool. Everything the server says is translated he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import ssl
@@ -235,7 +236,7 @@ class SmtpTransport:
         a write of its conversation would come too late (see ``send_at``)."""
         try:
             raw = build_message_bytes(message)
-            sender = _envelope_address(envelope_sender(message.from_address))
+            sender = _envelope_address(message.return_path or envelope_sender(message.from_address))
             recipient = _envelope_address(message.to_address)
         except ValueError as exc:
             return Permanent(f"message cannot be serialised: {exc}")
@@ -392,18 +393,19 @@ class SmtpTransport:
         except TimeoutError:
             session.close()
             reason = _lost_reason("timed out", stage, replies)
-            return _Result(Transient(reason), keep=False)
+            return _Result(Transient(reason, may_have_arrived=stage == "DATA"), keep=False)
         except OSError as exc:  # SessionClosed included
             session.close()
             # Before the message itself left, nothing can have been delivered: on a reused
             # (possibly stale) connection that is worth one retry on a fresh one.
             reason = _lost_reason(str(exc), stage, replies)
-            return _Result(Transient(reason), keep=False, stale=stage != "DATA")
+            outcome = Transient(reason, may_have_arrived=stage == "DATA")
+            return _Result(outcome, keep=False, stale=stage != "DATA")
         except ProtocolViolation as exc:
             session.close()
             where = "the end of data" if stage == "DATA" else _stage(replies)
             reason = f"SMTP protocol error at {where}: {exc}"
-            return _Result(Transient(reason), keep=False)
+            return _Result(Transient(reason, may_have_arrived=stage == "DATA"), keep=False)
         outcome = classify_reply(reply.code, reply.text, stage="DATA")
         if isinstance(outcome, Sent):
             return _Result(outcome, keep=True)
@@ -546,3 +548,40 @@ def _tls_context(verify: bool, cafile: str | None) -> ssl.SSLContext:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+async def probe(settings: SmtpSettings) -> tuple[bool, str]:
+    """Connect and say hello as a send would (TLS or STARTTLS, EHLO, AUTH when configured), then
+    QUIT: (whether it all worked, what the server answered or what went wrong)."""
+    context = None
+    if settings.tls != "none":
+        context = await asyncio.to_thread(_tls_context, settings.verify, settings.cafile)
+    smtp = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.port,
+        username=settings.username,
+        password=settings.password,
+        local_hostname=settings.helo or await asyncio.to_thread(socket.getfqdn),
+        timeout=settings.timeout,
+        use_tls=settings.tls == "tls",
+        start_tls=settings.tls == "starttls",
+        tls_context=context,
+    )
+    try:
+        greeting = await smtp.connect()
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()
+        hello = smtp.last_ehlo_response
+        answer = f"{greeting.code} {' '.join(greeting.message.split())}"
+        if hello is not None:
+            answer += (
+                f"; EHLO: {hello.code} {hello.message.splitlines()[0] if hello.message else ''}"
+            )
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await smtp.quit()
+        return True, answer.strip()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        return False, _connect_failure(exc, settings).reason
+    finally:
+        smtp.close()

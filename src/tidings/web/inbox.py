@@ -19,7 +19,7 @@ from email.parser import BytesParser
 from pathlib import Path
 
 from tidings.errors import ConfigurationError
-from tidings.transports.base import parse_outbox_url
+from tidings.transports.factory import parse_outbox_url
 
 MAX_MESSAGE_BYTES = 10_000_000  # larger files are not shown
 HEADER_READ_BYTES = 64 * 1024  # the inbox list reads only this much of each file

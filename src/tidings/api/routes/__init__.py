@@ -23,6 +23,7 @@ from tidings.api.routes import (
     templates,
     throttle,
     tracking,
+    transports,
     webhooks,
 )
 from tidings.web import web_routers
@@ -41,6 +42,7 @@ ROUTERS: list[APIRouter] = [
     suppressions.router,
     categories.router,
     frequency_caps.router,
+    transports.router,
     webhooks.router,
     domains.router,
     public.router,

@@ -1,4 +1,5 @@
-"""``/v1/settings``: the tenant's settings (its time zone, open and click tracking); admins change
+"""``/v1/settings``: the tenant's settings (its time zone, open and click tracking, its VERP
+bounce domain); admins change
 them, every key reads them."""
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ class SettingsIn(StrictModel):
         description="Send the http(s) links of this tenant's mail through /c/ to count clicks "
         "(off by default; a campaign or message may say otherwise).",
     )
+    bounce_domain: str | None = Field(
+        None,
+        max_length=253,
+        description="VERP: mail goes out with the envelope sender (SMTP MAIL FROM) "
+        "bounces+<token>@<bounce_domain>, so a bounce names its message; point the domain's MX "
+        "at the mailbox `tidings bounces` reads. null: the From address.",
+    )
 
 
 class SettingsOut(BaseModel):
@@ -48,6 +56,7 @@ class SettingsOut(BaseModel):
     track_clicks: bool = Field(
         description="Clicks are tracked unless a campaign or message says not."
     )
+    bounce_domain: str | None = Field(description="VERP return-path domain; null when unset.")
 
     @classmethod
     def of(cls, row: TenantSettings) -> SettingsOut:
@@ -55,6 +64,7 @@ class SettingsOut(BaseModel):
             timezone=row.timezone,
             track_opens=bool(row.track_opens),
             track_clicks=bool(row.track_clicks),
+            bounce_domain=row.bounce_domain,
         )
 
 

@@ -6,7 +6,7 @@ all do: the claim reads one more NULL, not three), and ``templates.from_address`
 SQLite ``ADD COLUMN`` without a table rebuild, on PostgreSQL without rewriting a row.
 
 Revision ID: 0018_message_features
-Revises: 0015_campaign_preparation
+Revises: 0017_tenant_transports
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from alembic import op
 from tidings.db.types import BigId, NullableJson, UTCDateTime
 
 revision: str = "0018_message_features"
-# Written beside 0016 and 0017; the coordinator re-chains it after them.
-down_revision: str | None = "0016_sender_domains"
+down_revision: str | None = "0017_tenant_transports"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

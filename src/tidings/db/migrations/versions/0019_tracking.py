@@ -14,7 +14,7 @@ without a table rebuild on SQLite (``messages`` keeps its 0014 triggers), withou
 PostgreSQL.
 
 Revision ID: 0019_tracking
-Revises: 0015_campaign_preparation (to be re-chained after 0016-0018)
+Revises: 0018_message_features
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ additions (``ADD COLUMN`` on SQLite, no rewrite on PostgreSQL); ``segment_ids`` 
 so existing campaigns need no back-fill.
 
 Revision ID: 0020_segments
-Revises: 0015_campaign_preparation (the lead re-chains it after 0016-0019)
+Revises: 0019_tracking
 """
 
 from __future__ import annotations
