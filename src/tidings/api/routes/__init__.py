@@ -17,6 +17,7 @@ from tidings.api.routes import (
     public,
     reminders,
     settings,
+    signup,
     suppressions,
     templates,
     throttle,
@@ -39,6 +40,7 @@ ROUTERS: list[APIRouter] = [
     frequency_caps.router,
     webhooks.router,
     public.router,
+    signup.router,
     health.router,
     metrics.router,
     *web_routers(),  # the dashboard at /, kept out of the OpenAPI document
