@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
@@ -39,17 +39,17 @@ UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 class ListIn(StrictModel):
     name: str = Field(min_length=1, max_length=lists.MAX_NAME_LENGTH)
     description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
-    double_opt_in: bool = Field(
+    double_opt_in: StrictBool = Field(
         False, description="Public sign-ups wait for the confirmation link in a mail"
     )
-    public: bool = Field(False, description="GET|POST /s/{public_id} takes sign-ups")
+    public: StrictBool = Field(False, description="GET|POST /s/{public_id} takes sign-ups")
 
 
 class ListPatch(StrictModel):
     name: str | None = Field(None, min_length=1, max_length=lists.MAX_NAME_LENGTH)
     description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
-    double_opt_in: bool | None = None
-    public: bool | None = None
+    double_opt_in: StrictBool | None = None
+    public: StrictBool | None = None
 
 
 class ListOut(BaseModel):
