@@ -116,6 +116,7 @@ NOTICES = {
     "retried": "The failed messages are back in the queue.",
     "requeued": "The message is back in the queue.",
     "list-created": "The list was created.",
+    "signup-saved": "The sign-up settings were saved.",
     "changed": "The campaign was changed.",
     "deleted": "The draft was deleted.",
     "signed-out": "You are signed out.",
