@@ -17,7 +17,9 @@ from tidings import tokens
 from tidings.api.routes import signup as signup_routes
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ListMember, Message, Preference, Signup, Suppression
+from tidings.domain import SuppressionReason
 from tidings.queue.maintenance import purge_unconfirmed_signups
+from tidings.queue.suppress import suppress
 from tidings.runtime import Runtime
 
 
@@ -417,11 +419,12 @@ def test_a_bounced_or_complained_address_is_never_signed_up(
     assert snapshot(runtime, acme.tenant_id) == before
 
 
+@pytest.mark.parametrize("double_opt_in", [True, False])
 def test_a_sign_up_never_changes_an_existing_contacts_status_or_choices(
-    client: TestClient, runtime: Runtime, acme: TenantKeys
+    client: TestClient, runtime: Runtime, acme: TenantKeys, double_opt_in: bool
 ) -> None:
     add_categories(runtime, acme.tenant_id, "offers")
-    created = make_list(client, acme)
+    created = make_list(client, acme, double_opt_in=double_opt_in)
     jo = add_contact(client, acme, "jo@example.com")
     client.put(
         f"/v1/contacts/{jo}/preferences",
@@ -436,7 +439,8 @@ def test_a_sign_up_never_changes_an_existing_contacts_status_or_choices(
     after = snapshot(runtime, acme.tenant_id)
     assert after["contacts"] == before["contacts"] == [("jo@example.com", "active", None)]
     assert after["preferences"] == before["preferences"]
-    assert after["members"] == []
+    # Single opt-in adds the known contact to the list, and changes nothing else about them.
+    assert after["members"] == ([] if double_opt_in else [(created["id"], jo)])
 
 
 # -- purge and tenants -----------------------------------------------------------------------
@@ -491,3 +495,19 @@ def test_one_tenants_form_and_links_never_reach_another_tenants_list(
     assert client.post(f"/s/confirm/{as_globex}", data={"form_nonce": "x"}).status_code == 404
     assert (snapshot(runtime, globex.tenant_id), snapshot(runtime, acme.tenant_id)) == before
     assert theirs["public_id"] != mine["public_id"]
+
+
+def test_a_bounced_confirmation_makes_the_pending_contact_bounced(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    created = make_list(client, acme)
+    client.post(f"/s/{created['public_id']}", data={"email": "max@example.com"})
+    with transaction(runtime.sessions) as session:
+        suppress(
+            session,
+            tenant_id=acme.tenant_id,
+            entries={"max@example.com": "550 5.1.1 no such user"},
+            reason=SuppressionReason.hard_bounce,
+            now=datetime.now(UTC),
+        )
+    assert snapshot(runtime, acme.tenant_id)["contacts"] == [("max@example.com", "bounced", None)]
