@@ -56,7 +56,7 @@ from typing import Literal
 
 from tidings.errors import InvalidToken
 
-TokenKind = Literal["unsubscribe", "preferences"]
+TokenKind = Literal["unsubscribe", "preferences", "confirm"]
 
 TOKEN_VERSION = 2
 V1 = 1  # contact id or address instead of the message; read only, never made
@@ -76,8 +76,12 @@ MAX_CATEGORY_BYTES = 255
 #: Not base64 of any sealed token (too short), so it can never be mistaken for one.
 PREVIEW_TOKEN = "preview"
 
-_KIND_CODES: dict[str, int] = {"unsubscribe": 1, "preferences": 2}
-_KIND_NAMES: dict[int, TokenKind] = {1: "unsubscribe", 2: "preferences"}
+_KIND_CODES: dict[str, int] = {"unsubscribe": 1, "preferences": 2, "confirm": 3}
+_KIND_NAMES: dict[int, TokenKind] = {1: "unsubscribe", 2: "preferences", 3: "confirm"}
+#: The path of each kind's link below the public URL (``confirm``: a public sign-up's opt-in).
+LINK_PATHS: dict[str, str] = {"unsubscribe": "u", "preferences": "p", "confirm": "s/confirm"}
+#: A sign-up's confirmation link lives as long as the sign-up waits (``services/signups.py``).
+CONFIRM_MAX_AGE = timedelta(days=7)
 _HAS_CONTACT, _HAS_EMAIL, _HAS_CATEGORY = 1, 2, 4
 
 
@@ -104,8 +108,7 @@ def contact_stamp(created_at: datetime) -> int:
 
 def preview_url(public_url: str, kind: TokenKind) -> str:
     """The inert link a preview shows instead of a working one."""
-    path = "u" if kind == "unsubscribe" else "p"
-    return f"{public_url.rstrip('/')}/{path}/{PREVIEW_TOKEN}"
+    return f"{public_url.rstrip('/')}/{LINK_PATHS[kind]}/{PREVIEW_TOKEN}"
 
 
 @lru_cache(maxsize=8)
@@ -309,7 +312,8 @@ def read_token(secret: str, token: str, *, kind: TokenKind, now: datetime) -> To
         raise InvalidToken() from None
     if claims.kind != kind:
         raise InvalidToken()
-    if claims.issued_at + TOKEN_MAX_AGE < now or claims.issued_at > now + CLOCK_SKEW:
+    max_age = CONFIRM_MAX_AGE if kind == "confirm" else TOKEN_MAX_AGE
+    if claims.issued_at + max_age < now or claims.issued_at > now + CLOCK_SKEW:
         raise InvalidToken("This link has expired.")
     return claims
 

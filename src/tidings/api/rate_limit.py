@@ -38,6 +38,10 @@ class Limit:
 PER_TOKEN = Limit(requests=20, window_seconds=600.0)
 #: One client address, over every link it tries.
 PER_CLIENT = Limit(requests=120, window_seconds=60.0)
+#: Public sign-up forms (``/s/{public_id}``): sign-ups from one client address (an office behind
+#: one address signs up a few people), and confirmation mails to one address (``api/routes/signup``).
+SIGNUP_PER_CLIENT = Limit(requests=10, window_seconds=600.0)
+SIGNUP_PER_EMAIL = Limit(requests=3, window_seconds=3600.0)
 #: Keys remembered at most; the least recently used are forgotten first, so memory stays bounded
 #: however many made-up tokens arrive (a forgotten key only starts a fresh window).
 MAX_KEYS = 50_000

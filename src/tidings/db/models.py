@@ -148,8 +148,20 @@ class ContactList(Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Public sign-up (migration 0022, services/signups.py): whether /s/{public_id} takes sign-ups,
+    # and whether they wait for the confirmation link. ``public_id`` is random and unguessable,
+    # never the numeric id, so one list's form says nothing about the tenant's other lists.
+    double_opt_in: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=sql_text("false")
+    )
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sql_text("false"))
+    public_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
-    __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_lists_tenant_name"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name", name="uq_lists_tenant_name"),
+        # An index, not a constraint: SQLite adds it without rebuilding the table.
+        Index("uq_lists_public_id", "public_id", unique=True),
+    )
 
 
 class ListMember(Base):
@@ -181,6 +193,35 @@ class Segment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),)
+
+
+class Signup(Base):
+    """A public sign-up waiting for its confirmation link (double opt-in): the list and the
+    categories chosen, and the confirmation message whose link confirms it. One per list and
+    contact (signing up again replaces it); purged after ``signups.PENDING_DAYS``."""
+
+    __tablename__ = "signups"
+
+    list_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True
+    )
+    contact_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[int] = _tenant_fk()
+    message_id: Mapped[int | None] = mapped_column(BigId, nullable=True)  # the confirmation mail
+    name: Mapped[str | None] = mapped_column(String(300), nullable=True)  # as typed in the form
+    categories: Mapped[list[str]] = mapped_column(Json, default=list)  # the ones ticked
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        # The confirmation link names its message.
+        Index("ix_signups_tenant_message", "tenant_id", "message_id"),
+        # The purge of unconfirmed sign-ups reads the oldest first.
+        Index("ix_signups_created_at", "created_at"),
+        Index("ix_signups_contact", "contact_id"),
+    )
 
 
 class Template(Base):

@@ -529,6 +529,7 @@ class Worker:
                 complaint_rate=settings.guardrail_complaint_rate,
             )
             maintenance.complete_finished_campaigns(session=session, now=now)
+            maintenance.purge_unconfirmed_signups(session=session, now=now)
             forget_quiet_domains(session=session, now=now)
             preparing = (
                 take_preparing(session=session, now=now, lease_seconds=PREPARE_LEASE_SECONDS)

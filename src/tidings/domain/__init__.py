@@ -21,6 +21,9 @@ _ROLE_RANK = {Role.viewer: 0, Role.sender: 1, Role.admin: 2}
 
 class ContactStatus(enum.StrEnum):
     active = "active"
+    #: Signed up through a public form, not confirmed yet: receives the confirmation mail (and
+    #: other transactional mail without a category), never bulk mail.
+    pending = "pending"
     unsubscribed = "unsubscribed"
     bounced = "bounced"
     complained = "complained"

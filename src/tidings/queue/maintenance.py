@@ -7,16 +7,17 @@ status change and its consequences (the fan-out, the event) visible together.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Exists, case, func, select, update
+from sqlalchemy import Exists, case, delete, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from tidings.db.models import Campaign, Event, Message
+from tidings.db.models import Campaign, Contact, Event, Message, Signup
 from tidings.domain import (
     FAILED_MESSAGE_STATUSES,
     PENDING_MESSAGE_STATUSES,
     CampaignStatus,
+    ContactStatus,
     EventType,
     MessageStatus,
 )
@@ -24,6 +25,10 @@ from tidings.queue.fanout import fan_out_campaign
 
 #: Campaigns one pass starts; the rest wait for the next pass, so a pass stays short.
 START_BATCH = 5  # campaigns
+#: An unconfirmed public sign-up (and a contact still ``pending`` through it) lives this long.
+SIGNUP_PENDING_TTL = timedelta(days=7)
+#: Sign-ups one pass purges: short statements, short locks; the next pass takes the next batch.
+SIGNUP_PURGE_BATCH = 200  # rows
 #: Characters of a server's reply quoted in a failed campaign's reason.
 MAX_REASON_ERROR = 300
 
@@ -158,3 +163,53 @@ def _failure_reason(session: Session, campaign_id: int) -> str:
     if error:
         reason += f"; the most frequent error ({count} of them): {error[:MAX_REASON_ERROR]}"
     return reason
+
+
+def purge_unconfirmed_signups(
+    *, session: Session, now: datetime, batch: int = SIGNUP_PURGE_BATCH
+) -> int:
+    """Delete up to ``batch`` sign-ups older than ``SIGNUP_PENDING_TTL`` (a confirmed one has done
+    its work, an unconfirmed one expired), and those of their contacts still ``pending`` with no
+    other sign-up waiting; how many sign-ups went.
+
+    Reads the oldest first through ``ix_signups_created_at``, so a pass with nothing to do costs
+    one index probe. A contact's messages are detached before it goes, as
+    ``contacts.delete_contact`` does (``messages`` has no foreign keys).
+    """
+    cutoff = now - SIGNUP_PENDING_TTL
+    expired = session.execute(
+        select(Signup.list_id, Signup.contact_id)
+        .where(Signup.created_at < cutoff)
+        .order_by(Signup.created_at)
+        .limit(batch)
+    ).all()
+    if not expired:
+        return 0
+    session.execute(
+        delete(Signup).where(
+            tuple_(Signup.list_id, Signup.contact_id).in_([tuple(key) for key in expired])
+        )
+    )
+    waiting = select(Signup.contact_id).where(Signup.contact_id == Contact.id).exists()
+    stale = list(
+        session.scalars(
+            select(Contact.id).where(
+                Contact.id.in_(sorted({contact_id for _, contact_id in expired})),
+                Contact.status == ContactStatus.pending.value,
+                ~waiting,
+            )
+        )
+    )
+    if stale:
+        session.execute(
+            update(Message)
+            .where(Message.contact_id.in_(stale))
+            .values(contact_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            delete(Contact)
+            .where(Contact.id.in_(stale))
+            .execution_options(synchronize_session=False)
+        )
+    return len(expired)

@@ -34,11 +34,15 @@ MAX_DETAIL_LENGTH = 2000  # characters
 
 #: The contact status each automatic reason stands for, and the statuses it may replace.
 STATUS_OF: dict[SuppressionReason, tuple[ContactStatus, frozenset[str]]] = {
+    # ``pending`` (a sign-up not confirmed yet): its confirmation mail may bounce too.
     SuppressionReason.unsubscribe: (
         ContactStatus.unsubscribed,
-        frozenset({ContactStatus.active.value}),
+        frozenset({ContactStatus.active.value, ContactStatus.pending.value}),
     ),
-    SuppressionReason.hard_bounce: (ContactStatus.bounced, frozenset({ContactStatus.active.value})),
+    SuppressionReason.hard_bounce: (
+        ContactStatus.bounced,
+        frozenset({ContactStatus.active.value, ContactStatus.pending.value}),
+    ),
     SuppressionReason.complaint: (
         ContactStatus.complained,
         frozenset(s.value for s in ContactStatus if s is not ContactStatus.complained),

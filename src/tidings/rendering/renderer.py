@@ -50,11 +50,10 @@ Part = Literal["subject", "html", "text"]
 COMPILE_CACHE_SIZE = 128  # compiled templates remembered by content
 #: Larger content is compiled each time rather than pinned in memory by the cache.
 COMPILE_CACHE_MAX_CHARS = 64 * 1024
-LINK_KINDS: tuple[tokens.TokenKind, ...] = ("unsubscribe", "preferences")
-_LINK_PATHS = {
-    "unsubscribe": "u",
-    "preferences": "p",
-}  # as tokens.unsubscribe_url / preferences_url
+#: ``confirm_url`` only acts in the confirmation mail of a public sign-up (``services/signups``):
+#: in any other message it names no sign-up, and its page answers like a forged link.
+LINK_KINDS: tuple[tokens.TokenKind, ...] = ("unsubscribe", "preferences", "confirm")
+_LINK_PATHS = tokens.LINK_PATHS
 
 
 class RenderSettings(Protocol):

@@ -6,6 +6,7 @@ thousand contacts is one statement and adding someone twice is harmless.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from tidings.services.pagination import Page, paginate
 MAX_NAME_LENGTH = 200  # characters: the column size
 MAX_DESCRIPTION_LENGTH = 10_000  # characters
 MAX_MEMBERS_PER_REQUEST = 10_000  # ids; larger sets go through the import
+PUBLIC_ID_BYTES = 16  # random bytes of a public_id: 22 URL-safe characters
 
 
 def _clean_name(value: object) -> str:
@@ -51,6 +53,17 @@ def _clean_description(value: object) -> str | None:
     return value.strip() or None
 
 
+def _clean_flag(value: object, *, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false", field=field)
+    return value
+
+
+def new_public_id() -> str:
+    """The random name of a list's sign-up form (``/s/{public_id}``): unguessable, URL-safe."""
+    return secrets.token_urlsafe(PUBLIC_ID_BYTES)
+
+
 def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
@@ -74,13 +87,24 @@ def _save_name(session: Session, contact_list: ContactList) -> None:
 
 
 def create_list(
-    *, session: Session, tenant_id: int, name: str, description: str | None, now: datetime
+    *,
+    session: Session,
+    tenant_id: int,
+    name: str,
+    description: str | None,
+    now: datetime,
+    double_opt_in: bool = False,
+    public: bool = False,
 ) -> ContactList:
+    """A new list; its ``public_id`` is made now, so making it public later changes no link."""
     contact_list = ContactList(
         tenant_id=tenant_id,
         name=_clean_name(name),
         description=_clean_description(description),
         created_at=now,
+        double_opt_in=_clean_flag(double_opt_in, field="double_opt_in"),
+        public=_clean_flag(public, field="public"),
+        public_id=new_public_id(),
     )
     session.add(contact_list)
     _save_name(session, contact_list)
@@ -102,12 +126,18 @@ def get_list(
 def update_list(
     *, session: Session, tenant_id: int, list_id: int, changes: Mapping[str, Any]
 ) -> ContactList:
-    """Sets the fields named in ``changes`` (``name``, ``description``)."""
+    """Sets the fields named in ``changes`` (``name``, ``description``, ``double_opt_in``,
+    ``public``)."""
     contact_list = get_list(session=session, tenant_id=tenant_id, list_id=list_id)
     if "name" in changes:
         contact_list.name = _clean_name(changes["name"])
     if "description" in changes:
         contact_list.description = _clean_description(changes["description"])
+    for flag in ("double_opt_in", "public"):
+        if flag in changes:
+            setattr(contact_list, flag, _clean_flag(changes[flag], field=flag))
+    if contact_list.public and contact_list.public_id is None:  # a list made before 0022
+        contact_list.public_id = new_public_id()
     _save_name(session, contact_list)
     return contact_list
 

@@ -342,6 +342,13 @@ def set_contact_choices(
     return contact_choices(session=session, tenant_id=tenant_id, contact_id=contact_id)
 
 
+def record_choices(
+    session: Session, tenant_id: int, contact_id: int, choices: Mapping[str, bool], now: datetime
+) -> list[str]:
+    """Store a contact's own choices (a confirmed sign-up's categories); those turned off."""
+    return _set_choices(session, tenant_id, contact_id, choices, now)
+
+
 def _tenant_contact(session: Session, tenant_id: int, contact_id: int) -> Contact:
     contact = session.scalar(
         select(Contact).where(Contact.tenant_id == tenant_id, Contact.id == contact_id)

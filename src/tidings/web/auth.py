@@ -119,6 +119,7 @@ NOTICES = {
     "test-sent": "The test is on its way: its subject starts with [TEST], and its unsubscribe "
     "link only shows a preview page. The campaign's figures do not count it.",
     "list-created": "The list was created.",
+    "signup-saved": "The sign-up settings were saved.",
     "changed": "The campaign was changed.",
     "deleted": "The draft was deleted.",
     "template-saved": "The template was saved.",

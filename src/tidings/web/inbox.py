@@ -23,8 +23,9 @@ from tidings.transports.factory import parse_outbox_url
 
 MAX_MESSAGE_BYTES = 10_000_000  # larger files are not shown
 HEADER_READ_BYTES = 64 * 1024  # the inbox list reads only this much of each file
-#: A ``/u/`` or ``/p/`` link's token (URL-safe base64; every real token is longer than 20).
-_LINK_TOKEN = re.compile(r"(/[up]/)[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])")
+#: A ``/u/``, ``/p/`` or ``/s/confirm/`` link's token (URL-safe base64; every real token is
+#: longer than 20): a dashboard user must not confirm a sign-up for its recipient either.
+_LINK_TOKEN = re.compile(r"(/(?:[up]|s/confirm)/)[A-Za-z0-9_-]{20,}(?![A-Za-z0-9_-])")
 #: Headers worth showing to someone checking what was sent.
 SHOWN_HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe", "Reply-To")
 

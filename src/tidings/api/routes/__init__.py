@@ -19,6 +19,7 @@ from tidings.api.routes import (
     reminders,
     segments,
     settings,
+    signup,
     suppressions,
     templates,
     throttle,
@@ -47,6 +48,7 @@ ROUTERS: list[APIRouter] = [
     domains.router,
     public.router,
     tracking.router,
+    signup.router,
     health.router,
     metrics.router,
     *web_routers(),  # the dashboard at /, kept out of the OpenAPI document

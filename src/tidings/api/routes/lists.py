@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
@@ -15,6 +15,7 @@ from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, Sessi
 from tidings.api.schemas import ERROR_RESPONSES, ErrorResponse, Id, IdPath, PageOut, StrictModel
 from tidings.api.uploads import UPLOAD_READ_BYTES, UploadDep
 from tidings.db.models import ContactList
+from tidings.runtime import Runtime
 from tidings.services import imports, lists
 from tidings.services.imports import ImportFormat
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -38,11 +39,17 @@ UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 class ListIn(StrictModel):
     name: str = Field(min_length=1, max_length=lists.MAX_NAME_LENGTH)
     description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
+    double_opt_in: StrictBool = Field(
+        False, description="Public sign-ups wait for the confirmation link in a mail"
+    )
+    public: StrictBool = Field(False, description="GET|POST /s/{public_id} takes sign-ups")
 
 
 class ListPatch(StrictModel):
     name: str | None = Field(None, min_length=1, max_length=lists.MAX_NAME_LENGTH)
     description: str | None = Field(None, max_length=lists.MAX_DESCRIPTION_LENGTH)
+    double_opt_in: StrictBool | None = None
+    public: StrictBool | None = None
 
 
 class ListOut(BaseModel):
@@ -51,16 +58,29 @@ class ListOut(BaseModel):
     description: str | None
     member_count: int
     created_at: datetime
+    double_opt_in: bool
+    public: bool
+    public_id: str | None = Field(description="Names the list's sign-up form; never the id")
+    signup_url: str | None = Field(description="The hosted sign-up form, while the list is public")
 
     @classmethod
-    def of(cls, contact_list: ContactList, member_count: int) -> ListOut:
+    def of(cls, contact_list: ContactList, member_count: int, public_url: str) -> ListOut:
+        public_id = contact_list.public_id
         return cls(
             id=contact_list.id,
             name=contact_list.name,
             description=contact_list.description,
             member_count=member_count,
             created_at=contact_list.created_at,
+            double_opt_in=contact_list.double_opt_in,
+            public=contact_list.public,
+            public_id=public_id,
+            signup_url=signup_url(public_url, public_id) if contact_list.public else None,
         )
+
+
+def signup_url(public_url: str, public_id: str | None) -> str | None:
+    return f"{public_url.rstrip('/')}/s/{public_id}" if public_id else None
 
 
 class MembersIn(StrictModel):
@@ -87,15 +107,16 @@ class ImportOut(BaseModel):
     added_to_list: int
 
 
-def _out(session: Session, contact_list: ContactList) -> ListOut:
+def _out(session: Session, contact_list: ContactList, runtime: Runtime) -> ListOut:
     counts = lists.member_counts(session=session, list_ids=[contact_list.id])
-    return ListOut.of(contact_list, counts[contact_list.id])
+    return ListOut.of(contact_list, counts[contact_list.id], runtime.settings.public_url)
 
 
 @router.get("")
 def list_lists(
     principal: ViewerDep,
     session: SessionDep,
+    runtime: RuntimeDep,
     limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
     cursor: str | None = Query(
         None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous page"
@@ -106,41 +127,52 @@ def list_lists(
     )
     counts = lists.member_counts(session=session, list_ids=[item.id for item in page.items])
     return PageOut(
-        items=[ListOut.of(item, counts[item.id]) for item in page.items],
+        items=[
+            ListOut.of(item, counts[item.id], runtime.settings.public_url) for item in page.items
+        ],
         next_cursor=page.next_cursor,
     )
 
 
 @router.post("", status_code=201)
-def create_list(body: ListIn, principal: SenderDep, session: SessionDep, now: NowDep) -> ListOut:
+def create_list(
+    body: ListIn, principal: SenderDep, session: SessionDep, runtime: RuntimeDep, now: NowDep
+) -> ListOut:
     created = lists.create_list(
         session=session,
         tenant_id=principal.tenant_id,
         name=body.name,
         description=body.description,
         now=now,
+        double_opt_in=body.double_opt_in,
+        public=body.public,
     )
-    return ListOut.of(created, 0)
+    return ListOut.of(created, 0, runtime.settings.public_url)
 
 
 @router.get("/{list_id}")
-def get_list(list_id: IdPath, principal: ViewerDep, session: SessionDep) -> ListOut:
+def get_list(
+    list_id: IdPath, principal: ViewerDep, session: SessionDep, runtime: RuntimeDep
+) -> ListOut:
     return _out(
-        session, lists.get_list(session=session, tenant_id=principal.tenant_id, list_id=list_id)
+        session,
+        lists.get_list(session=session, tenant_id=principal.tenant_id, list_id=list_id),
+        runtime,
     )
 
 
 @router.patch("/{list_id}")
 def update_list(
-    list_id: IdPath, body: ListPatch, principal: SenderDep, session: SessionDep
+    list_id: IdPath, body: ListPatch, principal: SenderDep, session: SessionDep, runtime: RuntimeDep
 ) -> ListOut:
+    changes = body.model_dump(exclude_unset=True)
+    for flag in ("double_opt_in", "public"):
+        if flag in changes and changes[flag] is None:  # null leaves a flag as it is
+            del changes[flag]
     updated = lists.update_list(
-        session=session,
-        tenant_id=principal.tenant_id,
-        list_id=list_id,
-        changes=body.model_dump(exclude_unset=True),
+        session=session, tenant_id=principal.tenant_id, list_id=list_id, changes=changes
     )
-    return _out(session, updated)
+    return _out(session, updated, runtime)
 
 
 @router.delete("/{list_id}", status_code=204)

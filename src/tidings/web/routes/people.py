@@ -85,6 +85,7 @@ def _lists_page(
         session=session, tenant_id=user.tenant_id, limit=LISTS_SHOWN, cursor=None
     )
     counts = lists.member_counts(session=session, list_ids=[x.id for x in page.items])
+    public_url = request.app.state.runtime.settings.public_url.rstrip("/")
     return show(
         request,
         user,
@@ -92,6 +93,7 @@ def _lists_page(
         status_code=status_code,
         lists=page.items,
         member_counts=counts,
+        signup_base=f"{public_url}/s/",
         report=report,
         report_list=report_list,
         errors=errors or {},
@@ -124,6 +126,24 @@ def create_list(
     except InvalidInput as exc:
         return _lists_page(request, user, session, errors={"name": exc.message}, status_code=422)
     return RedirectResponse("/lists?done=list-created", status_code=303)
+
+
+@router.post("/lists/{list_id}/signup", response_class=HTMLResponse)
+def save_signup(
+    list_id: IdPath,
+    user: SenderAction,
+    session: SessionDep,
+    public: Annotated[str, Form(max_length=10)] = "",
+    double_opt_in: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    """The public sign-up form on or off, and whether its sign-ups wait for confirmation."""
+    lists.update_list(
+        session=session,
+        tenant_id=user.tenant_id,
+        list_id=list_id,
+        changes={"public": public == "on", "double_opt_in": double_opt_in == "on"},
+    )
+    return RedirectResponse("/lists?done=signup-saved", status_code=303)
 
 
 def _file_format(upload: UploadFile) -> ImportFormat:
