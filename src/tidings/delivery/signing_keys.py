@@ -44,6 +44,8 @@ class TenantKeys:
 
     def for_sender(self, from_address: str) -> DkimKey | None:
         """The key of the From's domain, else of its closest parent domain that has one."""
+        if not self.by_domain:  # most tenants: no address to parse for every message
+            return None
         for name in covering_domains(from_address):
             key = self.by_domain.get(name)
             if key is not None:
