@@ -7,6 +7,7 @@ the masked URL. The workers pick the list up within ``routing.ROUTES_TTL`` secon
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +19,7 @@ from tidings.config import Settings
 from tidings.db.models import TenantTransport
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.transports import directory
-from tidings.transports.factory import ProbeResult, mask_url
+from tidings.transports.factory import ProbeResult, mask_url, probe_url
 from tidings.transports.tenant_urls import Resolver, TenantUrlPolicy, check_tenant_url
 
 MAX_TRANSPORTS_PER_TENANT = 20
@@ -170,3 +171,37 @@ def transports_health(*, session: Session, tenant_id: int) -> list[TransportHeal
         )
         for r in list_transports(session=session, tenant_id=tenant_id)
     ]
+
+
+async def test_transport(
+    *,
+    session: Session,
+    settings: Settings,
+    secret_key: str,
+    tenant_id: int,
+    transport_id: int,
+    now: datetime,
+) -> tuple[ProbeResult, TenantTransport]:
+    """Connect and say hello (``factory.probe_url``: SMTP connect, TLS, EHLO, AUTH; Resend an
+    authenticated read), sending nothing, and record the answer as a health probe. The database
+    parts run in a thread each, so that the wait for the server holds no connection's thread."""
+
+    def unsealed() -> str:
+        row = get_transport(session=session, tenant_id=tenant_id, transport_id=transport_id)
+        # The host again: what it resolves to may have changed since it was registered.
+        return check_tenant_url(
+            transport_url(row=row, secret_key=secret_key),
+            tenant_id=tenant_id,
+            policy=url_policy(settings),
+        )
+
+    result = await probe_url(await asyncio.to_thread(unsealed))
+    row = await asyncio.to_thread(
+        record_test,
+        session=session,
+        tenant_id=tenant_id,
+        transport_id=transport_id,
+        result=result,
+        now=now,
+    )
+    return result, row

@@ -123,6 +123,8 @@ NOTICES = {
     "changed": "The campaign was changed.",
     "deleted": "The draft was deleted.",
     "template-saved": "The template was saved.",
+    "transport-answered": "The transport answered: it can send.",
+    "transport-failed": "The transport did not answer as it should: its last error is below.",
     "template-deleted": "The template was deleted.",
     "signed-out": "You are signed out.",
     "domain-added": "The domain was added: publish its DNS records, then verify it.",

@@ -11,14 +11,12 @@ from datetime import datetime
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, RuntimeDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import TenantTransport
 from tidings.services import transports
-from tidings.transports.factory import probe_url
-from tidings.transports.tenant_urls import MAX_URL_LENGTH, check_tenant_url
+from tidings.transports.tenant_urls import MAX_URL_LENGTH
 
 router = APIRouter(
     prefix="/v1/transports",
@@ -133,25 +131,14 @@ async def test_transport(
 ) -> TestOut:
     """Connects and says hello (SMTP: connect, TLS, EHLO, AUTH; Resend: an authenticated read),
     sends nothing, and reports the answer and how long it took. Counts as a health probe."""
-    tenant_id = principal.tenant_id
-
-    def unsealed() -> str:
-        row = transports.get_transport(
-            session=session, tenant_id=tenant_id, transport_id=transport_id
-        )
-        url = transports.transport_url(row=row, secret_key=runtime.secret_key)
-        # The host again: what it resolves to may have changed since it was registered.
-        policy = transports.url_policy(runtime.settings)
-        return check_tenant_url(url, tenant_id=tenant_id, policy=policy)
-
-    result = await probe_url(await run_in_threadpool(unsealed))
-
-    def record() -> TenantTransport:
-        return transports.record_test(
-            session=session, tenant_id=tenant_id, transport_id=transport_id, result=result, now=now
-        )
-
-    row = await run_in_threadpool(record)
+    result, row = await transports.test_transport(
+        session=session,
+        settings=runtime.settings,
+        secret_key=runtime.secret_key,
+        tenant_id=principal.tenant_id,
+        transport_id=transport_id,
+        now=now,
+    )
     return TestOut(
         ok=result.ok,
         answer=result.answer,

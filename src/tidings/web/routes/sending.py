@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.errors import Conflict, InvalidInput
-from tidings.services import domains
+from tidings.services import domains, transports
 from tidings.transports.dkim_sign import ALGORITHMS, RSA
 from tidings.web.auth import AdminAction, UserDep, WebUser, show
 from tidings.web.pages import DashboardRoute
@@ -49,6 +49,7 @@ def _page(
         values=values or {"domain": "", "algorithm": RSA},
         errors=errors or {},
         require_verified=runtime.settings.require_verified_from,
+        transports=transports.transports_health(session=session, tenant_id=user.tenant_id),
     )
 
 
@@ -130,3 +131,21 @@ def rotate_domain(
 def delete_domain(domain_id: IdPath, user: AdminAction, session: SessionDep) -> Response:
     domains.delete_domain(session=session, tenant_id=user.tenant_id, domain_id=domain_id)
     return RedirectResponse("/sending?done=domain-deleted", status_code=303)
+
+
+@router.post("/sending/transports/{transport_id}/test")
+async def test_transport(
+    transport_id: IdPath, user: AdminAction, session: SessionDep, runtime: RuntimeDep, now: NowDep
+) -> Response:
+    """Connect and say hello, as ``POST /v1/transports/{id}/test``; the answer of a failed test
+    shows in the table (its last error), and it counts as a health probe."""
+    result, _ = await transports.test_transport(
+        session=session,
+        settings=runtime.settings,
+        secret_key=runtime.secret_key,
+        tenant_id=user.tenant_id,
+        transport_id=transport_id,
+        now=now,
+    )
+    done = "transport-answered" if result.ok else "transport-failed"
+    return RedirectResponse(f"/sending?done={done}#transports", status_code=303)
