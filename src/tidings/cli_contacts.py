@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import address_key
 from tidings.cli_common import console, fail, open_runtime, tenant_id_of, unit_of_work
 from tidings.cli_progress import ImportProgress
 from tidings.db.models import ContactList
@@ -82,6 +83,7 @@ def import_file(
                     ),
                     now=runtime.clock.now(),
                     max_attributes_bytes=runtime.settings.max_attributes_bytes,
+                    address_key=address_key(runtime.secret_key),
                 )
         # Reported only now: the transaction has committed.
         if created_list:

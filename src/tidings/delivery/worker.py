@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidings import metrics
+from tidings.address_hash import address_key
 from tidings.db.engine import transaction
 from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
@@ -246,6 +247,7 @@ class Worker:
                 limit=limit,
                 lease_seconds=settings.lease_seconds,
                 lead=lead,
+                address_key=address_key(self.runtime.secret_key),
             )
             return claim, load_context(session, claim.messages) if claim.messages else None
 

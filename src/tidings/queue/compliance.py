@@ -45,6 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import hashed_address
 from tidings.db.models import (
     Campaign,
     Contact,
@@ -107,17 +108,22 @@ class _Held:
 
 
 def screen_claimed(
-    *, session: Session, messages: list[ClaimedMessage], now: datetime
+    *,
+    session: Session,
+    messages: list[ClaimedMessage],
+    now: datetime,
+    address_key: bytes | None = None,
 ) -> list[ClaimedMessage]:
     """The claimed messages that may be sent; the others are written ``suppressed`` or delayed.
 
     Call inside the claim's transaction, after the rows were marked ``sending`` and before
     throttle admission, so a message held back here never spends a throttle slot.
+    ``address_key``: also match suppressions kept as the keyed hash of an erased address.
     """
     if not messages:
         return []
     categories = _categories(session, messages)
-    blocked = _blocked(session, messages, categories)
+    blocked = _blocked(session, messages, categories, address_key)
     held = [_Held(m, blocked[m.id]) for m in messages if m.id in blocked]
     passed = [m for m in messages if m.id not in blocked]
     capped = _apply_caps(session, passed, categories, now)
@@ -155,7 +161,10 @@ def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[in
 
 
 def _blocked(
-    session: Session, messages: Sequence[ClaimedMessage], categories: dict[int, str | None]
+    session: Session,
+    messages: Sequence[ClaimedMessage],
+    categories: dict[int, str | None],
+    address_key: bytes | None,
 ) -> dict[int, str]:
     """Message id -> why it must not be sent, from three look-ups for the whole batch."""
     contact_keys = {(m.tenant_id, m.contact_id) for m in messages if m.contact_id}
@@ -185,15 +194,26 @@ def _blocked(
                 )
                 if owned(contact_keys, tenant_id, contact_id)
             }
-    listed = {
-        (tenant_id, email): reason
-        for tenant_id, email, reason in session.connection().execute(
-            select(Suppression.tenant_id, Suppression.email, Suppression.reason).where(
-                Suppression.tenant_id.in_(sorted({m.tenant_id for m in messages})),
-                Suppression.email.in_(sorted({m.to_address for m in messages})),
-            )
+    # An erased address is listed as its keyed hash (address_hash.py): the batch's hashes join
+    # the same IN list, so this stays one look-up of the (tenant_id, email) index.
+    hashed = (
+        {}
+        if address_key is None
+        else {
+            hashed_address(address_key, m.tenant_id, m.to_address): (m.tenant_id, m.to_address)
+            for m in messages
+        }
+    )
+    listed: dict[tuple[int, str], str] = {}
+    for tenant_id, email, listed_reason in session.connection().execute(
+        select(Suppression.tenant_id, Suppression.email, Suppression.reason).where(
+            Suppression.tenant_id.in_(sorted({m.tenant_id for m in messages})),
+            Suppression.email.in_(sorted({m.to_address for m in messages} | set(hashed))),
         )
-    }
+    ):
+        owner, address = hashed.get(email, (tenant_id, email))
+        if owner == tenant_id:
+            listed.setdefault((tenant_id, address), listed_reason)
     blocked: dict[int, str] = {}
     for m in messages:
         category = categories[m.id]
