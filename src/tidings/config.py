@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     #: Allow tenants' webhook endpoints on private, loopback and link-local addresses (tests, intranets).
     webhook_allow_private: bool = False
 
+    #: Bodies (subject, html, text, data) of messages that ended, and events, older than this are
+    #: purged by the workers' maintenance (``queue/retention.py``); message rows stay, so campaign
+    #: figures stay right. 0 turns the purge off.
+    retention_days: int = Field(default=180, ge=0)
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
