@@ -162,7 +162,12 @@ def test_a_pass_stops_at_its_budget_and_the_next_goes_on(runtime: Runtime) -> No
     ticks = iter(range(1000))
 
     first = purge_expired(
-        runtime.sessions, retention_days=180, batch=2, budget=3, clock=lambda: next(ticks)
+        runtime.sessions,
+        retention_days=180,
+        batch=2,
+        budget=3,
+        clock=lambda: next(ticks),
+        sleep=lambda _: None,
     )
 
     assert not first.done and first.bodies <= 4

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, Text, and_, cast, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tidings.db.engine import transaction
@@ -59,7 +59,8 @@ _COLUMNS = (
     Contact.locale,
     Contact.created_at,
     Contact.updated_at,
-    Contact.attributes,
+    # The stored JSON text as is: decoding and re-encoding it was a third of the export's time.
+    cast(Contact.attributes, Text).label("attributes"),
 )
 
 
@@ -68,6 +69,7 @@ class ExportFormat(enum.StrEnum):
     jsonl = "jsonl"
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
 MEDIA_TYPES = {
     ExportFormat.csv: "text/csv; charset=utf-8",
     ExportFormat.jsonl: "application/x-ndjson",
@@ -183,20 +185,21 @@ def _csv_line(cells: tuple[str, ...] | list[str]) -> bytes:
 
 
 def _csv_cells(row: Any, list_ids: list[int]) -> list[str]:
-    cells = [
-        row.email,
-        row.name or "",
-        row.first_name or "",
-        row.last_name or "",
+    # Only the free-text cells can start like a formula: dates and ids start with a digit, and
+    # the attributes with "{".
+    return [
+        defuse(row.email),
+        defuse(row.name or ""),
+        defuse(row.first_name or ""),
+        defuse(row.last_name or ""),
         row.status,
-        row.timezone or "",
-        row.locale or "",
+        defuse(row.timezone or ""),
+        defuse(row.locale or ""),
         _iso(row.created_at) or "",
         _iso(row.updated_at) or "",
         " ".join(map(str, list_ids)),
-        json.dumps(row.attributes or {}, ensure_ascii=False, sort_keys=True),
+        row.attributes or "{}",
     ]
-    return [defuse(cell) for cell in cells]
 
 
 def _jsonl_row(row: Any, list_ids: list[int]) -> str:
@@ -212,6 +215,6 @@ def _jsonl_row(row: Any, list_ids: list[int]) -> str:
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
         "list_ids": list_ids,
-        "attributes": row.attributes or {},
     }
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    # The stored attributes are JSON text already: spliced in, not decoded and encoded again.
+    return _ENCODER.encode(record)[:-1] + ', "attributes": ' + (row.attributes or "{}") + "}\n"
