@@ -125,7 +125,7 @@ def export_file(
             )
         stream = exports.export_contacts(
             runtime.sessions,
-            where=where,
+            selection=where,
             file_format=exports.ExportFormat(file_format.value),
             tenant_id=owner,
         )

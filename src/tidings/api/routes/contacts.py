@@ -186,7 +186,7 @@ def export_contacts(
         status=status,
     )
     body = exports.export_contacts(
-        runtime.sessions, where=where, file_format=file_format, tenant_id=principal.tenant_id
+        runtime.sessions, selection=where, file_format=file_format, tenant_id=principal.tenant_id
     )
     return StreamingResponse(
         body,
