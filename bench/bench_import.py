@@ -33,6 +33,7 @@ import httpx
 from databases import PG_ADMIN_URL, postgres_database, sqlite_database
 from sqlalchemy import func, select
 
+from tidings.address_hash import address_key
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Contact
@@ -108,6 +109,7 @@ def import_with_service(runtime: Runtime, tenant_id: int, list_id: int, path: Pa
             file_format=ImportFormat.csv,
             now=datetime.now(UTC),
             max_attributes_bytes=runtime.settings.max_attributes_bytes,
+            address_key=address_key(runtime.secret_key),
         )
     return (
         f"created={result.created} updated={result.updated}"

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     #: unset: the suggestion authorises the domain's MX hosts only.
     spf_include: str | None = None
 
+    #: Bodies (subject, html, text, data) of messages that ended, and events, older than this are
+    #: purged by the workers' maintenance (``queue/retention.py``); message rows stay, so campaign
+    #: figures stay right. 0 turns the purge off.
+    retention_days: int = Field(default=180, ge=0)
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import address_key
 from tidings.cli_progress import CampaignSnapshot, follow_campaign
 from tidings.db.engine import transaction
 from tidings.db.models import ContactList, Template
@@ -114,6 +115,7 @@ def set_up_demo(
     now: datetime,
     ttl_seconds: float,
     max_attributes_bytes: int,
+    address_key: bytes,
 ) -> DemoSetup:
     """Tenant, throttle, list, contacts, template and a started campaign, in the caller's transaction."""
     try:
@@ -141,6 +143,7 @@ def set_up_demo(
         file_format=imports.ImportFormat.csv,
         now=now,
         max_attributes_bytes=max_attributes_bytes,
+        address_key=address_key,
     )
     template = _template(session, renderer, tenant_id, now)
     campaign = campaigns.create_campaign(
@@ -243,6 +246,7 @@ def run_demo(
                 now=runtime.clock.now(),
                 ttl_seconds=settings.message_ttl_seconds,
                 max_attributes_bytes=settings.max_attributes_bytes,
+                address_key=address_key(runtime.secret_key),
             )
     console.print(
         f"campaign {setup.campaign_id}: {setup.recipients:,} recipients,"

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from tests.conftest import TenantKeys, make_settings
+from tests.conftest import TEST_SECRET, TenantKeys, make_settings
 from tests.live_server import LiveServer
+from tidings.address_hash import address_key
 from tidings.api.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ListMember
@@ -290,6 +291,7 @@ def test_an_endless_line_is_refused_without_being_read_whole(
                 file_format=ImportFormat.csv,
                 now=datetime.now(UTC),
                 max_attributes_bytes=16_384,
+                address_key=address_key(TEST_SECRET),
             )
     assert sent < 2 * 1_048_576
 
@@ -319,6 +321,7 @@ def test_skipped_rows_are_capped_in_the_answer_but_all_counted(
             file_format=ImportFormat.csv,
             now=datetime.now(UTC),
             max_attributes_bytes=16_384,
+            address_key=address_key(TEST_SECRET),
             max_skipped=3,
         )
     assert (result.created, result.skipped_count, result.total_rows) == (1, 10, 11)
@@ -351,6 +354,7 @@ def test_attributes_that_would_outgrow_the_cap_once_merged_skip_the_row(
             file_format=ImportFormat.csv,
             now=now,
             max_attributes_bytes=70,
+            address_key=address_key(TEST_SECRET),
         )
     assert (result.created, result.updated, result.added_to_list) == (1, 0, 1)
     assert [(s.line, "over 70 bytes once merged" in s.reason) for s in result.skipped] == [

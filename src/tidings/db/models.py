@@ -462,6 +462,9 @@ class Event(Base):
             postgresql_where=sql_text("type IN ('bounced', 'complained', 'campaign_paused')"),
             sqlite_where=sql_text("type IN ('bounced', 'complained', 'campaign_paused')"),
         ),
+        # Events about a person (an unsubscribe, an erasure), for GDPR access; most events have
+        # no contact, so the partial index stays small and message events never write to it.
+        _present("ix_events_contact", "contact_id"),
     )
 
 
@@ -539,6 +542,17 @@ class CampaignTimeline(Base):
     clicks: Mapped[int] = mapped_column(BigInteger, default=0)
     opens_machine: Mapped[int] = mapped_column(BigInteger, default=0)
     clicks_machine: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RetentionCursor(Base):
+    """How far the retention purge has gone through one table (``queue/retention.py``): every row
+    with an id up to ``last_id`` is done, so a pass never reads them again."""
+
+    __tablename__ = "retention_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # "message_bodies", "events"
+    last_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Throttle(Base):

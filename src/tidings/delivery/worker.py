@@ -38,6 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from tidings import metrics
+from tidings.address_hash import address_key
 from tidings.db.engine import transaction
 from tidings.db.models import Worker as WorkerRow
 from tidings.delivery.compose import BatchContext, Composer, Prepared, load_context
@@ -58,6 +59,7 @@ from tidings.queue.guardrails import enforce_guardrails
 from tidings.queue.leases import reap_expired_leases, renew_leases
 from tidings.queue.notify import CHANNEL
 from tidings.queue.outcomes import lock_leased, record_outcomes
+from tidings.queue.retention import RETENTION_EVERY, purge_expired
 from tidings.queue.status import fold_counts
 from tidings.transports.base import ABANDONED, Transport
 
@@ -124,6 +126,7 @@ class Worker:
         self._fanning_out: set[asyncio.Task[None]] = set()  # preparing campaigns being written
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fold_at = 0.0  # monotonic: when to fold message count shards next
+        self._purge_at = 0.0  # monotonic: when to purge what is past retention next
         self.delivered = 0  # attempts recorded by this worker (for tests and the CLI)
 
     # -- waking up -------------------------------------------------------------------------------
@@ -248,6 +251,7 @@ class Worker:
                 limit=limit,
                 lease_seconds=settings.lease_seconds,
                 lead=lead,
+                address_key=address_key(self.runtime.secret_key),
             )
             context = (
                 load_context(
@@ -510,8 +514,9 @@ class Worker:
 
     def _maintenance_pass(self) -> tuple[bool, list[int]]:
         """Reap expired leases, start due campaigns, pause campaigns that hurt the sender's
-        reputation, complete finished ones, lease preparing campaigns no worker is writing: (True
-        if work appeared, the campaigns leased)."""
+        reputation, complete finished ones, lease preparing campaigns no worker is writing, and
+        every ``RETENTION_EVERY`` purge what is past retention: (True if work appeared, the
+        campaigns leased)."""
         settings = self.runtime.settings
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
@@ -541,6 +546,9 @@ class Worker:
             self._fold_at = time.monotonic() + FOLD_SECONDS
             with transaction(self.runtime.sessions) as session:
                 fold_counts(session=session)
+        if settings.retention_days and time.monotonic() >= self._purge_at:
+            self._purge_at = time.monotonic() + RETENTION_EVERY
+            purge_expired(self.runtime.sessions, retention_days=settings.retention_days)
         return bool(requeued or started), preparing
 
     def _register(self) -> None:

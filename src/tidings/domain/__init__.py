@@ -111,6 +111,8 @@ class EventType(enum.StrEnum):
     campaign_updated = "campaign_updated"  # a draft or scheduled campaign was changed (PATCH)
     campaign_deleted = "campaign_deleted"  # a draft was deleted; the event keeps its name
     campaign_retried = "campaign_retried"  # its failed and dead messages went back to the queue
+    # A contact was erased (GDPR): ``contact_id`` names it, the detail never holds the address.
+    contact_erased = "contact_erased"
 
 
 #: Priority added to transactional messages so that they always outrank campaign traffic.

@@ -183,10 +183,17 @@ def _sqlite_candidates(session: Session, *, now: datetime, limit: int) -> list[i
 
 
 def claim_batch(
-    *, session: Session, owner: str, limit: int, lease_seconds: float, lead: float = 0.0
+    *,
+    session: Session,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    lead: float = 0.0,
+    address_key: bytes | None = None,
 ) -> Claim:
     """Lease up to ``limit`` ready messages to ``owner``; call inside a transaction and commit at
-    once. ``lead``: how far ahead of its slot the owner's transport would write an envelope."""
+    once. ``lead``: how far ahead of its slot the owner's transport would write an envelope.
+    ``address_key``: the erasure key, so erased addresses stay suppressed (``screen_claimed``)."""
     now = db_now(session)
     token = secrets.token_hex(16)
     if session.get_bind().dialect.name == "postgresql":
@@ -216,7 +223,7 @@ def claim_batch(
     )
     claimed = [ClaimedMessage(*row) for row in rows]
     # Compliance first: a message that must not go out never spends a throttle slot.
-    allowed = screen_claimed(session=session, messages=claimed, now=now)
+    allowed = screen_claimed(session=session, messages=claimed, now=now, address_key=address_key)
     allowed = defer_outside_windows(session, allowed, now)  # outside: back at its next opening
     admission = _apply_throttles(session, allowed, now=now, lead=lead)
     admitted = sorted(admission.messages, key=lambda m: (-m.priority, m.id))

@@ -34,7 +34,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     TextClause,
+    any_,
     bindparam,
     func,
     insert,
@@ -43,8 +45,10 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from tidings.address_hash import hashed_address
 from tidings.db.models import (
     Campaign,
     Contact,
@@ -107,17 +111,22 @@ class _Held:
 
 
 def screen_claimed(
-    *, session: Session, messages: list[ClaimedMessage], now: datetime
+    *,
+    session: Session,
+    messages: list[ClaimedMessage],
+    now: datetime,
+    address_key: bytes | None = None,
 ) -> list[ClaimedMessage]:
     """The claimed messages that may be sent; the others are written ``suppressed`` or delayed.
 
     Call inside the claim's transaction, after the rows were marked ``sending`` and before
     throttle admission, so a message held back here never spends a throttle slot.
+    ``address_key``: also match suppressions kept as the keyed hash of an erased address.
     """
     if not messages:
         return []
     categories = _categories(session, messages)
-    blocked = _blocked(session, messages, categories)
+    blocked = _blocked(session, messages, categories, address_key)
     held = [_Held(m, blocked[m.id]) for m in messages if m.id in blocked]
     passed = [m for m in messages if m.id not in blocked]
     capped = _apply_caps(session, passed, categories, now)
@@ -155,7 +164,10 @@ def _categories(session: Session, messages: Sequence[ClaimedMessage]) -> dict[in
 
 
 def _blocked(
-    session: Session, messages: Sequence[ClaimedMessage], categories: dict[int, str | None]
+    session: Session,
+    messages: Sequence[ClaimedMessage],
+    categories: dict[int, str | None],
+    address_key: bytes | None,
 ) -> dict[int, str]:
     """Message id -> why it must not be sent, from three look-ups for the whole batch."""
     contact_keys = {(m.tenant_id, m.contact_id) for m in messages if m.contact_id}
@@ -185,15 +197,26 @@ def _blocked(
                 )
                 if owned(contact_keys, tenant_id, contact_id)
             }
-    listed = {
-        (tenant_id, email): reason
-        for tenant_id, email, reason in session.connection().execute(
-            select(Suppression.tenant_id, Suppression.email, Suppression.reason).where(
-                Suppression.tenant_id.in_(sorted({m.tenant_id for m in messages})),
-                Suppression.email.in_(sorted({m.to_address for m in messages})),
-            )
+    # An erased address is listed as its keyed hash (address_hash.py): the batch's hashes join
+    # the same IN list, so this stays one look-up of the (tenant_id, email) index.
+    hashed = (
+        {}
+        if address_key is None
+        else {
+            hashed_address(address_key, m.tenant_id, m.to_address): (m.tenant_id, m.to_address)
+            for m in messages
+        }
+    )
+    listed: dict[tuple[int, str], str] = {}
+    for tenant_id, email, listed_reason in session.connection().execute(
+        select(Suppression.tenant_id, Suppression.email, Suppression.reason).where(
+            Suppression.tenant_id.in_(sorted({m.tenant_id for m in messages})),
+            _one_of(session, Suppression.email, {m.to_address for m in messages} | set(hashed)),
         )
-    }
+    ):
+        owner, address = hashed.get(email, (tenant_id, email))
+        if owner == tenant_id:
+            listed.setdefault((tenant_id, address), listed_reason)
     blocked: dict[int, str] = {}
     for m in messages:
         category = categories[m.id]
@@ -209,6 +232,17 @@ def _blocked(
         if reason is not None:
             blocked[m.id] = reason
     return blocked
+
+
+def _one_of(
+    session: Session, column: InstrumentedAttribute[str], values: set[str]
+) -> ColumnElement[bool]:
+    """``column IN values``; on PostgreSQL ``= ANY(array)``, one parameter however many values:
+    binding each value separately cost more than the look-up itself (measured with a batch's
+    addresses and their hashes: 28.6 ms with 200 parameters, 15.8 ms with one array)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam("one_of", sorted(values), type_=ARRAY(String)))
+    return column.in_(sorted(values))
 
 
 def _apply_caps(

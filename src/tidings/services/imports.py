@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from tidings.db.models import ContactList
 from tidings.db.types import UTCDateTime
 from tidings.errors import InvalidInput, NotFound
+from tidings.services import suppressions
 from tidings.services.contacts import attributes_json
 from tidings.services.import_files import (
     MAX_ROW_BYTES,
@@ -65,6 +66,7 @@ def import_contacts(
     file_format: ImportFormat,
     now: datetime,
     max_attributes_bytes: int,
+    address_key: bytes,
     max_row_bytes: int = MAX_ROW_BYTES,
     max_skipped: int = MAX_SKIPPED_REPORTED,
 ) -> ImportResult:
@@ -72,6 +74,7 @@ def import_contacts(
 
     Raises InvalidInput or PayloadTooLarge for a file that cannot be read (the caller's rollback
     then undoes everything); rows that are bad on their own are skipped and reported.
+    ``address_key``: the erasure key; an erased address that comes back stays suppressed.
     """
     _lock_list(session, tenant_id, list_id)
     skips = Skips(max_skipped)
@@ -98,6 +101,14 @@ def import_contacts(
         _drop_duplicates(session, staging, skips)
         _merge_attributes_sqlite(session, staging, skips, tenant_id, max_attributes_bytes)
         created, updated, added = _upsert_sqlite(session, staging, params)
+    if suppressions.has_erased(session=session, tenant_id=tenant_id):
+        staged = session.execute(text(f"SELECT email FROM {staging}")).scalars()
+        suppressions.restore_erased(
+            session=session,
+            tenant_id=tenant_id,
+            addresses=staged,
+            address_key=address_key,
+        )
     session.execute(text(f"DROP TABLE {staging}"))
     return ImportResult(
         created=created,

@@ -40,7 +40,7 @@ from tidings.domain import TRANSACTIONAL_PRIORITY_BOOST, ContactStatus, Suppress
 from tidings.errors import InvalidToken, NotFound
 from tidings.queue.enqueue import NewMessage, enqueue_message
 from tidings.queue.maintenance import SIGNUP_PENDING_TTL as PENDING_TTL
-from tidings.services import categories, lists, preferences
+from tidings.services import categories, lists, preferences, suppressions
 from tidings.services.contacts import clean_email, clean_text
 from tidings.tokens import TokenClaims, contact_stamp
 
@@ -157,12 +157,18 @@ def sign_up(
     name: object,
     chosen: Collection[str],
     now: datetime,
+    address_key: bytes,
 ) -> None:
     """Record one sign-up to a public list (see the module docstring); InvalidInput for an
     address that is not one, and nothing else the caller could tell apart."""
     address = clean_email(email)
     clean_name = clean_text(name, field="name") if name else None
     tenant_id = contact_list.tenant_id
+    # An erased person's address is listed only as its hash: back in plain form, what it says
+    # (a complaint blocks, an unsubscribe asks for a confirmed opt-in) applies as to anyone.
+    suppressions.restore_erased(
+        session=session, tenant_id=tenant_id, addresses=[address], address_key=address_key
+    )
     listed = session.scalar(
         select(Suppression.reason).where(
             Suppression.tenant_id == tenant_id, Suppression.email == address

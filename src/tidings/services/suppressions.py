@@ -8,6 +8,11 @@ own; tenants add and remove entries through the API (``manual`` by default).
 Every automatic path goes through ``queue/suppress.py``, which also gives the contacts with the
 address the status the reason stands for; an entry the tenant adds here does the same.
 
+An erased person's entry (``services/erasure.py``) holds the keyed hash of the address instead of
+the address (``address_hash.py``). The send-time screen matches hashes itself; where an address
+comes back into the database (an import, a contact upsert), ``restore_erased`` turns its hashed
+entry back into a plain one, so that the fan-out's join and every other plain look-up see it.
+
 Removing an entry does not re-activate the contact: a contact marked ``unsubscribed``, ``bounced``
 or ``complained`` stays so until the tenant changes its status, because those statuses carry the
 same information and either one alone keeps bulk mail away.
@@ -15,6 +20,7 @@ same information and either one alone keeps bulk mail away.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +28,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import HASHED_PREFIX, hashed_address
 from tidings.db.models import Suppression
 from tidings.domain import SuppressionReason
 from tidings.domain.addresses import InvalidAddress, normalize_address
@@ -109,20 +116,95 @@ def upsert_suppression(
     return row, inserted is not None
 
 
-def delete_suppression(*, session: Session, tenant_id: int, email: str) -> None:
+def delete_suppression(
+    *, session: Session, tenant_id: int, email: str, address_key: bytes | None = None
+) -> None:
     """Take ``email`` off the list; ``NotFound`` when it is not on it.
 
     A value that is not a valid address is looked up as given: it cannot be a stored form, so
-    the answer is the same 404 as for any address that is not listed.
+    the answer is the same 404 as for any address that is not listed. With ``address_key``, the
+    entry an erasure left for the address (its hash) goes too: the only way to lift it.
     """
     try:
         address = normalize_address(email)
     except InvalidAddress:
         address = email
+    forms = [address]
+    if address_key is not None and "@" in address:
+        forms.append(hashed_address(address_key, tenant_id, address))
     removed = session.execute(
         delete(Suppression)
-        .where(Suppression.tenant_id == tenant_id, Suppression.email == address)
+        .where(Suppression.tenant_id == tenant_id, Suppression.email.in_(forms))
         .returning(Suppression.id)
     ).all()
     if not removed:
         raise NotFound("that address is not on the suppression list")
+
+
+#: ``email`` values of hashed entries sort between these two (``:`` + 1 is ``;``), so "does this
+#: tenant have any" is a short range scan of the (tenant_id, email) unique index.
+_HASHED_RANGE = (HASHED_PREFIX, HASHED_PREFIX[:-1] + ";")
+RESTORE_BATCH = 5_000  # addresses hashed and looked up per statement
+
+
+def has_erased(*, session: Session, tenant_id: int) -> bool:
+    """Whether the tenant keeps any hashed (erased) entry; when not, nothing needs hashing."""
+    low, high = _HASHED_RANGE
+    found = session.scalar(
+        select(Suppression.id)
+        .where(
+            Suppression.tenant_id == tenant_id,
+            Suppression.email >= low,
+            Suppression.email < high,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def restore_erased(
+    *, session: Session, tenant_id: int, addresses: Iterable[str], address_key: bytes
+) -> int:
+    """Turn the hashed entries of ``addresses`` (normalised) back into plain ones; how many.
+
+    Called where an erased address comes back (an import, an upsert): from then on it is in the
+    database again anyway, and every plain look-up (the fan-out's join, the import's) sees it.
+    Costs one index probe when the tenant never erased anyone.
+    """
+    if not has_erased(session=session, tenant_id=tenant_id):
+        return 0
+    restored = 0
+    batch: dict[str, str] = {}
+    for address in addresses:
+        batch[hashed_address(address_key, tenant_id, address)] = address
+        if len(batch) >= RESTORE_BATCH:
+            restored += _restore(session, tenant_id, batch)
+            batch = {}
+    if batch:
+        restored += _restore(session, tenant_id, batch)
+    return restored
+
+
+def _restore(session: Session, tenant_id: int, batch: dict[str, str]) -> int:
+    rows = session.execute(
+        select(Suppression.id, Suppression.email).where(
+            Suppression.tenant_id == tenant_id, Suppression.email.in_(list(batch))
+        )
+    ).all()
+    for row_id, hashed in rows:
+        address = batch[hashed]
+        plain = session.scalar(
+            select(Suppression.id).where(
+                Suppression.tenant_id == tenant_id, Suppression.email == address
+            )
+        )
+        if plain is not None:  # listed again meanwhile: that entry stands, the hash goes
+            session.execute(delete(Suppression).where(Suppression.id == row_id))
+        else:
+            session.execute(
+                update(Suppression)
+                .where(Suppression.id == row_id)
+                .values(email=address)
+                .execution_options(synchronize_session=False)
+            )
+    return len(rows)

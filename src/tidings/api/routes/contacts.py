@@ -6,14 +6,25 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 
-from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
+from tidings.address_hash import address_key
+from tidings.api.deps import (
+    AdminDep,
+    KeyFirstRoute,
+    NowDep,
+    RuntimeDep,
+    SenderDep,
+    SessionDep,
+    ViewerDep,
+)
+from tidings.api.routes.contact_data import ContactDataOut, ErasureOut
 from tidings.api.schemas import ERROR_RESPONSES, MAX_ID, Id, IdPath, PageOut, StrictModel
 from tidings.db.models import Contact
 from tidings.domain import ContactStatus
-from tidings.services import contacts, preferences
+from tidings.services import contact_data, contacts, erasure, exports, preferences, suppressions
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 router = APIRouter(
@@ -135,9 +146,90 @@ def upsert_contact(
         max_attributes_bytes=runtime.settings.max_attributes_bytes,
         now=now,
     )
+    # An erased address that comes back stays suppressed (services/suppressions.py).
+    suppressions.restore_erased(
+        session=session,
+        tenant_id=principal.tenant_id,
+        addresses=[contact.email],
+        address_key=address_key(runtime.secret_key),
+    )
     if not created:
         response.status_code = 200
     return _outs(session, principal.tenant_id, [contact])[0]
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Every matching contact, streamed (see services/exports.py)",
+            "content": {"text/csv": {}, "application/x-ndjson": {}},
+        }
+    },
+)
+def export_contacts(
+    principal: ViewerDep,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    file_format: exports.ExportFormat = Query(exports.ExportFormat.csv, alias="format"),
+    list_id: int | None = Query(None, ge=1, le=MAX_ID, description="Only members of this list"),
+    segment_id: int | None = Query(None, ge=1, le=MAX_ID, description="Only this segment"),
+    status: ContactStatus | None = Query(None),
+) -> StreamingResponse:
+    """CSV (fixed header; attributes as one JSON cell; formula-looking cells prefixed with ')
+    or JSON Lines, read in keyset pages while it streams: memory stays flat at any size."""
+    where = exports.export_filter(
+        session=session,
+        tenant_id=principal.tenant_id,
+        list_id=list_id,
+        segment_id=segment_id,
+        status=status,
+    )
+    body = exports.export_contacts(
+        runtime.sessions, selection=where, file_format=file_format, tenant_id=principal.tenant_id
+    )
+    return StreamingResponse(
+        body,
+        media_type=exports.MEDIA_TYPES[file_format],
+        headers={
+            "Content-Disposition": f'attachment; filename="contacts.{file_format.value}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/{contact_id}/data")
+def get_contact_data(
+    contact_id: IdPath,
+    principal: ViewerDep,
+    session: SessionDep,
+    cursor: str | None = Query(
+        None, pattern=r"^[0-9]{0,19}$", description="next_cursor of the previous answer"
+    ),
+) -> ContactDataOut:
+    """Everything held about one contact (GDPR access); messages are paged by ``next_cursor``."""
+    found = contact_data.contact_data(
+        session=session, tenant_id=principal.tenant_id, contact_id=contact_id, cursor=cursor
+    )
+    return ContactDataOut.of(
+        found, _outs(session, principal.tenant_id, [found.contact])[0].model_dump()
+    )
+
+
+@router.post("/{contact_id}/erase")
+def erase_contact(
+    contact_id: IdPath, principal: AdminDep, session: SessionDep, runtime: RuntimeDep, now: NowDep
+) -> ErasureOut:
+    """Delete the contact and replace its address by a keyed hash everywhere (GDPR erasure)."""
+    done = erasure.erase_contact(
+        session=session,
+        tenant_id=principal.tenant_id,
+        contact_id=contact_id,
+        address_key=address_key(runtime.secret_key),
+        now=now,
+    )
+    return ErasureOut.of(done)
 
 
 @router.get("/{contact_id}")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
+from tidings.address_hash import address_key
 from tidings.api.deps import KeyFirstRoute, NowDep, RuntimeDep, SenderDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, ErrorResponse, Id, IdPath, PageOut, StrictModel
 from tidings.api.uploads import UPLOAD_READ_BYTES, UploadDep
@@ -261,6 +262,7 @@ def import_into_list(
         file_format=file_format,
         now=now,
         max_attributes_bytes=runtime.settings.max_attributes_bytes,
+        address_key=address_key(runtime.secret_key),
     )
     return ImportOut(
         created=result.created,

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from tidings import tokens
+from tidings.address_hash import address_key
 from tidings.api import rate_limit
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.routes.public import _guard, _not_found, _page, form_nonce, masked, nonce_is_valid
@@ -158,6 +159,7 @@ def _record(
                 name=fields.get("name"),
                 chosen=_chosen(fields),
                 now=now,
+                address_key=address_key(runtime.secret_key),
             )
     return answer
 

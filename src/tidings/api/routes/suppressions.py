@@ -12,7 +12,16 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
-from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, SenderDep, SessionDep, ViewerDep
+from tidings.address_hash import address_key
+from tidings.api.deps import (
+    AdminDep,
+    KeyFirstRoute,
+    NowDep,
+    RuntimeDep,
+    SenderDep,
+    SessionDep,
+    ViewerDep,
+)
 from tidings.api.schemas import ERROR_RESPONSES, PageOut, StrictModel
 from tidings.db.models import Suppression
 from tidings.domain import SuppressionReason
@@ -98,6 +107,13 @@ def add_suppression(
 
 
 @router.delete("/{email}", status_code=204)
-def delete_suppression(email: EmailPath, principal: AdminDep, session: SessionDep) -> Response:
-    suppressions.delete_suppression(session=session, tenant_id=principal.tenant_id, email=email)
+def delete_suppression(
+    email: EmailPath, principal: AdminDep, session: SessionDep, runtime: RuntimeDep
+) -> Response:
+    suppressions.delete_suppression(
+        session=session,
+        tenant_id=principal.tenant_id,
+        email=email,
+        address_key=address_key(runtime.secret_key),
+    )
     return Response(status_code=204)

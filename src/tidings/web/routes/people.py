@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
+from tidings.address_hash import address_key
 from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
 from tidings.api.uploads import FormUploadDep
@@ -191,6 +192,7 @@ def import_file(
                 file_format=file_format,
                 now=now,
                 max_attributes_bytes=runtime.settings.max_attributes_bytes,
+                address_key=address_key(runtime.secret_key),
             )
     except InvalidInput as exc:
         errors = {f"file-{list_id}": exc.message}

@@ -5,7 +5,7 @@ tenant makes a list public; ``public_id`` is filled when a list is made public (
 Pending contacts need no schema change: ``contacts.status`` is a string, ``pending`` a new value.
 
 Revision ID: 0022_signup
-Revises: 0020_segments
+Revises: 0021_privacy
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tidings.db.types import BigId, Json, UTCDateTime
 
 revision: str = "0022_signup"
 # Written while 0016-0021 were in progress elsewhere: the lead re-chains this to the newest one.
-down_revision: str | None = "0020_segments"
+down_revision: str | None = "0021_privacy"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
