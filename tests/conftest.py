@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from tests.pg_replica import ReplicatedCluster, binaries, start_replicated_cluster
 from tidings.api.app import create_app
@@ -73,12 +74,28 @@ def pg_database_url() -> Iterator[str]:
     admin.dispose()
 
 
+_TRUNCATING: dict[str, Any] = {}  # URL -> the engine that empties it between tests
+
+
 def _truncate_pg(url: str) -> None:
-    engine = create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    """Empty the tables a test wrote to (rows, or an identity it advanced), and only those:
+    a TRUNCATE of every table cost ~0.25 s a test, most of it on tables nobody touched."""
+    engine = _TRUNCATING.get(url)
+    if engine is None:
+        engine = _TRUNCATING[url] = create_engine(url, poolclass=NullPool)
+    names = [t.name for t in Base.metadata.sorted_tables]
+    probe = " UNION ALL ".join(f"SELECT '{n}' WHERE EXISTS (SELECT 1 FROM \"{n}\")" for n in names)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+        dirty = set(conn.execute(text(probe)).scalars())
+        dirty |= {
+            name.removesuffix("_id_seq")
+            for name in conn.execute(
+                text("SELECT sequencename FROM pg_sequences WHERE last_value IS NOT NULL")
+            ).scalars()
+        }
+        tables = ", ".join(f'"{n}"' for n in names if n in dirty)
+        if tables:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 #: PgBouncer in transaction mode, in front of the PostgreSQL test database: its URL -> the
@@ -172,12 +189,25 @@ def pg_replicated() -> Iterator[ReplicatedCluster]:
         cluster.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per test session: each test gets a copy. Running every
+    migration for every test cost about 0.5 s a test, minutes over the suite."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "tidings.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()  # closes the last connection: the WAL is folded into the file
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database URL, empty and migrated: a new SQLite file, or the emptied PostgreSQL test
     database; ``pgbouncer`` (asked for by name) is that database through PgBouncer."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tidings.db'}"
+        path = tmp_path / "tidings.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
     url: str = request.getfixturevalue("pg_database_url")
     _truncate_pg(url)
     if request.param == "pgbouncer":

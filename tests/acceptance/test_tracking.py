@@ -38,7 +38,12 @@ def test_settings_track_nothing_by_default_and_admins_turn_tracking_on(
     client: TestClient, acme: TenantKeys
 ) -> None:
     read = client.get("/v1/settings", headers=acme.auth(acme.viewer))
-    assert read.json() == {"timezone": "UTC", "track_opens": False, "track_clicks": False}
+    assert read.json() == {
+        "timezone": "UTC",
+        "track_opens": False,
+        "track_clicks": False,
+        "bounce_domain": None,
+    }
     denied = client.put("/v1/settings", json={"track_opens": True}, headers=acme.auth(acme.sender))
     assert denied.status_code == 403
     wrong = client.put("/v1/settings", json={"track_opens": "yes"}, headers=acme.auth(acme.admin))
@@ -46,9 +51,19 @@ def test_settings_track_nothing_by_default_and_admins_turn_tracking_on(
     null = client.put("/v1/settings", json={"track_clicks": None}, headers=acme.auth(acme.admin))
     assert null.status_code == 422
     turned = client.put("/v1/settings", json={"track_opens": True}, headers=acme.auth(acme.admin))
-    assert turned.json() == {"timezone": "UTC", "track_opens": True, "track_clicks": False}
+    assert turned.json() == {
+        "timezone": "UTC",
+        "track_opens": True,
+        "track_clicks": False,
+        "bounce_domain": None,
+    }
     both = client.put("/v1/settings", json={"track_clicks": True}, headers=acme.auth(acme.admin))
-    assert both.json() == {"timezone": "UTC", "track_opens": True, "track_clicks": True}
+    assert both.json() == {
+        "timezone": "UTC",
+        "track_opens": True,
+        "track_clicks": True,
+        "bounce_domain": None,
+    }
 
 
 def test_untracked_by_default_a_sent_mail_has_no_pixel_and_its_links_as_written(

@@ -67,7 +67,7 @@ def test_the_builder_counts_rows_and_names_the_row_that_is_wrong(
                   seg_key=["plan", ""], seg_op=["eq", "starts_with"],
                   seg_value=["pro", "bob"]) == "3 contacts match now"  # fmt: skip
     assert _count(client, seg_field=["", "status"], seg_key=["", ""], seg_op=["eq", "eq"],
-                  seg_value=["", "gone"]) == "Row 2: status is one of active, unsubscribed, bounced, complained"  # fmt: skip
+                  seg_value=["", "gone"]) == "Row 2: status is one of active, pending, unsubscribed, bounced, complained"  # fmt: skip
     assert _count(client, seg_field=["attribute"], seg_key=[""], seg_op=["eq"],
                   seg_value=["x"]) == "Row 1: name the attribute"  # fmt: skip
 

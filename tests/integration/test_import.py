@@ -150,7 +150,10 @@ def test_an_import_never_resubscribes_but_may_record_an_unsubscribe(
     body = "email,status\ngone@example.com,active\nhere@example.com,unsubscribed\nfresh@example.com,bounced\nx@example.com,maybe\n"
     answer = _import(client, acme, news, body).json()
     assert answer["skipped"] == [
-        {"line": 5, "reason": "status must be one of active, unsubscribed, bounced, complained"}
+        {
+            "line": 5,
+            "reason": "status must be one of active, pending, unsubscribed, bounced, complained",
+        }
     ]
     statuses = {email: c["status"] for email, c in _contacts(client, acme).items()}
     assert statuses == {

@@ -61,7 +61,7 @@ def test_the_tenants_time_zone_is_utc_until_an_admin_sets_it(
     client: TestClient, acme: TenantKeys, globex: TenantKeys
 ) -> None:
     read = client.get("/v1/settings", headers=acme.auth(acme.viewer))
-    assert read.status_code == 200 and read.json() == {"timezone": "UTC"}
+    assert read.status_code == 200 and read.json()["timezone"] == "UTC"
     for key in (acme.viewer, acme.sender):
         refused = client.put(
             "/v1/settings", json={"timezone": "Europe/Berlin"}, headers=acme.auth(key)
@@ -70,7 +70,7 @@ def test_the_tenants_time_zone_is_utc_until_an_admin_sets_it(
     changed = client.put(
         "/v1/settings", json={"timezone": "Europe/Berlin"}, headers=acme.auth(acme.admin)
     )
-    assert changed.status_code == 200 and changed.json() == {"timezone": "Europe/Berlin"}
+    assert changed.status_code == 200 and changed.json()["timezone"] == "Europe/Berlin"
     assert (
         client.get("/v1/settings", headers=acme.auth(acme.viewer)).json()["timezone"]
         == "Europe/Berlin"
@@ -89,7 +89,7 @@ def test_the_tenants_time_zone_is_utc_until_an_admin_sets_it(
         ({"timezone": "Europe/Atlantis"}, "timezone"),
         ({"timezone": None}, "timezone"),
         ({"timezone": "/etc/localtime"}, "timezone"),
-        ({"track_opens": True}, "track_opens"),  # issue 13's: not yet a setting
+        ({"track_opens": "yes"}, "track_opens"),  # a JSON boolean only
     ],
 )
 def test_a_bad_setting_is_a_422_naming_it(

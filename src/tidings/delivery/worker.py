@@ -422,7 +422,7 @@ class Worker:
         self,
         claim: Claim,
         results: list[tuple[ClaimedMessage, Outcome]],
-        warnings: dict[int, str],
+        warnings: dict[int, str] | None = None,
     ) -> int:
         with transaction(self.runtime.sessions) as session:
             now = db_now(session)
