@@ -598,3 +598,40 @@ def test_only_a_draft_is_deleted(
     assert gone.status_code == 404
     listed = client.get("/v1/campaigns", headers=acme.auth(acme.viewer)).json()["items"]
     assert [c["id"] for c in listed] == [started["id"]]
+
+
+def test_a_drafts_sender_reply_to_headers_and_files_change_part_by_part(
+    client: TestClient, acme: TenantKeys, audience: dict[str, Any]
+) -> None:
+    syllabus = {
+        "filename": "syllabus.pdf",
+        "content_type": "application/pdf",
+        "content": "JVBERi0xLjQK",  # "%PDF-1.4\n"
+    }
+    created = _create(
+        client,
+        acme,
+        template_id=audience["template_id"],
+        list_ids=audience["lists"],
+        reply_to="office@example.edu",
+        attachments=[syllabus],
+    )
+    answer = _patch(
+        client,
+        acme,
+        created["id"],
+        **{"from": {"name": "Registrar", "address": "registrar@example.edu"}},
+        headers={"X-Term": "spring"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["from_address"] == '"Registrar" <registrar@example.edu>'
+    assert body["headers"] == {"X-Term": "spring"}
+    # Parts left out keep their value.
+    assert body["reply_to"] == "office@example.edu"
+    assert [a["filename"] for a in body["attachments"]] == ["syllabus.pdf"]
+    cleared = _patch(client, acme, created["id"], attachments=[], reply_to=None).json()
+    assert (cleared["attachments"], cleared["reply_to"]) == ([], None)
+    assert cleared["headers"] == {"X-Term": "spring"}
+    refused = _patch(client, acme, created["id"], headers={"Bcc": "x@example.com"})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "headers.Bcc"
