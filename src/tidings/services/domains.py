@@ -17,6 +17,7 @@ SQLite a transaction holds the write lock), between ``verification_target`` and
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -529,6 +530,35 @@ def record_verification(
         row.reason = findings.reason
     session.flush()
     return row
+
+
+async def verify(
+    *,
+    sessions: Callable[[], Session],
+    session: Session,
+    tenant_id: int,
+    domain_id: int,
+    resolver_address: str | None,
+    secret_key: str,
+    now: datetime,
+) -> tuple[SenderDomain, Findings]:
+    """Look the domain's records up and record what was found, in ``session``. The domain is
+    read in a short transaction of its own (``sessions``), and the lookups run in a thread
+    outside any transaction: on SQLite every transaction holds the write lock, and a lookup may
+    take seconds."""
+
+    def target() -> VerificationTarget:
+        with sessions() as own, own.begin():
+            return verification_target(session=own, tenant_id=tenant_id, domain_id=domain_id)
+
+    found = await asyncio.to_thread(target)
+    findings = await asyncio.to_thread(
+        check_dns, found, lookup=resolver_lookup(resolver_address), secret_key=secret_key
+    )
+    row = await asyncio.to_thread(
+        record_verification, session=session, target=found, findings=findings, now=now
+    )
+    return row, findings
 
 
 def domains_of(*, session: Session, tenant_id: int) -> Sequence[SenderDomain]:

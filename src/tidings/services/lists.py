@@ -27,7 +27,8 @@ MAX_MEMBERS_PER_REQUEST = 10_000  # ids; larger sets go through the import
 PUBLIC_ID_BYTES = 16  # random bytes of a public_id: 22 URL-safe characters
 
 
-def _clean_name(value: object) -> str:
+def clean_name(value: object) -> str:
+    """A list's or segment's name: 1 to ``MAX_NAME_LENGTH`` printable characters."""
     if not isinstance(value, str):
         raise InvalidInput("name must be a string", field="name")
     value = value.strip()
@@ -99,7 +100,7 @@ def create_list(
     """A new list; its ``public_id`` is made now, so making it public later changes no link."""
     contact_list = ContactList(
         tenant_id=tenant_id,
-        name=_clean_name(name),
+        name=clean_name(name),
         description=_clean_description(description),
         created_at=now,
         double_opt_in=_clean_flag(double_opt_in, field="double_opt_in"),
@@ -130,7 +131,7 @@ def update_list(
     ``public``)."""
     contact_list = get_list(session=session, tenant_id=tenant_id, list_id=list_id)
     if "name" in changes:
-        contact_list.name = _clean_name(changes["name"])
+        contact_list.name = clean_name(changes["name"])
     if "description" in changes:
         contact_list.description = _clean_description(changes["description"])
     for flag in ("double_opt_in", "public"):

@@ -23,9 +23,10 @@ from tidings.domain import CampaignStatus
 from tidings.domain.segment_filter import Node, list_ids, parse_filter
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue.segments import segment_condition
+from tidings.services import lists
 from tidings.services.pagination import Page, paginate
 
-MAX_NAME_LENGTH = 200  # characters: the column size
+MAX_NAME_LENGTH = lists.MAX_NAME_LENGTH  # one name check for lists and segments
 SAMPLE_SIZE = 10  # contacts a preview shows
 #: Campaigns that will read their segments when they start.
 NOT_STARTED = (CampaignStatus.draft.value, CampaignStatus.scheduled.value)
@@ -84,7 +85,7 @@ def create_segment(
     assert isinstance(raw_filter, dict)  # parse_filter refused anything else
     segment = Segment(
         tenant_id=tenant_id,
-        name=_clean_name(name),
+        name=lists.clean_name(name),
         filter=raw_filter,
         created_at=now,
         updated_at=now,
@@ -113,7 +114,7 @@ def update_segment(
     """Sets ``name`` and/or ``filter``; campaigns not yet started will read the new filter."""
     segment = get_segment(session=session, tenant_id=tenant_id, segment_id=segment_id)
     if "name" in changes:
-        segment.name = _clean_name(changes["name"])
+        segment.name = lists.clean_name(changes["name"])
     if "filter" in changes:
         check_filter(session=session, tenant_id=tenant_id, raw=changes["filter"])
         segment.filter = changes["filter"]
@@ -168,21 +169,6 @@ def require_segments(
     missing = sorted(wanted - found)
     if missing:
         raise NotFound(f"{field}: no such id {missing[0]}", field=field)
-
-
-def _clean_name(value: object) -> str:
-    if not isinstance(value, str):
-        raise InvalidInput("name must be a string", field="name")
-    value = value.strip()
-    if (
-        not value
-        or len(value) > MAX_NAME_LENGTH
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
-    ):
-        raise InvalidInput(
-            f"name must be 1 to {MAX_NAME_LENGTH} printable characters", field="name"
-        )
-    return value
 
 
 def _save_name(session: Session, segment: Segment) -> None:

@@ -8,7 +8,6 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from tidings.api.deps import AdminDep, KeyFirstRoute, NowDep, RuntimeDep, SessionDep, ViewerDep
 from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
@@ -136,27 +135,16 @@ async def verify_domain(
     """Looks the DKIM record up (``TIDINGS_DNS_RESOLVER``) and checks that a verifier accepts
     this domain's signatures with it: ``verified``, or ``failed`` with the ``reason``."""
 
-    def target() -> domains.VerificationTarget:
-        # A short transaction of its own: the lookups below must not hold the request's
-        # transaction (on SQLite, the write lock) for seconds.
-        with runtime.sessions() as own, own.begin():
-            return domains.verification_target(
-                session=own, tenant_id=principal.tenant_id, domain_id=domain_id
-            )
-
-    found = await run_in_threadpool(target)
-    findings = await run_in_threadpool(
-        domains.check_dns,
-        found,
-        lookup=domains.resolver_lookup(runtime.settings.dns_resolver),
+    row, findings = await domains.verify(
+        sessions=runtime.sessions,
+        session=session,
+        tenant_id=principal.tenant_id,
+        domain_id=domain_id,
+        resolver_address=runtime.settings.dns_resolver,
         secret_key=runtime.secret_key,
+        now=now,
     )
-
-    def record() -> VerificationOut:
-        row = domains.record_verification(session=session, target=found, findings=findings, now=now)
-        return VerificationOut(**DomainOut.of(row, runtime).model_dump(), advice=findings.advice)
-
-    return await run_in_threadpool(record)
+    return VerificationOut(**DomainOut.of(row, runtime).model_dump(), advice=findings.advice)
 
 
 @router.post("/{domain_id}/rotate")

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from tidings.api.deps import NowDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
@@ -86,29 +85,18 @@ def add_domain(
 
 @router.post("/sending/domains/{domain_id}/verify", response_class=HTMLResponse)
 async def verify_domain(
-    domain_id: IdPath, user: AdminAction, runtime: RuntimeDep, now: NowDep
+    domain_id: IdPath, user: AdminAction, session: SessionDep, runtime: RuntimeDep, now: NowDep
 ) -> Response:
-    """As ``POST /v1/domains/{id}/verify``: the lookups run outside any transaction."""
-
-    def target() -> domains.VerificationTarget:
-        with runtime.sessions() as own, own.begin():
-            return domains.verification_target(
-                session=own, tenant_id=user.tenant_id, domain_id=domain_id
-            )
-
-    found = await run_in_threadpool(target)
-    findings = await run_in_threadpool(
-        domains.check_dns,
-        found,
-        lookup=domains.resolver_lookup(runtime.settings.dns_resolver),
+    """As ``POST /v1/domains/{id}/verify`` (one service function)."""
+    await domains.verify(
+        sessions=runtime.sessions,
+        session=session,
+        tenant_id=user.tenant_id,
+        domain_id=domain_id,
+        resolver_address=runtime.settings.dns_resolver,
         secret_key=runtime.secret_key,
+        now=now,
     )
-
-    def record() -> None:
-        with runtime.sessions() as own, own.begin():
-            domains.record_verification(session=own, target=found, findings=findings, now=now)
-
-    await run_in_threadpool(record)
     return RedirectResponse(f"/sending?done=domain-checked#domain-{domain_id}", status_code=303)
 
 
