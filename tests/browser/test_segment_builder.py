@@ -4,20 +4,15 @@ campaign sent to the segment it saves. Over plain HTTP on both databases, then i
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.browser.conftest import LiveServer
 from tests.browser.dashboard_helpers import field_error, make_template, sign_in
 from tests.conftest import TenantKeys
-from tidings.api.app import create_app
-from tidings.runtime import Runtime
 
-TIMEOUT_MS = 30_000
 PEOPLE = [
     ("ann@example.com", {"city": "Paris", "plan": "pro", "age": "34"}),
     ("bob@example.com", {"city": "Paris", "plan": "free", "age": 51}),
@@ -114,25 +109,6 @@ def test_a_campaign_from_the_form_saves_the_built_segment_and_sends_to_it(
 
 
 # -- in Chromium --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def live(runtime: Runtime) -> Iterator[LiveServer]:
-    server = LiveServer(create_app(runtime, embedded_workers=0)).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def page(browser: Any, live: LiveServer) -> Iterator[Any]:
-    context = browser.new_context(base_url=live.url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    yield tab
-    context.close()
-    assert not problems, problems
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the HTTP tests cover both
