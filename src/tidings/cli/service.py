@@ -59,7 +59,7 @@ def serve(
     """Run the HTTP API and dashboard, with embedded delivery workers."""
     import uvicorn
 
-    from tidings.api.app import EMBEDDED_WORKERS_ENV, create_app
+    from tidings.app import EMBEDDED_WORKERS_ENV, create_app
 
     _configure_logging()
     # Settings are checked and a new SQLite file is migrated here, once, before any process starts.
@@ -75,7 +75,7 @@ def serve(
             return
     os.environ[EMBEDDED_WORKERS_ENV] = str(workers)
     uvicorn.run(
-        "tidings.api.app:app_from_environment",
+        "tidings.app:app_from_environment",
         factory=True,
         workers=processes,
         host=host,
