@@ -4,7 +4,7 @@
 raises (``tidings.errors.*``, a failed form validation, a missing sign-in) into ``PageInterrupt``,
 which passes *through* the request's session dependency, so the transaction is rolled back exactly
 as for the API, and is then answered with an HTML page (or a redirect to the sign-in form) by the
-route itself. The API's one error mapping in ``api/app.py`` stays the only JSON one.
+route itself. The API's one error mapping in ``api/errors.py`` stays the only JSON one.
 """
 
 from __future__ import annotations
