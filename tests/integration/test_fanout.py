@@ -289,6 +289,28 @@ def test_a_campaign_paused_while_preparing_gets_the_rest_written_held_and_stays_
     assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
 
 
+def test_other_tenants_contacts_between_are_skipped_not_walked_in_empty_chunks(
+    runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    """A tenant whose contacts lie far up the id range (others' came first) is fanned out from
+    its own first contact: 4 contacts behind 30 of another tenant's, spans of 10 ids, are one
+    chunk, not three empty ones first."""
+    template = seed.template(runtime, acme.tenant_id)
+    seed.people(runtime, globex.tenant_id, 30)
+    ids = seed.people(runtime, acme.tenant_id, 4)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        first = fan_out_campaign(
+            session=session,
+            campaign=session.get_one(Campaign, campaign_id),
+            now=NOW,
+            ttl_seconds=TTL,
+            chunk_span=10,
+        )
+    assert first.done
+    assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
+
+
 def test_a_sparse_segment_fans_out_in_chunks_of_bounded_id_span_each_contact_once(
     runtime: Runtime, acme: TenantKeys
 ) -> None:
@@ -330,7 +352,7 @@ def test_a_sparse_segment_fans_out_in_chunks_of_bounded_id_span_each_contact_onc
         return sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id))
 
     cursor = seed.campaign_row(runtime, campaign_id).fanout_cursor
-    assert cursor == span
+    assert cursor == ids[0] - 1 + span  # the span starts at the tenant's first contact
     assert written() == [c for c in chosen if c <= cursor]
     assert _act(runtime, acme.tenant_id, campaign_id, "pause") == "paused"
     chunks = 1
@@ -346,7 +368,8 @@ def test_a_sparse_segment_fans_out_in_chunks_of_bounded_id_span_each_contact_onc
         assert seed.campaign_row(runtime, campaign_id).fanout_cursor == cursor + span
         cursor += span
         assert written() == [c for c in chosen if c <= cursor]
-    assert chunks + 1 == -(-ids[-1] // span)  # one chunk per span of ids, the last takes the rest
+    # One chunk per span of ids, the last takes the rest.
+    assert chunks + 1 == -(-(ids[-1] - ids[0] + 1) // span)
     assert _state(runtime, campaign_id) == ("paused", 5, None, {"paused": 5})
     assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "running"
     assert _state(runtime, campaign_id) == ("running", 5, None, {"queued": 5})

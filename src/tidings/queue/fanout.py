@@ -315,19 +315,24 @@ def audience_condition(
 def _chunk_upper_bound(
     session: Session, campaign: Campaign, *, dialect: str, after: int, size: int, span: int
 ) -> int | None:
-    """Where the chunk after ``after`` ends: the id of its ``size``-th contact when the next
-    ``span`` ids hold that many, else ``after + span``; None when no contact id lies beyond that
-    (the last chunk, which takes every id after ``after``, so a contact added meanwhile is not
-    missed, as before). The search reads only the ids of the span, never further."""
-    reach = after + span
+    """Where the chunk after ``after`` ends: the id of its ``size``-th contact when the ``span``
+    ids from the tenant's next contact hold that many, else the span's end; None when the tenant
+    has no contact beyond that (the last chunk, which takes every id after ``after``, so a
+    contact added meanwhile is not missed). The search reads only the ids of the span, and the
+    span starts at the tenant's next contact (``ix_contacts_tenant_id``), so the ids of other
+    tenants' contacts are skipped, never walked in empty chunks."""
+    tenant = Contact.tenant_id == campaign.tenant_id
+    following = session.scalar(select(func.min(Contact.id)).where(tenant, Contact.id > after))
+    if following is None:
+        return None
+    reach = following - 1 + span
     audience = audience_condition(campaign, dialect=dialect, after=after, upto=reach)
     bound: int | None = session.scalar(
         select(Contact.id).where(audience).order_by(Contact.id).offset(size - 1).limit(1)
     )
     if bound is not None:
         return bound
-    # The highest id of any tenant: the primary key's last entry, read at once.
-    highest = session.scalar(select(func.max(Contact.id))) or 0
+    highest = session.scalar(select(func.max(Contact.id)).where(tenant)) or 0
     return reach if reach < highest else None
 
 
