@@ -1,4 +1,4 @@
-// Tidings dashboard: live campaign progress (Server-Sent Events) and the contact picker.
+// Tidings dashboard: live campaign progress and results (Server-Sent Events) and the contact picker.
 // No inline scripts (the Content-Security-Policy forbids them); everything here is progressive:
 // without it the pages still work, they just do not move by themselves.
 (() => {
@@ -45,12 +45,27 @@
     });
   }
 
+  // A campaign's results, re-rendered by the server when they moved: swapped in whole, keeping
+  // open what the reader opened (the figures' tables).
+  function applyEngagement(update) {
+    const section = document.querySelector(`[data-engagement-for="${update.id}"]`);
+    if (!section) return;
+    const opened = Array.from(section.querySelectorAll("details"), (details) => details.open);
+    section.innerHTML = update.html;
+    section.querySelectorAll("details").forEach((details, i) => {
+      if (opened[i]) details.open = true;
+    });
+  }
+
   function followProgress() {
     const holder = document.querySelector("[data-live-ids]");
     const ids = holder?.dataset.liveIds;
     if (!ids || !window.EventSource) return;
-    const source = new EventSource(`/events/campaigns?ids=${encodeURIComponent(ids)}`);
+    const engagement = holder.dataset.engagement;
+    const query = `ids=${encodeURIComponent(ids)}` + (engagement ? `&engagement=${encodeURIComponent(engagement)}` : "");
+    const source = new EventSource(`/events/campaigns?${query}`);
     source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
+    source.addEventListener("engagement", (event) => applyEngagement(JSON.parse(event.data)));
     source.addEventListener("done", () => source.close());
     source.addEventListener("signout", () => {
       source.close();
