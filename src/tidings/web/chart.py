@@ -116,11 +116,12 @@ class EngagementChart:
 
     @property
     def interval_text(self) -> str:
+        """The interval as it follows "per": "minute", "5 minutes", "hour", "6 hours", "day"."""
         minutes = self.interval_seconds // 60
-        if minutes < 60:
-            return f"{minutes} minute{'s' if minutes != 1 else ''}"
-        hours = minutes // 60
-        return f"{hours} hour{'s' if hours != 1 else ''}" if hours < 24 else "day"
+        if minutes >= 24 * 60:
+            return "day"
+        count, unit = (minutes // 60, "hour") if minutes >= 60 else (minutes, "minute")
+        return unit if count == 1 else f"{count} {unit}s"
 
     @property
     def peak(self) -> int:
@@ -142,29 +143,33 @@ SERIES = (
 
 
 def _scale_top(peak: int) -> int:
-    """The top of the count scale: the peak rounded up to a number that halves evenly."""
-    if peak <= 2:
-        return 2
+    """The top of the count scale: the smallest of 2, 4, 6, 8, 10, 20, 40 ... at or above the
+    peak, so that its half, the middle tick, is a whole number too."""
     step = 1
     while step * 10 < peak:
         step *= 10
-    for nice in (1, 2, 5, 10):
-        if nice * step >= peak and (nice * step) % 2 == 0:
-            return nice * step
-    return 10 * step
+    return next(nice * step for nice in (2, 4, 6, 8, 10) if nice * step >= peak)
 
 
 def engagement_chart(
-    points: Sequence[TimelinePoint], interval_seconds: int
+    points: Sequence[TimelinePoint], interval_seconds: int, since: datetime | None = None
 ) -> EngagementChart | None:
-    """Lines for consecutive intervals from the first to the last with a hit (quiet ones are
-    0), the latest ``MAX_POINTS`` of them; None when there is nothing to draw."""
+    """Lines for consecutive intervals from the campaign's start (``since``, else the first
+    hit) to the last hit, quiet ones 0, the latest ``MAX_POINTS`` of them; None when there is
+    nothing to draw."""
     if not points:
         return None
     step = timedelta(seconds=interval_seconds)
     by_time = {p.at: p for p in points}
     last = max(by_time)
-    first = max(min(by_time), last - step * (MAX_POINTS - 1))
+    first = min(by_time)
+    if since is not None:
+        # The interval the start falls in, on the same grid as the points (unix time).
+        start = datetime.fromtimestamp(
+            since.timestamp() // interval_seconds * interval_seconds, first.tzinfo
+        )
+        first = min(first, start)
+    first = max(first, last - step * (MAX_POINTS - 1))
     times = []
     at = first
     while at <= last:

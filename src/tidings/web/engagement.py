@@ -40,12 +40,15 @@ class Engagement:
     """What the partial needs; equal values render the same HTML (the stream compares them)."""
 
     campaign_id: int
+    started_at: datetime | None
     stats: CampaignStats
     tracking: Tracking
 
     @property
     def chart(self) -> EngagementChart | None:
-        return engagement_chart(self.stats.timeline, self.stats.interval_seconds)
+        return engagement_chart(
+            self.stats.timeline, self.stats.interval_seconds, since=self.started_at
+        )
 
 
 def follows_engagement(campaign: Campaign, now: datetime) -> bool:
@@ -66,7 +69,9 @@ def campaign_engagement(*, session: Session, campaign: Campaign) -> Engagement:
         opens=defaults.opens if campaign.track_opens is None else campaign.track_opens,
         clicks=defaults.clicks if campaign.track_clicks is None else campaign.track_clicks,
     )
-    return Engagement(campaign_id=campaign.id, stats=stats, tracking=tracking)
+    return Engagement(
+        campaign_id=campaign.id, started_at=campaign.started_at, stats=stats, tracking=tracking
+    )
 
 
 def render_engagement(engagement: Engagement) -> Markup:
