@@ -32,7 +32,7 @@ from tests.acceptance.conftest import (
     wait_for_completion,
 )
 from tests.acceptance.test_tracking import LINK, parts
-from tests.browser.conftest import LiveServer
+from tests.browser.conftest import TIMEOUT_MS, LiveServer
 from tests.conftest import TenantKeys, create_tenant, make_settings
 from tests.smtp_server import SmtpTestServer, smtp_server  # noqa: F401 - a fixture
 from tidings.api.app import create_app
@@ -149,26 +149,34 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
     _hit(live, f"/o/{links['ann@example.edu']['open']}", PERSON)
     _hit(live, f"/o/{links['bob@example.edu']['open']}", APPLE_PROXY)
     _hit(live, f"/c/{links['ann@example.edu']['shop']}", PERSON)
-    expect(figure("opens_unique")).to_have_text("1")
-    expect(figure("opens_machine")).to_have_text("1")
-    expect(figure("clicks_unique")).to_have_text("1")
-    expect(results.locator('[data-stat="opens_unique"] [data-rate]')).to_contain_text("33.3")
+    expect(figure("opens_unique")).to_have_text("1", timeout=TIMEOUT_MS)
+    expect(figure("opens_machine")).to_have_text("1", timeout=TIMEOUT_MS)
+    expect(figure("clicks_unique")).to_have_text("1", timeout=TIMEOUT_MS)
+    expect(results.locator('[data-stat="opens_unique"] [data-rate]')).to_contain_text(
+        "33.3", timeout=TIMEOUT_MS
+    )
     chart = results.get_by_role("img", name=re.compile(r"^Opens and clicks per minute"))
-    expect(chart).to_be_visible()
-    expect(results.locator('[data-series-total="opens"]')).to_have_text("1")
-    expect(results.locator('[data-series-total="opens_machine"]')).to_have_text("1")
+    expect(chart).to_be_visible(timeout=TIMEOUT_MS)
+    expect(results.locator('[data-series-total="opens"]')).to_have_text("1", timeout=TIMEOUT_MS)
+    expect(results.locator('[data-series-total="opens_machine"]')).to_have_text(
+        "1", timeout=TIMEOUT_MS
+    )
 
     # A link scanner follows Cy's links; Ann comes back to the blog.
     _hit(live, f"/c/{links['cy@example.edu']['blog']}", SCANNER)
     _hit(live, f"/c/{links['ann@example.edu']['blog']}", PERSON)
-    expect(figure("clicks_machine")).to_have_text("1")
+    expect(figure("clicks_machine")).to_have_text("1", timeout=TIMEOUT_MS)
     expect(figure("clicks_unique")).to_have_text("1")  # still Ann alone
     rows = results.locator("table.links tbody tr")
-    expect(rows).to_have_count(2)
+    expect(rows).to_have_count(2, timeout=TIMEOUT_MS)
     shown_url = rows.nth(0).locator("td.url span")
     expect(shown_url).to_have_attribute("title", LONG_URL)
-    expect(shown_url).to_have_text(re.compile(r"^https://shop\.example\.com/autumn/sale-.*…$"))
-    expect(rows.nth(1).locator("td")).to_have_text(["https://blog.example.com/post", "1", "1", "1"])
+    expect(shown_url).to_have_text(
+        re.compile(r"^https://shop\.example\.com/autumn/sale-.*…$"), timeout=TIMEOUT_MS
+    )
+    expect(rows.nth(1).locator("td")).to_have_text(
+        ["https://blog.example.com/post", "1", "1", "1"], timeout=TIMEOUT_MS
+    )
     assert page.evaluate("window.notReloaded") is True  # all of it without a reload
 
     results.get_by_text("The same figures as a table").click()
@@ -179,7 +187,7 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
     # The list: people's rates, of the three delivered.
     page.get_by_role("link", name="Campaigns").first.click()
     row = page.locator(f'tr[data-campaign="{campaign_id}"]')
-    expect(row.locator('[data-rate="open"]')).to_have_text("33.3\u202f%")
-    expect(row.locator('[data-rate="click"]')).to_have_text("33.3\u202f%")
+    expect(row.locator('[data-rate="open"]')).to_have_text("33.3\u202f%", timeout=TIMEOUT_MS)
+    expect(row.locator('[data-rate="click"]')).to_have_text("33.3\u202f%", timeout=TIMEOUT_MS)
     expect(row.locator('[data-rate="open"]')).to_have_attribute("title", "1 of 3 delivered")
     page.screenshot(path=str(SCRATCH / "campaigns-list.png"), full_page=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import html as html_lib
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -25,7 +27,9 @@ from tidings.db.models import Campaign
 from tidings.runtime import Runtime
 from tidings.tracking.hits import flush
 from tidings.tracking.record import Hit
+from tidings.web.routes.events import INTERVAL_SECONDS
 
+QUIET_TICKS = 3  # reads of the stream with nothing new, before the hits come
 #: A link whose address is long and carries characters HTML must escape.
 ODD_URL = "https://shop.example.com/a/very/long/path/" + "x" * 80 + '?q=<b>"quoted"</b>&n=1'
 
@@ -172,30 +176,28 @@ def test_the_stream_sends_a_running_campaigns_results_again_only_when_they_moved
     sign_in(client, acme.viewer)
     page = client.get(f"/campaigns/{campaign_id}").text
     assert f'data-live-ids="{campaign_id}" data-engagement="{campaign_id}"' in page
-    seen: list[tuple[str, str]] = []
+    # The hits are recorded a few ticks after the first results went out: an unchanged campaign
+    # in between must send nothing, so the next results to arrive are the moved ones.
+    later = threading.Timer(
+        QUIET_TICKS * INTERVAL_SECONDS,
+        flush,
+        (runtime, [hit(t, m1, "open", 600), hit(t, m2, "open", 60, agent="Mozilla/5.0")]),
+    )
+    results: list[dict[str, Any]] = []
     with client.stream(
         "GET", f"/events/campaigns?ids={campaign_id}&engagement={campaign_id}"
     ) as stream:
         lines = stream.iter_lines()
         for line in lines:
-            if line.startswith("event: "):
-                seen.append((line[7:], next(lines)[6:]))
-                if (
-                    seen[-1][0] == "engagement"
-                    and len([e for e in seen if e[0] == "engagement"]) == 1
-                ):
-                    first = json.loads(seen[-1][1])
-                    assert first["id"] == campaign_id
-                    assert _stat(first["html"], "opens_unique") == ("0", "0\u202f%")
-                    flush(
-                        runtime,
-                        [hit(t, m1, "open", 600), hit(t, m2, "open", 60, agent="Mozilla/5.0")],
-                    )
-                elif seen[-1][0] == "engagement":
+            if line == "event: engagement":
+                results.append(json.loads(next(lines).removeprefix("data: ")))
+                if len(results) == 2:
                     break
-    # The second results sent are the moved ones: nothing was sent again while nothing moved.
-    assert [name for name, _ in seen if name == "engagement"] == ["engagement", "engagement"]
-    moved = json.loads(seen[-1][1])["html"]
+                later.start()
+    later.join()
+    first, moved = results[0]["html"], results[1]["html"]
+    assert results[0]["id"] == campaign_id
+    assert _stat(first, "opens_unique") == ("0", "0\u202f%")
     assert _stat(moved, "opens_unique") == ("1", "50\u202f%")
     assert _stat(moved, "opens_machine") == ("1", None)
     assert "timeline-title" in moved
