@@ -96,6 +96,8 @@ def test_a_campaign_page_shows_the_funnel_with_machines_apart_the_timeline_and_t
     assert _stat(body, "complaints") == ("0", "0\u202f%")
     assert _stat(body, "unsubscribes") == ("0", "0\u202f%")
     assert "Apple Mail Privacy Protection" in body and "link scanners" in body
+    # Tracking is off in the settings today, but opens and clicks were counted: no "not tracked".
+    assert "data-tracking-note" not in body
     # The timeline: an SVG named and described for screen readers, its figures also a table.
     svg = re.search(
         r'<svg role="img" aria-labelledby="timeline-title timeline-desc".*?</svg>', body, re.S

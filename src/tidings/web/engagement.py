@@ -22,7 +22,7 @@ PARTIAL = "campaigns/_engagement.html"
 #: Opens and clicks keep coming after the last message went out, most of them in the first day:
 #: the page keeps following them that long after the campaign ended.
 FOLLOW_AFTER_END = timedelta(hours=24)
-LINKS_SHOWN = 50  # the most clicked links a page lists
+LINKS_SHOWN = 25  # the most clicked links a page lists
 URL_SHOWN_CHARS = 60  # a longer URL is cut (the whole one is in its title)
 
 
