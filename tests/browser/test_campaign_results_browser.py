@@ -162,6 +162,10 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
         "1", timeout=TIMEOUT_MS
     )
 
+    # The reader opens the figures' table; what arrives next keeps it open and focused.
+    summary = results.get_by_text("The same figures as a table")
+    summary.click()
+    expect(summary).to_be_focused()
     # A link scanner follows Cy's links; Ann comes back to the blog.
     _hit(live, f"/c/{links['cy@example.edu']['blog']}", SCANNER)
     _hit(live, f"/c/{links['ann@example.edu']['blog']}", PERSON)
@@ -179,7 +183,8 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
     )
     assert page.evaluate("window.notReloaded") is True  # all of it without a reload
 
-    results.get_by_text("The same figures as a table").click()
+    expect(results.locator("details")).to_have_attribute("open", "")
+    expect(results.get_by_text("The same figures as a table")).to_be_focused()
     page.screenshot(path=str(screenshots / "campaign-results.png"), full_page=True)
     SCRATCH.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCRATCH / "campaign-results.png"), full_page=True)

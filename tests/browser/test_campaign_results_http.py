@@ -154,6 +154,24 @@ def test_a_campaign_without_tracking_or_events_shows_empty_states_and_no_rates(
     assert len(re.findall(r'data-rate="open">—</td>', listed)) == 2
 
 
+def test_a_campaign_not_started_has_no_results_yet_nor_an_export(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    campaign_id, _ = seed_campaign(runtime, acme.tenant_id, ["queued"])
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id)
+            .values(status="draft", started_at=None)
+        )
+    sign_in(client, acme.viewer)
+    page = client.get(f"/campaigns/{campaign_id}", follow_redirects=False)
+    assert page.status_code == 200, page.text
+    assert "show here once it starts" in page.text
+    assert "data-stat=" not in page.text and "recipients.csv" not in page.text
+    assert "data-engagement=" not in page.text
+
+
 def test_another_tenants_campaign_results_are_a_404_page_and_its_stream_follows_nothing(
     client: TestClient, runtime: Runtime, acme: TenantKeys, globex: TenantKeys
 ) -> None:

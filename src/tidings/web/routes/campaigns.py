@@ -112,7 +112,6 @@ def _detail_page(
     list_names = actions.list_names(
         session=session, tenant_id=user.tenant_id, list_ids=list(campaign.list_ids)
     )
-    engagement = campaign_engagement(session=session, campaign=campaign)
     chart = sends_per_minute_chart(
         actions.sent_per_minute(session=session, tenant_id=user.tenant_id, campaign_id=campaign.id)
     )
@@ -126,7 +125,11 @@ def _detail_page(
         list_names=list_names,
         failed=failed,
         chart=chart,
-        engagement_html=render_engagement(engagement),
+        engagement_html=(
+            render_engagement(campaign_engagement(session=session, campaign=campaign))
+            if campaign.started_at
+            else ""
+        ),
         follow_engagement=follows_engagement(campaign, now),
         actions_by_status=ACTIONS_BY_STATUS,
         final=campaign.status in FINAL,
