@@ -46,14 +46,17 @@
   }
 
   // A campaign's results, re-rendered by the server when they moved: swapped in whole, keeping
-  // open what the reader opened (the figures' tables).
+  // open what the reader opened (the figures' tables) and the keyboard focus where it was.
   function applyEngagement(update) {
     const section = document.querySelector(`[data-engagement-for="${update.id}"]`);
     if (!section) return;
-    const opened = Array.from(section.querySelectorAll("details"), (details) => details.open);
+    const summaries = () => Array.from(section.querySelectorAll("details > summary"));
+    const opened = summaries().map((summary) => summary.parentElement.open);
+    const focused = summaries().indexOf(document.activeElement);
     section.innerHTML = update.html;
-    section.querySelectorAll("details").forEach((details, i) => {
-      if (opened[i]) details.open = true;
+    summaries().forEach((summary, i) => {
+      if (opened[i]) summary.parentElement.open = true;
+      if (i === focused) summary.focus();
     });
   }
 
