@@ -35,7 +35,7 @@ from tests.acceptance.test_tracking import LINK, parts
 from tests.browser.conftest import TIMEOUT_MS, LiveServer
 from tests.conftest import TenantKeys, create_tenant, make_settings
 from tests.smtp_server import SmtpTestServer, smtp_server  # noqa: F401 - a fixture
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Message
