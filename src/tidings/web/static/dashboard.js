@@ -60,21 +60,38 @@
     });
   }
 
+  // The stream is open only while the page is in view: a tab in the background costs the
+  // server nothing, and one coming back gets the current figures at once (the stream's first).
   function followProgress() {
     const holder = document.querySelector("[data-live-ids]");
     const ids = holder?.dataset.liveIds;
     if (!ids || !window.EventSource) return;
     const engagement = holder.dataset.engagement;
     const query = `ids=${encodeURIComponent(ids)}` + (engagement ? `&engagement=${encodeURIComponent(engagement)}` : "");
-    const source = new EventSource(`/events/campaigns?${query}`);
-    source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
-    source.addEventListener("engagement", (event) => applyEngagement(JSON.parse(event.data)));
-    source.addEventListener("done", () => source.close());
-    source.addEventListener("signout", () => {
-      source.close();
-      window.location.assign("/login");
-    });
-    window.addEventListener("pagehide", () => source.close());
+    let source = null;
+    let ended = false;
+    const stop = () => {
+      source?.close();
+      source = null;
+    };
+    const start = () => {
+      if (source || ended) return;
+      source = new EventSource(`/events/campaigns?${query}`);
+      source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
+      source.addEventListener("engagement", (event) => applyEngagement(JSON.parse(event.data)));
+      source.addEventListener("done", () => {
+        ended = true;
+        stop();
+      });
+      source.addEventListener("signout", () => {
+        ended = true;
+        stop();
+        window.location.assign("/login");
+      });
+    };
+    document.addEventListener("visibilitychange", () => (document.hidden ? stop() : start()));
+    window.addEventListener("pagehide", stop);
+    if (!document.hidden) start();
   }
 
   function setUpPicker() {
