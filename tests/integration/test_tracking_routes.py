@@ -4,6 +4,7 @@ path, forged tokens, the buffer's bound, and what a flush writes."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from tidings.db.engine import transaction
 from tidings.db.models import CampaignEngagement, CampaignLink, Message, TrackingHit
 from tidings.runtime import Runtime
 from tidings.tracking import links
-from tidings.tracking.hits import HitBuffer, flush
+from tidings.tracking.hits import FLUSH_BATCH, HitBuffer, flush
 from tidings.tracking.record import Hit
 
 HUMAN = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120 Safari/537.36"
@@ -252,12 +253,44 @@ def test_a_flush_of_another_tenants_message_records_nothing(
 def test_the_buffer_waits_for_a_batch_or_the_interval() -> None:
     async def run() -> float:
         buffer = HitBuffer()
+        ready = buffer.attach()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await buffer.wait(0.05)
+        await buffer.wait(ready, 0.05)
         return loop.time() - started
 
     assert asyncio.run(run()) >= 0.04
+
+
+def test_a_full_batch_wakes_every_flusher_each_on_its_own_event_loop() -> None:
+    """One runtime may serve two apps, each flushing on its own loop (a live server beside a test
+    client): a batch added from anywhere wakes both at once, and neither awaits an event of the
+    other's loop (which asyncio refuses)."""
+    buffer = HitBuffer()
+    attached = threading.Barrier(3)
+    waited: list[float] = []
+
+    def flusher() -> None:
+        async def run() -> None:
+            ready = buffer.attach()
+            attached.wait()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await buffer.wait(ready, 10.0)
+            waited.append(loop.time() - started)
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=flusher) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    attached.wait()
+    hit = Hit("open", 1, 1, None, None, datetime.now(UTC), HUMAN, None)
+    for _ in range(FLUSH_BATCH):
+        buffer.add(hit)
+    for thread in threads:
+        thread.join(timeout=15)
+    assert len(waited) == 2 and max(waited) < 5, waited
 
 
 @pytest.mark.parametrize(

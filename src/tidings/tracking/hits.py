@@ -41,12 +41,15 @@ HOLD_SECONDS = 1.0  # a hit younger than this waits for the next flush unless it
 
 
 class HitBuffer:
-    """Hits waiting to be written; used only from the event loop that serves the routes."""
+    """Hits waiting to be written, added by the routes and taken by the flusher on the app's event
+    loop. Each flusher waits on an event of its own loop (``attach``): one runtime may serve
+    several apps, each on its own loop (tests run a live server and test clients side by side),
+    and an ``asyncio.Event`` can only be awaited on the loop it was first awaited on."""
 
     def __init__(self, capacity: int = MAX_BUFFERED) -> None:
         self._capacity = capacity
         self._hits: list[Hit] = []
-        self._ready: asyncio.Event | None = None
+        self._flushers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -59,8 +62,8 @@ class HitBuffer:
             metrics.TRACKING_HITS.labels(outcome="dropped").inc()
             return False
         self._hits.append(hit)
-        if len(self._hits) >= FLUSH_BATCH and self._ready is not None:
-            self._ready.set()
+        if len(self._hits) >= FLUSH_BATCH:
+            self.wake()
         return True
 
     def take(self, now: datetime, *, everything: bool = False) -> list[Hit]:
@@ -86,22 +89,27 @@ class HitBuffer:
             metrics.TRACKING_HITS.labels(outcome="dropped").inc(lost)
         self._hits = hits[:room] + self._hits
 
-    def attach(self) -> None:
-        """Bind the buffer's wake-up to the running event loop (the flusher's)."""
-        self._ready = asyncio.Event()
+    def attach(self) -> asyncio.Event:
+        """A wake-up for a flusher on the running event loop; ``detach`` it when it stops."""
+        ready = asyncio.Event()
+        self._flushers[ready] = asyncio.get_running_loop()
+        return ready
 
-    async def wait(self, seconds: float) -> None:
-        """Until ``FLUSH_BATCH`` hits wait or ``seconds`` passed."""
-        if self._ready is None:
-            self.attach()
-        assert self._ready is not None
+    def detach(self, ready: asyncio.Event) -> None:
+        self._flushers.pop(ready, None)
+
+    @staticmethod
+    async def wait(ready: asyncio.Event, seconds: float) -> None:
+        """Until ``FLUSH_BATCH`` hits wait (or a wake-up) or ``seconds`` passed."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), seconds)
-        self._ready.clear()
+            await asyncio.wait_for(ready.wait(), seconds)
+        ready.clear()
 
     def wake(self) -> None:
-        if self._ready is not None:
-            self._ready.set()
+        """Wake every flusher, each on its own loop (thread-safe)."""
+        for ready, loop in list(self._flushers.items()):
+            with contextlib.suppress(RuntimeError):  # its loop has just closed
+                loop.call_soon_threadsafe(ready.set)
 
 
 def flush(runtime: Runtime, hits: list[Hit]) -> Flushed:
@@ -113,9 +121,11 @@ def flush(runtime: Runtime, hits: list[Hit]) -> Flushed:
     return flushed
 
 
-async def _flush_loop(runtime: Runtime, buffer: HitBuffer, stop: asyncio.Event) -> None:
+async def _flush_loop(
+    runtime: Runtime, buffer: HitBuffer, ready: asyncio.Event, stop: asyncio.Event
+) -> None:
     while True:
-        await buffer.wait(FLUSH_SECONDS)
+        await buffer.wait(ready, FLUSH_SECONDS)
         final = stop.is_set()
         hits = buffer.take(runtime.clock.now(), everything=final)
         if hits:
@@ -136,11 +146,14 @@ async def flushing(runtime: Runtime) -> AsyncIterator[Callable[[], None]]:
     that flushes at the next tick (tests)."""
     stop = asyncio.Event()
     buffer = runtime.hits
-    buffer.attach()
-    task = asyncio.create_task(_flush_loop(runtime, buffer, stop))
+    ready = buffer.attach()
+    task = asyncio.create_task(_flush_loop(runtime, buffer, ready, stop))
     try:
         yield buffer.wake
     finally:
         stop.set()
-        buffer.wake()
-        await task
+        ready.set()
+        try:
+            await task
+        finally:
+            buffer.detach(ready)
