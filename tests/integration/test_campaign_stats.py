@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from tests.conftest import TenantKeys
 from tests.integration.test_tracking_routes import statements
 from tidings import tokens
-from tidings.db.engine import transaction
 from tidings.bounces.reports import FeedbackKind
+from tidings.db.engine import transaction
 from tidings.db.models import Campaign, Contact, Message, Template, table
 from tidings.runtime import Runtime
 from tidings.services.inbound import OriginalMessage, record_feedback
