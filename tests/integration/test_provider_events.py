@@ -4,13 +4,16 @@ per event id, each message counted once, nothing recorded for a message that is 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from tests.conftest import TenantKeys
+from tests.conftest import TenantKeys, make_settings
 from tests.integration.sent_mail import (
     SentMail,
     events_of,
@@ -18,14 +21,22 @@ from tests.integration.sent_mail import (
     seed_sent_mail,
     suppressions_of,
 )
-from tests.integration.test_inbound_resend import URL, bounced, complained, settings, signed
+from tests.integration.test_inbound_resend import SECRET, URL, bounced, complained, signed
+from tests.integration.test_webhook_dispatch import dispatch, register
+from tests.live_server import LiveServer
+from tests.webhook_receiver import WebhookReceiver
+from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Message, TrackingHit
 from tidings.queue.guardrails import enforce_guardrails
 from tidings.runtime import Runtime
 from tidings.services.resend_events import provider_link_index
 
-__all__ = ["settings"]  # the fixture: Resend's webhook secret configured
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url, resend_webhook_secret=SECRET, webhook_allow_private=True)
+
 
 PERSON = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 Version/16.1 Safari/605.1.15"
 SCANNER = "Barracuda Sentinel (EE)"
@@ -283,3 +294,43 @@ def test_a_click_without_a_link_and_events_for_messages_not_ours_change_nothing(
     ) == (1, 1)
     answer = client.get(f"/v1/campaigns/{theirs.campaign_id}/stats", headers=acme.auth(acme.viewer))
     assert answer.status_code == 404
+
+
+def test_a_delivery_confirmation_reaches_the_tenants_message_delivered_webhook(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    hooks = WebhookReceiver()
+    with LiveServer(hooks.app) as server:
+        register(client, acme, f"{server.url}/delivered", "message.delivered")
+        register(client, acme, f"{server.url}/sent", "message.sent")
+        mail = seed_sent_mail(
+            runtime, acme.tenant_id, "ada@example.com", provider_message_id="re-w"
+        )
+        post(client, event("email.delivered", "re-w"), "msg_w")
+        post(client, event("email.delivered", "re-w"), "msg_w")  # redelivered: one webhook
+        post(client, event("email.delivery_delayed", "re-w"), "msg_w_late")  # no public event
+        dispatch(runtime)
+    (request,) = hooks.requests
+    assert request.path == "/delivered"
+    payload = json.loads(request.body)
+    assert payload["type"] == "message.delivered"
+    assert payload["data"]["message_id"] == mail.id
+    assert payload["data"]["campaign_id"] == mail.campaign_id
+    assert payload["data"]["email"] == "ada@example.com"
+    assert payload["data"]["detail"] == "Resend: delivered"
+
+
+def test_message_delivered_is_among_the_event_types_an_endpoint_may_choose(
+    client: TestClient, acme: TenantKeys
+) -> None:
+    auth = acme.auth(acme.admin)
+    url = "http://127.0.0.1:9/hooks"
+    chosen = client.post(
+        "/v1/webhooks", json={"url": url, "event_types": ["message.delivered"]}, headers=auth
+    )
+    assert chosen.status_code == 201, chosen.text
+    assert chosen.json()["event_types"] == ["message.delivered"]
+    wrong = client.post(
+        "/v1/webhooks", json={"url": url, "event_types": ["message.deliverd"]}, headers=auth
+    )
+    assert wrong.status_code == 422 and "event_types" in wrong.text
