@@ -45,8 +45,11 @@ RESULTS = {
     "unconfirmed": "{r}.status = 'sent' AND {r}.delivered_at IS NULL AND {r}.bounce IS NULL",
 }
 
+#: Only rows that can have a result: a fan-out's queued rows are passed over at once.
 _PG_ROWS = (
-    "SELECT campaign_id, status, delivered_at, bounce, complained_at, {delta} AS delta FROM {t}"
+    "SELECT campaign_id, status, delivered_at, bounce, complained_at, {delta} AS delta FROM {t} "
+    "WHERE campaign_id IS NOT NULL AND (status = 'sent' OR delivered_at IS NOT NULL "
+    "OR bounce IS NOT NULL OR complained_at IS NOT NULL)"
 )
 _PG_RESULTS = """
     INSERT INTO campaign_results (campaign_id, result, shard, count)
