@@ -10,8 +10,9 @@ overwrites the other). Only one flush per process runs at a time (``hits.py``); 
 processes may count the same message's first open twice if they race on it, a bounded error
 (one per message and process) accepted to keep the request path free of database writes.
 
-A hit whose message is gone (purged) or names another tenant's message is dropped: its link
-still redirected, it records nothing.
+A hit whose message is gone (purged), names another tenant's message, or whose recipient was
+erased (a hit still in a server's buffer when the erasure ran) is dropped: its link still
+redirected, it records nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import HASHED_PREFIX
 from tidings.db.models import (
     CampaignEngagement,
     CampaignLink,
@@ -59,7 +61,7 @@ class Hit:
 @dataclass(frozen=True, slots=True)
 class Flushed:
     recorded: int  # hits written
-    orphaned: int  # hits of messages gone (or not their tenant's): dropped
+    orphaned: int  # hits of messages gone, erased or not their tenant's: dropped
     machine: int  # of the recorded, a machine's
 
 
@@ -146,15 +148,21 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
     messages = {
         row.id: row
         for row in session.connection().execute(
-            select(Message.id, Message.tenant_id, Message.campaign_id, Message.sent_at).where(
-                Message.id.in_(message_ids)
-            )
+            select(
+                Message.id,
+                Message.tenant_id,
+                Message.campaign_id,
+                Message.sent_at,
+                Message.to_address,
+            ).where(Message.id.in_(message_ids))
         )
     }
     kept = [
         h
         for h in hits
-        if (m := messages.get(h.message_id)) is not None and m.tenant_id == h.tenant_id
+        if (m := messages.get(h.message_id)) is not None
+        and m.tenant_id == h.tenant_id
+        and not m.to_address.startswith(HASHED_PREFIX)
     ]
     if not kept:
         return Flushed(0, len(hits), 0)
