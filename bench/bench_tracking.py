@@ -202,8 +202,12 @@ def bench_stats(args: argparse.Namespace) -> None:
                     "WITH RECURSIVE n(i) AS (SELECT 2 UNION ALL SELECT i + 1 FROM n WHERE i < :count) "
                     "INSERT INTO messages (tenant_id, campaign_id, contact_id, to_address, status, "
                     "priority, not_before, expires_at, attempts, lease_expiries, created_at, "
-                    "updated_at, sent_at) SELECT :tenant, :campaign, i, 'r' || i || '@example.com', "
-                    "'sent', 5, :sent, :sent, 1, 0, :sent, :sent, :sent FROM n"
+                    "updated_at, sent_at, delivered_at, bounce) "
+                    "SELECT :tenant, :campaign, i, 'r' || i || '@example.com', "
+                    "'sent', 5, :sent, :sent, 1, 0, :sent, :sent, :sent, "
+                    # One in 50 soft-bounced (a 4.x.x report), the others delivered.
+                    "CASE WHEN i % 50 = 0 THEN NULL ELSE :sent END, "
+                    "CASE WHEN i % 50 = 0 THEN 'soft' END FROM n"
                 ),
                 {
                     "count": args.recipients,
@@ -278,7 +282,8 @@ def bench_stats(args: argparse.Namespace) -> None:
             f"campaign_stats of {args.recipients:,} recipients, {args.hits:,} hits "
             f"({'PostgreSQL' if args.postgres else 'SQLite'}): p50 "
             f"{statistics.median(timings):.1f} ms, max {max(timings):.1f} ms over 50; sent "
-            f"{found.sent:,}, opens_unique {found.opens_unique:,}, clicks_total "
+            f"{found.sent:,}, delivered {found.delivered:,}, bounced_soft "
+            f"{found.bounced_soft:,}, opens_unique {found.opens_unique:,}, clicks_total "
             f"{found.clicks_total:,}, {len(found.links)} links, {len(found.timeline)} timeline "
             f"points of {found.interval_seconds} s"
         )

@@ -18,6 +18,7 @@ from tidings.db.models import (
     Message,
     Suppression,
     Template,
+    TrackingHit,
     WebhookDelivery,
 )
 from tidings.delivery.compose import Composer
@@ -170,6 +171,9 @@ class Footprint:
     contact_statuses: tuple[str, ...]
     message_statuses: tuple[str, ...]
     deliveries: int
+    #: Each message's delivered_at, bounce and complained_at (migration 0023).
+    message_results: tuple[tuple[object, ...], ...] = ()
+    tracking_hits: int = 0
 
 
 def footprint(runtime: Runtime) -> Footprint:
@@ -185,6 +189,15 @@ def footprint(runtime: Runtime) -> Footprint:
             contact_statuses=tuple(session.scalars(select(Contact.status).order_by(Contact.id))),
             message_statuses=tuple(session.scalars(select(Message.status).order_by(Message.id))),
             deliveries=count(WebhookDelivery),
+            message_results=tuple(
+                tuple(row)
+                for row in session.execute(
+                    select(Message.delivered_at, Message.bounce, Message.complained_at).order_by(
+                        Message.id
+                    )
+                )
+            ),
+            tracking_hits=count(TrackingHit),
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.exc import OperationalError
 
 from tests.bounce_samples import gmail_dsn, plain_email, postfix_dsn, yahoo_arf
@@ -105,6 +106,39 @@ def test_a_soft_bounce_is_noted_and_nothing_is_suppressed(
     assert status_of(runtime, mail)[:2] == ("active", "sent")
     ((kind, _, detail),) = events_of(runtime, mail.id)
     assert kind == "deferred" and detail is not None and "Mailbox full" in detail
+
+
+def test_dsn_status_classes_count_as_hard_and_soft_bounces_in_the_campaign_figures(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """5.x.x: a hard bounce (suppressed); 4.x.x (failed or delayed): a soft one (never
+    suppressed); a later 5.x.x report outranks an earlier 4.x.x one; each message counts once."""
+    mails = {
+        status: seed_sent_mail(runtime, acme.tenant_id, f"r{status.replace('.', '')}@example.com")
+        for status in ("5.2.1", "4.4.7", "4.2.2")
+    }
+    for status, mail in mails.items():
+        for copy in range(2):  # two reports of the same bounce (two MTAs, a resend)
+            raw = postfix_dsn(
+                recipient=mail.email,
+                message_id=mail.message_id_header,
+                status=status,
+                action="delayed" if status == "4.2.2" else "failed",
+                report_id=f"<dsn-{status}-{copy}@mx.example.org>",
+            )
+            assert process_report(runtime, raw).result.outcome is InboundOutcome.recorded
+    assert suppressions_of(runtime, acme.tenant_id) == [("r521@example.com", "hard_bounce")]
+    auth = acme.auth(acme.viewer)
+
+    def figures(mail: SentMail) -> tuple[int, int, int]:
+        body = client.get(f"/v1/campaigns/{mail.campaign_id}/stats", headers=auth).json()
+        return body["bounced_hard"], body["bounced_soft"], body["delivered"]
+
+    assert [figures(m) for m in mails.values()] == [(1, 0, 0), (0, 1, 0), (0, 1, 0)]
+    later = mails["4.4.7"]
+    raw = postfix_dsn(recipient=later.email, message_id=later.message_id_header, status="5.4.7")
+    process_report(runtime, raw)
+    assert figures(later) == (1, 0, 0)
 
 
 def test_a_yahoo_complaint_suppresses_the_address_and_marks_the_contact(

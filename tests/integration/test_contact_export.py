@@ -192,7 +192,7 @@ def test_each_page_of_a_tenants_contacts_is_one_index_range_not_a_sort_of_them_a
     statements: list[tuple[str, Any]],
 ) -> None:
     """A keyset page must not read every contact of the tenant and sort them: at 1M contacts
-    SQLite did so for each page (0.6-0.9 s a page, an 8-minute export) until migration 0023 gave
+    SQLite did so for each page (0.6-0.9 s a page, an 8-minute export) until migration 0024 gave
     it ``(tenant_id, id)``. SQLite plans without statistics, so an empty database shows the plan a
     large one gets. PostgreSQL plans from statistics and is measured by bench/bench_export.py."""
     add(client, acme, "ann@example.com")

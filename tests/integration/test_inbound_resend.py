@@ -220,10 +220,11 @@ def test_other_event_types_and_unknown_messages_are_acknowledged_and_ignored(
 ) -> None:
     seed_sent_mail(runtime, acme.tenant_id, "ada@example.com", provider_message_id="re-7")
     before = footprint(runtime)
-    delivered = {"type": "email.delivered", "created_at": "x", "data": {"email_id": "re-7"}}
-    body, headers = signed(delivered, event_id="msg_a")
-    answer = client.post(URL, content=body, headers=headers)
-    assert answer.status_code == 200 and answer.json()["status"] == "ignored"
+    for n, kind in enumerate(("email.sent", "contact.created", "email.scheduled")):
+        event = {"type": kind, "created_at": "x", "data": {"email_id": "re-7"}}
+        body, headers = signed(event, event_id=f"msg_a{n}")
+        answer = client.post(URL, content=body, headers=headers)
+        assert answer.status_code == 200 and answer.json()["status"] == "ignored"
     body, headers = signed(bounced("not-ours"), event_id="msg_b")
     answer = client.post(URL, content=body, headers=headers)
     assert answer.json() == {

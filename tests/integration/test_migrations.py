@@ -186,3 +186,73 @@ def test_0009_keeps_every_row_index_and_foreign_key_and_never_reuses_a_named_id(
         assert _schema(engine) == before
     finally:
         engine.dispose()
+
+
+# -- 0023: what became of the messages ----------------------------------------------------------
+
+ROWS_AT_0022 = """
+INSERT INTO tenants (id, name, created_at) VALUES (1, 'a', '2026-01-01 00:00:00');
+INSERT INTO templates (id, tenant_id, name, subject, html, created_at, updated_at) VALUES
+    (1, 1, 't1', 's', '<p>1</p>', '2026-01-01 00:00:00', '2026-01-01 00:00:00');
+INSERT INTO campaigns (id, tenant_id, name, template_id, list_ids, contact_ids, data, status,
+    recipient_count, priority, created_at) VALUES
+    (1, 1, 'c', 1, '[]', '[]', '{}', 'completed', 4, 5, '2026-01-01 00:00:00');
+INSERT INTO messages (id, tenant_id, campaign_id, to_address, priority, status, not_before,
+    expires_at, attempts, lease_expiries, created_at, updated_at, sent_at) VALUES
+    (1, 1, 1, 'a@example.com', 5, 'sent', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 1, 0,
+     '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:01'),
+    (2, 1, 1, 'b@example.com', 5, 'sent', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 1, 0,
+     '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:01'),
+    (3, 1, 1, 'c@example.com', 5, 'failed', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 1, 0,
+     '2026-01-01 00:00:00', '2026-01-01 00:00:00', NULL),
+    (4, 1, 1, 'd@example.com', 5, 'queued', '2026-01-01 00:00:00', '2026-01-02 00:00:00', 0, 0,
+     '2026-01-01 00:00:00', '2026-01-01 00:00:00', NULL);
+INSERT INTO events (id, tenant_id, message_id, campaign_id, type, created_at) VALUES
+    (1, 1, 3, 1, 'bounced', '2026-01-01 00:00:00'),
+    (2, 1, 3, 1, 'bounced', '2026-01-01 00:00:00'),
+    (3, 1, 2, 1, 'complained', '2026-01-01 00:00:00');
+"""
+
+
+def _results(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT result, sum(count) FROM campaign_results WHERE campaign_id = 1 "
+                "GROUP BY result HAVING sum(count) <> 0"
+            )
+        )
+        return {result: int(count) for result, count in rows}
+
+
+def test_0023_counts_what_became_of_earlier_messages_and_then_keeps_counting(
+    empty_url: str,
+) -> None:
+    """Sent before 0023: delivered when sent (what the figures said until then); bounces and
+    complaints from their events, each message once. After it, the triggers move the counts."""
+    engine = make_engine(empty_url)
+    try:
+        upgrade(engine, "0022_signup")
+        with engine.begin() as conn:
+            for statement in ROWS_AT_0022.split(";"):
+                if statement.strip():
+                    conn.execute(text(statement))
+        upgrade(engine)
+        assert _results(engine) == {"delivered": 2, "bounced_hard": 1, "complained": 1}
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE messages SET status = 'sent' WHERE id = 4"))
+            conn.execute(
+                text("UPDATE messages SET delivered_at = NULL, bounce = 'soft' WHERE id = 1")
+            )
+        assert _results(engine) == {
+            "delivered": 1,
+            "bounced_hard": 1,
+            "bounced_soft": 1,
+            "complained": 1,
+            "unconfirmed": 1,
+        }
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM messages WHERE id IN (1, 2)"))
+        assert _results(engine) == {"bounced_hard": 1, "unconfirmed": 1}
+    finally:
+        engine.dispose()

@@ -108,8 +108,11 @@ async def test_outcomes_keep_the_order_of_the_batch(server: SmtpTestServer) -> N
 @pytest.mark.parametrize(
     ("fault", "expected"),
     [
-        (reply(NO_SUCH_USER), Permanent("550 5.1.1 no such user (at RCPT)", hard_bounce=True)),
-        (reply(TRY_LATER), Transient("451 4.3.0 try later (at RCPT)")),
+        (
+            reply(NO_SUCH_USER),
+            Permanent("550 5.1.1 no such user (at RCPT)", hard_bounce=True, bounce=True),
+        ),
+        (reply(TRY_LATER), Transient("451 4.3.0 try later (at RCPT)", bounce=True)),
         (
             reply(THROTTLED, at="DATA"),
             Transient("421 4.7.0 throttled, slow down (at DATA)", throttled=True),
@@ -124,17 +127,20 @@ async def test_outcomes_keep_the_order_of_the_batch(server: SmtpTestServer) -> N
         ),
         (
             reply("554 5.7.1 message rejected as spam", at="END"),
-            Permanent("554 5.7.1 message rejected as spam (at DATA)"),
+            Permanent("554 5.7.1 message rejected as spam (at DATA)", bounce=True),
         ),
         (
             reply("550 5.1.1 unknown user", at="END"),
-            Permanent("550 5.1.1 unknown user (at DATA)", hard_bounce=True),
+            Permanent("550 5.1.1 unknown user (at DATA)", hard_bounce=True, bounce=True),
         ),
         (
             reply("552 5.3.4 message too big", at="END"),
-            Permanent("552 5.3.4 message too big (at DATA)"),
+            Permanent("552 5.3.4 message too big (at DATA)", bounce=True),
         ),
-        (reply("451 4.3.0 queue full", at="END"), Transient("451 4.3.0 queue full (at DATA)")),
+        (
+            reply("451 4.3.0 queue full", at="END"),
+            Transient("451 4.3.0 queue full (at DATA)", bounce=True),
+        ),
     ],
     ids=lambda v: v.reply if hasattr(v, "reply") else "",
 )

@@ -38,19 +38,26 @@ from tidings.transports.smtp_session import ProtocolViolation, Reply, SessionClo
             "MAIL",
             Transient("452 Too many messages in this connection (at MAIL)", throttled=True),
         ),
-        (451, "4.3.0 local error", "DATA", Transient("451 4.3.0 local error (at DATA)")),
-        (450, "mailbox busy", "RCPT", Transient("450 mailbox busy (at RCPT)")),
+        (
+            451,
+            "4.3.0 local error",
+            "DATA",
+            Transient("451 4.3.0 local error (at DATA)", bounce=True),
+        ),
+        (450, "mailbox busy", "RCPT", Transient("450 mailbox busy (at RCPT)", bounce=True)),
         (
             550,
             "5.1.1 <bob@example.com>: no such user",
             "RCPT",
-            Permanent("550 5.1.1 <bob@example.com>: no such user (at RCPT)", hard_bounce=True),
+            Permanent(
+                "550 5.1.1 <bob@example.com>: no such user (at RCPT)", hard_bounce=True, bounce=True
+            ),
         ),
         (
             553,
             "5.1.3 bad address syntax",
             "RCPT",
-            Permanent("553 5.1.3 bad address syntax (at RCPT)", hard_bounce=True),
+            Permanent("553 5.1.3 bad address syntax (at RCPT)", hard_bounce=True, bounce=True),
         ),
         (
             550,
@@ -59,9 +66,19 @@ from tidings.transports.smtp_session import ProtocolViolation, Reply, SessionClo
             Permanent("550 5.1.8 sender domain unknown (at MAIL)"),
         ),
         (550, "5.1.1 user unknown", "MAIL", Permanent("550 5.1.1 user unknown (at MAIL)")),
-        (550, "no such user here", "RCPT", Permanent("550 no such user here (at RCPT)")),
-        (554, "5.7.1 spam", "DATA", Permanent("554 5.7.1 spam (at DATA)")),
-        (552, "5.2.2 mailbox full", "DATA", Permanent("552 5.2.2 mailbox full (at DATA)")),
+        (
+            550,
+            "no such user here",
+            "RCPT",
+            Permanent("550 no such user here (at RCPT)", bounce=True),
+        ),
+        (554, "5.7.1 spam", "DATA", Permanent("554 5.7.1 spam (at DATA)", bounce=True)),
+        (
+            552,
+            "5.2.2 mailbox full",
+            "DATA",
+            Permanent("552 5.2.2 mailbox full (at DATA)", bounce=True),
+        ),
         (354, "go ahead", "MAIL", Transient("unexpected reply 354 go ahead (at MAIL)")),
     ],
 )
@@ -76,6 +93,7 @@ def test_multi_line_reply_text_is_joined() -> None:
     assert outcome == Permanent(
         "550 5.1.1 The email account that you tried to reach does not exist (at RCPT)",
         hard_bounce=True,
+        bounce=True,
     )
 
 

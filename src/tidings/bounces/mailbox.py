@@ -46,7 +46,7 @@ class Processed:
     result: InboundResult
 
     def summary(self) -> str:
-        kind = self.result.kind.value.replace("_", " ") if self.result.kind else "report"
+        kind = self.result.kind.replace("_", " ") if self.result.kind else "report"
         if self.result.outcome is InboundOutcome.recorded:
             return f"{kind} recorded for message {self.result.message_id}"
         if self.result.outcome is InboundOutcome.duplicate:

@@ -344,6 +344,12 @@ class Message(Base):
     # the tenant's setting. A campaign's messages leave them null (the fan-out writes nothing).
     track_opens: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     track_clicks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # What became of it after it left (migration 0023), summed per campaign into
+    # ``campaign_results`` by triggers: when it was delivered (the SMTP 250, or the provider's
+    # confirmation), how it bounced (``BounceKind``: hard, soft), when a complaint came in.
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    bounce: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The reaper: expired leases.
@@ -427,6 +433,19 @@ class CampaignCount(Base):
 
     campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class CampaignResult(Base):
+    """How many of a campaign's messages were delivered, bounced hard or soft, complained, or wait
+    for the provider's word (``RESULTS`` of migration 0023): one row per shard, kept by the
+    ``messages`` triggers like ``campaign_counts``, summed by readers (campaign stats)."""
+
+    __tablename__ = "campaign_results"
+
+    campaign_id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    result: Mapped[str] = mapped_column(String(16), primary_key=True)
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger)
 

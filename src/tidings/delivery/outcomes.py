@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tidings.delivery.retry import RetryPolicy
-from tidings.domain import EventType, MessageStatus
+from tidings.domain import BounceKind, EventType, MessageStatus
 from tidings.domain.addresses import domain_of
 from tidings.domain.message import Outcome, Permanent, Sent, Transient
 from tidings.queue.claimed import Claim, ClaimedMessage
@@ -45,19 +45,31 @@ def decide(
         )
 
     if isinstance(outcome, Sent):
-        return decision(MessageStatus.sent, EventType.sent, provider_id=outcome.provider_id)
+        return decision(
+            MessageStatus.sent,
+            EventType.sent,
+            provider_id=outcome.provider_id,
+            delivered=not outcome.delivery_reported_later,
+        )
     if isinstance(outcome, Permanent):
         suppress = message.to_address if outcome.hard_bounce else None
         return decision(
-            MessageStatus.failed, EventType.failed, detail=outcome.reason, suppress_email=suppress
+            MessageStatus.failed,
+            EventType.failed,
+            detail=outcome.reason,
+            suppress_email=suppress,
+            bounce=BounceKind.hard if outcome.bounce or outcome.hard_bounce else None,
         )
+    soft = BounceKind.soft if outcome.bounce else None
     retry_at = _retry_at(message, outcome, now=now, policy=policy, domain_slot=domain_slot)
     # A provider rate limiting *us* is not the message's fault: that wait spends no attempt.
     counts = not outcome.throttled
     if retry_at is None:
         attempts = message.attempts + (1 if counts else 0)
         detail = f"gave up after {attempts} attempts (time to live ran out): {outcome.reason}"
-        return decision(MessageStatus.dead, EventType.dead, detail=detail, counts_as_attempt=counts)
+        return decision(
+            MessageStatus.dead, EventType.dead, detail=detail, counts_as_attempt=counts, bounce=soft
+        )
     event = EventType.throttled if outcome.throttled else EventType.deferred
     return decision(
         MessageStatus.queued,
@@ -65,6 +77,7 @@ def decide(
         detail=outcome.reason,
         not_before=retry_at,
         counts_as_attempt=counts,
+        bounce=soft,
     )
 
 

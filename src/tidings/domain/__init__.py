@@ -76,6 +76,13 @@ PENDING_MESSAGE_STATUSES = frozenset(
 FAILED_MESSAGE_STATUSES = frozenset({MessageStatus.failed, MessageStatus.dead})
 
 
+class BounceKind(enum.StrEnum):
+    """How a message bounced (``messages.bounce``); one message counts as one kind at most."""
+
+    hard = "hard"  # refused for good: SMTP 5xx, DSN 5.x.x, Resend Permanent
+    soft = "soft"  # refused for now: SMTP 4xx, DSN 4.x.x, Resend Transient / Undetermined
+
+
 class SuppressionReason(enum.StrEnum):
     unsubscribe = "unsubscribe"
     hard_bounce = "hard_bounce"
@@ -98,6 +105,10 @@ class EventType(enum.StrEnum):
     throttled = "throttled"  # provider asked us to slow down; the attempt did not count
     failed = "failed"
     dead = "dead"
+    #: The provider confirmed delivery to the recipient's server (Resend ``email.delivered``).
+    delivered = "delivered"
+    #: The provider reports a delay (Resend ``email.delivery_delayed``): not a bounce, not a failure.
+    delivery_delayed = "delivery_delayed"
     cancelled = "cancelled"
     suppressed = "suppressed"
     lease_expired = "lease_expired"

@@ -71,6 +71,10 @@ class Sent:
     """The server accepted the message."""
 
     provider_id: str | None = None  # SMTP queue id from the reply, or the HTTP API's message id
+    #: The provider reports delivery later (Resend's ``email.delivered`` webhook): accepted is not
+    #: yet delivered. False (SMTP): the receiving server's 250 is the only confirmation there is,
+    #: so the message counts as delivered at once.
+    delivery_reported_later: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,9 @@ class Transient:
     #: The message itself was written and the answer lost (RFC 1047): the server may have accepted
     #: it, so it must not be handed to another transport in the same attempt (a duplicate).
     may_have_arrived: bool = False
+    #: The receiving server refused this message for now (a 4xx reply to RCPT or DATA, not a
+    #: slow-down): the message counts as soft-bounced until a later attempt is accepted.
+    bounce: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,10 @@ class Permanent:
     reason: str
     #: The address does not exist (SMTP 5.1.x): suppress it so it is never tried again.
     hard_bounce: bool = False
+    #: The receiving server refused this message for good (a 5xx reply to RCPT or DATA): a hard
+    #: bounce in the campaign's figures. Only ``hard_bounce`` (about the address) suppresses: a
+    #: 5.7.x policy refusal says nothing about whether the mailbox exists.
+    bounce: bool = False
 
 
 Outcome = Sent | Transient | Permanent

@@ -36,7 +36,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from tidings.db.models import Event, Message, table
-from tidings.domain import EventType, MessageStatus, SuppressionReason
+from tidings.domain import BounceKind, EventType, MessageStatus, SuppressionReason
 from tidings.queue.enqueue import requeue_status
 from tidings.queue.suppress import suppress
 
@@ -59,6 +59,11 @@ class Decision:
     counts_as_attempt: bool = True  # False when the provider throttled us: not the message's fault
     suppress_email: str | None = None  # a hard bounce: never try this address again
     contact_id: int | None = None
+    #: Sent, and the server's acceptance is the delivery (SMTP): ``delivered_at`` is set now. A
+    #: provider that confirms deliveries later (Resend) sets it from its webhook instead.
+    delivered: bool = False
+    #: The receiving server refused the message (hard: for good, soft: for now); None otherwise.
+    bounce: BounceKind | None = None
 
 
 def record_outcomes(
@@ -115,6 +120,8 @@ _COLUMNS = (
     "new_provider_id",
     "new_header",
     "new_sent_at",
+    "new_delivered_at",
+    "new_bounce",
 )
 _TYPES: tuple[TypeEngine[Any], ...] = (
     BigInteger(),
@@ -125,6 +132,8 @@ _TYPES: tuple[TypeEngine[Any], ...] = (
     String(),
     String(),
     table(Message).c.sent_at.type,
+    table(Message).c.delivered_at.type,
+    String(),
 )
 
 
@@ -149,6 +158,13 @@ def _outcome_update(new: Mapping[str, ColumnElement[Any]]) -> Update:
             ),
             message_id_header=func.coalesce(new["new_header"], messages.c.message_id_header),
             sent_at=new["new_sent_at"],
+            delivered_at=func.coalesce(new["new_delivered_at"], messages.c.delivered_at),
+            # An accepted attempt ends an earlier soft bounce; a refusal replaces it; anything
+            # else (a dropped connection, a timeout) leaves the last refusal standing.
+            bounce=case(
+                (new["new_status"] == MessageStatus.sent.value, None),
+                else_=func.coalesce(new["new_bounce"], messages.c.bounce),
+            ),
             lease_owner=None,
             lease_token=None,
             lease_expires_at=None,
@@ -232,6 +248,8 @@ def _row(d: Decision, now: datetime) -> tuple[object, ...]:
         d.provider_id,
         d.message_id_header,
         now if d.status == MessageStatus.sent else None,
+        now if d.status == MessageStatus.sent and d.delivered else None,
+        d.bounce.value if d.bounce is not None else None,
     )
 
 

@@ -66,6 +66,9 @@ from tidings.domain import EventType
 #: Which internal events each public webhook event type reports.
 PUBLIC_TYPE_OF_EVENT: dict[str, str] = {
     EventType.sent.value: "message.sent",
+    # Only a provider's confirmation (Resend): with SMTP the 250 is all there is, and
+    # ``message.sent`` says it already.
+    EventType.delivered.value: "message.delivered",
     EventType.failed.value: "message.failed",
     EventType.dead.value: "message.failed",  # gave up after retries: failed, for the tenant
     EventType.bounced.value: "message.bounced",

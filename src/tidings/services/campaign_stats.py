@@ -1,20 +1,32 @@
 """``GET /v1/campaigns/{id}/stats``: how a campaign did, from summaries kept as it runs.
 
 Nothing here counts a campaign's messages or hits: messages by status come from
-``campaign_counts`` (kept by the database triggers of migrations 0014/0019, a few rows per
-campaign), opens and clicks from ``campaign_engagement``, ``campaign_links`` and
-``campaign_timeline`` (kept by the tracking flush, ``tracking/record.py``), and bounces and
-complaints from the partial index of signal events the guardrails already read. So the answer
-costs the same handful of index reads for 100 recipients as for a million.
+``campaign_counts`` and delivered, bounced and complained messages from ``campaign_results``
+(both kept by the ``messages`` triggers of migrations 0014/0019/0023, a few rows per campaign),
+opens and clicks from ``campaign_engagement``, ``campaign_links`` and ``campaign_timeline`` (kept
+by the tracking flush, ``tracking/record.py``). So the answer costs the same handful of index
+reads for 100 recipients as for a million.
 
-What the figures mean:
+What the figures mean (each counts messages, each message at most once):
 
-* ``sent``: messages the receiving server accepted and that did not bounce later (a hard bounce
-  reported afterwards moves its message to failed).
-* ``delivered``: Tidings has no delivery confirmations yet (provider ``delivered`` events are not
-  recorded), so it is ``sent``; rates are taken against it.
-* ``bounced_hard``: messages with a bounce recorded (an SMTP 5.1.x refusal or a bounce report);
-  ``bounced_soft`` is 0 until soft bounces are told apart.
+* ``sent``: messages the receiving server or provider accepted and that did not hard-bounce later
+  (a hard bounce reported afterwards moves its message to failed).
+* ``delivered``: messages known to have reached the recipient's mail server and not bounced since.
+  How that is known depends on the transport. A provider that confirms deliveries (Resend): its
+  ``email.delivered`` event; until it comes the message is sent, not delivered, and counts in
+  ``awaiting_confirmation``. SMTP gives no later confirmation: the receiving server's 250 is the
+  best there is, so a message counts as delivered when it is accepted (a relay's 250 included),
+  and leaves ``delivered`` if a bounce report comes back. Rates are taken against ``delivered``.
+* ``awaiting_confirmation``: accepted by a provider that confirms deliveries, no word yet (always 0
+  with SMTP; stays high if the provider's webhook is not set up: ``TIDINGS_RESEND_WEBHOOK_SECRET``).
+* ``bounced_hard``: refused for good: an SMTP 5xx reply to RCPT or DATA, a 5.x.x bounce report, a
+  Resend bounce of type Permanent. Only those about the address (5.1.x at send time, any hard
+  bounce report) suppress it.
+* ``bounced_soft``: refused for now, and not accepted since: an SMTP 4xx reply to RCPT or DATA
+  (not a slow-down), waiting for its retry or given up, a 4.x.x report, a Resend bounce of type
+  Transient or Undetermined. A later acceptance or delivery confirmation ends it; a hard bounce
+  replaces it. Never suppressed.
+* ``complaints``: messages the recipient reported as spam (feedback loops, Resend).
 * ``opens_unique``/``clicks_unique``: messages a person opened / clicked in; ``*_total``: every
   open or click by a person; ``*_machine``: those classified a machine's (``tracking/classify``),
   never part of the rates.
@@ -29,7 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Float, Integer, cast, func, select, text
+from sqlalchemy import ColumnElement, Float, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from tidings.db.models import (
@@ -37,17 +49,14 @@ from tidings.db.models import (
     CampaignCount,
     CampaignEngagement,
     CampaignLink,
+    CampaignResult,
     CampaignTimeline,
-    Event,
 )
-from tidings.domain import EventType, MessageStatus
-from tidings.queue.guardrails import SIGNAL_EVENTS_SQL
+from tidings.domain import MessageStatus
 from tidings.services.campaigns import get_campaign
 
 INTERVALS = (60, 300, 900, 3600, 6 * 3600, 86400)  # seconds
 MAX_POINTS = 120
-#: Verbatim the condition of the partial index ``ix_events_campaign_signal``, so it is used.
-_SIGNAL_EVENTS = text("events." + SIGNAL_EVENTS_SQL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +91,11 @@ class CampaignStats:
     clicks_unique: int
     clicks_total: int
     clicks_machine: int
+    awaiting_confirmation: int
     open_rate: float  # opens_unique / delivered
     click_rate: float  # clicks_unique / delivered
     click_to_open_rate: float  # clicks_unique / opens_unique
-    bounce_rate: float  # (bounced_hard + bounced_soft) / (delivered + bounces)
+    bounce_rate: float  # (bounced_hard + bounced_soft) / (delivered + bounced_hard + bounced_soft)
     complaint_rate: float  # complaints / delivered
     unsubscribe_rate: float  # unsubscribes / delivered
     links: list[LinkStats]
@@ -106,18 +116,15 @@ def _status_counts(session: Session, campaign_id: int) -> Counter[str]:
     return Counter({status: int(count or 0) for status, count in rows})
 
 
-def _signals(session: Session, campaign_id: int) -> Counter[str]:
-    """Messages with a bounce, and with a complaint, through ``ix_events_campaign_signal``."""
+def _results(session: Session, campaign_id: int) -> Counter[str]:
+    """Delivered, bounced (hard, soft), complained and unconfirmed messages: ``campaign_results``'
+    shards summed (its primary key's range)."""
     rows = session.execute(
-        select(Event.type, func.count(func.distinct(Event.message_id)))
-        .where(
-            Event.campaign_id == campaign_id,
-            _SIGNAL_EVENTS,
-            Event.type.in_((EventType.bounced.value, EventType.complained.value)),
-        )
-        .group_by(Event.type)
+        select(CampaignResult.result, func.sum(CampaignResult.count))
+        .where(CampaignResult.campaign_id == campaign_id)
+        .group_by(CampaignResult.result)
     )
-    return Counter({kind: int(count) for kind, count in rows})
+    return Counter({result: int(count or 0) for result, count in rows})
 
 
 def _interval(first: datetime, last: datetime) -> int:
@@ -172,7 +179,7 @@ def campaign_stats(*, session: Session, tenant_id: int, campaign_id: int) -> Cam
     """The campaign's figures; another tenant's campaign is ``NotFound`` like a missing one."""
     campaign = get_campaign(session=session, tenant_id=tenant_id, campaign_id=campaign_id)
     statuses = _status_counts(session, campaign.id)
-    signals = _signals(session, campaign.id)
+    results = _results(session, campaign.id)
     engagement = session.get(CampaignEngagement, campaign.id)
     links = session.execute(
         select(CampaignLink)
@@ -181,9 +188,10 @@ def campaign_stats(*, session: Session, tenant_id: int, campaign_id: int) -> Cam
     ).scalars()
     interval, timeline = _timeline(session, campaign)
     sent = statuses[MessageStatus.sent.value]
-    delivered = sent
-    bounced_hard = signals[EventType.bounced.value]
-    complaints = signals[EventType.complained.value]
+    delivered = results["delivered"]
+    bounced_hard = results["bounced_hard"]
+    bounced_soft = results["bounced_soft"]
+    complaints = results["complained"]
     e = engagement or CampaignEngagement(
         opens_unique=0,
         opens_total=0,
@@ -198,7 +206,7 @@ def campaign_stats(*, session: Session, tenant_id: int, campaign_id: int) -> Cam
         sent=sent,
         delivered=delivered,
         bounced_hard=bounced_hard,
-        bounced_soft=0,
+        bounced_soft=bounced_soft,
         complaints=complaints,
         unsubscribes=e.unsubscribes,
         opens_unique=e.opens_unique,
@@ -207,10 +215,11 @@ def campaign_stats(*, session: Session, tenant_id: int, campaign_id: int) -> Cam
         clicks_unique=e.clicks_unique,
         clicks_total=e.clicks_total,
         clicks_machine=e.clicks_machine,
+        awaiting_confirmation=results["unconfirmed"],
         open_rate=_rate(e.opens_unique, delivered),
         click_rate=_rate(e.clicks_unique, delivered),
         click_to_open_rate=_rate(e.clicks_unique, e.opens_unique),
-        bounce_rate=_rate(bounced_hard, delivered + bounced_hard),
+        bounce_rate=_rate(bounced_hard + bounced_soft, delivered + bounced_hard + bounced_soft),
         complaint_rate=_rate(complaints, delivered),
         unsubscribe_rate=_rate(e.unsubscribes, delivered),
         links=[

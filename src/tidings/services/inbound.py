@@ -1,6 +1,6 @@
-"""Bounces and complaints that arrive after a message left us: from a provider's webhook (Resend)
-or from the bounce mailbox (DSN and ARF reports). Each is matched to the original message and
-recorded exactly once.
+"""Bounces and complaints that arrive after a message left us: from a provider's webhook (Resend,
+``services/resend_events.py``) or from the bounce mailbox (DSN and ARF reports). Each is matched to
+the original message and recorded exactly once.
 
 "Exactly once" rests on ``inbound_events``' unique ``(provider, event_id)``: the first request to
 insert an event id wins (``INSERT … ON CONFLICT DO NOTHING`` reports one row); a concurrent copy of
@@ -11,12 +11,12 @@ changes nothing. Providers redeliver webhooks, and MTAs resend reports, so this 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,16 +27,13 @@ from tidings.bounces.identify import (
 )
 from tidings.bounces.reports import FeedbackKind, ParsedReport
 from tidings.db.models import Event, InboundEvent, Message
-from tidings.domain import EventType, MessageStatus, SuppressionReason
-from tidings.errors import InvalidInput, NotFound
+from tidings.domain import BounceKind, EventType, MessageStatus, SuppressionReason
+from tidings.errors import NotFound
 from tidings.queue.suppress import suppress
 
 MAX_DETAIL_LENGTH = 2000  # characters
 MAX_EVENT_ID_LENGTH = 200  # characters: inbound_events.event_id
-RESEND = "resend"
 MAILBOX = "mailbox"
-#: Resend's ``bounce.type`` values that mean "never again" (its docs: Permanent = hard bounce).
-RESEND_HARD_BOUNCE_TYPES = frozenset({"permanent"})
 
 
 class InboundOutcome(enum.StrEnum):
@@ -61,7 +58,7 @@ class OriginalMessage:
 class InboundResult:
     outcome: InboundOutcome
     message_id: int | None = None
-    kind: FeedbackKind | None = None
+    kind: str | None = None  # a FeedbackKind, or the provider event recorded (delivered, opened …)
     reason: str | None = None  # why it was ignored, for the answer and the log
 
 
@@ -155,11 +152,17 @@ def record_feedback(
     Hard bounce: the address is suppressed, the contact becomes ``bounced`` (unless it already
     opted out), a sent message becomes ``failed`` and a ``bounced`` event is written. Complaint:
     the address is suppressed, the contact becomes ``complained`` and a ``complained`` event is
-    written (the message was delivered, it stays ``sent``). Soft bounce: a ``deferred`` event only,
-    so that the guardrails' hard-bounce rate does not count it.
+    written (the message was delivered, it stays ``sent``). Soft bounce: a ``deferred`` event, and
+    nothing suppressed, so that the guardrails' hard-bounce rate does not count it.
+
+    The message's results move too (``bounce``, ``delivered_at``, ``complained_at``; the
+    triggers of migration 0023 sum them per campaign): a bounce, hard or soft, means it is not
+    delivered (as far as we know; a later delivery confirmation ends a soft bounce), a hard one
+    outranks a soft one, and each message counts once however many reports name it.
     """
     detail = detail[:MAX_DETAIL_LENGTH]
     if kind is FeedbackKind.soft_bounce:
+        _set_bounce(session, message, BounceKind.soft, now)
         _event(session, message, EventType.deferred, f"soft bounce reported: {detail}", now)
         return
     hard = kind is FeedbackKind.hard_bounce
@@ -184,7 +187,50 @@ def record_feedback(
             )
             .execution_options(synchronize_session=False)
         )
+        _set_bounce(session, message, BounceKind.hard, now)
+    else:
+        session.execute(
+            _of(message)
+            .where(Message.complained_at.is_(None))
+            .values(complained_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
     _event(session, message, EventType.bounced if hard else EventType.complained, detail, now)
+
+
+def _of(message: OriginalMessage) -> Any:
+    return update(Message).where(Message.tenant_id == message.tenant_id, Message.id == message.id)
+
+
+def _set_bounce(
+    session: Session, message: OriginalMessage, bounce: BounceKind, now: datetime
+) -> None:
+    """The message bounced: not delivered any more; a soft bounce never overrides a hard one."""
+    statement = _of(message).values(bounce=bounce.value, delivered_at=None, updated_at=now)
+    if bounce is BounceKind.soft:
+        statement = statement.where(func.coalesce(Message.bounce, "") != BounceKind.hard.value)
+    session.execute(statement.execution_options(synchronize_session=False))
+
+
+def record_delivered(
+    *, session: Session, message: OriginalMessage, detail: str, at: datetime, now: datetime
+) -> None:
+    """The provider confirmed delivery at ``at``: the message is delivered (ending a soft bounce),
+    unless a hard bounce or a failure was recorded for it; a ``delivered`` event either way."""
+    session.execute(
+        _of(message)
+        .where(Message.status == MessageStatus.sent.value, Message.delivered_at.is_(None))
+        .values(delivered_at=at, bounce=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    _event(session, message, EventType.delivered, detail, now)
+
+
+def record_event(
+    *, session: Session, message: OriginalMessage, event: EventType, detail: str, now: datetime
+) -> None:
+    """An event on the message that changes nothing else (a provider's delay notice)."""
+    _event(session, message, event, detail, now)
 
 
 def _event(
@@ -202,7 +248,7 @@ def _event(
     )
 
 
-def _record_once(
+def record_once(
     *,
     session: Session,
     provider: str,
@@ -218,80 +264,6 @@ def _record_once(
         return InboundResult(InboundOutcome.duplicate, message.id, kind, "already recorded")
     record_feedback(session=session, message=message, kind=kind, detail=detail, now=now)
     return InboundResult(InboundOutcome.recorded, message.id, kind)
-
-
-# -- Resend --------------------------------------------------------------------------------------
-
-
-def _resend_kind(event_type: str, data: Mapping[str, Any]) -> FeedbackKind | None:
-    if event_type == "email.complained":
-        return FeedbackKind.complaint
-    if event_type != "email.bounced":
-        return None
-    bounce = data.get("bounce")
-    bounce_type = str(bounce.get("type", "")) if isinstance(bounce, Mapping) else ""
-    # Resend sends email.bounced for permanent rejections; a bounce object that says otherwise
-    # (Transient, Undetermined) is recorded as soft, never suppressed.
-    if not bounce_type or bounce_type.lower() in RESEND_HARD_BOUNCE_TYPES:
-        return FeedbackKind.hard_bounce
-    return FeedbackKind.soft_bounce
-
-
-def _resend_detail(event_type: str, data: Mapping[str, Any]) -> str:
-    bounce = data.get("bounce")
-    if event_type == "email.bounced" and isinstance(bounce, Mapping):
-        parts = [str(bounce.get(k)) for k in ("type", "subType") if bounce.get(k)]
-        message = bounce.get("message")
-        return f"Resend: {' / '.join(parts) or 'bounce'}" + (f": {message}" if message else "")
-    return "Resend: the recipient marked the message as spam"
-
-
-def _message_id_headers(data: Mapping[str, Any]) -> list[str]:
-    """Message-ID headers in a payload's ``headers`` (a list of name/value pairs, or a mapping)."""
-    headers = data.get("headers")
-    pairs: Iterable[tuple[Any, Any]] = ()
-    if isinstance(headers, Mapping):
-        pairs = headers.items()
-    elif isinstance(headers, list):
-        pairs = ((h.get("name"), h.get("value")) for h in headers if isinstance(h, Mapping))
-    return [str(v) for k, v in pairs if str(k).lower() == "message-id" and isinstance(v, str)]
-
-
-def record_resend_event(
-    *, session: Session, event_id: str, payload: object, secret_key: str, now: datetime
-) -> InboundResult:
-    """Apply one verified Resend webhook event (``email.bounced``, ``email.complained``).
-
-    Other event types are acknowledged and ignored; an event for a message we do not know is
-    ignored too (another system may share the Resend account), so Resend stops retrying it.
-    """
-    if not isinstance(payload, Mapping) or not isinstance(payload.get("type"), str):
-        raise InvalidInput("the event must be a JSON object with a type", field="type")
-    event_type: str = payload["type"]
-    data = payload.get("data")
-    if not isinstance(data, Mapping):
-        raise InvalidInput("the event has no data object", field="data")
-    kind = _resend_kind(event_type, data)
-    if kind is None:
-        return InboundResult(InboundOutcome.ignored, reason=f"{event_type} needs no action")
-    email_id = data.get("email_id")
-    message = find_message(
-        session=session,
-        secret_key=secret_key,
-        provider_message_id=email_id if isinstance(email_id, str) else None,
-        message_id_headers=_message_id_headers(data),
-    )
-    if message is None:
-        return InboundResult(InboundOutcome.ignored, kind=kind, reason="no message of ours matches")
-    return _record_once(
-        session=session,
-        provider=RESEND,
-        event_id=event_id,
-        message=message,
-        kind=kind,
-        detail=_resend_detail(event_type, data),
-        now=now,
-    )
 
 
 # -- the bounce mailbox --------------------------------------------------------------------------
@@ -322,7 +294,7 @@ def record_mailbox_report(
     if message is None:
         named = ", ".join(report.message_ids) or "no Message-ID and no VERP address"
         raise NotFound(f"no message of ours matches this report ({named})")
-    return _record_once(
+    return record_once(
         session=session,
         provider=MAILBOX,
         event_id=report.report_id,

@@ -107,7 +107,10 @@ class ResendTransport:
             return [response] * len(chunk)
         if response.is_success:
             ids = _batch_ids(response)
-            return [Sent(provider_id=ids[i] if i < len(ids) else None) for i in range(len(chunk))]
+            return [
+                Sent(provider_id=ids[i] if i < len(ids) else None, delivery_reported_later=True)
+                for i in range(len(chunk))
+            ]
         failure = _failure(response)
         if isinstance(failure, Permanent):
             # Resend validates a batch as a whole: find out which message it minded.
@@ -119,7 +122,7 @@ class ResendTransport:
         if isinstance(response, Transient):
             return response
         if response.is_success:
-            return Sent(provider_id=_json_str(response, "id"))
+            return Sent(provider_id=_json_str(response, "id"), delivery_reported_later=True)
         return _failure(response)
 
     async def _post(self, path: str, body: Any, key: str) -> httpx.Response | Transient:

@@ -66,8 +66,9 @@ def classify_reply(code: int, text: str, *, stage: str) -> Outcome:
     """The outcome an SMTP reply means for the message, ``stage`` being MAIL, RCPT or DATA.
 
     421 and 4.7.x (and "too many ...") ask us to slow down: ``Transient(throttled=True)``. Other
-    4xx: ``Transient``. 5xx: ``Permanent``, a hard bounce when the enhanced status is 5.1.x about
-    the recipient ("550 5.1.1 no such user").
+    4xx: ``Transient``, a soft bounce at RCPT or DATA. 5xx: ``Permanent``, a hard bounce at RCPT or
+    DATA, which also suppresses the address when the enhanced status is 5.1.x about the recipient
+    ("550 5.1.1 no such user").
     """
     text = " ".join(text.split())  # multi-line replies come joined with newlines
     if 200 <= code < 300:
@@ -80,7 +81,8 @@ def classify_reply(code: int, text: str, *, stage: str) -> Outcome:
             or (enhanced is not None and enhanced.group(2) == "7")
             or "too many" in text.lower()
         )
-        return Transient(reason, throttled=throttled)
+        # A refusal at MAIL is about our sender or the server, not this recipient: no bounce.
+        return Transient(reason, throttled=throttled, bounce=not throttled and stage != "MAIL")
     if 500 <= code < 600:
         hard = (
             enhanced is not None
@@ -88,7 +90,7 @@ def classify_reply(code: int, text: str, *, stage: str) -> Outcome:
             and stage != "MAIL"
             and enhanced.group(3) not in _SENDER_DETAILS
         )
-        return Permanent(reason, hard_bounce=hard)
+        return Permanent(reason, hard_bounce=hard, bounce=stage != "MAIL")
     return Transient(f"unexpected reply {reason}")
 
 

@@ -469,14 +469,25 @@ class TimelinePointOut(BaseModel):
 
 class StatsOut(BaseModel):
     recipient_count: int
-    sent: int = Field(description="Accepted by the receiving server and not bounced since.")
-    delivered: int = Field(
-        description="Without delivery confirmations from a provider this is `sent`; the rates "
-        "are taken against it."
+    sent: int = Field(
+        description="Accepted by the receiving server or provider, not bounced since."
     )
-    bounced_hard: int
-    bounced_soft: int = Field(description="0 until soft bounces are told apart.")
-    complaints: int
+    delivered: int = Field(
+        description="Reached the recipient's server and not bounced since: the provider's "
+        "confirmation (Resend), or the receiving server's 250 with SMTP, which gives no other. "
+        "The rates are taken against it."
+    )
+    awaiting_confirmation: int = Field(
+        description="Accepted by a provider that confirms deliveries, not confirmed or bounced yet."
+    )
+    bounced_hard: int = Field(
+        description="Refused for good: SMTP 5xx at RCPT/DATA, a 5.x.x report, Resend Permanent."
+    )
+    bounced_soft: int = Field(
+        description="Refused for now and not accepted since: SMTP 4xx at RCPT/DATA, a 4.x.x "
+        "report, Resend Transient/Undetermined."
+    )
+    complaints: int = Field(description="Messages reported as spam.")
     unsubscribes: int = Field(description="Through a link in this campaign's mail.")
     opens_unique: int = Field(description="Messages a person opened (machines excluded).")
     opens_total: int = Field(description="People's opens, repeats included.")
@@ -489,7 +500,9 @@ class StatsOut(BaseModel):
     open_rate: float = Field(description="opens_unique / delivered.")
     click_rate: float = Field(description="clicks_unique / delivered.")
     click_to_open_rate: float = Field(description="clicks_unique / opens_unique.")
-    bounce_rate: float
+    bounce_rate: float = Field(
+        description="(bounced_hard + bounced_soft) / (delivered + bounced_hard + bounced_soft)."
+    )
     complaint_rate: float
     unsubscribe_rate: float
     links: list[LinkStatsOut] = Field(description="Tracked links, most clicked by people first.")

@@ -18,7 +18,7 @@ from tidings.api.schemas import ERROR_RESPONSES, IdPath, PageOut, StrictModel
 from tidings.db.models import WebhookDelivery, WebhookEndpoint
 from tidings.errors import ConfigurationError, InvalidInput, NotFound
 from tidings.queue.webhook_outbox import DeliveryStatus
-from tidings.services import inbound, webhooks
+from tidings.services import inbound, resend_events, webhooks
 from tidings.services.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from tidings.webhook_targets import MAX_URL_LENGTH
 
@@ -29,6 +29,7 @@ router = APIRouter(
 #: The event types an endpoint can choose (``queue.webhook_outbox.PUBLIC_EVENT_TYPES``).
 WebhookEventType = Literal[
     "message.sent",
+    "message.delivered",
     "message.failed",
     "message.bounced",
     "message.complained",
@@ -238,13 +239,15 @@ def inbound_event(
     runtime: RuntimeDep,
     now: NowDep,
 ) -> InboundOut:
-    """A provider's event (Resend: ``email.bounced``, ``email.complained``), signed Svix-style.
+    """A provider's event, signed Svix-style. Resend: ``email.delivered``,
+    ``email.delivery_delayed``, ``email.bounced``, ``email.complained``, ``email.opened`` and
+    ``email.clicked`` (``services/resend_events.py`` says what each records).
 
     A bad, missing or stale signature is a 401 and changes nothing. The same event delivered again
     (same ``svix-id``) answers ``duplicate`` and changes nothing; other event types, and events
     about messages we did not send, answer ``ignored``.
     """
-    result = inbound.record_resend_event(
+    result = resend_events.record_resend_event(
         session=session,
         event_id=event.event_id,
         payload=event.payload,
@@ -254,6 +257,6 @@ def inbound_event(
     return InboundOut(
         status=result.outcome,
         message_id=result.message_id,
-        kind=result.kind.value if result.kind else None,
+        kind=result.kind,
         reason=result.reason,
     )

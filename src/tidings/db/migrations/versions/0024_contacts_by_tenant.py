@@ -8,8 +8,8 @@ at 1M contacts and an export of 1M took 8 minutes (a quadratic walk). With this 
 one index range (2.6 ms). PostgreSQL usually walked the primary key instead, which reads other
 tenants' rows on the way; this index serves it too.
 
-Revision ID: 0023_contacts_by_tenant
-Revises: 0022_signup
+Revision ID: 0024_contacts_by_tenant
+Revises: 0023_provider_events
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0023_contacts_by_tenant"
-down_revision: str | None = "0022_signup"
+revision: str = "0024_contacts_by_tenant"
+down_revision: str | None = "0023_provider_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
