@@ -214,11 +214,17 @@ def erase_command(
                 now=runtime.clock.now(),
             )
     console.print(
-        f"erased contact {done.contact_id}: {done.messages:,} message(s) kept without their"
-        f" address and content ({done.cancelled:,} not yet sent, cancelled), {done.events:,}"
-        f" event(s) and {done.webhook_deliveries:,} webhook delivery(ies) rewritten; the address"
-        f" stays suppressed ({done.suppression_reason}) as a keyed hash"
+        f"erased contact {done.contact_id}: its address stays suppressed as a keyed hash"
+        f" ({done.suppression_reason})"
     )
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("messages kept without address and content", f"{done.messages:,}")
+    table.add_row("of which not yet sent, cancelled", f"{done.cancelled:,}")
+    table.add_row("events rewritten", f"{done.events:,}")
+    table.add_row("webhook deliveries rewritten", f"{done.webhook_deliveries:,}")
+    console.print(table)
 
 
 def _confirmed(question: str) -> bool:
