@@ -8,6 +8,8 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -18,7 +20,7 @@ from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, Suppression
 from tidings.runtime import Runtime
-from tidings.services import categories
+from tidings.services import categories, contact_data
 
 __all__ = ["cli"]  # the fixture, used by name
 
@@ -156,3 +158,29 @@ def _rows(out: str) -> dict[str, str]:
         if len(cells) == 2 and cells[1] in ("yes", "no"):
             rows[cells[0]] = cells[1]
     return rows
+
+
+def test_data_holds_every_message_not_only_the_first_page(
+    cli: Invoke,
+    client: TestClient,
+    acme: TenantKeys,
+    runtime: Runtime,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(contact_data, "MESSAGES_PAGE", 2)
+    _import_people(cli, tmp_path, 1)
+    p0 = _first_contact(runtime, "p0@example.edu")
+    for n in range(5):
+        sent = client.post(
+            "/v1/messages",
+            json={"contact_id": p0, "subject": f"note {n}", "text": "hi"},
+            headers=acme.auth(acme.sender),
+        )
+        assert sent.status_code in (201, 202), sent.text
+    first_page = client.get(f"/v1/contacts/{p0}/data", headers=acme.auth(acme.viewer)).json()
+    assert len(first_page["messages"]) == 2 and first_page["next_cursor"] is not None
+    shown = cli("contacts", "data", str(p0), "--tenant", "acme")
+    document = json.loads(shown.stdout)
+    assert [m["subject"] for m in document["messages"]] == [f"note {n}" for n in range(4, -1, -1)]
+    assert document["next_cursor"] is None
