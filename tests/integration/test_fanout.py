@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from tests.conftest import TenantKeys
 from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
-from tidings.db.models import Campaign, Event, Message
+from tidings.db.models import Campaign, Contact, Event, Message, Segment
 from tidings.delivery.worker import MAINTENANCE_SECONDS, Worker
 from tidings.domain import CampaignStatus
 from tidings.queue import fanout
@@ -287,6 +287,93 @@ def test_a_campaign_paused_while_preparing_gets_the_rest_written_held_and_stays_
     assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "running"
     assert _state(runtime, campaign_id) == ("running", 10, None, {"queued": 10})
     assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
+
+
+def test_other_tenants_contacts_between_are_skipped_not_walked_in_empty_chunks(
+    runtime: Runtime, acme: TenantKeys, globex: TenantKeys
+) -> None:
+    """A tenant whose contacts lie far up the id range (others' came first) is fanned out from
+    its own first contact: 4 contacts behind 30 of another tenant's, spans of 10 ids, are one
+    chunk, not three empty ones first."""
+    template = seed.template(runtime, acme.tenant_id)
+    seed.people(runtime, globex.tenant_id, 30)
+    ids = seed.people(runtime, acme.tenant_id, 4)
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, contact_ids=ids)
+    with transaction(runtime.sessions) as session:
+        first = fan_out_campaign(
+            session=session,
+            campaign=session.get_one(Campaign, campaign_id),
+            now=NOW,
+            ttl_seconds=TTL,
+            chunk_span=10,
+        )
+    assert first.done
+    assert sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id)) == ids
+
+
+def test_a_sparse_segment_fans_out_in_chunks_of_bounded_id_span_each_contact_once(
+    runtime: Runtime, acme: TenantKeys
+) -> None:
+    """A chunk never reads past ``span`` ids looking for matches: 5 matches among 40 contacts are
+    written in spans of 10 ids, each committed on its own, each contact once, and a pause taken
+    between two of them holds the rest. (Chunks of 2: the search for a chunk's second match stops
+    at the span's end too.)"""
+    template = seed.template(runtime, acme.tenant_id)
+    ids = seed.people(runtime, acme.tenant_id, 40)
+    chosen = ids[3::8]
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(Contact).where(Contact.id.in_(chosen)).values(attributes={"vip": True})
+        )
+        segment = Segment(
+            tenant_id=acme.tenant_id,
+            name="vip",
+            filter={"field": "attributes.vip", "op": "eq", "value": True},
+            created_at=NOW,
+            updated_at=NOW,
+        )
+        session.add(segment)
+        session.flush()
+        segment_id = segment.id
+    campaign_id = _draft(runtime, acme.tenant_id, template_id=template, segment_ids=[segment_id])
+    span = 10
+    with transaction(runtime.sessions) as session:
+        first = fan_out_campaign(
+            session=session,
+            campaign=session.get_one(Campaign, campaign_id),
+            now=NOW,
+            ttl_seconds=TTL,
+            chunk_size=2,
+            chunk_span=span,
+        )
+    assert not first.done  # 5 matches, far fewer than a chunk, and still not read in one go
+
+    def written() -> list[int]:
+        return sorted(m.contact_id or 0 for m in seed.messages_of(runtime, campaign_id))
+
+    cursor = seed.campaign_row(runtime, campaign_id).fanout_cursor
+    assert cursor == ids[0] - 1 + span  # the span starts at the tenant's first contact
+    assert written() == [c for c in chosen if c <= cursor]
+    assert _act(runtime, acme.tenant_id, campaign_id, "pause") == "paused"
+    chunks = 1
+    while not prepare_campaign(
+        runtime.sessions,
+        campaign_id,
+        ttl_seconds=TTL,
+        chunk_size=2,
+        chunk_span=span,
+        keep_going=_chunks(1),
+    ):
+        chunks += 1
+        assert seed.campaign_row(runtime, campaign_id).fanout_cursor == cursor + span
+        cursor += span
+        assert written() == [c for c in chosen if c <= cursor]
+    # One chunk per span of ids, the last takes the rest.
+    assert chunks + 1 == -(-(ids[-1] - ids[0] + 1) // span)
+    assert _state(runtime, campaign_id) == ("paused", 5, None, {"paused": 5})
+    assert _act(runtime, acme.tenant_id, campaign_id, "resume") == "running"
+    assert _state(runtime, campaign_id) == ("running", 5, None, {"queued": 5})
+    assert written() == chosen
 
 
 def test_a_campaign_resumed_while_still_preparing_prepares_again_and_then_runs(

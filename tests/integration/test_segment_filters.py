@@ -277,3 +277,23 @@ def test_text_order_is_byte_order_on_postgresql_whatever_the_database_collation(
     tree = {"field": field, "op": "gt", "value": "m"}
     condition = segment_condition(parse_filter(tree), tenant_id=1, dialect="postgresql")
     assert 'COLLATE "C"' in str(condition.compile(dialect=postgresql.dialect()))
+
+
+def test_the_sample_is_the_first_ten_by_id_however_the_matches_bunch(
+    runtime: Runtime, client: TestClient, acme: TenantKeys
+) -> None:
+    """The sample is read in id windows sized from the count: with matches at both ends of the
+    range, the first window holds only five of them, and the wider ones after it the rest, in
+    order (the ``in_list`` bounded to each window)."""
+    people = seed.people(runtime, acme.tenant_id, 300)
+    bunched = people[:5] + people[-55:]
+    list_id = seed.contact_list(runtime, acme.tenant_id, "ends", bunched)
+    answer = client.post(
+        "/v1/segments/preview",
+        json={"filter": {"all": [{"in_list": list_id}, leaf("email", "contains", "@")]}},
+        headers=acme.auth(acme.viewer),
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["count"] == 60
+    assert [c["id"] for c in body["sample"]] == bunched[:10]

@@ -127,6 +127,7 @@ class Contact(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "email", name="uq_contacts_tenant_email"),
         Index("ix_contacts_tenant_status", "tenant_id", "status", "id"),
+        Index("ix_contacts_tenant_id", "tenant_id", "id"),
     )
 
 

@@ -28,6 +28,9 @@ from tidings.services.pagination import Page, paginate
 
 MAX_NAME_LENGTH = lists.MAX_NAME_LENGTH  # one name check for lists and segments
 SAMPLE_SIZE = 10  # contacts a preview shows
+#: Matches a preview's first sample window holds on average: enough that a fairly even spread
+#: fills the sample in one statement, few enough that the window is read in a few milliseconds.
+SAMPLE_WINDOW_MATCHES = 4 * SAMPLE_SIZE
 #: Campaigns that will read their segments when they start.
 NOT_STARTED = (CampaignStatus.draft.value, CampaignStatus.scheduled.value)
 
@@ -58,14 +61,40 @@ def check_filter(*, session: Session, tenant_id: int, raw: object, path: str = "
 
 
 def preview(*, session: Session, tenant_id: int, raw: object) -> Preview:
+    """The count, then the sample, found apart: one pass over the matches counts them (and notes
+    the lowest and highest id), then the sample is read in id order in windows sized from that
+    count to hold a few dozen matches. Asked in one ``ORDER BY id LIMIT 10``, the planner guessed
+    the filter's selectivity (jsonb conditions: often by orders of magnitude), and a broad filter
+    it took for a rare one sorted every match a second time (0.3-0.9 s on 1M contacts)."""
     node = check_filter(session=session, tenant_id=tenant_id, raw=raw)
-    condition = segment_condition(
-        node, tenant_id=tenant_id, dialect=session.get_bind().dialect.name
-    )
-    count = session.scalar(select(func.count()).select_from(Contact).where(condition)) or 0
-    sample = session.scalars(
-        select(Contact).where(condition).order_by(Contact.id).limit(SAMPLE_SIZE)
-    ).all()
+    dialect = session.get_bind().dialect.name
+    condition = segment_condition(node, tenant_id=tenant_id, dialect=dialect)
+    count, lowest, highest = session.execute(
+        select(func.count(), func.min(Contact.id), func.max(Contact.id))
+        .select_from(Contact)
+        .where(condition)
+    ).one()
+    if not count:
+        return Preview(count=0, sample=[])
+    sample: list[Contact] = []
+    after = lowest - 1
+    span = max(1, (highest - after) * SAMPLE_WINDOW_MATCHES // count)
+    while len(sample) < SAMPLE_SIZE and after < highest:
+        upto = min(after + span, highest)
+        window = segment_condition(
+            node, tenant_id=tenant_id, dialect=dialect, after=after, upto=upto
+        )
+        sample.extend(
+            session.scalars(
+                select(Contact)
+                .where(Contact.id > after, Contact.id <= upto, window)
+                .order_by(Contact.id)
+                .limit(SAMPLE_SIZE - len(sample))
+            )
+        )
+        # Matches may bunch anywhere: each next window is twice as wide, so a sample is found
+        # in a few statements whatever their spread, never reading past ``highest``.
+        after, span = upto, span * 2
     return Preview(count=count, sample=sample)
 
 
