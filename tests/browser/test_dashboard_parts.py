@@ -1,4 +1,4 @@
-"""The dashboard's pure parts, without a server: session cookies and CSRF tokens, the chart's
+"""The dashboard's pure parts, without a server: session cookies and CSRF tokens, the charts'
 geometry, and reading the outbox maildir back."""
 
 from __future__ import annotations
@@ -7,8 +7,15 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+from tidings.services.campaign_stats import MAX_POINTS, TimelinePoint
 from tidings.web import security
-from tidings.web.chart import CHART_HEIGHT, MAX_BARS, sends_per_minute_chart
+from tidings.web.chart import (
+    CHART_HEIGHT,
+    MAX_BARS,
+    PLOT_HEIGHT,
+    engagement_chart,
+    sends_per_minute_chart,
+)
 from tidings.web.inbox import outbox_dir, read_headers, read_message
 
 SECRET = "s" * 48
@@ -65,6 +72,41 @@ def _deliver(maildir: Path, name: str, html: str | None) -> None:
         message.add_alternative(html, subtype="html")
     (maildir / "new").mkdir(parents=True, exist_ok=True)
     (maildir / "new" / name).write_bytes(message.as_bytes())
+
+
+def test_the_engagement_chart_starts_with_the_campaign_and_fills_quiet_intervals() -> None:
+    assert engagement_chart([], 300, since=NOW) is None
+    points = [
+        TimelinePoint(NOW + timedelta(minutes=10), 4, 1, 2, 0),
+        TimelinePoint(NOW + timedelta(minutes=25), 1, 0, 0, 3),
+    ]
+    chart = engagement_chart(points, 300, since=NOW + timedelta(minutes=2))
+    assert chart is not None
+    # From the interval the campaign started in (12:00) to the last hit's (12:25), every 5 minutes.
+    assert chart.times == [NOW + timedelta(minutes=m) for m in range(0, 30, 5)]
+    assert [s.key for s in chart.series] == ["opens", "clicks", "opens_machine", "clicks_machine"]
+    opens, clicks, opens_machine, clicks_machine = chart.series
+    assert opens.values == [0, 0, 4, 0, 0, 1] and clicks_machine.values == [0, 0, 0, 0, 0, 3]
+    assert (opens.total, clicks.total, opens_machine.total) == (5, 1, 2)
+    assert chart.interval_text == "5 minutes" and chart.peak == 4
+    # The scale's top halves evenly; a count sits at its height on it; x runs edge to edge.
+    assert [t.value for t in chart.ticks] == [0, 2, 4]
+    assert opens.points[2][1] == chart.top and opens.points[0][1] == chart.bottom
+    assert opens.points[0][0] == chart.left and opens.points[-1][0] == chart.right
+    assert chart.bottom - chart.top == PLOT_HEIGHT
+    assert chart.rows()[2] == (NOW + timedelta(minutes=10), [4, 1, 2, 0])
+
+
+def test_the_engagement_chart_keeps_the_latest_points_and_reads_one_alone() -> None:
+    many = [TimelinePoint(NOW + timedelta(minutes=m), 1, 0, 0, 0) for m in range(300)]
+    chart = engagement_chart(many, 60, since=NOW)
+    assert chart is not None
+    assert len(chart.times) == MAX_POINTS and chart.times[-1] == NOW + timedelta(minutes=299)
+    assert not chart.markers  # too many points: told apart by the dashes alone
+    alone = engagement_chart([TimelinePoint(NOW, 0, 0, 0, 1)], 3600)
+    assert alone is not None and len(alone.times) == 1 and alone.markers
+    assert alone.interval_text == "hour" and [t.value for t in alone.ticks] == [0, 1, 2]
+    assert alone.series[0].points[0][0] == (alone.left + alone.right) / 2
 
 
 def test_the_outbox_is_read_back_by_file_name_only_inside_the_maildir(tmp_path: Path) -> None:

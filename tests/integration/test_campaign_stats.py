@@ -23,12 +23,15 @@ SENT = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 SHOP, BLOG = "https://shop.example.com/", "https://blog.example.com/"
 
 
-def seed_campaign(runtime: Runtime, tenant_id: int, statuses: list[str]) -> tuple[int, list[int]]:
-    """A completed campaign whose messages have ``statuses``, sent at ``SENT``."""
+def seed_campaign(
+    runtime: Runtime, tenant_id: int, statuses: list[str], *, prefix: str = ""
+) -> tuple[int, list[int]]:
+    """A completed campaign whose messages have ``statuses``, sent at ``SENT`` (``prefix`` names
+    its template, contacts and itself apart from another seeded in the same tenant)."""
     with transaction(runtime.sessions) as session:
         template = Template(
             tenant_id=tenant_id,
-            name="t",
+            name=f"{prefix}t",
             subject="s",
             html="<p>x</p>",
             created_at=SENT,
@@ -38,7 +41,7 @@ def seed_campaign(runtime: Runtime, tenant_id: int, statuses: list[str]) -> tupl
         session.flush()
         campaign = Campaign(
             tenant_id=tenant_id,
-            name="c",
+            name=f"{prefix}c",
             template_id=template.id,
             list_ids=[],
             contact_ids=[],
@@ -54,7 +57,7 @@ def seed_campaign(runtime: Runtime, tenant_id: int, statuses: list[str]) -> tupl
         for i in range(len(statuses)):
             contact = Contact(
                 tenant_id=tenant_id,
-                email=f"r{i}@example.com",
+                email=f"{prefix}r{i}@example.com",
                 attributes={},
                 status="active",
                 created_at=SENT,
@@ -70,7 +73,7 @@ def seed_campaign(runtime: Runtime, tenant_id: int, statuses: list[str]) -> tupl
                     "tenant_id": tenant_id,
                     "campaign_id": campaign.id,
                     "contact_id": contact_ids[i],
-                    "to_address": f"r{i}@example.com",
+                    "to_address": f"{prefix}r{i}@example.com",
                     "status": status,
                     "priority": 5,
                     "not_before": SENT,

@@ -40,6 +40,12 @@ class CampaignStatus(enum.StrEnum):
     failed = "failed"
 
 
+#: Statuses a campaign never leaves: its progress stops changing (its opens and clicks do not).
+FINAL_CAMPAIGN_STATUSES = frozenset(
+    {CampaignStatus.completed, CampaignStatus.cancelled, CampaignStatus.failed}
+)
+
+
 class MessageStatus(enum.StrEnum):
     queued = "queued"
     paused = (

@@ -13,13 +13,20 @@ from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
 from tidings.api.schemas import IdPath
-from tidings.domain import CampaignStatus
+from tidings.domain import FINAL_CAMPAIGN_STATUSES
 from tidings.errors import InvalidInput, NotFound
 from tidings.scheduling.windows import window_from_json
-from tidings.services import campaign_tests, campaigns, templates, tenant_settings
+from tidings.services import (
+    campaign_stats,
+    campaign_tests,
+    campaigns,
+    templates,
+    tenant_settings,
+)
 from tidings.web import actions
 from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.chart import sends_per_minute_chart
+from tidings.web.engagement import campaign_engagement, follows_engagement, render_engagement
 from tidings.web.pages import DashboardRoute
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
@@ -28,8 +35,7 @@ CAMPAIGNS_PER_PAGE = 25
 FAILED_PER_PAGE = 50
 Cursor = Annotated[str | None, Query(pattern=r"^[0-9]{0,19}$")]
 
-#: Statuses a campaign never leaves: its figures stop changing.
-FINAL = frozenset({CampaignStatus.completed, CampaignStatus.cancelled, CampaignStatus.failed})
+FINAL = FINAL_CAMPAIGN_STATUSES
 #: Which buttons a campaign in each status offers (the template hides the others, and so does the
 #: page's script when the status changes under it).
 ACTIONS_BY_STATUS = {
@@ -50,6 +56,9 @@ def campaign_list(
         session=session, tenant_id=user.tenant_id, limit=CAMPAIGNS_PER_PAGE, cursor=cursor
     )
     progress = campaigns.campaign_progress(session=session, campaigns=page.items, now=now)
+    rates = campaign_stats.campaign_summaries(
+        session=session, tenant_id=user.tenant_id, campaign_ids=[c.id for c in page.items]
+    )
     live = [c.id for c in page.items if c.status not in FINAL]
     return show(
         request,
@@ -57,6 +66,7 @@ def campaign_list(
         "campaigns/list.html",
         campaigns=page.items,
         progress=progress,
+        rates=rates,
         next_cursor=page.next_cursor,
         live_ids=live,
     )
@@ -115,6 +125,12 @@ def _detail_page(
         list_names=list_names,
         failed=failed,
         chart=chart,
+        engagement_html=(
+            render_engagement(campaign_engagement(session=session, campaign=campaign))
+            if campaign.started_at
+            else ""
+        ),
+        follow_engagement=follows_engagement(campaign, now),
         actions_by_status=ACTIONS_BY_STATUS,
         final=campaign.status in FINAL,
         timezone=tenant_settings.timezone_of(session=session, tenant_id=user.tenant_id),

@@ -2,7 +2,10 @@
 
 The stream reads the queue about once a second (one grouped count for all the campaigns a page
 shows) and sends a ``progress`` event only when a figure changed, a comment now and then to keep
-proxies from closing an idle connection, and ``done`` once every campaign has ended. It checks the
+proxies from closing an idle connection, and ``done`` once every campaign has ended. A campaign's
+page also asks for its opens and clicks (``engagement=ID``): they are read at the same cadence
+(``campaign_stats``, a handful of index reads) while the campaign runs and for a day after it ended
+(``web/engagement.py``), and sent as the re-rendered results section only when a figure moved. It checks the
 key on every read, so revoking it ends the stream too. Each read is its own short transaction on a
 worker thread, never the request's: the stream may stay open for minutes.
 
@@ -18,6 +21,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -32,6 +36,12 @@ from tidings.runtime import Runtime
 from tidings.services import campaigns
 from tidings.web import actions
 from tidings.web.auth import UserDep
+from tidings.web.engagement import (
+    Engagement,
+    campaign_engagement,
+    follows_engagement,
+    render_engagement,
+)
 from tidings.web.formatting import percent, status_symbol, when
 from tidings.web.pages import DashboardRoute
 from tidings.web.routes.campaigns import FINAL
@@ -47,27 +57,39 @@ RECONNECT_MS = 2000
 MAX_IDS = 100  # campaigns one stream follows (a page shows fewer)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    figures: list[dict[str, Any]]  # each campaign's progress
+    engagement: Engagement | None  # the followed campaign's results, while they are followed
+
+
 def _snapshot(
     runtime: Runtime,
     key_id: int,
     tenant_id: int,
     campaign_ids: Sequence[int],
+    engagement_id: int | None,
     primary_until: float,
-) -> list[dict[str, Any]] | None:
-    """Progress of the tenant's campaigns among ``campaign_ids``; None once the key is revoked."""
+) -> Snapshot | None:
+    """Progress of the tenant's campaigns among ``campaign_ids`` (and the results of
+    ``engagement_id``, one of them); None once the key is revoked."""
     now = runtime.clock.now()
     with runtime.sessions() as session, session.begin():
         if actions.signed_in_key(session=session, key_id=key_id) is None:
             return None
         if runtime.replica is None or now.timestamp() < primary_until:
-            return _progress(session, now, tenant_id, campaign_ids)
+            return _read(session, now, tenant_id, campaign_ids, engagement_id)
     with runtime.read_session() as session:
-        return _progress(session, now, tenant_id, campaign_ids)
+        return _read(session, now, tenant_id, campaign_ids, engagement_id)
 
 
-def _progress(
-    session: Session, now: datetime, tenant_id: int, campaign_ids: Sequence[int]
-) -> list[dict[str, Any]]:
+def _read(
+    session: Session,
+    now: datetime,
+    tenant_id: int,
+    campaign_ids: Sequence[int],
+    engagement_id: int | None,
+) -> Snapshot:
     found = list(
         session.scalars(
             select(Campaign).where(
@@ -76,7 +98,12 @@ def _progress(
         )
     )
     progress = campaigns.campaign_progress(session=session, campaigns=found, now=now)
-    return [_figures(c, progress[c.id]) for c in sorted(found, key=lambda c: c.id)]
+    figures = [_figures(c, progress[c.id]) for c in sorted(found, key=lambda c: c.id)]
+    # Only a campaign found above: another tenant's id follows nothing.
+    followed = next((c for c in found if c.id == engagement_id), None)
+    if followed is None or not follows_engagement(followed, now):
+        return Snapshot(figures, None)
+    return Snapshot(figures, campaign_engagement(session=session, campaign=followed))
 
 
 def _figures(campaign: Campaign, progress: campaigns.CampaignProgress) -> dict[str, Any]:
@@ -105,24 +132,41 @@ def _event(name: str, data: Any) -> str:
 
 
 async def progress_stream(
-    request: Request, runtime: Runtime, key_id: int, tenant_id: int, campaign_ids: list[int]
+    request: Request,
+    runtime: Runtime,
+    key_id: int,
+    tenant_id: int,
+    campaign_ids: list[int],
+    engagement_id: int | None = None,
 ) -> AsyncIterator[str]:
     yield f"retry: {RECONNECT_MS}\n\n"
     started = last_sent = time.monotonic()
     previous: list[dict[str, Any]] | None = None
+    shown: Engagement | None = None
     while time.monotonic() - started < MAX_STREAM_SECONDS:
         if await request.is_disconnected():
             return
-        figures = await asyncio.to_thread(
-            _snapshot, runtime, key_id, tenant_id, campaign_ids, read_primary_until(request)
+        snapshot = await asyncio.to_thread(
+            _snapshot,
+            runtime,
+            key_id,
+            tenant_id,
+            campaign_ids,
+            engagement_id,
+            read_primary_until(request),
         )
-        if figures is None:
+        if snapshot is None:
             yield _event("signout", {})
             return
-        if figures != previous:
-            yield _event("progress", figures)
-            previous, last_sent = figures, time.monotonic()
-        if all(f["final"] for f in figures):
+        if snapshot.figures != previous:
+            yield _event("progress", snapshot.figures)
+            previous, last_sent = snapshot.figures, time.monotonic()
+        if snapshot.engagement is not None and snapshot.engagement != shown:
+            # Rendered only when a figure moved: an unchanged campaign costs its reads alone.
+            html = await asyncio.to_thread(render_engagement, snapshot.engagement)
+            yield _event("engagement", {"id": engagement_id, "html": str(html)})
+            shown, last_sent = snapshot.engagement, time.monotonic()
+        if snapshot.engagement is None and all(f["final"] for f in snapshot.figures):
             yield _event("done", {})
             return
         if time.monotonic() - last_sent >= KEEPALIVE_SECONDS:
@@ -137,10 +181,16 @@ def campaign_events(
     user: UserDep,
     runtime: RuntimeDep,
     ids: Annotated[str, Query(max_length=2000, pattern=r"^[0-9,]*$")] = "",
+    engagement: Annotated[str, Query(max_length=18, pattern=r"^[0-9]*$")] = "",
 ) -> StreamingResponse:
     campaign_ids = [int(i) for i in ids.split(",") if i.isdigit() and len(i) <= 18][:MAX_IDS]
+    engagement_id = int(engagement) if engagement else None
+    if engagement_id is not None and engagement_id not in campaign_ids:
+        campaign_ids.append(engagement_id)
     return StreamingResponse(
-        progress_stream(request, runtime, user.principal.key_id, user.tenant_id, campaign_ids),
+        progress_stream(
+            request, runtime, user.principal.key_id, user.tenant_id, campaign_ids, engagement_id
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,4 +1,4 @@
-// Tidings dashboard: live campaign progress (Server-Sent Events) and the contact picker.
+// Tidings dashboard: live campaign progress and results (Server-Sent Events) and the contact picker.
 // No inline scripts (the Content-Security-Policy forbids them); everything here is progressive:
 // without it the pages still work, they just do not move by themselves.
 (() => {
@@ -45,18 +45,53 @@
     });
   }
 
+  // A campaign's results, re-rendered by the server when they moved: swapped in whole, keeping
+  // open what the reader opened (the figures' tables) and the keyboard focus where it was.
+  function applyEngagement(update) {
+    const section = document.querySelector(`[data-engagement-for="${update.id}"]`);
+    if (!section) return;
+    const summaries = () => Array.from(section.querySelectorAll("details > summary"));
+    const opened = summaries().map((summary) => summary.parentElement.open);
+    const focused = summaries().indexOf(document.activeElement);
+    section.innerHTML = update.html;
+    summaries().forEach((summary, i) => {
+      if (opened[i]) summary.parentElement.open = true;
+      if (i === focused) summary.focus();
+    });
+  }
+
+  // The stream is open only while the page is in view: a tab in the background costs the
+  // server nothing, and one coming back gets the current figures at once (the stream's first).
   function followProgress() {
     const holder = document.querySelector("[data-live-ids]");
     const ids = holder?.dataset.liveIds;
     if (!ids || !window.EventSource) return;
-    const source = new EventSource(`/events/campaigns?ids=${encodeURIComponent(ids)}`);
-    source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
-    source.addEventListener("done", () => source.close());
-    source.addEventListener("signout", () => {
-      source.close();
-      window.location.assign("/login");
-    });
-    window.addEventListener("pagehide", () => source.close());
+    const engagement = holder.dataset.engagement;
+    const query = `ids=${encodeURIComponent(ids)}` + (engagement ? `&engagement=${encodeURIComponent(engagement)}` : "");
+    let source = null;
+    let ended = false;
+    const stop = () => {
+      source?.close();
+      source = null;
+    };
+    const start = () => {
+      if (source || ended) return;
+      source = new EventSource(`/events/campaigns?${query}`);
+      source.addEventListener("progress", (event) => JSON.parse(event.data).forEach(applyFigures));
+      source.addEventListener("engagement", (event) => applyEngagement(JSON.parse(event.data)));
+      source.addEventListener("done", () => {
+        ended = true;
+        stop();
+      });
+      source.addEventListener("signout", () => {
+        ended = true;
+        stop();
+        window.location.assign("/login");
+      });
+    };
+    document.addEventListener("visibilitychange", () => (document.hidden ? stop() : start()));
+    window.addEventListener("pagehide", stop);
+    if (!document.hidden) start();
   }
 
   function setUpPicker() {
