@@ -49,3 +49,53 @@ def test_segments_are_created_listed_previewed_and_used_by_a_campaign(
     missing = cli("campaign", "create", "--tenant", "acme", "--name", "x",
                   "--template", str(template_id), "--segment", "nope")  # fmt: skip
     assert missing.exit_code == 1 and "no segment named 'nope'" in missing.stderr
+
+
+def test_segments_are_shown_updated_and_deleted_unless_a_waiting_campaign_uses_them(
+    cli: Invoke, acme: TenantKeys, globex: TenantKeys, runtime: Runtime, tmp_path: Path
+) -> None:
+    _import_people(cli, tmp_path, 4)
+    created = cli("segments", "create", "--tenant", "acme", "--name", "evens", "--filter", EVEN)
+    segment_id = created.stdout.split()[1]
+
+    shown = cli("segments", "show", segment_id, "--tenant", "acme")
+    assert shown.exit_code == 0, shown.output
+    assert f"segment {segment_id}: evens" in shown.stdout and "contacts now: 2" in shown.stdout
+    assert '"starts_with"' in shown.stdout
+
+    renamed = cli("segments", "update", segment_id, "--tenant", "acme", "--name", "pairs")
+    assert renamed.exit_code == 0, renamed.output
+    assert f"segment {segment_id} (pairs) updated: 2 contacts match now" in renamed.stdout
+    stored = tmp_path / "all.json"
+    stored.write_text('{"field": "email", "op": "contains", "value": "@example.edu"}')
+    refiltered = cli("segments", "update", segment_id, "--tenant", "acme", "--filter", f"@{stored}")
+    assert refiltered.exit_code == 0 and "4 contacts match now" in refiltered.stdout
+    nothing = cli("segments", "update", segment_id, "--tenant", "acme")
+    assert nothing.exit_code == 2 and "give --name and/or --filter" in nothing.stderr
+    wrong = cli("segments", "update", segment_id, "--tenant", "acme",
+                "--filter", '{"field": "email", "op": "near", "value": "x"}')  # fmt: skip
+    assert wrong.exit_code == 1 and "op must be one of" in wrong.stderr
+    cli("segments", "create", "--tenant", "acme", "--name", "other", "--filter", EVEN)
+    taken = cli("segments", "update", segment_id, "--tenant", "acme", "--name", "other")
+    assert taken.exit_code == 1 and "already exists" in taken.stderr
+
+    for command in (("show",), ("update", "--name", "x"), ("delete",)):
+        theirs = cli("segments", command[0], segment_id, "--tenant", "globex", *command[1:])
+        assert theirs.exit_code == 1 and "no such segment" in theirs.stderr, command
+
+    template_id = _template(runtime, acme.tenant_id)
+    draft = cli("campaign", "create", "--tenant", "acme", "--name", "later",
+                "--template", str(template_id), "--segment", "pairs")  # fmt: skip
+    assert draft.exit_code == 0, draft.output
+    campaign_id = draft.stdout.split()[1]
+    refused = cli("segments", "delete", segment_id, "--tenant", "acme")
+    assert refused.exit_code == 1
+    assert f"campaign {campaign_id} has not started yet and uses this segment" in refused.stderr
+    assert cli("segments", "show", segment_id, "--tenant", "acme").exit_code == 0
+
+    assert cli("campaign", "cancel", campaign_id, "--tenant", "acme").exit_code == 0
+    deleted = cli("segments", "delete", segment_id, "--tenant", "acme")
+    assert deleted.exit_code == 0 and f"segment {segment_id} deleted" in deleted.stdout
+    gone = cli("segments", "show", segment_id, "--tenant", "acme")
+    assert gone.exit_code == 1 and "no such segment" in gone.stderr
+    assert cli("segments", "delete", "0", "--tenant", "acme").exit_code == 2

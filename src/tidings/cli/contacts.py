@@ -1,13 +1,16 @@
 """``tidings contacts``: bulk import of a CSV or JSON Lines file into a list, with a progress bar,
-and export of a tenant's contacts (the same stream as ``GET /v1/contacts/export``)."""
+export of a tenant's contacts (the same stream as ``GET /v1/contacts/export``), and one person's
+GDPR access document, erasure and category preferences (the API's services and document)."""
 
 from __future__ import annotations
 
 import enum
 import os
 import sys
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -15,16 +18,27 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from tidings.address_hash import address_key
-from tidings.cli.common import console, fail, open_runtime, tenant_id_of, unit_of_work
+from tidings.api.routes.contacts import access_document
+from tidings.cli.common import (
+    console,
+    err_console,
+    fail,
+    open_runtime,
+    tenant_id_of,
+    unit_of_work,
+)
 from tidings.cli.progress import ImportProgress
 from tidings.db.models import ContactList
 from tidings.domain import ContactStatus
 from tidings.private_files import create_private_file
-from tidings.services import exports, imports, lists
+from tidings.services import contacts, erasure, exports, imports, lists, preferences
 from tidings.services.imports import ImportFormat, ImportResult
 from tidings.services.pagination import MAX_LIMIT
 
-contacts_app = typer.Typer(help="Contacts: bulk import into a list, export.", no_args_is_help=True)
+contacts_app = typer.Typer(
+    help="Contacts: bulk import into a list, export; one person's data, erasure and preferences.",
+    no_args_is_help=True,
+)
 
 JSON_LINES_SUFFIXES = frozenset({".jsonl", ".ndjson", ".jsonlines"})
 
@@ -129,19 +143,159 @@ def export_file(
             file_format=exports.ExportFormat(file_format.value),
             tenant_id=owner,
         )
-        if output is None:
-            sink = sys.stdout.buffer
-            for chunk in stream:
-                sink.write(chunk)
-            sink.flush()
-            return
-        fd = create_private_file(output)
-        if fd is None:  # never overwrite: a file of personal data may be someone else's
-            raise fail(f"{output} already exists; give another --output or remove it")
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in stream:
-                handle.write(chunk)
-        console.print(f"wrote {output}", highlight=False)
+        _write_out(stream, output)
+
+
+def _write_out(chunks: Iterable[bytes], output: Path | None) -> None:
+    """To standard output, or to a new file only its owner can read: it holds personal data."""
+    if output is None:
+        sink = sys.stdout.buffer
+        for chunk in chunks:
+            sink.write(chunk)
+        sink.flush()
+        return
+    fd = create_private_file(output)
+    if fd is None:  # never overwrite: a file of personal data may be someone else's
+        raise fail(f"{output} already exists; give another --output or remove it")
+    with os.fdopen(fd, "wb") as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+    console.print(f"wrote {output}", highlight=False)
+
+
+ContactId = Annotated[int, typer.Argument(min=1, help="The contact's id.", show_default=False)]
+
+
+@contacts_app.command("data")
+def data_command(
+    contact_id: ContactId,
+    tenant: str = typer.Option(..., help="Tenant name."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write here (created mode 0600); default: standard output."
+    ),
+) -> None:
+    """Everything held about one contact (GDPR access), as JSON.
+
+    The document of GET /v1/contacts/{id}/data, with every message rather than the first page.
+    """
+    with open_runtime() as runtime, unit_of_work(runtime) as session:
+        owner = tenant_id_of(session, tenant)
+        document = access_document(
+            session=session, tenant_id=owner, contact_id=contact_id, every_page=True
+        )
+    _write_out([document.model_dump_json(indent=2).encode() + b"\n"], output)
+
+
+@contacts_app.command("erase")
+def erase_command(
+    contact_id: ContactId,
+    tenant: str = typer.Option(..., help="Tenant name."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Erase one contact (GDPR); asks first unless --yes. It cannot be undone.
+
+    As POST /v1/contacts/{id}/erase: the contact is deleted, and its address is replaced by a
+    keyed hash in its messages, events and suppressions (it stays suppressed).
+    """
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, tenant)
+            email = contacts.get_contact(
+                session=session, tenant_id=owner, contact_id=contact_id
+            ).email
+        if not yes and not _confirmed(f"Erase contact {contact_id} ({email})? It cannot be undone"):
+            raise fail("nothing was erased (add --yes to erase without this question)")
+        with unit_of_work(runtime) as session:
+            done = erasure.erase_contact(
+                session=session,
+                tenant_id=owner,
+                contact_id=contact_id,
+                address_key=address_key(runtime.secret_key),
+                now=runtime.clock.now(),
+            )
+    console.print(
+        f"erased contact {done.contact_id}: its address stays suppressed as a keyed hash"
+        f" ({done.suppression_reason})"
+    )
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("messages kept without address and content", f"{done.messages:,}")
+    table.add_row("of which not yet sent, cancelled", f"{done.cancelled:,}")
+    table.add_row("events rewritten", f"{done.events:,}")
+    table.add_row("webhook deliveries rewritten", f"{done.webhook_deliveries:,}")
+    console.print(table)
+
+
+def _confirmed(question: str) -> bool:
+    """The user's answer; no answer at all (no terminal, end of input) is a no."""
+    try:
+        return typer.confirm(question, default=False, err=True)
+    except typer.Abort:
+        err_console.print()
+        return False
+
+
+TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def _choices(items: list[str]) -> dict[str, bool]:
+    """``--set name=true|false`` pairs; a category named twice is a mistake, not a last-one-wins."""
+    choices: dict[str, bool] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        name, word = name.strip(), value.strip().lower()
+        if not equals or not name or word not in TRUE_WORDS | FALSE_WORDS:
+            raise typer.BadParameter(
+                f"{item!r} is not CATEGORY=true or CATEGORY=false", param_hint="--set"
+            )
+        if name in choices:
+            raise typer.BadParameter(f"{name!r} is set twice", param_hint="--set")
+        choices[name] = word in TRUE_WORDS
+    return choices
+
+
+@contacts_app.command("preferences")
+def preferences_command(
+    contact_id: ContactId,
+    tenant: str = typer.Option(..., help="Tenant name."),
+    set_: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="CATEGORY=true|false, repeatable: whether the contact receives that category's mail."
+        " Categories not named keep their choice. Without --set: show them.",
+        show_default=False,
+    ),
+) -> None:
+    """Show a contact's category preferences, or set some with --set.
+
+    As GET|PUT /v1/contacts/{id}/preferences: a category turned off is recorded as an
+    unsubscribe from it.
+    """
+    choices = _choices(set_ or [])
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, tenant)
+            if choices:
+                shown = preferences.set_contact_choices(
+                    session=session,
+                    tenant_id=owner,
+                    contact_id=contact_id,
+                    choices=choices,
+                    now=runtime.clock.now(),
+                )
+            else:
+                shown = preferences.contact_choices(
+                    session=session, tenant_id=owner, contact_id=contact_id
+                )
+    if not shown:
+        console.print("the tenant has no categories yet (POST /v1/categories)")
+        return
+    table = Table("category", "receives")
+    for name, on in shown.items():
+        table.add_row(escape(name), "yes" if on else "no")
+    console.print(table)
 
 
 def _list_named(

@@ -1,10 +1,11 @@
-"""``tidings segments``: list, create and preview saved filters over a tenant's contacts."""
+"""``tidings segments``: list, show, create, update, delete and preview saved filters over a
+tenant's contacts."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -123,3 +124,63 @@ def preview(
         for row in sample:
             table.add_row(*(escape(cell) for cell in row))
         console.print(table)
+
+
+SegmentId = Annotated[int, typer.Argument(min=1, help="The segment's id.", show_default=False)]
+
+
+@segments_app.command("show")
+def show(segment_id: SegmentId, tenant: str = typer.Option(..., help="Tenant name.")) -> None:
+    """One segment: its name, its filter and how many contacts it matches now."""
+    with open_runtime() as runtime, unit_of_work(runtime) as session:
+        owner = tenant_id_of(session, tenant)
+        segment = segments.get_segment(session=session, tenant_id=owner, segment_id=segment_id)
+        matching = segments.count_matching(session=session, segment=segment)
+        name, raw = segment.name, segment.filter
+        updated = segment.updated_at
+    console.print(f"segment {segment_id}: {escape(name)}")
+    console.print(f"contacts now: {matching:,}")
+    console.print(f"changed: {updated:%Y-%m-%d %H:%M} UTC")
+    console.print(escape(json.dumps(raw, indent=2, ensure_ascii=False)), soft_wrap=True)
+
+
+@segments_app.command("update")
+def update(
+    segment_id: SegmentId,
+    tenant: str = typer.Option(..., help="Tenant name."),
+    name: str | None = typer.Option(None, help="A new name.", show_default=False),
+    filter_json: str | None = typer.Option(None, "--filter", help=FILTER_HELP, show_default=False),
+) -> None:
+    """Rename a segment or replace its filter; campaigns not started yet will use the new one."""
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if filter_json is not None:
+        changes["filter"] = _filter(filter_json)
+    if not changes:
+        raise fail("nothing to change: give --name and/or --filter", 2)
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, tenant)
+            segment = segments.update_segment(
+                session=session,
+                tenant_id=owner,
+                segment_id=segment_id,
+                changes=changes,
+                now=runtime.clock.now(),
+            )
+            matching = segments.count_matching(session=session, segment=segment)
+            saved_name = segment.name
+        console.print(
+            f"segment {segment_id} ({escape(saved_name)}) updated: {matching:,} contacts match now"
+        )
+
+
+@segments_app.command("delete")
+def delete(segment_id: SegmentId, tenant: str = typer.Option(..., help="Tenant name.")) -> None:
+    """Delete a segment; refused while a campaign that has not started yet uses it."""
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, tenant)
+            segments.delete_segment(session=session, tenant_id=owner, segment_id=segment_id)
+        console.print(f"segment {segment_id} deleted")

@@ -22,12 +22,12 @@ from tidings.db.models import (
     Contact,
     ContactList,
     Event,
-    ListMember,
     Message,
     Preference,
     Suppression,
     TrackingHit,
 )
+from tidings.services import lists
 from tidings.services.contacts import get_contact
 from tidings.services.pagination import decode_cursor
 
@@ -60,12 +60,6 @@ def contact_data(
 ) -> ContactData:
     """The access document of one of the tenant's contacts (``NotFound`` for another's)."""
     contact = get_contact(session=session, tenant_id=tenant_id, contact_id=contact_id)
-    memberships = session.execute(
-        select(ContactList, ListMember.added_at)
-        .join(ListMember, ListMember.list_id == ContactList.id)
-        .where(ListMember.tenant_id == tenant_id, ListMember.contact_id == contact_id)
-        .order_by(ContactList.id)
-    ).all()
     preferences = session.scalars(
         select(Preference)
         .where(Preference.tenant_id == tenant_id, Preference.contact_id == contact_id)
@@ -88,7 +82,7 @@ def contact_data(
     messages, next_cursor = _messages(session, contact, cursor)
     return ContactData(
         contact=contact,
-        lists=[(row[0], row[1]) for row in memberships],
+        lists=lists.memberships_of(session=session, tenant_id=tenant_id, contact_id=contact_id),
         preferences=list(preferences),
         suppressions=list(suppressions),
         person_events=list(person_events),

@@ -156,6 +156,19 @@ def list_lists(
     return paginate(session, query, ContactList.id, limit=limit, cursor=cursor)
 
 
+def memberships_of(
+    *, session: Session, tenant_id: int, contact_id: int
+) -> list[tuple[ContactList, datetime]]:
+    """The lists one contact belongs to, by id, with when it joined each."""
+    rows = session.execute(
+        select(ContactList, ListMember.added_at)
+        .join(ListMember, ListMember.list_id == ContactList.id)
+        .where(ListMember.tenant_id == tenant_id, ListMember.contact_id == contact_id)
+        .order_by(ContactList.id)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
 def member_counts(*, session: Session, list_ids: Collection[int]) -> dict[int, int]:
     """Members per list, for a whole page of lists in one grouped query."""
     counts = dict.fromkeys(list_ids, 0)

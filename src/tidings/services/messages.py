@@ -334,9 +334,13 @@ def list_messages(
     status: MessageStatus | None = None,
     campaign_id: int | None = None,
     reference: str | None = None,
+    contact_id: int | None = None,
 ) -> Page[Message]:
-    """The tenant's messages, newest first, optionally of one status, campaign or reference."""
+    """The tenant's messages, newest first, optionally of one status, campaign, reference or
+    contact."""
     query = select(Message).where(Message.tenant_id == tenant_id)
+    if contact_id is not None:
+        query = query.where(Message.contact_id == contact_id)
     if status is not None:
         query = query.where(Message.status == status.value)
     if campaign_id is not None:

@@ -19,6 +19,7 @@ def web_routers() -> list[APIRouter]:
     from tidings.web.routes import (
         campaigns,
         compose,
+        contact,
         events,
         inbox,
         people,
@@ -42,6 +43,7 @@ def web_routers() -> list[APIRouter]:
         throttle,
         sending,
         queue,
+        contact,
         people,
         inbox,
         static,

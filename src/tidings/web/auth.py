@@ -127,6 +127,11 @@ NOTICES = {
     "transport-failed": "The transport did not answer as it should: its last error is below.",
     "template-deleted": "The template was deleted.",
     "signed-out": "You are signed out.",
+    "preferences-saved": "The contact's preferences were saved.",
+    "contact-erased": "The contact was erased: its address is kept only as a keyed hash in its "
+    "past messages and events, and stays suppressed.",
+    "segment-renamed": "The segment was renamed.",
+    "segment-deleted": "The segment was deleted.",
     "domain-added": "The domain was added: publish its DNS records, then verify it.",
     "domain-checked": "The domain's DNS records were checked.",
     "domain-rotated": "A new DKIM key was made: publish its record beside the previous one.",

@@ -209,12 +209,33 @@ def get_contact_data(
     ),
 ) -> ContactDataOut:
     """Everything held about one contact (GDPR access); messages are paged by ``next_cursor``."""
-    found = contact_data.contact_data(
+    return access_document(
         session=session, tenant_id=principal.tenant_id, contact_id=contact_id, cursor=cursor
     )
-    return ContactDataOut.of(
-        found, _outs(session, principal.tenant_id, [found.contact])[0].model_dump()
+
+
+def access_document(
+    *,
+    session: Session,
+    tenant_id: int,
+    contact_id: int,
+    cursor: str | None = None,
+    every_page: bool = False,
+) -> ContactDataOut:
+    """The GDPR access document, the one builder behind the API, ``tidings contacts data`` and the
+    dashboard's download. ``every_page`` follows ``next_cursor`` to the last message, for a file
+    handed to the person: it must hold everything, not the first page."""
+    found = contact_data.contact_data(
+        session=session, tenant_id=tenant_id, contact_id=contact_id, cursor=cursor
     )
+    document = ContactDataOut.of(found, _outs(session, tenant_id, [found.contact])[0].model_dump())
+    while every_page and document.next_cursor is not None:
+        more = contact_data.contact_data(
+            session=session, tenant_id=tenant_id, contact_id=contact_id, cursor=document.next_cursor
+        )
+        document.messages.extend(ContactDataOut.of(more, document.contact).messages)
+        document.next_cursor = more.next_cursor
+    return document
 
 
 @router.post("/{contact_id}/erase")

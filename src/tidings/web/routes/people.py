@@ -21,6 +21,7 @@ from tidings.services.contacts import MAX_QUERY_LENGTH
 from tidings.services.imports import ImportFormat
 from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.pages import DashboardRoute
+from tidings.web.routes.contact import chosen_list, chosen_status
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -50,15 +51,19 @@ def contact_page(
     session: ReadSessionDep,
     q: Search = "",
     status: str = "",
+    list_id: str = "",
     cursor: Cursor = None,
 ) -> HTMLResponse:
-    wanted = ContactStatus(status) if status in ContactStatus.__members__ else None
+    """Another tenant's list in ``list_id`` is a 404, as in the API."""
+    wanted = chosen_status(status)
+    in_list = chosen_list(list_id)
     page = contacts.list_contacts(
         session=session,
         tenant_id=user.tenant_id,
         limit=PER_PAGE,
         cursor=cursor,
         status=wanted,
+        list_id=in_list,
         q=q.strip() or None,
     )
     return show(
@@ -69,6 +74,10 @@ def contact_page(
         q=q,
         status=wanted.value if wanted else "",
         statuses=[s.value for s in ContactStatus],
+        list_id=in_list,
+        lists=lists.list_lists(
+            session=session, tenant_id=user.tenant_id, limit=LISTS_SHOWN, cursor=None
+        ).items,
     )
 
 

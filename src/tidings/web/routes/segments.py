@@ -1,20 +1,22 @@
-"""Segments in the dashboard: the list with each segment's live count, and the campaign form's
-builder count (htmx asks as the rows change; the same service as ``POST /v1/segments/preview``)."""
+"""Segments in the dashboard: the list with each segment's live count (renamed and deleted there,
+with the API's refusals shown beside the segment), and the campaign form's builder count (htmx asks as the rows change; the same service as ``POST /v1/segments/preview``)."""
 
 from __future__ import annotations
 
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
 
-from tidings.api.deps import SessionDep
+from tidings.api.deps import NowDep, SessionDep
+from tidings.api.errors import status_for
 from tidings.api.schemas import IdPath
-from tidings.errors import InvalidInput
+from tidings.errors import Conflict, InvalidInput
 from tidings.services import segments
 from tidings.web import segment_builder
-from tidings.web.auth import UserDep, show
+from tidings.web.auth import SenderAction, UserDep, WebUser, show
 from tidings.web.pages import DashboardRoute, render
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
@@ -24,15 +26,72 @@ Cells = Annotated[list[str], Query(max_length=segment_builder.MAX_ROWS)]
 Text = Annotated[str, Query(max_length=500)]
 
 
-@router.get("/segments", response_class=HTMLResponse)
-def segment_page(request: Request, user: UserDep, session: SessionDep) -> HTMLResponse:
-    """Each row's count is fetched by itself once the page is shown: a page of many segments over
-    a million contacts still opens at once."""
+def _segments_page(
+    request: Request,
+    user: WebUser,
+    session: Session,
+    *,
+    problem: tuple[int, str] | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
     page = segments.list_segments(
         session=session, tenant_id=user.tenant_id, limit=SEGMENTS_SHOWN, cursor=None
     )
     rows = [(s, json.dumps(s.filter, ensure_ascii=False)) for s in page.items]
-    return show(request, user, "segments.html", rows=rows)
+    return show(request, user, "segments.html", status_code=status_code, rows=rows, problem=problem)
+
+
+@router.get("/segments", response_class=HTMLResponse)
+def segment_page(request: Request, user: UserDep, session: SessionDep) -> HTMLResponse:
+    """Each row's count is fetched by itself once the page is shown: a page of many segments over
+    a million contacts still opens at once."""
+    return _segments_page(request, user, session)
+
+
+@router.post("/segments/{segment_id}/rename", response_class=HTMLResponse)
+def rename_segment(
+    request: Request,
+    segment_id: IdPath,
+    user: SenderAction,
+    session: SessionDep,
+    now: NowDep,
+    name: Annotated[str, Form(max_length=400)] = "",
+) -> Response:
+    try:
+        with session.begin_nested():
+            segments.update_segment(
+                session=session,
+                tenant_id=user.tenant_id,
+                segment_id=segment_id,
+                changes={"name": name},
+                now=now,
+            )
+    except (InvalidInput, Conflict) as exc:
+        return _segments_page(
+            request,
+            user,
+            session,
+            problem=(segment_id, exc.message),
+            status_code=status_for(exc),
+        )
+    return RedirectResponse("/segments?done=segment-renamed", status_code=303)
+
+
+@router.post("/segments/{segment_id}/delete", response_class=HTMLResponse)
+def delete_segment(
+    request: Request, segment_id: IdPath, user: SenderAction, session: SessionDep
+) -> Response:
+    """Refused, with the campaign named, while a campaign that has not started uses it."""
+    try:
+        with session.begin_nested():
+            segments.delete_segment(
+                session=session, tenant_id=user.tenant_id, segment_id=segment_id
+            )
+    except Conflict as exc:
+        return _segments_page(
+            request, user, session, problem=(segment_id, exc.message), status_code=409
+        )
+    return RedirectResponse("/segments?done=segment-deleted", status_code=303)
 
 
 @router.get("/segments/{segment_id}/count", response_class=HTMLResponse)
