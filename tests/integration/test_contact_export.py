@@ -320,6 +320,46 @@ def test_the_access_document_pages_a_long_history(
     assert seen == sorted(sent, reverse=True)
 
 
+def test_each_messages_events_are_its_own_capped_and_read_in_one_statement_a_page(
+    client: TestClient,
+    runtime: Runtime,
+    acme: TenantKeys,
+    statements: list[tuple[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(contact_data, "EVENTS_PER_MESSAGE", 2)
+    ann = add(client, acme, "ann@example.com")
+    sent = [
+        client.post(
+            "/v1/messages",
+            json={"contact_id": ann, "subject": f"n{i}", "text": "x"},
+            headers=acme.auth(acme.sender),
+        ).json()["id"]
+        for i in range(3)
+    ]
+    with transaction(runtime.sessions) as session:  # 1 + i more events on message i
+        for i, message_id in enumerate(sent):
+            for n in range(1 + i):
+                session.add(
+                    Event(
+                        tenant_id=acme.tenant_id,
+                        message_id=message_id,
+                        contact_id=ann,
+                        type="deferred",
+                        detail=f"m{i} e{n}",
+                        created_at=datetime.now(UTC),
+                    )
+                )
+    statements.clear()
+    body = client.get(f"/v1/contacts/{ann}/data", headers=acme.auth(acme.viewer)).json()
+    shown = {m["id"]: m for m in body["messages"]}
+    assert [e["type"] for e in shown[sent[0]]["events"]] == ["queued", "deferred"]
+    assert [e["detail"] for e in shown[sent[2]]["events"]][1:] == ["m2 e0"]
+    assert [shown[m]["events_truncated"] for m in sent] == [False, True, True]
+    reads = [sql for sql, _ in statements if "FROM events" in sql and "message_id IN" in sql]
+    assert len(reads) == 1, reads
+
+
 def test_access_is_for_the_tenants_own_contacts_with_any_key(
     client: TestClient, acme: TenantKeys, globex: TenantKeys
 ) -> None:

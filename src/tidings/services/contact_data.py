@@ -108,20 +108,40 @@ def _messages(
     rows = list(session.scalars(query.order_by(Message.id.desc()).limit(MESSAGES_PAGE + 1)))
     more = len(rows) > MESSAGES_PAGE
     rows = rows[:MESSAGES_PAGE]
-    records = [_with_events(session, message) for message in rows]
+    events = _events_of(session, contact.tenant_id, [message.id for message in rows])
+    records = [
+        MessageRecord(
+            message,
+            events.get(message.id, [])[:EVENTS_PER_MESSAGE],
+            len(events.get(message.id, [])) > EVENTS_PER_MESSAGE,
+        )
+        for message in rows
+    ]
     return records, (str(rows[-1].id) if more else None)
 
 
-def _with_events(session: Session, message: Message) -> MessageRecord:
-    events = list(
-        session.scalars(
-            select(Event)
-            .where(Event.tenant_id == message.tenant_id, Event.message_id == message.id)
-            .order_by(Event.id)
-            .limit(EVENTS_PER_MESSAGE + 1)
-        )
+def _events_of(session: Session, tenant_id: int, message_ids: list[int]) -> dict[int, list[Event]]:
+    """The first ``EVENTS_PER_MESSAGE`` + 1 events of each message, in one statement for the
+    whole page (one per message made a download of 1,000 messages take 0.8 s)."""
+    if not message_ids:
+        return {}
+    position = (
+        func.row_number().over(partition_by=Event.message_id, order_by=Event.id).label("position")
     )
-    return MessageRecord(message, events[:EVENTS_PER_MESSAGE], len(events) > EVENTS_PER_MESSAGE)
+    numbered = (
+        select(Event.id, position)
+        .where(Event.tenant_id == tenant_id, Event.message_id.in_(message_ids))
+        .subquery()
+    )
+    found: dict[int, list[Event]] = {}
+    for event in session.scalars(
+        select(Event)
+        .join(numbered, numbered.c.id == Event.id)
+        .where(numbered.c.position <= EVENTS_PER_MESSAGE + 1)
+        .order_by(Event.message_id, Event.id)
+    ):
+        found.setdefault(event.message_id or 0, []).append(event)
+    return found
 
 
 def tracking_hits(*, session: Session, contact: Contact) -> list[dict[str, Any]]:
