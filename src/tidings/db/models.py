@@ -343,6 +343,10 @@ class Message(Base):
     # the tenant's setting. A campaign's messages leave them null (the fan-out writes nothing).
     track_opens: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     track_clicks: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # A person's first open and first click of it (migration 0024), set by the tracking flush;
+    # machines' hits never set them. Kept when the hits are purged.
+    first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    first_clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The reaper: expired leases.
@@ -373,6 +377,21 @@ class Message(Base):
         Index("ix_messages_tenant_id", "tenant_id", "id"),
         # A repeated fan-out can never enqueue the same recipient twice.
         UniqueConstraint("campaign_id", "contact_id", name="uq_messages_campaign_contact"),
+        # Segments of a campaign's openers / clickers: only the messages a person engaged with.
+        Index(
+            "ix_messages_campaign_opened",
+            "campaign_id",
+            "contact_id",
+            postgresql_where=sql_text("first_opened_at IS NOT NULL"),
+            sqlite_where=sql_text("first_opened_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_campaign_clicked",
+            "campaign_id",
+            "contact_id",
+            postgresql_where=sql_text("first_clicked_at IS NOT NULL"),
+            sqlite_where=sql_text("first_clicked_at IS NOT NULL"),
+        ),
     )
 
 
