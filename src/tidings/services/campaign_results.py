@@ -193,12 +193,10 @@ def _last_events(session: Session, message_ids: list[int]) -> dict[int, tuple[st
         .group_by(Event.message_id)
         .scalar_subquery()
     )
-    return {
-        int(message_id): (kind, at)
-        for message_id, kind, at in session.execute(
-            select(Event.message_id, Event.type, Event.created_at).where(Event.id.in_(latest))
-        )
-    }
+    rows = session.execute(
+        select(Event.message_id, Event.type, Event.created_at).where(Event.id.in_(latest))
+    )
+    return {message_id: (kind, at) for message_id, kind, at in rows if message_id is not None}
 
 
 def _iso(value: datetime | None) -> str | None:
