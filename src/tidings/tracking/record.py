@@ -12,6 +12,11 @@ processes may count the same message's first open twice if they race on it, a bo
 
 A hit whose message is gone (purged) or names another tenant's message is dropped: its link
 still redirected, it records nothing.
+
+The same transaction sets each message's ``first_opened_at``/``first_clicked_at`` (a person's
+first open / click, one ``UPDATE`` per flush) and, for tenants with an endpoint subscribed to
+``message.opened``/``message.clicked``, writes those webhooks' deliveries (one ``INSERT``; for
+other tenants, one indexed read of their endpoints).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from tidings.db.models import (
     TrackingHit,
     table,
 )
+from tidings.queue.webhook_outbox import TrackingNotice, enqueue_tracking, tracking_subscribers
 from tidings.tracking.classify import BURST_SECONDS, HitFacts, classify
 from tidings.tracking.links import HitKind
 
@@ -104,6 +110,24 @@ def _count(
     state.opened = state.opened or kind == "open"
     state.clicked = state.clicked or kind == "click"
     return counts
+
+
+def _notice(hit: Hit, message: Any, reason: str | None) -> TrackingNotice:
+    """The webhook notice of ``hit`` (the honeypot's is a click on link 0, a machine's)."""
+    return TrackingNotice(
+        tenant_id=hit.tenant_id,
+        event_type="message.opened" if hit.kind == "open" else "message.clicked",
+        at=hit.at,
+        message_id=hit.message_id,
+        campaign_id=message.campaign_id,
+        contact_id=message.contact_id,
+        email=message.to_address,
+        reference=message.reference,
+        machine=reason is not None,
+        machine_reason=reason,
+        url=hit.url if hit.kind == "click" else None,
+        link_index=HONEYPOT_INDEX if hit.kind == "honeypot" else hit.link_index,
+    )
 
 
 def _earlier(session: Session, message_ids: list[int]) -> dict[int, _Seen]:
@@ -179,6 +203,10 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 Message.campaign_id,
                 Message.sent_at,
                 Message.first_opened_at,
+                # for the open and click webhooks
+                Message.contact_id,
+                Message.to_address,
+                Message.reference,
             ).where(Message.id.in_(message_ids))
         )
     }
@@ -195,6 +223,8 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
         if messages[message_id].first_opened_at is not None:
             seen[message_id].opened = True
     bursts = _bursts(kept, seen)
+    subscribers = tracking_subscribers(session, sorted({h.tenant_id for h in kept}))
+    notices: list[TrackingNotice] = []
     rows: list[dict[str, Any]] = []
     engagement: dict[int, Counter[str]] = defaultdict(Counter)
     tenants: dict[int, int] = {}
@@ -216,6 +246,8 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
         )
         machine = reason is not None
         machines += machine
+        if hit.tenant_id in subscribers:
+            notices.append(_notice(hit, message, reason))
         kind = "open" if hit.kind == "open" else "click"
         index = HONEYPOT_INDEX if hit.kind == "honeypot" else hit.link_index
         rows.append(
@@ -254,6 +286,7 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 state.links.add(index)
     session.execute(table(TrackingHit).insert(), rows)
     _mark_first(session, opened=firsts.opened, clicked=firsts.clicked)
+    enqueue_tracking(session=session, subscribers=subscribers, notices=notices, now=now)
     _add(
         session,
         table(CampaignEngagement),

@@ -35,6 +35,8 @@ WebhookEventType = Literal[
     "contact.unsubscribed",
     "campaign.completed",
     "campaign.paused",
+    "message.opened",
+    "message.clicked",
 ]
 PROVIDERS = ("resend",)
 
