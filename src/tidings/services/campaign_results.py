@@ -184,19 +184,21 @@ def _page(where: ColumnElement[bool], *, detached: bool, after: int) -> Select[*
 
 
 def _last_events(session: Session, message_ids: list[int]) -> dict[int, tuple[str, datetime]]:
-    """Each message's latest event: the newest id per message through ``ix_events_message``."""
+    """Each message's latest event. Its events are read whole through ``ix_events_message``
+    (a message has a handful), in id order, the last one kept: ``id IN (SELECT max(id) … GROUP
+    BY message_id)`` made SQLite take ten times longer."""
+    found: dict[int, tuple[str, datetime]] = {}
     if not message_ids:
-        return {}
-    latest = (
-        select(func.max(Event.id))
-        .where(Event.message_id.in_(message_ids))
-        .group_by(Event.message_id)
-        .scalar_subquery()
-    )
+        return found
     rows = session.execute(
-        select(Event.message_id, Event.type, Event.created_at).where(Event.id.in_(latest))
+        select(Event.message_id, Event.type, Event.created_at)
+        .where(Event.message_id.in_(message_ids))
+        .order_by(Event.message_id, Event.id)
     )
-    return {message_id: (kind, at) for message_id, kind, at in rows if message_id is not None}
+    for message_id, kind, at in rows:
+        if message_id is not None:
+            found[message_id] = (kind, at)
+    return found
 
 
 def _iso(value: datetime | None) -> str | None:
