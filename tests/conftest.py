@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from tests.pg_replica import ReplicatedCluster, binaries, start_replicated_cluster
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.db.engine import make_engine, transaction, upgrade
 from tidings.db.models import Base

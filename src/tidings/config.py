@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     max_import_bytes: int = Field(default=200_000_000, gt=0)  # CSV / NDJSON uploads
     max_attributes_bytes: int = Field(default=16_384, gt=0)  # a contact's attributes, as JSON
     #: The attachments of one message (or campaign, or template) together, decoded. The JSON
-    #: bodies that may carry them are allowed this much more, as base64 (``api/app.py``).
+    #: bodies that may carry them are allowed this much more, as base64 (``api/body_limits.py``).
     max_attachment_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     #: Hard bounds of one render, enforced on the render process (``rendering/pool.py``): CPU
     #: seconds, and memory the render may take beyond the process's own.

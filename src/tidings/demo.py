@@ -24,7 +24,7 @@ from rich.console import Console
 from sqlalchemy.orm import Session
 
 from tidings.address_hash import address_key
-from tidings.cli_progress import CampaignSnapshot, follow_campaign
+from tidings.cli.progress import CampaignSnapshot, follow_campaign
 from tidings.db.engine import transaction
 from tidings.db.models import ContactList, Template
 from tidings.domain import Role

@@ -1,4 +1,4 @@
-"""One error hierarchy for every layer below the entry points; ``api/app.py`` maps it to HTTP.
+"""One error hierarchy for every layer below the entry points; ``api/errors.py`` maps it to HTTP.
 
 ::
 

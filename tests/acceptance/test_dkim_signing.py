@@ -34,13 +34,20 @@ from tidings.transports import dkim_sign
 
 @pytest.fixture
 def settings(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     db_url: str,
     smtp_server: SmtpTestServer,
     dns_server: DnsTestServer,  # noqa: F811
 ) -> Settings:
+    """Parametrize it indirectly with a dict to change settings."""
+    changed: dict[str, Any] = getattr(request, "param", {})
     return make_settings(
-        tmp_path, db_url, transport_url=smtp_server.url, dns_resolver=dns_server.address, **FAST
+        tmp_path,
+        db_url,
+        transport_url=smtp_server.url,
+        dns_resolver=dns_server.address,
+        **{**FAST, **changed},
     )
 
 
@@ -230,3 +237,34 @@ def test_a_key_that_cannot_be_opened_sends_unsigned_and_logs(
     assert b"DKIM-Signature" not in raw
     assert "unsigned" in [e["type"] for e in events(client, acme, message_id)]
     assert any("cannot be opened" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("settings", [{"require_verified_from": True}], indirect=True)
+def test_with_verified_from_required_the_worker_never_sends_from_an_unverified_domain(
+    client: TestClient,
+    acme: TenantKeys,
+    smtp_server: SmtpTestServer,
+    dns_server: DnsTestServer,  # noqa: F811
+    worker: Callable[..., WorkerThread],
+) -> None:
+    """The API checks the From when it accepts a message, but the rule must hold for every way
+    a message is queued (the dashboard, the CLI, a scheduled campaign) and for a domain deleted
+    after its mail was accepted: the worker checks it again before it sends."""
+    kept = verified_domain(client, acme, dns_server, domain="kept.example.com")
+    gone = verified_domain(client, acme, dns_server, domain="gone.example.com")
+    stays = send(client, acme, "ann@example.org", "news@kept.example.com")
+    stopped = send(client, acme, "bob@example.org", "news@gone.example.com")
+    deleted = client.delete(f"/v1/domains/{gone['id']}", headers=acme.auth(acme.admin))
+    assert deleted.status_code == 204, deleted.text
+    worker()
+    assert dkim.verify(received(smtp_server, "ann@example.org").raw, dnsfunc=dns_server.txt)
+    assert kept["status"] == "verified" and stays
+
+    def failed() -> dict[str, Any] | None:
+        shown = client.get(f"/v1/messages/{stopped}", headers=acme.auth(acme.viewer)).json()
+        return dict(shown) if shown["status"] in ("failed", "dead") else None
+
+    shown = wait_until(failed, timeout=20)
+    assert "gone.example.com is not a verified sender domain" in shown["last_error"]
+    assert "TIDINGS_REQUIRE_VERIFIED_FROM" in shown["last_error"]
+    assert not [m for m in smtp_server.messages if "bob@example.org" in m.rcpt_tos]

@@ -19,7 +19,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.runtime import Runtime
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -26,7 +26,7 @@ from tests.browser.conftest import TIMEOUT_MS
 from tests.browser.dashboard_helpers import make_contacts, make_template
 from tests.conftest import TenantKeys, create_tenant, make_settings
 from tests.smtp_server import SmtpTestServer, smtp_server  # noqa: F401 - a fixture
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.runtime import Runtime
 

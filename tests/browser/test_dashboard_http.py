@@ -25,7 +25,7 @@ from tests.browser.dashboard_helpers import (
 )
 from tests.conftest import TEST_SECRET, TenantKeys, create_tenant, make_settings
 from tests.integration.test_domain_rates import slow_domain
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Message
 from tidings.queue import fanout

@@ -24,7 +24,7 @@ from tests.conftest import TenantKeys
 from tests.integration.campaign_seed import contacts
 from tests.integration.sent_mail import sent_link
 from tidings import tokens
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Category, Contact, Preference, Suppression
 from tidings.runtime import Runtime

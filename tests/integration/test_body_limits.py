@@ -27,9 +27,8 @@ from fastapi.testclient import TestClient
 from tests.browser.dashboard_helpers import csrf_of, sign_in
 from tests.conftest import TenantKeys
 from tests.live_server import LiveServer
-from tidings.api.app import create_app
 from tidings.api.deps import KeyFirstRoute, depends_on, get_principal
-from tidings.api.routes import ROUTERS
+from tidings.app import ROUTERS, create_app
 from tidings.runtime import Runtime
 
 MB = 1024 * 1024

@@ -33,7 +33,7 @@ from tidings.bounces import mailbox
 from tidings.bounces.identify import verp_address
 from tidings.bounces.mailbox import process_maildir, process_report, start_smtp_receiver
 from tidings.bounces.reports import MalformedReport, ParsedReport, parse_report
-from tidings.cli_bounces import FOLLOW_INTERVAL
+from tidings.cli.bounces import FOLLOW_INTERVAL
 from tidings.errors import NotFound
 from tidings.runtime import Runtime
 from tidings.services.inbound import InboundOutcome

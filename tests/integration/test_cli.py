@@ -23,8 +23,8 @@ from typer.testing import CliRunner, Result
 
 from tests.acceptance.conftest import WorkerThread, wait_until
 from tests.conftest import TEST_SECRET, TenantKeys
-from tidings.api.app import create_app
-from tidings.cli import app
+from tidings.app import create_app
+from tidings.cli.app import app
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import ApiKey, Campaign, Contact, Message

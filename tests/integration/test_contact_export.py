@@ -17,7 +17,7 @@ from sqlalchemy import event
 from typer.testing import CliRunner
 
 from tests.conftest import TEST_SECRET, TenantKeys
-from tidings.cli import app
+from tidings.cli.app import app
 from tidings.config import Settings
 from tidings.db.engine import transaction
 from tidings.db.models import Event

@@ -30,6 +30,7 @@ from tidings.db.models import (
 from tidings.domain import EventType, MessageStatus
 from tidings.queue.claim import claim_batch
 from tidings.runtime import Runtime
+from tidings.tracking.record import Hit, record_hits
 
 ERASED = "Erin.Erased@example.org"  # the normalised form (domain lower-cased)
 FORMS = (ERASED, ERASED.lower(), ERASED.upper(), "Erin.Erased@Example.org")
@@ -362,6 +363,31 @@ def test_the_opens_and_clicks_of_an_erased_persons_mail_go_and_others_stay(
     assert client.post(f"/v1/contacts/{erin}/erase", headers=acme.auth(acme.admin)).is_success
     after = dump(runtime)
     assert "ErinsPhone" not in after and "BobsLaptop" in after
+
+
+def test_an_open_still_buffered_when_the_person_is_erased_is_never_written(
+    client: TestClient, runtime: Runtime, acme: TenantKeys
+) -> None:
+    """A tracking route buffers hits and writes them about a second later (tracking/hits.py): an
+    erasure in between must not be followed by their user agent and network landing in the
+    database."""
+    erin = contact(client, acme, ERASED)
+    mine = send(client, acme, {"contact_id": erin, "subject": "Hi", "text": "x"}, key="k-erin")
+    buffered = Hit(
+        kind="open",
+        tenant_id=acme.tenant_id,
+        message_id=mine,
+        link_index=None,
+        url=None,
+        at=datetime.now(UTC),
+        user_agent="ErinsPhone/1.0",
+        network="198.51.100.0/24",
+    )
+    assert client.post(f"/v1/contacts/{erin}/erase", headers=acme.auth(acme.admin)).is_success
+    with transaction(runtime.sessions) as session:
+        flushed = record_hits(session, [buffered], datetime.now(UTC))
+    assert flushed.recorded == 0
+    assert "ErinsPhone" not in dump(runtime)
 
 
 def test_an_erased_person_who_complained_cannot_sign_up_again(

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from tests.conftest import TEST_SECRET, TenantKeys, make_settings
 from tests.live_server import LiveServer
 from tidings.address_hash import address_key
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import Contact, ListMember
 from tidings.errors import PayloadTooLarge

@@ -23,7 +23,7 @@ from tests.integration.sent_mail import (
 )
 from tests.live_server import LiveServer
 from tidings import webhook_signature
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.runtime import Runtime
 

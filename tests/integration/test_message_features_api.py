@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import TenantKeys, create_tenant, make_settings
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.runtime import Runtime, build_runtime
 
 LINE_BREAKS = ["\r", "\n", "\u2028", "\u2029", "\x0b", "\x0c", "\x85", "\x00"]

@@ -17,7 +17,7 @@ from schemathesis.checks import (
 )
 
 from tests.conftest import create_tenant, make_settings
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.runtime import build_runtime
 
 EXAMPLES_PER_OPERATION = 20

@@ -23,7 +23,6 @@ from sqlalchemy import text
 from tests.browser.dashboard_helpers import make_contacts, make_template, sign_in
 from tests.conftest import TenantKeys, make_settings
 from tests.pg_replica import ReplicatedCluster
-from tidings.api.app import create_app
 from tidings.api.deps import (
     READ_PRIMARY_COOKIE,
     READ_PRIMARY_SECONDS,
@@ -31,7 +30,7 @@ from tidings.api.deps import (
     get_read_session,
     get_session,
 )
-from tidings.api.routes import ROUTERS
+from tidings.app import ROUTERS, create_app
 from tidings.config import Settings
 from tidings.db.engine import make_engine
 from tidings.db.models import Base

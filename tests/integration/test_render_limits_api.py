@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from tests.browser.dashboard_helpers import make_contacts, make_template, sign_in
 from tests.conftest import TenantKeys, make_settings
 from tests.live_server import LiveServer
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.runtime import Runtime
 

@@ -15,8 +15,8 @@ from sqlalchemy import delete, event, select, update
 from tests.acceptance.conftest import wait_until
 from tests.conftest import TenantKeys
 from tests.integration.sent_mail import SentMail, seed_sent_mail
-from tidings.api.app import create_app
 from tidings.api.routes.tracking import PIXEL
+from tidings.app import create_app
 from tidings.db.engine import transaction
 from tidings.db.models import CampaignEngagement, CampaignLink, Message, TrackingHit
 from tidings.runtime import Runtime

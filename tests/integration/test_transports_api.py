@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from tests.conftest import TenantKeys, create_tenant, make_settings
 from tests.smtp_server import SmtpTestServer
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.config import Settings
 from tidings.runtime import Runtime, build_runtime
 from tidings.transports.tenant_urls import tenant_outbox

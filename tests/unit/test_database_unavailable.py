@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
-from tidings.api.app import create_app
+from tidings.app import create_app
 from tidings.runtime import build_runtime
 
 

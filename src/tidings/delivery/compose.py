@@ -303,6 +303,13 @@ class Composer:
         sender = from_address or self._settings.from_address
         keys = context.signing.get(tenant_id, NO_KEYS)
         dkim = keys.for_sender(sender)
+        if dkim is None and self._settings.require_verified_from:
+            # Checked again here, not only when the API accepts a message: this holds for every
+            # way mail is queued, and for a domain deleted after its mail was accepted.
+            raise TidingsError(
+                f"the From domain of {sender} is not a verified sender domain of this tenant "
+                "(TIDINGS_REQUIRE_VERIFIED_FROM is on)"
+            )
         unsigned = (
             f"sent without DKIM: the From domain of {sender} is not a verified sender domain "
             "of this tenant"

@@ -10,8 +10,9 @@ overwrites the other). Only one flush per process runs at a time (``hits.py``); 
 processes may count the same message's first open twice if they race on it, a bounded error
 (one per message and process) accepted to keep the request path free of database writes.
 
-A hit whose message is gone (purged) or names another tenant's message is dropped: its link
-still redirected, it records nothing.
+A hit whose message is gone (purged), names another tenant's message, or whose recipient was
+erased (a hit still in a server's buffer when the erasure ran) is dropped: its link still
+redirected, it records nothing.
 
 The same transaction sets each message's ``first_opened_at``/``first_clicked_at`` (a person's
 first open / click, one ``UPDATE`` per flush) and, for tenants with an endpoint subscribed to
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from tidings.address_hash import HASHED_PREFIX
 from tidings.db.models import (
     CampaignEngagement,
     CampaignLink,
@@ -65,7 +67,7 @@ class Hit:
 @dataclass(frozen=True, slots=True)
 class Flushed:
     recorded: int  # hits written
-    orphaned: int  # hits of messages gone (or not their tenant's): dropped
+    orphaned: int  # hits of messages gone, erased or not their tenant's: dropped
     machine: int  # of the recorded, a machine's
 
 
@@ -203,7 +205,7 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 Message.campaign_id,
                 Message.sent_at,
                 Message.first_opened_at,
-                # for the open and click webhooks
+                # for the open and click webhooks (to_address also tells an erased recipient)
                 Message.contact_id,
                 Message.to_address,
                 Message.reference,
@@ -213,7 +215,9 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
     kept = [
         h
         for h in hits
-        if (m := messages.get(h.message_id)) is not None and m.tenant_id == h.tenant_id
+        if (m := messages.get(h.message_id)) is not None
+        and m.tenant_id == h.tenant_id
+        and not m.to_address.startswith(HASHED_PREFIX)
     ]
     if not kept:
         return Flushed(0, len(hits), 0)

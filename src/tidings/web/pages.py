@@ -4,7 +4,7 @@
 raises (``tidings.errors.*``, a failed form validation, a missing sign-in) into ``PageInterrupt``,
 which passes *through* the request's session dependency, so the transaction is rolled back exactly
 as for the API, and is then answered with an HTML page (or a redirect to the sign-in form) by the
-route itself. The API's one error mapping in ``api/app.py`` stays the only JSON one.
+route itself. The API's one error mapping in ``api/errors.py`` stays the only JSON one.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from tidings import __version__, errors
 from tidings.api.deps import READ_PRIMARY_COOKIE, READ_PRIMARY_SECONDS
+from tidings.api.errors import status_for
 from tidings.web import security
 from tidings.web.formatting import FILTERS
 
@@ -87,16 +88,6 @@ def render(
     return HTMLResponse(html, status_code=status_code)
 
 
-def _status_for(exc: errors.TidingsError) -> int:
-    # Imported here: the API package imports this module (through its router list).
-    from tidings.api.app import STATUS_BY_ERROR
-
-    for cls in type(exc).__mro__:
-        if cls in STATUS_BY_ERROR:
-            return STATUS_BY_ERROR[cls]
-    return 400
-
-
 def error_page(request: Request, *, status_code: int, title: str, message: str) -> HTMLResponse:
     return render(
         request,
@@ -133,7 +124,7 @@ def interrupt_for(request: Request, exc: Exception) -> PageInterrupt | None:
     if isinstance(exc, SignInRequired):
         return PageInterrupt(_sign_in_answer(request))
     if isinstance(exc, errors.TidingsError):
-        status = _status_for(exc)
+        status = status_for(exc)
         return PageInterrupt(
             error_page(
                 request,

@@ -1,4 +1,5 @@
-"""Every router of the API, in the order they appear in the OpenAPI document."""
+"""Every router of the API, in the order they appear in the OpenAPI document (the dashboard's are
+added beside them by ``tidings.app``)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,8 @@ from tidings.api.routes import (
     transports,
     webhooks,
 )
-from tidings.web import web_routers
 
-ROUTERS: list[APIRouter] = [
+API_ROUTERS: list[APIRouter] = [
     keys.router,
     contacts.router,
     lists.router,
@@ -51,5 +51,4 @@ ROUTERS: list[APIRouter] = [
     signup.router,
     health.router,
     metrics.router,
-    *web_routers(),  # the dashboard at /, kept out of the OpenAPI document
 ]

@@ -15,8 +15,8 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from tidings.address_hash import address_key
-from tidings.cli_common import console, fail, open_runtime, tenant_id_of, unit_of_work
-from tidings.cli_progress import ImportProgress
+from tidings.cli.common import console, fail, open_runtime, tenant_id_of, unit_of_work
+from tidings.cli.progress import ImportProgress
 from tidings.db.models import ContactList
 from tidings.domain import ContactStatus
 from tidings.private_files import create_private_file

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tidings.cli_common import console, fail, open_runtime, tenant_id_of, unit_of_work
+from tidings.cli.common import console, fail, open_runtime, tenant_id_of, unit_of_work
 from tidings.errors import TidingsError
 from tidings.services import transports
 from tidings.transports.factory import probe_url

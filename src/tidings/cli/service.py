@@ -1,10 +1,5 @@
-"""The ``tidings`` command line (Typer + Rich). Commands call services, never around them.
-
-This module holds the process commands (``serve``, ``worker``, ``demo``, ``db``) and tenants and
-keys; the other groups live in ``cli_contacts``, ``cli_campaigns``, ``cli_messages`` and
-``cli_transports``, their shared plumbing (errors, runtime, ``--tenant`` / ``--url`` targets) in
-``cli_common``.
-"""
+"""The process commands: ``serve``, ``worker``, ``demo`` and ``db upgrade``, what an operator
+runs to have a service at all, as opposed to the groups that work on a tenant's data."""
 
 from __future__ import annotations
 
@@ -14,24 +9,15 @@ from collections.abc import Callable
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from tidings.cli_bounces import bounces
-from tidings.cli_campaigns import campaign_app
-from tidings.cli_common import (
+from tidings.cli.common import (
     console,
     database_problem,
     fail,
     load_settings,
     open_runtime,
-    unit_of_work,
 )
-from tidings.cli_contacts import contacts_app
-from tidings.cli_domains import domains_app
-from tidings.cli_messages import queue, send
-from tidings.cli_segments import segments_app
-from tidings.cli_transports import transports_app
 from tidings.db.engine import make_engine, upgrade
 from tidings.delivery.worker import DEFAULT_CONCURRENCY as WORKER_CONCURRENCY
 from tidings.demo import (
@@ -43,24 +29,11 @@ from tidings.demo import (
     outbox_folder,
     run_demo,
 )
-from tidings.domain import Role
 from tidings.errors import TidingsError
 from tidings.logging import configure_logging
 from tidings.runtime import Runtime, freeze_startup_objects
-from tidings.services import tenants
 
-app = typer.Typer(help="Tidings: self-hosted email delivery.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-tenant_app = typer.Typer(help="Tenants (companies, programs).", no_args_is_help=True)
-key_app = typer.Typer(help="API keys of a tenant.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(tenant_app, name="tenant")
-app.add_typer(key_app, name="key")
-app.add_typer(contacts_app, name="contacts")
-app.add_typer(campaign_app, name="campaign")
-app.add_typer(domains_app, name="domains")
-app.add_typer(segments_app, name="segments")
-app.add_typer(transports_app, name="transports")
 
 
 def _configure_logging() -> None:
@@ -70,7 +43,6 @@ def _configure_logging() -> None:
         raise fail(exc.message) from None
 
 
-@app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
@@ -87,7 +59,7 @@ def serve(
     """Run the HTTP API and dashboard, with embedded delivery workers."""
     import uvicorn
 
-    from tidings.api.app import EMBEDDED_WORKERS_ENV, create_app
+    from tidings.app import EMBEDDED_WORKERS_ENV, create_app
 
     _configure_logging()
     # Settings are checked and a new SQLite file is migrated here, once, before any process starts.
@@ -103,7 +75,7 @@ def serve(
             return
     os.environ[EMBEDDED_WORKERS_ENV] = str(workers)
     uvicorn.run(
-        "tidings.api.app:app_from_environment",
+        "tidings.app:app_from_environment",
         factory=True,
         workers=processes,
         host=host,
@@ -113,7 +85,6 @@ def serve(
     )
 
 
-@app.command()
 def worker(
     concurrency: int = typer.Option(
         WORKER_CONCURRENCY,
@@ -173,7 +144,6 @@ def _fastest_event_loop() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-@app.command()
 def demo(
     contacts: int = typer.Option(
         DEFAULT_CONTACTS, min=1, max=100_000, help="Generated contacts (at example.com) to send to."
@@ -249,91 +219,3 @@ def db_upgrade() -> None:
         raise fail(f"TIDINGS_DATABASE_URL cannot be used: {exc}") from None
     console.print(f"database is up to date ({engine.dialect.name})")
     engine.dispose()
-
-
-@tenant_app.command("create")
-def tenant_create(name: str = typer.Argument(..., help="The tenant's name, unique.")) -> None:
-    """Create a tenant and print its first admin key (shown once)."""
-    with open_runtime() as runtime, unit_of_work(runtime) as session:
-        tenant, issued = tenants.create_tenant(session=session, name=name, now=runtime.clock.now())
-        tenant_id = tenant.id
-    console.print(f"tenant {escape(repr(name))} created (id {tenant_id})")
-    console.print("admin API key (store it now, it is not shown again):")
-    print(issued.secret)  # noqa: T201 - plain, for scripts: key=$(tidings tenant create x | tail -1)
-
-
-@tenant_app.command("list")
-def tenant_list() -> None:
-    """List tenants."""
-    with open_runtime() as runtime, unit_of_work(runtime) as session:
-        table = Table("id", "name", "created")
-        for tenant in tenants.list_tenants(session=session):
-            table.add_row(
-                str(tenant.id),
-                escape(tenant.name),
-                tenant.created_at.isoformat(timespec="seconds"),
-            )
-    console.print(table)
-
-
-@key_app.command("create")
-def key_create(
-    tenant: str = typer.Option(..., help="Tenant name."),
-    name: str = typer.Option(..., help="What the key is for."),
-    role: Role = typer.Option(Role.sender, help="admin, sender or viewer."),
-) -> None:
-    """Create an API key for a tenant and print it (shown once)."""
-    with open_runtime() as runtime, unit_of_work(runtime) as session:
-        owner = tenants.get_tenant_by_name(session=session, name=tenant)
-        issued = tenants.create_key(
-            session=session, tenant_id=owner.id, name=name, role=role, now=runtime.clock.now()
-        )
-    print(issued.secret)  # noqa: T201
-
-
-@key_app.command("list")
-def key_list(tenant: str = typer.Option(..., help="Tenant name.")) -> None:
-    """List a tenant's keys (prefix only)."""
-    with open_runtime() as runtime, unit_of_work(runtime) as session:
-        owner = tenants.get_tenant_by_name(session=session, name=tenant)
-        table = Table("id", "name", "role", "prefix", "created", "revoked")
-        cursor: str | None = None
-        while True:
-            page = tenants.list_keys(session=session, tenant_id=owner.id, limit=500, cursor=cursor)
-            for key in page.items:
-                revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else ""
-                table.add_row(
-                    str(key.id),
-                    escape(key.name),
-                    key.role,
-                    key.prefix,
-                    key.created_at.isoformat(timespec="seconds"),
-                    revoked,
-                )
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-    console.print(table)
-
-
-@key_app.command("revoke")
-def key_revoke(
-    key_id: int = typer.Argument(..., min=1, help="The key's id (see key list)."),
-    tenant: str = typer.Option(..., help="Tenant name."),
-) -> None:
-    """Revoke an API key at once."""
-    with open_runtime() as runtime, unit_of_work(runtime) as session:
-        owner = tenants.get_tenant_by_name(session=session, name=tenant)
-        tenants.revoke_key(
-            session=session, tenant_id=owner.id, key_id=key_id, now=runtime.clock.now()
-        )
-    console.print(f"key {key_id} revoked")
-
-
-app.command("send")(send)
-app.command("queue")(queue)
-app.command("bounces")(bounces)
-
-
-def main() -> None:
-    app()

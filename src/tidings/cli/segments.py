@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tidings.cli_common import console, fail, open_runtime, tenant_id_of, unit_of_work
+from tidings.cli.common import console, fail, open_runtime, tenant_id_of, unit_of_work
 from tidings.services import segments
 from tidings.services.pagination import MAX_LIMIT
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tidings.cli_common import (
+from tidings.cli.common import (
     DataOption,
     KeyOption,
     SendWindowOption,

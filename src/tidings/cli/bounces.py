@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from tidings.cli_common import console, err_console, fail, load_settings, open_runtime
+from tidings.cli.common import console, err_console, fail, load_settings, open_runtime
 from tidings.errors import TidingsError
 from tidings.logging import configure_logging
 from tidings.runtime import Runtime

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from tidings.cli_common import (
+from tidings.cli.common import (
     DataOption,
     KeyOption,
     SendWindowOption,
@@ -34,14 +34,14 @@ from tidings.cli_common import (
     tenant_id_of,
     unit_of_work,
 )
-from tidings.cli_progress import (
+from tidings.cli.progress import (
     POLL_SECONDS,
     CampaignSnapshot,
     follow_campaign,
     status_table,
     summary_line,
 )
-from tidings.cli_remote import RemoteApi
+from tidings.cli.remote import RemoteApi
 from tidings.db.models import Campaign, ContactList
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from tidings.runtime import Runtime

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tidings.cli_remote import RemoteApi, RemoteError
+from tidings.cli.remote import RemoteApi, RemoteError
 from tidings.config import Settings
 from tidings.db.engine import pending_migrations, transaction
 from tidings.errors import InvalidInput, TidingsError

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from tidings.cli_common import console, fail, open_runtime, tenant_id_of, unit_of_work
+from tidings.cli.common import console, fail, open_runtime, tenant_id_of, unit_of_work
 from tidings.db.models import SenderDomain
 from tidings.runtime import Runtime
 from tidings.services import domains
