@@ -53,11 +53,20 @@ CSV_HEADER = (
     "first_clicked_at",
     "error",
 )
+#: The contact's name by a look-up per row, not a join: PostgreSQL merge-joined the page with
+#: ``contacts`` scanned from its first id, so each page read every contact before it (a page
+#: deep into 200,000 recipients took 57 ms, and the export grew quadratically).
+_NAME = (
+    select(Contact.name)
+    .where(Contact.id == Message.contact_id, Contact.tenant_id == Message.tenant_id)
+    .scalar_subquery()
+    .label("name")
+)
 _COLUMNS = (
     Message.id,
     Message.contact_id,
     Message.to_address,
-    Contact.name,
+    _NAME,
     Message.status,
     Message.sent_at,
     Message.first_opened_at,
@@ -167,9 +176,7 @@ def _pages(
 
 
 def _page(where: ColumnElement[bool], *, detached: bool, after: int) -> Select[*tuple[Any, ...]]:
-    query = select(*_COLUMNS).outerjoin(
-        Contact, and_(Contact.id == Message.contact_id, Contact.tenant_id == Message.tenant_id)
-    )
+    query = select(*_COLUMNS)
     if detached:
         return (
             query.where(where, Message.contact_id.is_(None), Message.id > after)
