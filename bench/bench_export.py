@@ -108,8 +108,10 @@ def server_pid(port: str) -> int:
     raise RuntimeError("server process not found")
 
 
-def download(base_url: str, key: str, params: dict[str, str], pid: int) -> tuple[int, float, int]:
-    """(lines, seconds, peak server RSS in KiB) of one export."""
+def download(
+    base_url: str, key: str, params: dict[str, str], pid: int, path: str = "/v1/contacts/export"
+) -> tuple[int, float, int]:
+    """(lines, seconds, peak server RSS in KiB) of one export (``path``)."""
     peak = rss_kib(pid)
     stop = threading.Event()
 
@@ -125,7 +127,7 @@ def download(base_url: str, key: str, params: dict[str, str], pid: int) -> tuple
     started = time.perf_counter()
     with httpx.stream(
         "GET",
-        f"{base_url}/v1/contacts/export",
+        f"{base_url}{path}",
         params=params,
         headers={"Authorization": f"Bearer {key}"},
         timeout=600,

@@ -256,3 +256,60 @@ def test_0023_counts_what_became_of_earlier_messages_and_then_keeps_counting(
         assert _results(engine) == {"bounced_hard": 1, "unconfirmed": 1}
     finally:
         engine.dispose()
+
+
+# -- 0025: a person's first open and click -----------------------------------------------------
+
+
+def test_0025_fills_a_persons_first_open_and_click_from_the_hits_and_keeps_the_triggers(
+    empty_url: str,
+) -> None:
+    engine = make_engine(empty_url)
+    try:
+        upgrade(engine, "0022_signup")
+        stamp = "'2026-01-02 00:00:00'"
+        with engine.begin() as conn:
+            for message_id in (1, 2):
+                conn.execute(
+                    text(
+                        "INSERT INTO messages (id, tenant_id, campaign_id, contact_id, to_address, "
+                        "priority, status, not_before, expires_at, attempts, lease_expiries, "
+                        f"created_at, updated_at) VALUES ({message_id}, 1, 3, {message_id}, "
+                        f"'a@example.com', 5, 'sent', {stamp}, {stamp}, 1, 0, {stamp}, {stamp})"
+                    )
+                )
+            for message_id, kind, machine, at in (
+                (1, "open", True, "2026-01-02 00:00:01"),  # Apple's proxy, first
+                (1, "open", False, "2026-01-02 00:05:00"),
+                (1, "open", False, "2026-01-02 00:01:00"),  # the person's first
+                (1, "click", False, "2026-01-02 00:02:00"),
+                (2, "click", True, "2026-01-02 00:00:02"),  # a scanner only
+            ):
+                conn.execute(
+                    text(
+                        "INSERT INTO tracking_hits (tenant_id, message_id, campaign_id, kind, "
+                        "machine, created_at) VALUES (1, :m, 3, :kind, :machine, :at)"
+                    ),
+                    {"m": message_id, "kind": kind, "machine": machine, "at": at},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT id, first_opened_at IS NOT NULL, first_clicked_at IS NOT NULL, "
+                    "CAST(first_opened_at AS TEXT) FROM messages ORDER BY id"
+                )
+            ).all()
+            assert [tuple(row[:3]) for row in found] == [(1, True, True), (2, False, False)]
+            assert str(found[0][3]).startswith("2026-01-02 00:01:00")
+            # No rebuild of messages: the status counts still follow its rows.
+            conn.execute(text("UPDATE messages SET status = 'failed' WHERE id = 2"))
+            counts = conn.execute(
+                text(
+                    "SELECT status, sum(count) FROM campaign_counts WHERE campaign_id = 3 "
+                    "GROUP BY status HAVING sum(count) <> 0 ORDER BY status"
+                )
+            ).all()
+            assert [tuple(row) for row in counts] == [("failed", 1), ("sent", 1)]
+    finally:
+        engine.dispose()

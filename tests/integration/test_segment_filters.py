@@ -3,17 +3,18 @@ null values, LIKE wildcards in values, nesting, and no other tenant's contact ev
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import insert
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tests.conftest import TenantKeys
 from tests.integration import campaign_seed as seed
 from tidings.db.engine import transaction
-from tidings.db.models import Contact
+from tidings.db.models import Campaign, Contact, Message, Template, table
 from tidings.domain.segment_filter import parse_filter
 from tidings.queue.segments import segment_condition
 from tidings.runtime import Runtime
@@ -186,6 +187,15 @@ CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"in_list": "L"}, {"ann", "dee"}),
     ({"not": {"in_list": "L"}}, {"bob", "cy"}),
     ({"all": [{"in_list": "L"}, leaf("status", "eq", "active")]}, {"ann"}),
+    # engagement with campaign "C" (see _campaign): Ann opened and clicked, Bob opened, Cy got
+    # it and did neither, Dee never got it; a message whose contact is gone was opened too.
+    ({"opened_campaign": "C"}, {"ann", "bob"}),
+    ({"clicked_campaign": "C"}, {"ann"}),
+    ({"not": {"opened_campaign": "C"}}, {"cy", "dee"}),  # the detached message adds no NULL
+    ({"not": {"clicked_campaign": "C"}}, {"bob", "cy", "dee"}),
+    ({"all": [{"opened_campaign": "C"}, {"not": {"clicked_campaign": "C"}}]}, {"bob"}),
+    ({"any": [{"clicked_campaign": "C"}, leaf("status", "eq", "bounced")]}, {"ann", "dee"}),
+    ({"opened_campaign": "D"}, set()),  # another campaign: nobody opened it
 ]
 
 
@@ -200,11 +210,78 @@ def _seed(runtime: Runtime, tenant_id: int) -> dict[str, int]:
     return ids
 
 
-def _resolve(raw: Any, list_id: int) -> Any:
+def _campaign(runtime: Runtime, tenant_id: int, ids: dict[str, int]) -> dict[str, int]:
+    """Campaigns "C" (messages with a person's first open / click as in CASES) and "D"
+    (Ann's message, not opened)."""
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    with transaction(runtime.sessions) as session:
+        template = Template(
+            tenant_id=tenant_id, name="t", subject="s", html="x", created_at=at, updated_at=at
+        )
+        session.add(template)
+        session.flush()
+        made = {}
+        for name in ("C", "D"):
+            campaign = Campaign(
+                tenant_id=tenant_id,
+                name=name,
+                template_id=template.id,
+                list_ids=[],
+                contact_ids=[],
+                data={},
+                status="completed",
+                created_at=at,
+            )
+            session.add(campaign)
+            session.flush()
+            made[name] = campaign.id
+        opened, clicked = at + timedelta(hours=1), at + timedelta(hours=2)
+        sent = [
+            ("C", ids["ann"], opened, clicked),
+            ("C", ids["bob"], opened, None),
+            ("C", ids["cy"], None, None),
+            ("C", None, opened, clicked),  # its contact was deleted
+            ("D", ids["ann"], None, None),
+        ]
+        session.execute(
+            insert(table(Message)),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "campaign_id": made[name],
+                    "contact_id": contact_id,
+                    "to_address": "x@example.com",
+                    "status": "sent",
+                    "priority": 5,
+                    "not_before": at,
+                    "expires_at": at,
+                    "attempts": 1,
+                    "lease_expiries": 0,
+                    "created_at": at,
+                    "updated_at": at,
+                    "sent_at": at,
+                    "first_opened_at": first_open,
+                    "first_clicked_at": first_click,
+                }
+                for name, contact_id, first_open, first_click in sent
+            ],
+        )
+    return made
+
+
+REFERENCES = ("in_list", "opened_campaign", "clicked_campaign")
+
+
+def _resolve(raw: Any, list_id: int, campaigns: dict[str, int] | None = None) -> Any:
+    """``raw`` with the list "L" and the campaigns "C", "D" named by their ids."""
+    ids = {"L": list_id, **(campaigns or {})}
     if isinstance(raw, dict):
-        return {k: list_id if k == "in_list" else _resolve(v, list_id) for k, v in raw.items()}
+        return {
+            k: ids[v] if k in REFERENCES else _resolve(v, list_id, campaigns)
+            for k, v in raw.items()
+        }
     if isinstance(raw, list):
-        return [_resolve(v, list_id) for v in raw]
+        return [_resolve(v, list_id, campaigns) for v in raw]
     return raw
 
 
@@ -212,15 +289,17 @@ def test_every_op_and_field_matches_the_same_contacts_on_both_databases(
     runtime: Runtime, client: TestClient, acme: TenantKeys, globex: TenantKeys
 ) -> None:
     ids = _seed(runtime, acme.tenant_id)
-    _seed(runtime, globex.tenant_id)  # the same people in another tenant: never found
+    theirs = _seed(runtime, globex.tenant_id)  # the same people in another tenant: never found
     list_id = seed.contact_list(runtime, acme.tenant_id, "L", [ids["ann"], ids["dee"]])
     seed.contact_list(runtime, globex.tenant_id, "L", [])
+    campaigns = _campaign(runtime, acme.tenant_id, ids)
+    _campaign(runtime, globex.tenant_id, theirs)
     names = {v: k for k, v in ids.items()}
     wrong = []
     for raw, expected in CASES:
         answer = client.post(
             "/v1/segments/preview",
-            json={"filter": _resolve(raw, list_id)},
+            json={"filter": _resolve(raw, list_id, campaigns)},
             headers=acme.auth(acme.viewer),
         )
         if answer.status_code != 200:
@@ -260,11 +339,12 @@ def test_no_value_from_the_filter_is_written_into_the_sql_text(dialect: Any) -> 
             leaf("name", "in", [hostile, "zz9plural"]),
             leaf("created_at", "gt", "2031-07-08"),
             {"in_list": 987654},
+            {"opened_campaign": 876543},
         ]
     }
     condition = segment_condition(parse_filter(tree), tenant_id=55555, dialect=dialect.name)
     sql = str(condition.compile(dialect=dialect))
-    for value in ("DROP", "1234567", "zz9plural", "2031", "987654", "55555", "city"):
+    for value in ("DROP", "1234567", "zz9plural", "2031", "987654", "876543", "55555", "city"):
         assert value not in sql
 
 

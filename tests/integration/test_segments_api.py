@@ -111,8 +111,14 @@ INVALID: list[tuple[Any, str, str]] = [
     ({"some": []}, "filter.some", "unknown condition"),
     ({"all": [], "any": []}, "filter", "a condition is"),
     ([CITY_PARIS], "filter", "JSON object"),
-    ({"opened_campaign": 1}, "filter.opened_campaign", "not available yet"),
-    ({"all": [{"clicked_campaign": 1}]}, "filter.all[0].clicked_campaign", "not available yet"),
+    ({"opened_campaign": 999_999}, "filter.opened_campaign", "no such campaign"),
+    (
+        {"all": [{"clicked_campaign": 999_999}]},
+        "filter.all[0].clicked_campaign",
+        "no such campaign",
+    ),
+    ({"opened_campaign": "spring"}, "filter.opened_campaign", "takes a campaign id"),
+    ({"clicked_campaign": 0}, "filter.clicked_campaign", "takes a campaign id"),
     ({"in_list": "news"}, "filter.in_list", "takes a list id"),
     ({"in_list": True}, "filter.in_list", "takes a list id"),
     ({"all": [{"in_list": 999_999}]}, "filter.all[0].in_list", "no such list"),
@@ -178,6 +184,26 @@ def test_another_tenants_segments_and_lists_are_absent(
     )
     assert _error(answer)[:2] == (422, "filter.all[1].in_list")
     assert _error(answer)[2] == f"no such list {their_list}"  # as for a list that never was
+    their_campaign = client.post(
+        "/v1/campaigns",
+        json={
+            "name": "theirs",
+            "template_id": seed.template(runtime, globex.tenant_id),
+            "contact_ids": seed.people(runtime, globex.tenant_id, 1),
+        },
+        headers=globex.auth(globex.sender),
+    ).json()["id"]
+    for kind in ("opened_campaign", "clicked_campaign"):
+        answer = client.post(
+            "/v1/segments",
+            json={"name": "s", "filter": {"not": {kind: their_campaign}}},
+            headers=acme.auth(acme.sender),
+        )
+        assert _error(answer) == (
+            422,
+            f"filter.not.{kind}",
+            f"no such campaign {their_campaign}",
+        )
     template = seed.template(runtime, acme.tenant_id)
     campaign = client.post(
         "/v1/campaigns",

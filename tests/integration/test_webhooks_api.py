@@ -88,7 +88,7 @@ def test_another_tenants_endpoint_is_not_found(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"url": HOOK, "event_types": ["message.opened"]}, "event_types.0"),
+        ({"url": HOOK, "event_types": ["message.glanced"]}, "event_types.0"),
         ({"url": HOOK, "event_types": []}, "event_types"),
         ({"url": "ftp://example.com/x", "event_types": ["message.sent"]}, "url"),
         ({"url": "https://user:pw@example.com/x", "event_types": ["message.sent"]}, "url"),

@@ -1,5 +1,5 @@
-"""``tidings campaign``: create, change, delete, start, pause, resume, cancel, list, and watch a
-campaign.
+"""``tidings campaign``: create, change, delete, start, pause, resume, cancel, list, watch a
+campaign, and show how it did (``stats``, with its recipients' results exported by ``--csv``).
 
 Every command but ``create`` and ``list`` works on this machine's database (``--tenant``) or
 through a remote API (``--url`` and ``--key``); both call the same service functions in the end.
@@ -7,10 +7,13 @@ through a remote API (``--url`` and ``--key``); both call the same service funct
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.markup import escape
@@ -44,9 +47,10 @@ from tidings.cli.progress import (
 from tidings.cli.remote import RemoteApi
 from tidings.db.models import Campaign, ContactList
 from tidings.domain import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
+from tidings.private_files import create_private_file
 from tidings.runtime import Runtime
 from tidings.scheduling.windows import SendWindow
-from tidings.services import campaigns, lists, segments
+from tidings.services import campaign_results, campaign_stats, campaigns, lists, segments
 from tidings.services.pagination import MAX_LIMIT
 
 campaign_app = typer.Typer(
@@ -447,3 +451,117 @@ def delete(
                 now=runtime.clock.now(),
             )
     console.print(f"campaign {campaign_id} deleted")
+
+
+@campaign_app.command("stats")
+def stats(
+    campaign_id: CampaignId,
+    tenant: TenantOption = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    csv_path: Path | None = typer.Option(
+        None,
+        "--csv",
+        help="Also write every recipient's results (status, last event, first open and click) "
+        "to this new file (mode 0600), as GET /v1/campaigns/{id}/recipients does.",
+        dir_okay=False,
+    ),
+) -> None:
+    """How a campaign did: delivery, people's opens and clicks (machines' apart), rates against
+    delivered, and its links; the same figures as GET /v1/campaigns/{id}/stats."""
+    target = choose_target(tenant, url, key)
+    if csv_path is not None and csv_path.exists():
+        raise fail(f"{csv_path} already exists; give another --csv or remove it")
+    if target.remote is not None:
+        with target.remote as api, remote_errors():
+            figures = api.campaign_stats(campaign_id)
+            _print_stats(campaign_id, figures)
+            if csv_path is not None:
+                with _private(csv_path) as sink:
+                    api.download(
+                        f"/v1/campaigns/{campaign_id}/recipients", {"format": "csv"}, sink.write
+                    )
+                console.print(f"wrote {csv_path}", highlight=False)
+        return
+    assert target.tenant is not None
+    with open_runtime() as runtime:
+        with unit_of_work(runtime) as session:
+            owner = tenant_id_of(session, target.tenant)
+            found = campaign_stats.campaign_stats(
+                session=session, tenant_id=owner, campaign_id=campaign_id
+            )
+            selection = campaign_results.results_selection(
+                session=session, tenant_id=owner, campaign_id=campaign_id
+            )
+        _print_stats(campaign_id, asdict(found))
+        if csv_path is not None:
+            with _private(csv_path) as sink:
+                for chunk in campaign_results.export_results(
+                    runtime.sessions,
+                    selection=selection,
+                    file_format=campaign_results.ResultsFormat.csv,
+                ):
+                    sink.write(chunk)
+            console.print(f"wrote {csv_path}", highlight=False)
+
+
+def _private(path: Path) -> BinaryIO:
+    """``path`` created mode 0600 and open for writing; never an existing file (it may be
+    someone else's, and the export holds personal data)."""
+    try:
+        fd = create_private_file(path)
+    except OSError as exc:
+        raise fail(f"cannot create {path}: {exc.strerror}") from None
+    if fd is None:
+        raise fail(f"{path} already exists; give another --csv or remove it")
+    return os.fdopen(fd, "wb")
+
+
+def _rate(value: float) -> str:
+    return f"{value * 100:.1f} %"
+
+
+def _print_stats(campaign_id: int, figures: dict[str, Any]) -> None:
+    """The API's stats document (or the service's, as a dict) as three tables."""
+    f = figures
+    delivery = Table("delivery", "count", "rate", title=f"Campaign {campaign_id}")
+    delivery.add_row("recipients", f"{f['recipient_count']:,}", "")
+    delivery.add_row("sent", f"{f['sent']:,}", "")
+    delivery.add_row("delivered", f"{f['delivered']:,}", "")
+    delivery.add_row("bounced (hard)", f"{f['bounced_hard']:,}", _rate(f["bounce_rate"]))
+    delivery.add_row("bounced (soft)", f"{f['bounced_soft']:,}", "")
+    delivery.add_row("complaints", f"{f['complaints']:,}", _rate(f["complaint_rate"]))
+    delivery.add_row("unsubscribes", f"{f['unsubscribes']:,}", _rate(f["unsubscribe_rate"]))
+    console.print(delivery)
+    engagement = Table("engagement", "people (unique)", "people (total)", "machines", "rate")
+    engagement.add_row(
+        "opens",
+        f"{f['opens_unique']:,}",
+        f"{f['opens_total']:,}",
+        f"{f['opens_machine']:,}",
+        _rate(f["open_rate"]),
+    )
+    engagement.add_row(
+        "clicks",
+        f"{f['clicks_unique']:,}",
+        f"{f['clicks_total']:,}",
+        f"{f['clicks_machine']:,}",
+        _rate(f["click_rate"]),
+    )
+    engagement.add_row("click-to-open", "", "", "", _rate(f["click_to_open_rate"]))
+    console.print(engagement)
+    console.print(
+        "Rates are against delivered; machines (privacy proxies, link scanners) are never counted "
+        "as people.",
+        highlight=False,
+    )
+    if f["links"]:
+        links = Table("link", "people (unique)", "people (total)", "machines")
+        for link in f["links"]:
+            links.add_row(
+                escape(link["url"]),
+                f"{link['clicks_unique']:,}",
+                f"{link['clicks_total']:,}",
+                f"{link['clicks_machine']:,}",
+            )
+        console.print(links)

@@ -7,6 +7,7 @@ own message, so the CLI prints one line and never an httpx traceback.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,6 +72,21 @@ class RemoteApi:
 
     def delete_campaign(self, campaign_id: int) -> None:
         self._request("DELETE", f"/v1/campaigns/{campaign_id}")
+
+    def campaign_stats(self, campaign_id: int) -> dict[str, Any]:
+        return self._json("GET", f"/v1/campaigns/{campaign_id}/stats")
+
+    def download(self, path: str, params: dict[str, str], sink: Callable[[bytes], object]) -> None:
+        """Stream the body of ``GET path`` into ``sink`` chunk by chunk (an export of any size)."""
+        try:
+            with self._client.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise RemoteError(_error_message(response))
+                for chunk in response.iter_bytes():
+                    sink(chunk)
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"the download from {self.url} failed: {exc}") from None
 
     def send_message(
         self, body: dict[str, Any], *, idempotency_key: str | None = None

@@ -350,6 +350,10 @@ class Message(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     bounce: Mapped[str | None] = mapped_column(String(4), nullable=True)
     complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A person's first open and first click of it (migration 0025), set by the tracking flush;
+    # machines' hits never set them. Kept when the hits are purged.
+    first_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    first_clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         # The reaper: expired leases.
@@ -380,6 +384,21 @@ class Message(Base):
         Index("ix_messages_tenant_id", "tenant_id", "id"),
         # A repeated fan-out can never enqueue the same recipient twice.
         UniqueConstraint("campaign_id", "contact_id", name="uq_messages_campaign_contact"),
+        # Segments of a campaign's openers / clickers: only the messages a person engaged with.
+        Index(
+            "ix_messages_campaign_opened",
+            "campaign_id",
+            "contact_id",
+            postgresql_where=sql_text("first_opened_at IS NOT NULL"),
+            sqlite_where=sql_text("first_opened_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_campaign_clicked",
+            "campaign_id",
+            "contact_id",
+            postgresql_where=sql_text("first_clicked_at IS NOT NULL"),
+            sqlite_where=sql_text("first_clicked_at IS NOT NULL"),
+        ),
     )
 
 

@@ -19,6 +19,9 @@ Meaning, the same on both databases (``queue/segments.py`` compiles it):
   letter on PostgreSQL); ``%`` and ``_`` in the value are plain characters.
 * ``exists`` (value ``true`` by default, or ``false``): the field holds a non-null value.
 * ``{"all": []}`` is every contact, ``{"any": []}`` none.
+* ``{"opened_campaign": id}`` / ``{"clicked_campaign": id}``: a person opened (clicked in) the
+  contact's message of that campaign; privacy proxies' and scanners' hits never count (the
+  message's ``first_opened_at``/``first_clicked_at``, kept after the hits are purged).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ MAX_INTEGER = 2**63 - 1  # what both databases bind as an integer
 
 ATTRIBUTES = "attributes."
 GROUPS = ("all", "any", "not")
-#: Engagement leaves the issue asks for once tracking exists; refused until then.
-NOT_YET = ("opened_campaign", "clicked_campaign")
+#: Engagement leaves: contacts a person's open (click) of a campaign's mail was recorded for.
+ENGAGEMENT = ("opened_campaign", "clicked_campaign")
 
 Scalar = str | int | float | bool
 
@@ -87,6 +90,13 @@ class InList:
 
 
 @dataclass(frozen=True, slots=True)
+class Engaged:
+    kind: str  # "opened_campaign" | "clicked_campaign"
+    campaign_id: int
+    path: str  # where it sits in the filter, for an error about the campaign
+
+
+@dataclass(frozen=True, slots=True)
 class Leaf:
     column: str  # one of COLUMN_OPS, or "attributes"
     key: str | None  # the attribute's name when column is "attributes"
@@ -96,7 +106,7 @@ class Leaf:
     value: Any
 
 
-Node = Group | InList | Leaf
+Node = Group | InList | Engaged | Leaf
 
 
 def parse_filter(raw: object, *, path: str = "filter") -> Node:
@@ -114,6 +124,15 @@ def list_ids(node: Node) -> Iterator[InList]:
             yield from list_ids(child)
 
 
+def campaign_ids(node: Node) -> Iterator[Engaged]:
+    """Every engagement leaf of the tree, for the caller to check each campaign is the tenant's."""
+    if isinstance(node, Engaged):
+        yield node
+    elif isinstance(node, Group):
+        for child in node.children:
+            yield from campaign_ids(child)
+
+
 def _node(raw: object, path: str, depth: int, budget: list[int]) -> Node:
     budget[0] -= 1
     if budget[0] < 0:
@@ -124,8 +143,8 @@ def _node(raw: object, path: str, depth: int, budget: list[int]) -> Node:
         return _leaf(raw, path)
     if len(raw) != 1:
         raise InvalidInput(
-            "a condition is {all: [...]}, {any: [...]}, {not: {...}}, {in_list: id} or "
-            "{field, op, value}",
+            "a condition is {all: [...]}, {any: [...]}, {not: {...}}, {in_list: id}, "
+            "{opened_campaign: id}, {clicked_campaign: id} or {field, op, value}",
             field=path,
         )
     ((kind, inner),) = raw.items()
@@ -146,16 +165,15 @@ def _node(raw: object, path: str, depth: int, budget: list[int]) -> Node:
     )
 
 
-def _reference(kind: object, inner: object, where: str) -> InList:
-    if kind in NOT_YET:
-        raise InvalidInput(
-            f"{kind} is not available yet (it needs open and click tracking)", field=where
-        )
-    if kind != "in_list":
+def _reference(kind: object, inner: object, where: str) -> InList | Engaged:
+    if kind != "in_list" and kind not in ENGAGEMENT:
         raise InvalidInput(f"unknown condition {kind!r}", field=where)
     if isinstance(inner, bool) or not isinstance(inner, int) or not 1 <= inner <= MAX_ID:
-        raise InvalidInput("in_list takes a list id", field=where)
-    return InList(list_id=inner, path=where)
+        noun = "list" if kind == "in_list" else "campaign"
+        raise InvalidInput(f"{kind} takes a {noun} id", field=where)
+    if kind == "in_list":
+        return InList(list_id=inner, path=where)
+    return Engaged(kind=str(kind), campaign_id=inner, path=where)
 
 
 def _leaf(raw: dict[Any, Any], path: str) -> Leaf:

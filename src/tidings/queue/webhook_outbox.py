@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -77,7 +77,12 @@ PUBLIC_TYPE_OF_EVENT: dict[str, str] = {
     EventType.campaign_completed.value: "campaign.completed",
     EventType.campaign_paused.value: "campaign.paused",
 }
-PUBLIC_EVENT_TYPES: tuple[str, ...] = tuple(dict.fromkeys(PUBLIC_TYPE_OF_EVENT.values()))
+#: Reported by the tracking flush itself (``enqueue_tracking``), not routed from ``events``.
+TRACKING_EVENT_TYPES = ("message.opened", "message.clicked")
+PUBLIC_EVENT_TYPES: tuple[str, ...] = (
+    *dict.fromkeys(PUBLIC_TYPE_OF_EVENT.values()),
+    *TRACKING_EVENT_TYPES,
+)
 
 CURSOR_ID = 1  # the one row of webhook_cursor
 ROUTE_BATCH = 5_000  # events routed per pass at most
@@ -419,3 +424,110 @@ def record_attempts(*, session: Session, results: Sequence[AttemptResult], now: 
                 .execution_options(synchronize_session=False)
             )
     return written
+
+
+# -- opens and clicks, from the tracking flush ----------------------------------------------------
+#
+# Opens and clicks are not ``events`` rows (their history is ``tracking_hits``), so they are not
+# routed by the cursor: the flush that records them writes their deliveries in its own transaction,
+# once per hit and subscribed endpoint, with no ``event_id`` (the uniqueness of routed events does
+# not apply: a flush runs once). A tenant without such an endpoint costs the flush one indexed read
+# of its endpoints, and nothing else.
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingNotice:
+    """One recorded open or click, as its webhook reports it."""
+
+    tenant_id: int
+    event_type: str  # one of TRACKING_EVENT_TYPES
+    at: datetime  # when the hit came
+    message_id: int
+    campaign_id: int | None
+    contact_id: int | None
+    email: str
+    reference: str | None
+    machine: bool
+    machine_reason: str | None  # why it was classified a machine's (tracking/classify.py)
+    url: str | None = None  # a click's link
+    link_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    endpoint_id: int
+    created_at: datetime
+    event_types: frozenset[str]
+
+
+def tracking_subscribers(
+    session: Session, tenant_ids: Sequence[int]
+) -> dict[int, list[Subscriber]]:
+    """The enabled endpoints of ``tenant_ids`` that want opens or clicks, by tenant."""
+    found: dict[int, list[Subscriber]] = {}
+    for row in session.execute(
+        select(
+            WebhookEndpoint.id,
+            WebhookEndpoint.tenant_id,
+            WebhookEndpoint.created_at,
+            WebhookEndpoint.event_types,
+        ).where(
+            WebhookEndpoint.tenant_id.in_(sorted(tenant_ids)), WebhookEndpoint.enabled.is_(True)
+        )
+    ):
+        wanted = frozenset(row.event_types or ()) & frozenset(TRACKING_EVENT_TYPES)
+        if wanted:
+            found.setdefault(row.tenant_id, []).append(Subscriber(row.id, row.created_at, wanted))
+    return found
+
+
+def _stamp(at: datetime) -> str:
+    """The same ISO form as routed events' ``timestamp``."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def enqueue_tracking(
+    *,
+    session: Session,
+    subscribers: Mapping[int, Sequence[Subscriber]],
+    notices: Sequence[TrackingNotice],
+    now: datetime,
+) -> int:
+    """Deliveries of ``notices`` to the endpoints subscribed to them (registered before the hit),
+    in one multi-row ``INSERT``; returns how many."""
+    rows = []
+    for notice in notices:
+        for subscriber in subscribers.get(notice.tenant_id, ()):
+            if notice.event_type not in subscriber.event_types or subscriber.created_at > notice.at:
+                continue
+            data: dict[str, Any] = {
+                "message_id": notice.message_id,
+                "campaign_id": notice.campaign_id,
+                "contact_id": notice.contact_id,
+                "email": notice.email,
+                "reference": notice.reference,
+                "machine": notice.machine,
+                "machine_reason": notice.machine_reason,
+            }
+            if notice.event_type == "message.clicked":
+                data |= {"url": notice.url, "link_index": notice.link_index}
+            rows.append(
+                {
+                    "tenant_id": notice.tenant_id,
+                    "endpoint_id": subscriber.endpoint_id,
+                    "event_id": None,
+                    "event_type": notice.event_type,
+                    "payload": {
+                        "type": notice.event_type,
+                        "timestamp": _stamp(notice.at),
+                        "data": data,
+                    },
+                    "status": DeliveryStatus.pending.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+            )
+    if rows:
+        session.execute(table(WebhookDelivery).insert(), rows)
+    return len(rows)

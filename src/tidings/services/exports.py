@@ -133,7 +133,7 @@ def export_contacts(
 ) -> Iterator[bytes]:
     """The export, one encoded page at a time (the CSV header first)."""
     if file_format is ExportFormat.csv:
-        yield _csv_line(CSV_HEADER)
+        yield csv_line(CSV_HEADER)
     after = 0
     while True:
         with transaction(sessions) as session:
@@ -204,7 +204,7 @@ def defuse(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
-def _csv_line(cells: tuple[str, ...] | list[str]) -> bytes:
+def csv_line(cells: tuple[str, ...] | list[str]) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\r\n").writerow(cells)
     return buffer.getvalue().encode()

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from tidings.db.models import Campaign, Contact, ContactList, Segment
 from tidings.domain import CampaignStatus
-from tidings.domain.segment_filter import Node, list_ids, parse_filter
+from tidings.domain.segment_filter import Node, campaign_ids, list_ids, parse_filter
 from tidings.errors import Conflict, InvalidInput, NotFound
 from tidings.queue.segments import segment_condition
 from tidings.services import lists
@@ -42,8 +42,9 @@ class Preview:
 
 
 def check_filter(*, session: Session, tenant_id: int, raw: object, path: str = "filter") -> Node:
-    """The parsed filter; an ``in_list`` naming a list that is not the tenant's is a 422 at its
-    path, worded like a list that does not exist."""
+    """The parsed filter; an ``in_list`` naming a list that is not the tenant's (an
+    ``opened_campaign``/``clicked_campaign`` naming such a campaign) is a 422 at its path, worded
+    like one that does not exist."""
     node = parse_filter(raw, path=path)
     wanted = {each.list_id: each.path for each in list_ids(node)}
     if wanted:
@@ -57,6 +58,18 @@ def check_filter(*, session: Session, tenant_id: int, raw: object, path: str = "
         for list_id, where in wanted.items():
             if list_id not in found:
                 raise InvalidInput(f"no such list {list_id}", field=where)
+    engaged = {each.campaign_id: each.path for each in campaign_ids(node)}
+    if engaged:
+        known = set(
+            session.scalars(
+                select(Campaign.id).where(
+                    Campaign.tenant_id == tenant_id, Campaign.id.in_(list(engaged))
+                )
+            )
+        )
+        for campaign_id, where in engaged.items():
+            if campaign_id not in known:
+                raise InvalidInput(f"no such campaign {campaign_id}", field=where)
     return node
 
 

@@ -13,6 +13,11 @@ processes may count the same message's first open twice if they race on it, a bo
 A hit whose message is gone (purged), names another tenant's message, or whose recipient was
 erased (a hit still in a server's buffer when the erasure ran) is dropped: its link still
 redirected, it records nothing.
+
+The same transaction sets each message's ``first_opened_at``/``first_clicked_at`` (a person's
+first open / click, one ``UPDATE`` per flush) and, for tenants with an endpoint subscribed to
+``message.opened``/``message.clicked``, writes those webhooks' deliveries (one ``INSERT``; for
+other tenants, one indexed read of their endpoints).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, select
+from sqlalchemy import ColumnElement, Table, and_, case, false, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -37,6 +42,7 @@ from tidings.db.models import (
     TrackingHit,
     table,
 )
+from tidings.queue.webhook_outbox import TrackingNotice, enqueue_tracking, tracking_subscribers
 from tidings.tracking.classify import BURST_SECONDS, HitFacts, classify
 from tidings.tracking.links import HitKind
 
@@ -79,6 +85,51 @@ class _Seen:
 class _Totals:
     engagement: Counter[str] = field(default_factory=Counter)
     url: str | None = None  # links: the link's URL
+
+
+@dataclass(slots=True)
+class _Firsts:
+    """Messages a person opened (clicked in) for the first time in this flush."""
+
+    opened: set[int] = field(default_factory=set)
+    clicked: set[int] = field(default_factory=set)
+
+
+def _count(
+    state: _Seen, kind: str, machine: bool, message_id: int, firsts: _Firsts
+) -> Counter[str]:
+    """The summary counts one hit adds, given what its message saw before (``state``, updated)."""
+    name = "opens" if kind == "open" else "clicks"
+    if machine:
+        return Counter({f"{name}_machine": 1})
+    counts = Counter({f"{name}_total": 1})
+    if kind == "open" and not state.opened:
+        counts["opens_unique"] = 1
+        firsts.opened.add(message_id)
+    elif kind == "click" and not state.clicked:
+        counts["clicks_unique"] = 1
+        firsts.clicked.add(message_id)
+    state.opened = state.opened or kind == "open"
+    state.clicked = state.clicked or kind == "click"
+    return counts
+
+
+def _notice(hit: Hit, message: Any, reason: str | None) -> TrackingNotice:
+    """The webhook notice of ``hit`` (the honeypot's is a click on link 0, a machine's)."""
+    return TrackingNotice(
+        tenant_id=hit.tenant_id,
+        event_type="message.opened" if hit.kind == "open" else "message.clicked",
+        at=hit.at,
+        message_id=hit.message_id,
+        campaign_id=message.campaign_id,
+        contact_id=message.contact_id,
+        email=message.to_address,
+        reference=message.reference,
+        machine=reason is not None,
+        machine_reason=reason,
+        url=hit.url if hit.kind == "click" else None,
+        link_index=HONEYPOT_INDEX if hit.kind == "honeypot" else hit.link_index,
+    )
 
 
 def _earlier(session: Session, message_ids: list[int]) -> dict[int, _Seen]:
@@ -153,7 +204,11 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 Message.tenant_id,
                 Message.campaign_id,
                 Message.sent_at,
+                Message.first_opened_at,
+                # for the open and click webhooks (to_address also tells an erased recipient)
+                Message.contact_id,
                 Message.to_address,
+                Message.reference,
             ).where(Message.id.in_(message_ids))
         )
     }
@@ -167,13 +222,20 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
     if not kept:
         return Flushed(0, len(hits), 0)
     seen = _earlier(session, sorted({h.message_id for h in kept}))
+    for message_id in {h.message_id for h in kept}:
+        # A person's open outlives its hit's purge: it is on the message (migration 0025).
+        if messages[message_id].first_opened_at is not None:
+            seen[message_id].opened = True
     bursts = _bursts(kept, seen)
+    subscribers = tracking_subscribers(session, sorted({h.tenant_id for h in kept}))
+    notices: list[TrackingNotice] = []
     rows: list[dict[str, Any]] = []
     engagement: dict[int, Counter[str]] = defaultdict(Counter)
     tenants: dict[int, int] = {}
     links: dict[tuple[int, int], _Totals] = defaultdict(_Totals)
     timeline: dict[tuple[int, datetime], Counter[str]] = defaultdict(Counter)
     machines = 0
+    firsts = _Firsts()
     for position, hit in enumerate(kept):
         message = messages[hit.message_id]
         reason = classify(
@@ -188,6 +250,8 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
         )
         machine = reason is not None
         machines += machine
+        if hit.tenant_id in subscribers:
+            notices.append(_notice(hit, message, reason))
         kind = "open" if hit.kind == "open" else "click"
         index = HONEYPOT_INDEX if hit.kind == "honeypot" else hit.link_index
         rows.append(
@@ -205,21 +269,7 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
             }
         )
         state = seen[hit.message_id]
-        counts = Counter[str]()
-        if kind == "open":
-            if machine:
-                counts["opens_machine"] += 1
-            else:
-                counts["opens_total"] += 1
-                counts["opens_unique"] += not state.opened
-                state.opened = True
-        else:
-            if machine:
-                counts["clicks_machine"] += 1
-            else:
-                counts["clicks_total"] += 1
-                counts["clicks_unique"] += not state.clicked
-                state.clicked = True
+        counts = _count(state, kind, machine, hit.message_id, firsts)
         campaign_id = message.campaign_id
         if campaign_id is None:
             continue  # a transactional message: its hits are kept, no campaign to sum into
@@ -239,6 +289,8 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
                 link.engagement["clicks_unique"] += index not in state.links
                 state.links.add(index)
     session.execute(table(TrackingHit).insert(), rows)
+    _mark_first(session, opened=firsts.opened, clicked=firsts.clicked)
+    enqueue_tracking(session=session, subscribers=subscribers, notices=notices, now=now)
     _add(
         session,
         table(CampaignEngagement),
@@ -285,6 +337,38 @@ def record_hits(session: Session, hits: Sequence[Hit], now: datetime) -> Flushed
         TIMELINE,
     )
     return Flushed(len(kept), len(hits) - len(kept), machines)
+
+
+def _first(column: Any, kind: str, ids: set[int]) -> ColumnElement[Any]:
+    """``column`` of a message among ``ids``: its earliest person's hit of ``kind`` if not set
+    yet (the hits just written are in the transaction; earlier ones, if still kept, count too)."""
+    earliest = (
+        select(func.min(TrackingHit.created_at))
+        .where(
+            TrackingHit.message_id == Message.id,
+            TrackingHit.kind == kind,
+            TrackingHit.machine.is_(false()),
+        )
+        .scalar_subquery()
+    )
+    return case((and_(column.is_(None), Message.id.in_(sorted(ids))), earliest), else_=column)
+
+
+def _mark_first(session: Session, *, opened: set[int], clicked: set[int]) -> None:
+    """Set ``first_opened_at``/``first_clicked_at`` of the messages a person engaged with for the
+    first time: one ``UPDATE`` per flush, whatever its size. A message already marked (by another
+    process's flush, or before its hits were purged) keeps its first time."""
+    if not opened and not clicked:
+        return
+    table_ = table(Message)
+    session.execute(
+        update(table_)
+        .where(table_.c.id.in_(sorted(opened | clicked)))
+        .values(
+            first_opened_at=_first(Message.first_opened_at, "open", opened),
+            first_clicked_at=_first(Message.first_clicked_at, "click", clicked),
+        )
+    )
 
 
 ENGAGEMENT = (

@@ -25,7 +25,12 @@ FIELD_CHOICES = (
     ("locale", "Locale"),
     ("created_at", "Added on"),
     (ATTRIBUTE, "Attribute…"),
+    ("opened_campaign", "Opened campaign (id)"),
+    ("clicked_campaign", "Clicked in campaign (id)"),
 )
+#: Fields whose row is an engagement condition: "is" / "is not" a campaign's id (a person's open
+#: or click; machines' never count).
+ENGAGEMENT = ("opened_campaign", "clicked_campaign")
 OP_CHOICES = (
     ("eq", "is"),
     ("ne", "is not"),
@@ -94,7 +99,18 @@ def explain(error: InvalidInput, built: Built) -> str:
     return error.message
 
 
+def _engagement(row: Row, number: int) -> dict[str, Any]:
+    if row.op not in ("eq", "ne"):
+        raise InvalidInput(f"Row {number}: choose is or is not", field="segment")
+    if not row.value.isdigit() or not 0 < int(row.value) < 2**63:
+        raise InvalidInput(f"Row {number}: give the campaign's number", field="segment")
+    condition = {row.field: int(row.value)}
+    return condition if row.op == "eq" else {"not": condition}
+
+
 def _condition(row: Row, number: int) -> dict[str, Any]:
+    if row.field in ENGAGEMENT:
+        return _engagement(row, number)
     if row.field == ATTRIBUTE:
         if not row.key:
             raise InvalidInput(f"Row {number}: name the attribute", field="segment")

@@ -36,6 +36,8 @@ WebhookEventType = Literal[
     "contact.unsubscribed",
     "campaign.completed",
     "campaign.paused",
+    "message.opened",
+    "message.clicked",
 ]
 PROVIDERS = ("resend",)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from tidings.api.deps import NowDep, ReadSessionDep, RuntimeDep, SessionDep
@@ -17,6 +17,7 @@ from tidings.domain import FINAL_CAMPAIGN_STATUSES
 from tidings.errors import InvalidInput, NotFound
 from tidings.scheduling.windows import window_from_json
 from tidings.services import (
+    campaign_results,
     campaign_stats,
     campaign_tests,
     campaigns,
@@ -82,6 +83,23 @@ def campaign_detail(
     failed_cursor: Cursor = None,
 ) -> HTMLResponse:
     return _detail_page(request, user, session, now, campaign_id, failed_cursor)
+
+
+@router.get("/campaigns/{campaign_id}/recipients.csv")
+def recipients_csv(
+    campaign_id: IdPath, user: UserDep, session: SessionDep, runtime: RuntimeDep
+) -> StreamingResponse:
+    """The export button: every recipient's results as CSV, the API's export for a signed-in
+    user of any role (``services/campaign_results.py``)."""
+    selection = campaign_results.results_selection(
+        session=session, tenant_id=user.tenant_id, campaign_id=campaign_id
+    )
+    csv = campaign_results.ResultsFormat.csv
+    return StreamingResponse(
+        campaign_results.export_results(runtime.sessions, selection=selection, file_format=csv),
+        media_type=campaign_results.MEDIA_TYPES[csv],
+        headers=campaign_results.download_headers(selection, csv),
+    )
 
 
 def _detail_page(
