@@ -246,23 +246,21 @@ def campaign_summaries(
     *, session: Session, tenant_id: int, campaign_ids: Sequence[int]
 ) -> dict[int, EngagementSummary]:
     """Each of the tenant's ``campaign_ids``' rates in two statements whatever their number (a
-    grouped read of their ``campaign_counts``, one ``IN`` read of their ``campaign_engagement``),
-    so a page of campaigns never reads them one by one. Ids of another tenant's campaigns get no
-    engagement (the summary rows carry the tenant) and their sent counts are never shown (the
-    caller passes only campaigns it read for the tenant)."""
+    grouped read of their ``campaign_results``, one ``IN`` read of their ``campaign_engagement``),
+    so a page of campaigns never reads them one by one. Rates are of delivered messages, as in
+    ``campaign_stats``. Ids of another tenant's campaigns get no engagement (the summary rows
+    carry the tenant) and their counts are never shown (the caller passes only campaigns it read
+    for the tenant)."""
     wanted = sorted(set(campaign_ids))
     if not wanted:
         return {}
-    sent: Counter[int] = Counter()
+    delivered_of: Counter[int] = Counter()
     for campaign_id, count in session.execute(
-        select(CampaignCount.campaign_id, func.sum(CampaignCount.count))
-        .where(
-            CampaignCount.campaign_id.in_(wanted),
-            CampaignCount.status == MessageStatus.sent.value,
-        )
-        .group_by(CampaignCount.campaign_id)
+        select(CampaignResult.campaign_id, func.sum(CampaignResult.count))
+        .where(CampaignResult.campaign_id.in_(wanted), CampaignResult.result == "delivered")
+        .group_by(CampaignResult.campaign_id)
     ):
-        sent[campaign_id] = int(count or 0)
+        delivered_of[campaign_id] = int(count or 0)
     engaged = {
         campaign_id: (opens, clicks)
         for campaign_id, opens, clicks in session.execute(
@@ -278,7 +276,7 @@ def campaign_summaries(
     }
     summaries = {}
     for campaign_id in wanted:
-        delivered = sent[campaign_id]  # as ``campaign_stats`` takes it
+        delivered = delivered_of[campaign_id]
         opens, clicks = engaged.get(campaign_id, (0, 0))
         summaries[campaign_id] = EngagementSummary(
             delivered=delivered,
