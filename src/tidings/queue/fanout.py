@@ -319,8 +319,8 @@ def _chunk_upper_bound(
     ids from the tenant's next contact hold that many, else the span's end; None when the tenant
     has no contact beyond that (the last chunk, which takes every id after ``after``, so a
     contact added meanwhile is not missed). The search reads only the ids of the span, and the
-    span starts at the tenant's next contact (``ix_contacts_tenant_id``), so the ids of other
-    tenants' contacts are skipped, never walked in empty chunks."""
+    span starts at the tenant's next contact, so the ids of other tenants' contacts are skipped,
+    never walked in empty chunks."""
     tenant = Contact.tenant_id == campaign.tenant_id
     following = session.scalar(select(func.min(Contact.id)).where(tenant, Contact.id > after))
     if following is None:
