@@ -30,6 +30,10 @@ from tidings.api.routes import (
 )
 
 API_ROUTERS: list[APIRouter] = [
+    # First: the tracking pixel and links are the hottest routes by far, and a request is matched
+    # against the routes in order (matching the ~90 before them was a third of their CPU time).
+    # They are out of the OpenAPI document, whose order this does not change.
+    tracking.router,
     keys.router,
     contacts.router,
     lists.router,
@@ -47,7 +51,6 @@ API_ROUTERS: list[APIRouter] = [
     webhooks.router,
     domains.router,
     public.router,
-    tracking.router,
     signup.router,
     health.router,
     metrics.router,
