@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from bench_export import download, rss_kib, server_pid
 from bench_import import serve
-from databases import PG_ADMIN_URL, postgres_database, sqlite_database
+from databases import add_database_options, each_database
 from sqlalchemy import and_, case, func, insert, literal, null, select, text
 
 from tidings.db.engine import make_engine, make_session_factory, transaction, upgrade
@@ -184,16 +184,10 @@ def bench(label: str, url: str, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=200_000, help="target: 1,000,000")
-    parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument("--pg", default=PG_ADMIN_URL)
+    add_database_options(parser)
     args = parser.parse_args()
-    for database in args.databases.split(","):
-        if database == "sqlite":
-            with sqlite_database() as url:
-                bench("SQLite", url, args.recipients)
-        else:
-            with postgres_database(args.pg, purpose="recipients") as url:
-                bench("PostgreSQL", url, args.recipients)
+    for database, url in each_database(args, purpose="recipients"):
+        bench(database, url, args.recipients)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from databases import PG_ADMIN_URL, postgres_database, sqlite_database
+from databases import add_database_options, each_database
 from sqlalchemy import insert, text
 
 from tidings.db.engine import make_engine, make_session_factory, transaction, upgrade
@@ -148,16 +148,10 @@ def bench(label: str, url: str, count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000, help="target: 1,000,000")
-    parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument("--pg", default=PG_ADMIN_URL)
+    add_database_options(parser)
     args = parser.parse_args()
-    for database in args.databases.split(","):
-        if database == "sqlite":
-            with sqlite_database() as url:
-                bench("SQLite", url, args.messages)
-        else:
-            with postgres_database(args.pg, purpose="retention") as url:
-                bench("PostgreSQL", url, args.messages)
+    for database, url in each_database(args, purpose="retention"):
+        bench(database, url, args.messages)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ database created for one run and dropped after it, whatever happens in between."
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -37,3 +38,20 @@ def postgres_database(admin_url: str = PG_ADMIN_URL, *, purpose: str = "bench") 
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--pg", default=PG_ADMIN_URL)
+
+
+def each_database(args: argparse.Namespace, *, purpose: str) -> Iterator[tuple[str, str]]:
+    """(name, URL) of each database ``--databases`` asks for, in its order, each made for the
+    run and removed once the caller moves on to the next."""
+    for database in args.databases.split(","):
+        if database == "sqlite":
+            with sqlite_database() as url:
+                yield "SQLite", url
+        else:
+            with postgres_database(args.pg, purpose=purpose) as url:
+                yield "PostgreSQL", url
