@@ -19,7 +19,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
-from bench_export import download, rss_kib, server_pid
+from bench_export import download, report_downloads, server_pid
 from bench_import import serve
 from databases import add_database_options, each_database
 from sqlalchemy import and_, case, func, insert, literal, null, select, text
@@ -164,21 +164,18 @@ def bench(label: str, url: str, count: int) -> None:
     with tempfile.TemporaryDirectory() as data_dir, serve(url, data_dir) as base_url:
         pid = server_pid(base_url.rsplit(":", 1)[1])
         download(base_url, key, {"status": "queued"}, pid, path)  # warm up: 0 rows
-        baseline = rss_kib(pid)
-        print(f"  server RSS before exporting: {baseline / 1024:.0f} MiB")
-        for name, params in (
-            ("csv, all", {"format": "csv"}),
-            ("json, all", {"format": "json"}),
-            ("csv, opened (30 %)", {"format": "csv", "opened": "true"}),
-            ("csv, failed (3 %)", {"format": "csv", "status": "failed"}),
-        ):
-            lines, took, peak = download(base_url, key, params, pid, path)
-            # The CSV header; the JSON array's "[" and "]" lines.
-            rows = lines - (1 if params["format"] == "csv" else 2)
-            print(
-                f"  {name:<19} {rows:>9,} rows in {took:6.2f} s = {rows / took:>9,.0f} rows/s;"
-                f" server peak RSS {peak / 1024:.0f} MiB (+{(peak - baseline) / 1024:.0f} MiB)"
-            )
+        report_downloads(
+            base_url,
+            key,
+            pid,
+            [
+                ("csv, all", {"format": "csv"}),
+                ("json, all", {"format": "json"}),
+                ("csv, opened (30 %)", {"format": "csv", "opened": "true"}),
+                ("csv, failed (3 %)", {"format": "csv", "status": "failed"}),
+            ],
+            path,
+        )
 
 
 def main() -> None:
