@@ -41,7 +41,6 @@ from tidings.db.engine import transaction
 from tidings.db.models import Message
 from tidings.runtime import Runtime
 
-SCRATCH = Path("/work/scratch/analytics")
 PERSON = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Version/17.0 Safari/605.1.15"
 )
@@ -208,8 +207,6 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
     expect(figure("opens_unique")).to_have_text("2", timeout=TIMEOUT_MS)
     expect(results.get_by_text("The same figures as a table")).to_be_focused()
     page.screenshot(path=str(screenshots / "campaign-results.png"), full_page=True)
-    SCRATCH.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCRATCH / "campaign-results.png"), full_page=True)
 
     # The list: people's rates (Ann and Cy opened, Ann clicked), of the three delivered.
     page.get_by_role("link", name="Campaigns").first.click()
@@ -217,4 +214,4 @@ def test_a_campaigns_results_fill_in_live_with_machines_apart(
     expect(row.locator('[data-rate="open"]')).to_have_text("66.7\u202f%", timeout=TIMEOUT_MS)
     expect(row.locator('[data-rate="click"]')).to_have_text("33.3\u202f%", timeout=TIMEOUT_MS)
     expect(row.locator('[data-rate="open"]')).to_have_attribute("title", "2 of 3 delivered")
-    page.screenshot(path=str(SCRATCH / "campaigns-list.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "campaigns-list.png"), full_page=True)
