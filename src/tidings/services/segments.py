@@ -46,31 +46,32 @@ def check_filter(*, session: Session, tenant_id: int, raw: object, path: str = "
     ``opened_campaign``/``clicked_campaign`` naming such a campaign) is a 422 at its path, worded
     like one that does not exist."""
     node = parse_filter(raw, path=path)
-    wanted = {each.list_id: each.path for each in list_ids(node)}
-    if wanted:
-        found = set(
-            session.scalars(
-                select(ContactList.id).where(
-                    ContactList.tenant_id == tenant_id, ContactList.id.in_(list(wanted))
-                )
-            )
-        )
-        for list_id, where in wanted.items():
-            if list_id not in found:
-                raise InvalidInput(f"no such list {list_id}", field=where)
-    engaged = {each.campaign_id: each.path for each in campaign_ids(node)}
-    if engaged:
-        known = set(
-            session.scalars(
-                select(Campaign.id).where(
-                    Campaign.tenant_id == tenant_id, Campaign.id.in_(list(engaged))
-                )
-            )
-        )
-        for campaign_id, where in engaged.items():
-            if campaign_id not in known:
-                raise InvalidInput(f"no such campaign {campaign_id}", field=where)
+    _require_owned(session, ContactList, tenant_id, {e.list_id: e.path for e in list_ids(node)})
+    _require_owned(
+        session, Campaign, tenant_id, {e.campaign_id: e.path for e in campaign_ids(node)}
+    )
     return node
+
+
+def _require_owned(
+    session: Session,
+    model: type[ContactList] | type[Campaign],
+    tenant_id: int,
+    wanted: dict[int, str],
+) -> None:
+    """``InvalidInput`` at its path for the first id in ``wanted`` (id -> path) that is not one of
+    the tenant's rows of ``model``: one read for all of them."""
+    if not wanted:
+        return
+    found = set(
+        session.scalars(
+            select(model.id).where(model.tenant_id == tenant_id, model.id.in_(list(wanted)))
+        )
+    )
+    noun = "list" if model is ContactList else "campaign"
+    for row_id, where in wanted.items():
+        if row_id not in found:
+            raise InvalidInput(f"no such {noun} {row_id}", field=where)
 
 
 def preview(*, session: Session, tenant_id: int, raw: object) -> Preview:
